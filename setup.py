@@ -1,0 +1,37 @@
+"""vreloc-tf: video re-localization on TensorFlow/Keras, Apache Beam and TF Serving.
+
+``pipeline`` and ``serving`` are packages too, so that ``--setup_file`` ships the
+Beam DoFns to remote workers and the server code installs with the library.
+"""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "vreloc_tf", "__init__.py")) as fh:
+    VERSION = re.search(r'__version__ = "([^"]+)"', fh.read()).group(1)
+
+setup(
+    name="vreloc-tf",
+    version=VERSION,
+    description="Weakly/fully supervised video re-localization (Huang et al., AAAI 2020) on TensorFlow/Keras",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["vreloc_tf", "vreloc_tf.*", "pipeline", "pipeline.*", "serving", "serving.*"]),
+    package_data={"serving": ["*.yaml", "*.yml", "*.config", "*.md", "k8s/*.yaml"]},
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "apache-beam[dask,tfrecord]>=2.77,<2.78",  # [tfrecord]: crc32c for WriteToTFRecord; [dask]: DaskRunner
+        "tensorflow-serving-api>=2.21,<2.22",
+        "grpcio>=1.60",
+        "h5py>=3.10",
+        "av>=12",
+        "numpy>=1.26",
+        "pyyaml>=6",
+        "matplotlib>=3.8",
+        "psutil>=5.9",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2"]},
+    entry_points={"console_scripts": ["vreloc=vreloc_tf.cli:main"]},
+)

@@ -1,0 +1,270 @@
+"""Typed configuration: one dataclass tree, loaded from plain YAML.
+
+Why a typed tree instead of a dict: a misspelt key or a string where a number
+belongs must fail at start-up with the file and key named, not hours into a
+run. The paper's settings are the defaults (see ``configs/paper_full.yaml``
+for the source of each number); ``configs/*.yaml`` only state what differs.
+
+``supervision`` (``full`` | ``weak``) is the one top-level switch between the
+two training modes, so ``--set supervision=weak`` turns any config into its
+weakly supervised twin.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Literal, Optional, Sequence
+
+import yaml
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key and the source."""
+
+
+@dataclass
+class HeadGroup:
+    """A group of multiscale-attention heads sharing kernel size and dilation (Table 1 row)."""
+
+    heads: int = 8
+    kernel_size: int = 3
+    dilation: int = 1
+    filters: int = 32  # "number of kernels" in Table 1; also the d_k of the 1/sqrt(d_k) scaling
+
+
+def _table1_heads() -> List[HeadGroup]:
+    # Table 1: 8 heads each of (kernel, dilation) = (1,1), (3,1), (3,2), (3,3), (3,4), 32 kernels.
+    return [HeadGroup(8, k, d, 32) for k, d in [(1, 1), (3, 1), (3, 2), (3, 3), (3, 4)]]
+
+
+@dataclass
+class DataConfig:
+    feature_dim: int = 500  # d_f = d_q = d_r = 500 after PCA (Implementation Details)
+    frames_per_feature: int = 16  # one C3D feature per 16 frames, no overlap (Implementation Details)
+    max_window: int = 300  # reference windows cut to at most 300 features (Feng et al. 2018 splits)
+    max_query: int = 32  # ground-truth segments are at most 32 features (Feng et al. 2018 splits)
+    crop_probability: float = 0.9  # reference cropped around its ground truth (Feng et al.'s code)
+    weak_query_fraction: float = 0.5  # share of train source videos that give weak queries (Dataset section)
+    shuffle_buffer: int = 2048
+
+
+@dataclass
+class ModelConfig:
+    hidden_dim: int = 128  # d_h (Implementation Details)
+    lstm_dim: int = 128  # d_l (Implementation Details)
+    encoder_kernel_size: int = 3  # Eq. 7 1-D conv; the paper gives no size (our choice)
+    multiscale: bool = True  # Table 2 ablation switch: False = every head kernel 3, dilation 1
+    self_attention: bool = True  # Table 2 ablation switch: False = no H^satt input
+    self_attention_heads: int = 2  # h = 2 (Implementation Details)
+    self_attention_key_dim: int = 32  # d_k = 32 (Implementation Details)
+    heads: List[HeadGroup] = field(default_factory=_table1_heads)  # k = 40 heads (Table 1)
+    dropout_before_bilstm: float = 0.4  # (Implementation Details)
+    dropout_after_bilstm: float = 0.2  # (Implementation Details)
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.3  # co-attention balance, best in Table 3
+    boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)
+    coattention_mask_after_steps: int = 100  # masks on p3/p4 after 100 iterations (Implementation Details)
+    full_losses: Literal["weighted_ce", "weighted_ce+coattention"] = "weighted_ce+coattention"  # Table 4 best row
+    coattention_weight: float = 1.0  # weight of loss^c when added to loss^w (Table 4 uses a plain sum)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128  # global batch (Implementation Details)
+    learning_rate: float = 1e-3  # initial Adam rate (Implementation Details)
+    lr_decay_factor: float = 0.1  # divided by 10 ... (Implementation Details)
+    lr_decay_steps: int = 200  # ... every 200 iterations (Implementation Details)
+    steps: int = 600  # total iterations; not given in the paper (three decays, our choice)
+    clip_norm: float = 5.0  # global-norm clipping, as in Feng et al.'s code
+    checkpoint_every: int = 100
+    validate_every: int = 100
+    validation_pairs: int = 512  # val pairs scored at each validation (0 = all)
+
+
+@dataclass
+class DecodeConfig:
+    full_max_length: Optional[int] = 64  # 1,024 frames / 16 frames per feature (Implementation Details)
+    weak_max_length: Optional[int] = None  # not limited for weak supervision (Implementation Details)
+
+
+@dataclass
+class Config:
+    supervision: Literal["full", "weak"] = "full"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    # -- derived views -------------------------------------------------
+    @property
+    def decode_max_length(self) -> Optional[int]:
+        """The segment-length limit of the decoding rule of this training mode."""
+        return self.decode.full_max_length if self.supervision == "full" else self.decode.weak_max_length
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """A stable hash of every value, for manifests and stage caching."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Typed conversion of plain data into the dataclass tree
+# ---------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{where}' must be a mapping ({tp.__name__}), got {type(value).__name__} {value!r}")
+        return _build(tp, value, where, source)
+    if origin is typing.Union:
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, where, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{source}: key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{source}: key '{where}' must be one of {_type_name(tp)}, got {value!r}")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{source}: key '{where}' must be null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a type the loader was not taught
+        raise ConfigError(f"{source}: key '{where}' has unsupported type {tp!r}")
+    raise ConfigError(f"{source}: key '{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{where}' (known keys: {', '.join(sorted(names))})")
+        kwargs[key] = _convert(value, hints[key], where, source)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Build a Config from a (possibly partial) mapping; missing keys keep their defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    return _build(Config, data, "", source)
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars."""
+    data = cfg.to_dict()
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node, cls = data, Config
+        for depth, key in enumerate(keys):
+            names = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+            if key not in names:
+                raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(keys[:depth + 1])}'")
+            if depth == len(keys) - 1:
+                node[key] = value
+            else:
+                cls = typing.get_type_hints(cls)[key]
+                if not dataclasses.is_dataclass(cls):
+                    raise ConfigError(f"--set {item!r}: '{'.'.join(keys[:depth + 1])}' is not a section")
+                node = node[key]
+    return from_dict(data, source="--set")
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (a name like ``tiny`` resolves to ``configs/tiny.yaml``) and apply overrides."""
+    if path is None:
+        cfg = Config()
+    else:
+        resolved = resolve_config_path(path)
+        with open(resolved) as fh:
+            try:
+                data = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{resolved}: not valid YAML: {exc}") from exc
+        cfg = from_dict(data, source=resolved)
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def resolve_config_path(path: str) -> str:
+    if os.path.exists(path):
+        return path
+    candidate = os.path.join(CONFIG_DIR, path if path.endswith(".yaml") else f"{path}.yaml")
+    if os.path.exists(candidate):
+        return candidate
+    raise ConfigError(f"config file not found: {path!r} (also looked for {candidate})")
+
+
+def save_config(cfg: Config, path: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(cfg.to_yaml())
