@@ -16,7 +16,7 @@ setup(
     name="vreloc-tf",
     version=VERSION,
     description="Weakly/fully supervised video re-localization (Huang et al., AAAI 2020) on TensorFlow/Keras",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11",
     packages=find_packages(include=["vreloc_tf", "vreloc_tf.*", "pipeline", "pipeline.*", "serving", "serving.*"]),
     package_data={"serving": ["*.yaml", "*.yml", "*.config", "*.md", "k8s/*.yaml"]},
     install_requires=[

@@ -1,0 +1,100 @@
+"""The paper configs load with the paper's values; bad keys and types fail naming the key."""
+import os
+
+import pytest
+
+from vreloc_tf.config import Config, ConfigError, HeadGroup, load_config, save_config
+
+
+def test_paper_full_has_the_papers_settings():
+    cfg = load_config("paper_full")
+    assert cfg.supervision == "full"
+    assert cfg.data.feature_dim == 500
+    assert cfg.model.hidden_dim == 128 and cfg.model.lstm_dim == 128
+    assert cfg.model.self_attention_heads == 2 and cfg.model.self_attention_key_dim == 32
+    assert [(g.heads, g.kernel_size, g.dilation, g.filters) for g in cfg.model.heads] == [
+        (8, 1, 1, 32), (8, 3, 1, 32), (8, 3, 2, 32), (8, 3, 3, 32), (8, 3, 4, 32)]
+    assert sum(g.heads for g in cfg.model.heads) == 40
+    assert (cfg.model.dropout_before_bilstm, cfg.model.dropout_after_bilstm) == (0.4, 0.2)
+    assert cfg.train.learning_rate == 1e-3 and cfg.train.lr_decay_factor == 0.1 and cfg.train.lr_decay_steps == 200
+    assert cfg.train.batch_size == 128
+    assert cfg.loss.alpha == 0.3 and cfg.loss.boundary_weight == 10.0
+    assert cfg.loss.coattention_mask_after_steps == 100
+    assert cfg.decode.full_max_length == 64 and cfg.decode.weak_max_length is None
+    assert cfg.decode_max_length == 64
+
+
+def test_paper_weak_differs_only_in_supervision():
+    full, weak = load_config("paper_full"), load_config("paper_weak")
+    assert weak.supervision == "weak" and weak.decode_max_length is None
+    weak.supervision = "full"
+    assert weak.to_dict() == full.to_dict()
+
+
+def test_paper_files_equal_the_dataclass_defaults():
+    # The YAML files and the defaults must not drift apart.
+    assert load_config("paper_full").to_dict() == Config().to_dict()
+
+
+def test_tiny_is_the_same_family_but_small():
+    cfg = load_config("tiny")
+    assert [(g.kernel_size, g.dilation) for g in cfg.model.heads] == [(1, 1), (3, 1), (3, 2), (3, 3), (3, 4)]
+    assert cfg.model.hidden_dim < 128 and cfg.train.steps <= 500
+
+
+def test_set_overrides_and_weak_twin():
+    cfg = load_config("paper_full", ["supervision=weak", "train.steps=7", "loss.alpha=0.5", "decode.full_max_length=null"])
+    assert cfg.supervision == "weak" and cfg.train.steps == 7 and cfg.loss.alpha == 0.5
+    assert cfg.decode.full_max_length is None
+    # int given for a float field is accepted as float
+    assert load_config("tiny", ["train.learning_rate=1"]).train.learning_rate == 1.0
+    # whole lists can be set as YAML
+    cfg = load_config("tiny", ["model.heads=[{heads: 3, kernel_size: 5, dilation: 2, filters: 4}]"])
+    assert cfg.model.heads == [HeadGroup(3, 5, 2, 4)]
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hiden_dim: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert "model.hiden_dim" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_names_key_and_type(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert "train.batch_size" in msg and "int" in msg and str(path) in msg
+    path.write_text("model:\n  heads:\n    - {heads: 8, kernel_size: 3.5}\n")
+    with pytest.raises(ConfigError, match=r"model\.heads\[0\]\.kernel_size"):
+        load_config(str(path))
+    path.write_text("model:\n  multiscale: 1\n")
+    with pytest.raises(ConfigError, match="model.multiscale.*bool"):
+        load_config(str(path))
+
+
+def test_bad_overrides_name_the_key():
+    with pytest.raises(ConfigError, match="train.stepz"):
+        load_config("tiny", ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="train.steps.*int"):
+        load_config("tiny", ["train.steps=many"])
+    with pytest.raises(ConfigError, match="supervision"):
+        load_config("tiny", ["supervision=semi"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("tiny", ["supervision"])
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    cfg = load_config("tiny", ["supervision=weak", "seed=3"])
+    save_config(cfg, str(tmp_path / "c.yaml"))
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert again.to_dict() == cfg.to_dict() and again.digest() == cfg.digest()
+    assert again.digest() != load_config("tiny").digest()
+
+
+def test_missing_file_is_a_clear_error():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(os.path.join("nowhere", "x.yaml"))
