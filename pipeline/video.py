@@ -1,0 +1,247 @@
+"""Decode a video file into C3D input clips, and write small videos for tests.
+
+C3D (Tran et al. 2015) was trained on frames resized to 128x171 (H x W, aspect ratio
+NOT preserved) and center-cropped to 112x112; the paper we implement feeds it clips of
+16 consecutive frames without overlap. This module does exactly that with PyAV:
+
+* every decoded frame is converted to RGB and resized to 128x171 by libswscale
+  (bilinear), then cropped to rows 8:120 and columns 29:141 (the integer center, as
+  Caffe C3D's data layer computes it; some Keras conversions use 30:142);
+* frames are grouped into clips of ``clip_len`` (16) frames: clip ``i`` holds frames
+  ``[16 i, 16 i + 16)``. A trailing partial clip is dropped, so a video of ``n`` frames
+  gives ``n // 16`` clips and clip ``i`` starts at ``i * 16 / fps`` seconds;
+* clips come out as uint8 RGB arrays ``[n, 16, 112, 112, 3]`` in batches of at most
+  ``batch_clips`` clips, so memory stays bounded however long the video is.
+
+Every failure to read a file is a :class:`VideoError` (a ``ValueError``) whose
+``reason`` says what is wrong, so Beam jobs can route the file to a dead-letter output
+with that reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import os
+from typing import Iterator, Tuple
+
+import av
+import numpy as np
+
+CLIP_LEN = 16
+RESIZE_HW = (128, 171)
+CROP_SIZE = 112
+# Integer center of the 128x171 frame, as Caffe computes it: (128-112)//2, (171-112)//2.
+CROP_TOP = (RESIZE_HW[0] - CROP_SIZE) // 2
+CROP_LEFT = (RESIZE_HW[1] - CROP_SIZE) // 2
+DEFAULT_BATCH_CLIPS = 32
+
+_AV_ERRORS = (av.FFmpegError, OSError, EOFError)
+
+
+class VideoError(ValueError):
+    """A video that cannot become C3D clips; ``reason`` is the short human explanation."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What the rest of the system needs to map clip indices to seconds."""
+
+    fps: float  # the video stream's real average frame rate
+    n_frames: int
+    duration: float  # seconds
+    width: int
+    height: int
+
+    def n_clips(self, clip_len: int = CLIP_LEN) -> int:
+        """Number of whole non-overlapping clips (the trailing partial clip is dropped)."""
+        return self.n_frames // clip_len
+
+
+def _open(path: str):
+    try:
+        container = av.open(os.fspath(path))
+    except _AV_ERRORS as e:
+        raise VideoError(path, f"unreadable video file ({type(e).__name__}: {e})") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "unreadable video file (no video stream)")
+    return container
+
+
+def _stream_fps(path: str, stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or float(rate) <= 0:
+        raise VideoError(path, "unreadable video file (no frame rate in the video stream)")
+    return float(rate)
+
+
+def probe(path: str) -> VideoInfo:
+    """Read the container metadata of ``path`` (no decoding).
+
+    The frame count comes from the stream header when the container records it (mp4,
+    avi); otherwise (mkv, webm) the video packets are counted, which reads the file but
+    decodes nothing.
+    """
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _stream_fps(path, stream)
+        n_frames = int(stream.frames or 0)
+        if n_frames <= 0:
+            try:
+                n_frames = sum(1 for p in container.demux(stream) if p.size)
+            except _AV_ERRORS as e:
+                raise VideoError(path, f"unreadable video file ({type(e).__name__}: {e})") from e
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = n_frames / fps
+        width = int(stream.codec_context.width)
+        height = int(stream.codec_context.height)
+    finally:
+        container.close()
+    return VideoInfo(fps=fps, n_frames=n_frames, duration=duration, width=width, height=height)
+
+
+def frame_to_c3d_input(frame: av.VideoFrame) -> np.ndarray:
+    """One decoded frame -> uint8 RGB [112, 112, 3]: resize to 128x171, center crop."""
+    image = frame.to_ndarray(
+        format="rgb24",
+        height=RESIZE_HW[0],
+        width=RESIZE_HW[1],
+        interpolation="BILINEAR",
+    )
+    return image[CROP_TOP:CROP_TOP + CROP_SIZE, CROP_LEFT:CROP_LEFT + CROP_SIZE]
+
+
+def _too_short(path: str, n_frames: int, clip_len: int) -> VideoError:
+    return VideoError(path, f"video has {n_frames} frames, fewer than one {clip_len}-frame clip")
+
+
+def iter_clips(path: str, clip_len: int = CLIP_LEN,
+               batch_clips: int = DEFAULT_BATCH_CLIPS) -> Iterator[np.ndarray]:
+    """Yield uint8 arrays ``[n, clip_len, 112, 112, 3]`` (n <= batch_clips), in video order.
+
+    Raises :class:`VideoError` when the file cannot be opened or decoded, or has fewer than
+    ``clip_len`` frames (when iteration starts, the generator being lazy). A file that breaks in the middle raises after the batches decoded
+    before the damage have been yielded: callers that need all-or-nothing should use
+    :func:`decode_clips` or collect before emitting.
+    """
+    _check_sizes(clip_len, batch_clips)
+    return _iter_clips(path, clip_len, batch_clips, {})
+
+
+def _check_sizes(clip_len: int, batch_clips: int) -> None:
+    if clip_len < 1 or batch_clips < 1:
+        raise ValueError(f"clip_len and batch_clips must be >= 1, got {clip_len}, {batch_clips}")
+
+
+def _iter_clips(path: str, clip_len: int, batch_clips: int, counts: dict) -> Iterator[np.ndarray]:
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        batch = np.empty((batch_clips, clip_len, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        n_frames = 0
+        in_batch = 0  # whole clips in ``batch``
+        try:
+            for frame in container.decode(stream):
+                batch[in_batch, n_frames % clip_len] = frame_to_c3d_input(frame)
+                n_frames += 1
+                counts["frames"] = n_frames
+                if n_frames % clip_len == 0:
+                    in_batch += 1
+                    if in_batch == batch_clips:
+                        yield batch.copy()
+                        in_batch = 0
+        except _AV_ERRORS as e:
+            raise VideoError(
+                path, f"unreadable video file (decoding failed after {n_frames} frames: "
+                      f"{type(e).__name__}: {e})") from e
+        if n_frames < clip_len:
+            raise _too_short(path, n_frames, clip_len)
+        if in_batch:
+            yield batch[:in_batch].copy()
+    finally:
+        container.close()
+
+
+def decode_clips(path: str, clip_len: int = CLIP_LEN,
+                 batch_clips: int = DEFAULT_BATCH_CLIPS) -> Tuple[np.ndarray, VideoInfo]:
+    """All clips of ``path`` at once: ``(uint8 [n_clips, clip_len, 112, 112, 3], info)``.
+
+    ``info.n_frames`` is the number of frames actually decoded (container headers can be
+    off by a few frames); fps and size come from :func:`probe`.
+    """
+    _check_sizes(clip_len, batch_clips)
+    info = probe(path)
+    counts: dict = {}
+    batches = list(_iter_clips(path, clip_len, batch_clips, counts))
+    clips = np.concatenate(batches, axis=0)
+    return clips, dataclasses.replace(info, n_frames=counts["frames"])
+
+
+def decoded_frame_count(path: str) -> int:
+    """Frames a full decode of ``path`` yields (exact, but costs a decode)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            return sum(1 for _ in container.decode(stream))
+        except _AV_ERRORS as e:
+            raise VideoError(path, f"unreadable video file ({type(e).__name__}: {e})") from e
+    finally:
+        container.close()
+
+
+_LOSSLESS_BY_EXT = {".mkv": "ffv1", ".avi": "ffv1", ".mov": "png"}
+
+
+def write_test_video(path: str, frames: np.ndarray, fps: float = 25.0, codec: str | None = None) -> str:
+    """Write uint8 RGB ``frames`` [T, H, W, 3] to ``path`` with PyAV; return ``path``.
+
+    The codec follows the extension unless given: ``.mp4`` -> libx264 (lossy, yuv420p, so
+    H and W must be even), ``.mkv``/``.avi`` -> ffv1 and ``.mov`` -> png (both lossless RGB,
+    so decoded pixels equal ``frames`` exactly). ``fps`` may be fractional (29.97).
+    For tests, demos and cutting clips out of footage; not a general-purpose encoder.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    if len(frames) == 0:
+        raise ValueError("frames is empty: a video needs at least one frame")
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    codec = codec or _LOSSLESS_BY_EXT.get(ext, "libx264")
+    height, width = frames.shape[1:3]
+    rate = fractions.Fraction(fps).limit_denominator(100000)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    with av.open(os.fspath(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = width, height
+        formats = [f.name for f in (stream.codec.video_formats or [])]
+        for pix_fmt in ("rgb24", "bgr0", "yuv420p"):
+            if pix_fmt in formats:
+                break
+        else:
+            pix_fmt = formats[0] if formats else "yuv420p"
+        if pix_fmt == "yuv420p" and (height % 2 or width % 2):
+            raise ValueError(f"{codec} needs even frame sizes, got {height}x{width}")
+        stream.pix_fmt = pix_fmt
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "ultrafast"}
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            for packet in stream.encode(frame.reformat(format=pix_fmt) if pix_fmt != "rgb24" else frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return os.fspath(path)
