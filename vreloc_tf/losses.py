@@ -1,0 +1,153 @@
+"""Training losses: co-attention (weak supervision, Eqs. 13-18) and weighted cross-entropy (Eq. 19).
+
+All in ``keras.ops`` (backend agnostic). Per-example losses are [B]; :func:`total_loss`
+averages them over the batch and combines them as ``cfg`` says:
+
+* ``cfg.supervision == 'weak'``: loss^c only (Table 2);
+* ``cfg.supervision == 'full'``: loss^w (``full_losses = weighted_ce``) or
+  loss^w + ``coattention_weight`` * loss^c (``weighted_ce+coattention``, Table 4).
+"""
+from __future__ import annotations
+
+from keras import ops
+
+from vreloc_tf.decoding import weak_segment
+
+EPSILON = 1e-7  # floor of log arguments and of norms/denominators: no NaN, ever
+
+
+def _valid_mask(lengths, steps):
+    positions = ops.arange(steps, dtype="int32")[None, :]
+    return ops.less(positions, ops.cast(lengths, "int32")[:, None])
+
+
+def step_labels(groundtruth, steps):
+    """Per-step targets y [B, Lr, 4] and boundary flags, following Feng et al. (2018).
+
+    start at gt[0], end at gt[1] - 1, action on [gt[0], gt[1]), background elsewhere; a step
+    with several labels shares probability mass equally (each row sums to 1).
+    Returns (y, is_boundary [B, Lr] bool).
+    """
+    gt = ops.cast(groundtruth, "int32")
+    positions = ops.arange(steps, dtype="int32")[None, :]
+    first, stop = gt[:, 0:1], gt[:, 1:2]
+    is_start = ops.equal(positions, first)
+    is_end = ops.equal(positions, stop - 1)
+    is_action = ops.logical_and(ops.greater_equal(positions, first), ops.less(positions, stop))
+    labels = ops.cast(ops.stack([is_start, is_end, is_action, ops.logical_not(is_action)], axis=-1), "float32")
+    labels = labels / ops.sum(labels, axis=-1, keepdims=True)  # >= 1 label per step (action or background)
+    return labels, ops.logical_or(is_start, is_end)
+
+
+def weighted_cross_entropy(probabilities, groundtruth, reference_length, boundary_weight=10.0):
+    """Eq. 19 per example [B]: -(1/l_r) sum_i w_i sum_n y_i^n log p_i^n over the valid steps.
+
+    ``groundtruth`` [B, 2] int is [start, end) relative to the reference (end exclusive) and must
+    satisfy 0 <= start < end <= reference_length. w_i = ``boundary_weight`` at the start and end
+    steps, 1 elsewhere; l_r = the example's valid length (padded steps count for nothing).
+    """
+    p = ops.cast(probabilities, "float32")
+    steps = ops.shape(p)[1]
+    labels, is_boundary = step_labels(groundtruth, steps)
+    weights = ops.where(is_boundary, ops.cast(boundary_weight, "float32"), 1.0)
+    per_step = -ops.sum(labels * ops.log(ops.clip(p, EPSILON, 1.0)), axis=-1) * weights  # [B, Lr]
+    valid = _valid_mask(reference_length, steps)
+    count = ops.cast(ops.maximum(ops.cast(reference_length, "int32"), 1), "float32")
+    return ops.sum(ops.where(valid, per_step, 0.0), axis=1) / count
+
+
+def cosine_similarity(x, y):
+    """Cosine SIMILARITY of the rows of x and y [B, D] -> [B] (0 for a zero vector)."""
+    x_norm = ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1)), EPSILON)
+    y_norm = ops.maximum(ops.sqrt(ops.sum(ops.square(y), axis=-1)), EPSILON)
+    return ops.sum(x * y, axis=-1) / (x_norm * y_norm)
+
+
+def region_masks(probabilities, reference_length, use_masks):
+    """Action and background masks [B, Lr] (float, constant) applied to p3 and p4.
+
+    Without masks (warm-up) both are the valid-step mask. With masks (the paper's
+    "Implementation Details"), the predicted action region is the weak decoding segment
+    (longest run of p3 above its mean, :func:`vreloc_tf.decoding.weak_segment`): the action
+    mask is 1 inside it, the background mask 1 on the other valid steps. The masks are
+    computed from stop-gradient probabilities, so they are constants for the optimizer.
+    ``use_masks`` may be a Python bool or a boolean scalar tensor (e.g. step >= N).
+    """
+    steps = ops.shape(probabilities)[1]
+    valid = _valid_mask(reference_length, steps)
+    if isinstance(use_masks, bool) and not use_masks:
+        return ops.cast(valid, "float32"), ops.cast(valid, "float32")
+    start, end = weak_segment(ops.stop_gradient(probabilities), reference_length)
+    positions = ops.arange(steps, dtype="int32")[None, :]
+    inside = ops.logical_and(ops.greater_equal(positions, start[:, None]), ops.less(positions, end[:, None]))
+    on = ops.cast(use_masks, "bool")
+    action = ops.logical_and(valid, ops.logical_or(ops.logical_not(on), inside))
+    background = ops.logical_and(valid, ops.logical_or(ops.logical_not(on), ops.logical_not(inside)))
+    return (ops.stop_gradient(ops.cast(action, "float32")),
+            ops.stop_gradient(ops.cast(background, "float32")))
+
+
+def coattention_loss(query, query_length, reference, reference_length, probabilities, alpha=0.3,
+                     use_masks=False):
+    """Co-attention loss (Eqs. 13-18) per example [B], on the input features Q and R.
+
+    q^a = mean of the valid query frames; r^a, r^b = reference features weighted by p3 and p4
+    normalized over the valid steps (Eqs. 14-15; masked as in :func:`region_masks` when
+    ``use_masks``); loss = exp(-d+) / (exp(-d+) + exp(-d-)) = sigmoid(d- - d+), with
+    d+ = cos(q^a, r^a), d- = alpha cos(q^a, r^b) + (1 - alpha) cos(r^a, r^b).
+
+    cos is the cosine SIMILARITY (not 1 - similarity, although the paper says "distance"):
+    only then does minimizing the loss do what the paper says it does — pull r^a towards the
+    query and push r^b away from both. A test checks this direction.
+    """
+    query = ops.cast(query, "float32")
+    reference = ops.cast(reference, "float32")
+    p = ops.cast(probabilities, "float32")
+    query_valid = _valid_mask(query_length, ops.shape(query)[1])
+    query_count = ops.cast(ops.maximum(ops.cast(query_length, "int32"), 1), "float32")
+    query_mean = ops.sum(ops.where(query_valid[:, :, None], query, 0.0), axis=1) / query_count[:, None]
+
+    ref_valid = _valid_mask(reference_length, ops.shape(reference)[1])
+    reference = ops.where(ref_valid[:, :, None], reference, 0.0)
+    action_mask, background_mask = region_masks(p, reference_length, use_masks)
+    action = p[:, :, 2] * action_mask
+    background = p[:, :, 3] * background_mask
+    g_action = action / ops.maximum(ops.sum(action, axis=1, keepdims=True), EPSILON)
+    g_background = background / ops.maximum(ops.sum(background, axis=1, keepdims=True), EPSILON)
+    r_action = ops.einsum("bl,bld->bd", g_action, reference)
+    r_background = ops.einsum("bl,bld->bd", g_background, reference)
+
+    d_pos = cosine_similarity(query_mean, r_action)
+    d_neg = alpha * cosine_similarity(query_mean, r_background) + (1.0 - alpha) * cosine_similarity(
+        r_action, r_background)
+    return ops.sigmoid(d_neg - d_pos)
+
+
+def total_loss(cfg, batch, probabilities, step):
+    """The scalar training loss of ``cfg`` for a batch (see the module docstring).
+
+    ``step`` (int or scalar tensor) switches the co-attention masks on once
+    step >= cfg.loss.coattention_mask_after_steps (in either supervision mode).
+    """
+    for key in ("query", "query_length", "reference", "reference_length"):
+        if key not in batch:
+            raise KeyError(f"total_loss: batch has no '{key}' (keys: {sorted(batch)})")
+    use_masks = ops.greater_equal(step, cfg.loss.coattention_mask_after_steps)
+
+    def coattention():
+        return ops.mean(coattention_loss(batch["query"], batch["query_length"], batch["reference"],
+                                         batch["reference_length"], probabilities, cfg.loss.alpha, use_masks))
+
+    if cfg.supervision == "weak":
+        return coattention()
+    if cfg.supervision != "full":
+        raise ValueError(f"total_loss: cfg.supervision must be 'full' or 'weak', got {cfg.supervision!r}")
+    if "groundtruth" not in batch:
+        raise KeyError("total_loss: full supervision needs batch['groundtruth'] ([B, 2] int, [start, end))")
+    loss = ops.mean(weighted_cross_entropy(probabilities, batch["groundtruth"], batch["reference_length"],
+                                           cfg.loss.boundary_weight))
+    if cfg.loss.full_losses == "weighted_ce":
+        return loss
+    if cfg.loss.full_losses == "weighted_ce+coattention":
+        return loss + cfg.loss.coattention_weight * coattention()
+    raise ValueError(f"total_loss: unknown cfg.loss.full_losses {cfg.loss.full_losses!r}")
