@@ -1,0 +1,101 @@
+"""The serving contract, defined once: signature names, dtypes, shapes, file names, ports, limits.
+
+Why a module of constants: the exporter writes these names, the server checks
+requests against them, the client fills them, and the deployment-file test
+compares the compose/Kubernetes/models.config files with them. Keeping them in
+one place means a rename cannot silently break one of the four.
+
+Nothing here imports TensorFlow, so the CLI and the deployment test stay light.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+# -- SignatureDef ---------------------------------------------------------------
+SIGNATURE_NAME = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+METHOD_NAME = "tensorflow/serving/predict"  # tf.saved_model.PREDICT_METHOD_NAME
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, NumPy dtype name and shape of one signature tensor (None = any size, "D" = the feature dim)."""
+
+    name: str
+    dtype: str  # numpy / tf dtype name: "float32", "int32"
+    shape: Tuple[Optional[object], ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def datatype(self) -> str:
+        """The TensorProto DataType enum name, as saved_model_cli prints it (DT_FLOAT, DT_INT32)."""
+        return {"float32": "DT_FLOAT", "int32": "DT_INT32"}[self.dtype]
+
+
+# Inputs: batch B, query length Lq, reference length Lr, feature dim D.
+QUERY = "query"
+QUERY_LENGTH = "query_length"
+REFERENCE = "reference"
+REFERENCE_LENGTH = "reference_length"
+
+INPUTS = (
+    TensorSpec(QUERY, "float32", (None, None, "D")),  # [B, Lq, D]
+    TensorSpec(QUERY_LENGTH, "int32", (None,)),  # [B] valid steps of each query
+    TensorSpec(REFERENCE, "float32", (None, None, "D")),  # [B, Lr, D]
+    TensorSpec(REFERENCE_LENGTH, "int32", (None,)),  # [B] valid steps of each reference
+)
+
+# Outputs: per-step probabilities and the decoded segment [start, end) in feature indices.
+PROBABILITIES = "probabilities"
+START = "start"
+END = "end"
+SCORE = "score"
+
+OUTPUTS = (
+    TensorSpec(PROBABILITIES, "float32", (None, None, 4)),  # [B, Lr, 4] softmax over (start, end, action, background)
+    TensorSpec(START, "int32", (None,)),  # [B] first feature index of the segment
+    TensorSpec(END, "int32", (None,)),  # [B] one past the last feature index (exclusive)
+    TensorSpec(SCORE, "float32", (None,)),  # [B] decoding score of the segment
+)
+
+INPUT_NAMES = tuple(s.name for s in INPUTS)
+OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)
+
+
+def input_spec(name: str) -> TensorSpec:
+    return {s.name: s for s in INPUTS}[name]
+
+
+def output_spec(name: str) -> TensorSpec:
+    return {s.name: s for s in OUTPUTS}[name]
+
+
+# -- export layout ------------------------------------------------------------
+# BASE/NAME/<version>/saved_model.pb + variables/ + assets.extra/...
+SAVED_MODEL_FILE = "saved_model.pb"
+VARIABLES_DIR = "variables"
+ASSETS_EXTRA_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving replays these at load (assets.extra/)
+METADATA_FILE = "vreloc.json"  # feature_dim, frames_per_feature, decode rule (assets.extra/)
+TEMP_PREFIX = ".tmp-"  # half-written versions: hidden, non-integer, ignored by servers
+
+# -- deployment ----------------------------------------------------------------
+DEFAULT_MODEL_NAME = "vreloc"
+GRPC_PORT = 8500  # TF Serving's --port
+REST_PORT = 8501  # TF Serving's --rest_api_port
+CONTAINER_MODEL_ROOT = "/models"  # the official image serves /models/<MODEL_NAME>
+VERSION_LABELS = ("stable", "canary")
+
+
+def container_base_path(model_name: str = DEFAULT_MODEL_NAME) -> str:
+    return f"{CONTAINER_MODEL_ROOT}/{model_name}"
+
+
+# -- request limits (server defaults; `vreloc serve --max-*` changes them) ---------
+MAX_QUERY_LENGTH = 512  # features; the paper's queries are <= 32, so 16x headroom
+MAX_REFERENCE_LENGTH = 4096  # features = 65,536 frames (~36 min at 30 fps, 16 frames/feature)
+MAX_BATCH_SIZE = 16  # pairs per request
+# gRPC receive limit: a request at every limit (16 x (512 + 4096) x 500 float32 = 147 MB) fits.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024

@@ -1,0 +1,102 @@
+"""Checks on a Predict request before it reaches the model.
+
+Why check here rather than let the graph fail: a bad request must come back as
+INVALID_ARGUMENT with a message naming the input at fault, not as an opaque
+INTERNAL error from deep in a kernel; and some bad requests would not fail at
+all (a length beyond the tensor reads padding, NaN poisons the softmax, a huge
+Lr exhausts memory for every other client). The checks are plain NumPy so they
+cost microseconds and are testable without a server.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping
+
+import numpy as np
+
+from serving import signature as sig
+
+
+class InvalidRequest(ValueError):
+    """The request is malformed; the message names the input and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Largest request the server accepts (defaults in serving/signature.py, documented in serving/README.md)."""
+
+    max_query_length: int = sig.MAX_QUERY_LENGTH
+    max_reference_length: int = sig.MAX_REFERENCE_LENGTH
+    max_batch_size: int = sig.MAX_BATCH_SIZE
+
+
+def decode_inputs(inputs: Mapping[str, "object"]) -> Dict[str, np.ndarray]:
+    """TensorProto map of a PredictRequest -> NumPy arrays; a proto that does not decode is an InvalidRequest."""
+    import tensorflow as tf
+
+    arrays = {}
+    for name, proto in inputs.items():
+        try:
+            arrays[name] = tf.make_ndarray(proto)
+        except Exception as exc:  # malformed content/shape, unsupported dtype
+            raise InvalidRequest(f"input '{name}': not a valid TensorProto ({exc})") from None
+    return arrays
+
+
+def validate_inputs(arrays: Mapping[str, np.ndarray], feature_dim: int, limits: RequestLimits = RequestLimits()) -> None:
+    """Raise InvalidRequest naming the first input at fault; return None for a servable request."""
+    names = set(arrays)
+    missing = [n for n in sig.INPUT_NAMES if n not in names]
+    if missing:
+        raise InvalidRequest(f"missing input(s) {', '.join(repr(n) for n in missing)}; "
+                             f"the signature '{sig.SIGNATURE_NAME}' needs {', '.join(sig.INPUT_NAMES)}")
+    extra = sorted(names - set(sig.INPUT_NAMES))
+    if extra:
+        raise InvalidRequest(f"unknown input(s) {', '.join(repr(n) for n in extra)}; "
+                             f"the signature '{sig.SIGNATURE_NAME}' takes only {', '.join(sig.INPUT_NAMES)}")
+
+    for spec in sig.INPUTS:
+        array = arrays[spec.name]
+        if array.dtype != np.dtype(spec.dtype):
+            raise InvalidRequest(f"input '{spec.name}': dtype must be {spec.dtype} ({spec.datatype}), got {array.dtype}")
+        if array.ndim != spec.rank:
+            raise InvalidRequest(f"input '{spec.name}': rank must be {spec.rank} (shape {_shape_text(spec.shape)}), "
+                                 f"got shape {list(array.shape)}")
+        if spec.shape[-1] == "D" and array.shape[-1] != feature_dim:
+            raise InvalidRequest(f"input '{spec.name}': feature dim (last axis) must be {feature_dim}, got {array.shape[-1]}")
+
+    batch = arrays[sig.QUERY].shape[0]
+    for name in sig.INPUT_NAMES:
+        if arrays[name].shape[0] != batch:
+            raise InvalidRequest(f"input '{name}': batch size {arrays[name].shape[0]} differs from "
+                                 f"'{sig.QUERY}' batch size {batch}; every input needs one row per pair")
+    if batch < 1:
+        raise InvalidRequest(f"input '{sig.QUERY}': empty batch (batch size 0)")
+    if batch > limits.max_batch_size:
+        raise InvalidRequest(f"input '{sig.QUERY}': batch size {batch} is above the server limit {limits.max_batch_size}")
+
+    for tensor_name, length_name, limit in (
+        (sig.QUERY, sig.QUERY_LENGTH, limits.max_query_length),
+        (sig.REFERENCE, sig.REFERENCE_LENGTH, limits.max_reference_length),
+    ):
+        steps = arrays[tensor_name].shape[1]
+        if steps > limit:
+            raise InvalidRequest(f"input '{tensor_name}': {steps} steps is above the server limit {limit}")
+        lengths = arrays[length_name]
+        bad = np.flatnonzero(lengths <= 0)
+        if bad.size:
+            raise InvalidRequest(f"input '{length_name}': lengths must be >= 1, got {int(lengths[bad[0]])} at row {int(bad[0])}")
+        bad = np.flatnonzero(lengths > steps)
+        if bad.size:
+            raise InvalidRequest(f"input '{length_name}': length {int(lengths[bad[0]])} at row {int(bad[0])} is beyond "
+                                 f"'{tensor_name}', which has {steps} steps")
+
+    for name in (sig.QUERY, sig.REFERENCE):
+        finite = np.isfinite(arrays[name])
+        if not finite.all():
+            row, step = (int(i) for i in np.argwhere(~finite)[0][:2])
+            raise InvalidRequest(f"input '{name}': NaN or Inf at row {row}, step {step}")
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
