@@ -1,0 +1,153 @@
+"""`vreloc baseline`: the training-free comparison methods of the paper (Tables 2 and 4).
+
+    vreloc baseline --method random|prior|frame-level --data DIR --split test [--pairs FILE] [--json OUT]
+
+Scored on the same fixed pair list as the models (see :mod:`vreloc_tf.pairs`). For a
+reference of L steps (segments [start, end), end exclusive):
+
+* ``random`` — two boundaries drawn independently and uniformly from {0, ..., L} with a
+  seeded ``numpy.random.default_rng(seed)`` (pairs in list order), sorted; a draw with
+  both equal is repeated. "A starting and an ending time within the reference".
+* ``prior`` — the statistical prior: m_s = mean of gt_start / L and m_e = mean of
+  gt_end / L over every train entry of the same data folder (printed; 0.3267 / 0.6510
+  on the benchmark's train.json, 0.3265 / 0.6509 in the paper), predicted as
+  start = floor(m_s * L + 0.5), end = max(floor(m_e * L + 0.5), start + 1), clipped to L.
+* ``frame-level`` (Feng et al.'s training-free baseline): every query and reference
+  feature row is L2-normalised; S[i, j] = cos(r_i, q_j) for reference step i and query
+  step j; a reference step scores a_i = mean_j S[i, j]; the prediction is the window of
+  the query's length, W = min(Lq, L), with the highest mean a_i, i.e. the segment whose
+  frames are on average most similar to all query frames: [s*, s* + W) with
+  s* = argmax_s mean_{i=s}^{s+W-1} a_i (earliest on a tie). Rows of zeros stay zero.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Tuple
+
+import numpy as np
+
+METHODS = ("random", "prior", "frame-level")
+METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline"}
+
+
+def random_segments(lengths: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    start = np.zeros(len(lengths), np.int64)
+    end = np.zeros(len(lengths), np.int64)
+    for i, length in enumerate(np.asarray(lengths, dtype=np.int64)):
+        if length < 1:
+            raise ValueError(f"random baseline: reference {i} is empty")
+        while True:
+            a, b = rng.integers(0, length + 1, size=2)
+            if a != b:
+                break
+        start[i], end[i] = min(a, b), max(a, b)
+    return start, end
+
+
+def train_prior(data_dir: str, split: str = "train") -> Tuple[float, float]:
+    """(mean normalized start, mean normalized end) over the entries of ``split`` with ground truth."""
+    from vreloc_tf.entry_index import load_index
+
+    index = load_index(data_dir, split)
+    ok = index.has_groundtruth
+    if not np.any(ok):
+        raise ValueError(f"prior baseline: split '{split}' of {data_dir} has no ground truth to average")
+    length = index.length[ok].astype(np.float64)
+    gt = index.groundtruth[ok].astype(np.float64)
+    return float(np.mean(gt[:, 0] / length)), float(np.mean(gt[:, 1] / length))
+
+
+def prior_segments(lengths: np.ndarray, mean_start: float, mean_end: float) -> Tuple[np.ndarray, np.ndarray]:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    start = np.floor(mean_start * lengths + 0.5).astype(np.int64)
+    start = np.minimum(start, lengths - 1)
+    end = np.maximum(np.floor(mean_end * lengths + 0.5).astype(np.int64), start + 1)
+    return start, np.minimum(end, lengths)
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int]:
+    """The frame-level prediction for one pair of unpadded feature arrays [Lq, D], [L, D]."""
+    q = _normalize_rows(np.asarray(query, dtype=np.float64))
+    r = _normalize_rows(np.asarray(reference, dtype=np.float64))
+    if q.shape[0] < 1 or r.shape[0] < 1:
+        raise ValueError("frame-level baseline: empty query or reference")
+    a = (r @ q.T).mean(axis=1)  # [L]
+    width = min(q.shape[0], r.shape[0])
+    cum = np.concatenate([[0.0], np.cumsum(a)])
+    window_mean = (cum[width:] - cum[:-width]) / width  # [L - W + 1]
+    s = int(np.argmax(window_mean))
+    return s, s + width
+
+
+def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
+    from vreloc_tf.input_pipeline import evaluation_dataset
+
+    start, end = [], []
+    for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
+        q, ql = batch["query"].numpy(), batch["query_length"].numpy()
+        r, rl = batch["reference"].numpy(), batch["reference_length"].numpy()
+        for i in range(q.shape[0]):
+            s, e = frame_level_segment(q[i, :ql[i]], r[i, :rl[i]])
+            start.append(s)
+            end.append(e)
+    return np.array(start, np.int64), np.array(end, np.int64)
+
+
+def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Optional[str] = None,
+                 seed: int = 0, train_split: str = "train", verbose: bool = True) -> dict:
+    """Score one baseline on the fixed pair list; returns the result dict (percent)."""
+    from vreloc_tf.evaluate import resolve_pairs, score_plan
+    from vreloc_tf.input_pipeline import evaluation_plan
+    from vreloc_tf.schema import feature_dim_of
+
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+    index, pairs = resolve_pairs(data_dir, split, pairs_file, seed)
+    plan = evaluation_plan(index, pairs)
+    lengths = plan[:, 5] - plan[:, 4]
+    extra = {}
+    if method == "random":
+        start, end = random_segments(lengths, seed)
+        extra["seed"] = seed
+    elif method == "prior":
+        ms, me = train_prior(data_dir, train_split)
+        if verbose:
+            print(f"statistical prior from {train_split}: mean start {ms:.4f}, mean end {me:.4f}", file=sys.stderr)
+        start, end = prior_segments(lengths, ms, me)
+        extra["train_means"] = [ms, me]
+    else:
+        start, end = frame_level_segments(index, plan, feature_dim_of(data_dir))
+    return score_plan(plan, start, end, METHOD_NAMES[method], split, **extra)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--method", required=True, choices=METHODS + ("all",),
+                        help="baseline to score ('all' = every baseline, printed as one table)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--pairs", metavar="FILE", help="pair list JSON: read if it exists, else written")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline and of a new pair list")
+    parser.add_argument("--json", metavar="OUT", help="write the result JSON here (with 'all': a list)")
+
+
+def main(args) -> int:
+    import json
+
+    from vreloc_tf.evaluate import emit
+    from vreloc_tf.metrics import format_table
+
+    if args.method != "all":
+        emit(run_baseline(args.method, args.data, args.split, args.pairs, args.seed), args.json)
+        return 0
+    results = [run_baseline(m, args.data, args.split, args.pairs, args.seed) for m in METHODS]
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0

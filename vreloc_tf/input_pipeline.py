@@ -1,0 +1,240 @@
+"""tf.data input: query/reference pairs read from the TFRecord shards, padded per length bucket.
+
+Design (memory independent of the dataset size): the pairs are *planned* in NumPy from
+the small per-entry index (:mod:`vreloc_tf.entry_index`: shard, byte offset, video id,
+label, window length, ground truth — ~100 bytes an entry), and a generator reads only
+the two serialized records of each planned pair by offset; parsing, slicing and padding
+run as parallel tf.data maps, followed by prefetch. In memory at any time: the index,
+the plan of the current pass (a few int arrays) and the batches in flight.
+
+Plans (per "epoch" = ``steps_per_epoch`` batches; everything is a function of
+``(cfg.seed, epoch)`` only, so a run resumed at an epoch boundary sees exactly the
+batches an uninterrupted run would):
+
+* **full** — every entry with ground truth is a query once per pass, in a seeded random
+  order: the query is its trimmed ground-truth segment; its reference is a uniformly
+  random entry of the same class, from a different source video, whose window is at
+  least as long as the query; the reference keeps its ground truth as the label.
+  *Crop* (Feng et al.'s ``input_functions.sample``): with probability
+  ``cfg.data.crop_probability`` the reference window ``[0, L)`` becomes
+  ``[a, L - b)`` with ``a ~ U{0..gt_start}`` and ``b ~ U{0..L - gt_end}``, so the
+  ground truth ``[gt_start - a, gt_end - a)`` stays inside; otherwise it is kept whole.
+  (As in Feng's code the length test uses the uncropped window, so a cropped reference
+  may end up shorter than its query.)
+* **weak** — the train split is divided by source video into a query part and a
+  reference part (:func:`vreloc_tf.entry_index.weak_role`, fraction
+  ``cfg.data.weak_query_fraction``). Queries come from the query part only, trimmed to
+  their own ground-truth segment (a query *is* a trimmed clip by definition; the
+  paper's weak setting only forbids reference annotations). References come from the
+  reference part only, same class, window at least as long as the query, **always
+  whole** (no crop: cropping around the ground truth would use it). The ground truth of
+  reference-part entries is dropped while the index is read, the record parser here
+  never parses the ``groundtruth`` field, and weak batches carry no ``groundtruth``.
+
+Batching: pairs go to buckets of width ``BUCKET_SPAN`` (30 steps, Feng's
+``bucket_span``) by reference length; a bucket that reaches the batch size is emitted
+as one batch (padded with zeros to its longest query/reference). Batches are global
+batches — Keras splits them across the replicas of the strategy. Lengths travel as
+``int32`` ``query_length`` / ``reference_length``.
+
+Batch dict: ``query`` float32 [B, Lq, D], ``query_length`` int32 [B], ``reference``
+float32 [B, Lr, D], ``reference_length`` int32 [B], and for full supervision
+``groundtruth`` int32 [B, 2] ([start, end) in the reference, end exclusive).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vreloc_tf.config import Config
+from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, EntryIndex, RecordReader, load_index
+
+log = logging.getLogger(__name__)
+
+BUCKET_SPAN = 30
+
+# one planned pair: rows in the index, slices [start, end) inside each window, label
+PairPlan = Tuple[int, int, int, int, int, int, int, int]
+
+
+def load_training_index(cfg: Config, data_dir: str, split: str = "train") -> EntryIndex:
+    """The index the training plan of ``cfg.supervision`` may see (weak: reference ground truth dropped)."""
+    if cfg.supervision == "weak":
+        return load_index(data_dir, split, hide_groundtruth_of="reference",
+                          query_fraction=cfg.data.weak_query_fraction)
+    return load_index(data_dir, split)
+
+
+class PairPlanner:
+    """Draws training pairs from an index (NumPy, seeded); see the module docstring."""
+
+    def __init__(self, index: EntryIndex, supervision: str, crop_probability: float = 0.9):
+        if supervision not in ("full", "weak"):
+            raise ValueError(f"supervision must be 'full' or 'weak', got {supervision!r}")
+        self.index = index
+        self.supervision = supervision
+        self.crop_probability = float(crop_probability)
+        has_gt = index.has_groundtruth
+        if supervision == "weak":
+            if index.role is None:
+                raise ValueError("weak pairs need an index with weak roles (load_training_index)")
+            queries = has_gt & (index.role == QUERY_PART)
+            references = index.role == REFERENCE_PART
+            if np.any(has_gt & references):
+                raise AssertionError("weak index holds reference ground truth")
+        else:
+            queries = has_gt
+            references = has_gt
+        self.query_rows = np.nonzero(queries)[0]
+        self.query_len = (index.groundtruth[:, 1] - index.groundtruth[:, 0]).astype(np.int64)
+        by_label = defaultdict(list)
+        for row in np.nonzero(references)[0]:
+            by_label[int(index.label[row])].append(row)
+        self.refs_by_label = {k: np.array(v, dtype=np.int64) for k, v in by_label.items()}
+        self.candidates = {}
+        for q in self.query_rows:
+            cands = self.refs_by_label.get(int(index.label[q]), np.zeros(0, np.int64))
+            ok = (index.video_id[cands] != index.video_id[q]) & (index.length[cands] >= self.query_len[q])
+            if np.any(ok):
+                self.candidates[int(q)] = cands[ok]
+        self.usable = np.array(sorted(self.candidates), dtype=np.int64)
+        if self.usable.size == 0:
+            raise ValueError(f"split '{index.split}': no query has a valid {supervision}-supervision reference "
+                             "(same class, different video, window at least as long as the query)")
+        log.info("%s pairs: %d of %d queries have a valid reference", supervision, self.usable.size,
+                 self.query_rows.size)
+
+    def one_pass(self, rng: np.random.Generator) -> Iterator[PairPlan]:
+        """Every usable query once, in random order, each with a random valid reference."""
+        gt = self.index.groundtruth
+        for q in rng.permutation(self.usable):
+            cands = self.candidates[int(q)]
+            r = int(cands[rng.integers(cands.size)])
+            length = int(self.index.length[r])
+            if self.supervision == "full":
+                g0, g1 = int(gt[r, 0]), int(gt[r, 1])
+                a = b = 0
+                if rng.random() < self.crop_probability:
+                    a = int(rng.integers(0, g0 + 1))
+                    b = int(rng.integers(0, length - g1 + 1))
+                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), a, length - b, g0 - a, g1 - a)
+            else:
+                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), 0, length, -1, -1)
+
+    def epoch_batches(self, seed: int, epoch: int, batch_size: int, steps: int) -> Iterator[List[PairPlan]]:
+        """``steps`` batches of ``batch_size`` pairs for ``epoch``, bucketed by reference length."""
+        rng = np.random.default_rng([int(seed), int(epoch)])
+        buckets: Dict[int, List[PairPlan]] = defaultdict(list)
+        emitted = 0
+        while emitted < steps:
+            for plan in self.one_pass(rng):
+                key = (plan[5] - plan[4]) // BUCKET_SPAN
+                buckets[key].append(plan)
+                if len(buckets[key]) == batch_size:
+                    yield buckets.pop(key)
+                    emitted += 1
+                    if emitted == steps:
+                        return
+
+
+def _record_spec():
+    import tensorflow as tf
+
+    # deliberately no "groundtruth": labels come from the plan, never from a reference record
+    return {
+        "length": tf.io.FixedLenFeature([], tf.int64),
+        "feature_dim": tf.io.FixedLenFeature([], tf.int64),
+        "features": tf.io.VarLenFeature(tf.float32),
+    }
+
+
+def _parse_slice(serialized, start, end, feature_dim: int):
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(serialized, _record_spec())
+    dim = tf.cast(parsed["feature_dim"], tf.int32)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            dim, feature_dim, message=f"record feature_dim differs from the data manifest's {feature_dim}")]):
+        length = tf.cast(parsed["length"], tf.int32)
+    feats = tf.reshape(tf.sparse.to_dense(parsed["features"]), tf.stack([length, feature_dim]))
+    return feats[start:end]
+
+
+def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch_size: int,
+                   drop_remainder: bool):
+    """Generator of (query bytes, reference bytes, slices[6]) -> parsed, padded batches."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_generator(
+        generator_fn,
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
+                          tf.TensorSpec([6], tf.int32)))
+
+    def parse(q_bytes, r_bytes, s):
+        query = _parse_slice(q_bytes, s[0], s[1], feature_dim)
+        reference = _parse_slice(r_bytes, s[2], s[3], feature_dim)
+        out = {"query": query, "query_length": tf.shape(query)[0],
+               "reference": reference, "reference_length": tf.shape(reference)[0]}
+        if with_groundtruth:
+            out["groundtruth"] = s[4:6]
+        return out
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per_epoch: int,
+                     start_epoch: int, epochs: int, batch_size: Optional[int] = None):
+    """Batches for epochs ``start_epoch .. epochs-1`` (exactly ``steps_per_epoch`` each)."""
+    planner = PairPlanner(index, cfg.supervision, cfg.data.crop_probability)
+    batch_size = int(batch_size or cfg.train.batch_size)
+    full = cfg.supervision == "full"
+
+    def generate():
+        with RecordReader(index) as reader:
+            for epoch in range(start_epoch, epochs):
+                for batch in planner.epoch_batches(cfg.seed, epoch, batch_size, steps_per_epoch):
+                    for q, r, qs, qe, rs, re, gs, ge in batch:
+                        yield reader.read(q), reader.read(r), np.array([qs, qe, rs, re, gs, ge], np.int32)
+
+    return _pairs_dataset(generate, feature_dim, full, batch_size, drop_remainder=True)
+
+
+def evaluation_plan(index: EntryIndex, pairs: Sequence[dict]) -> np.ndarray:
+    """int64 [N, 8] rows of (q_row, r_row, q_start, q_end, r_start, r_end, gt_start, gt_end)."""
+    q_rows = index.position_of([p["query"] for p in pairs])
+    r_rows = index.position_of([p["reference"] for p in pairs])
+    gt = index.groundtruth
+    for name, rows in (("query", q_rows), ("reference", r_rows)):
+        missing = rows[gt[rows, 0] < 0]
+        if missing.size:
+            raise ValueError(f"pair list names {name} entry {int(index.entry_index[missing[0]])} "
+                             f"of split '{index.split}', which has no ground truth")
+    plan = np.stack([q_rows, r_rows, gt[q_rows, 0], gt[q_rows, 1],
+                     np.zeros_like(r_rows), index.length[r_rows], gt[r_rows, 0], gt[r_rows, 1]], axis=1)
+    return plan.astype(np.int64)
+
+
+def evaluation_dataset(index: EntryIndex, plan: np.ndarray, feature_dim: int, batch_size: int = 64):
+    """Batches of the planned pairs *in plan order* (whole references, no labels in the batch)."""
+    def generate():
+        with RecordReader(index) as reader:
+            for q, r, qs, qe, rs, re, _, _ in plan:
+                yield reader.read(int(q)), reader.read(int(r)), np.array([qs, qe, rs, re, -1, -1], np.int32)
+
+    return _pairs_dataset(generate, feature_dim, False, batch_size, drop_remainder=False)
+
+
+def length_sorted(plan: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(plan sorted by reference length, the permutation that restores the original order)."""
+    order = np.argsort(plan[:, 5] - plan[:, 4], kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return plan[order], inverse

@@ -1,0 +1,113 @@
+"""The fixed evaluation pair list: every model and baseline is scored on identical pairs.
+
+Rule (README protocol): each entry of the split with a known ground truth serves once
+as the query (its trimmed ground-truth segment); its reference is another entry of the
+**same class**, from a **different source video**, whose **window is at least as long
+as the query**. Among the entries that satisfy this, the choice is random with a fixed
+seed and *balanced*: queries are visited in a seeded random order and each takes,
+uniformly at random, one of the valid references that have served least often so far.
+So every entry is a reference about once, and the references of the pair list follow
+the split's own distribution instead of the luck of the draw — which is what makes a
+baseline such as the statistical prior reproducible to a few tenths of a point across
+seeds (independent draws move it by +-1.5 points on the test split). Queries that have
+no valid reference are left out and counted (``"skipped"`` in the JSON).
+
+JSON file::
+
+    {"split": "test", "seed": 0, "count": 978, "skipped": 0,
+     "pairs": [{"query": 12, "reference": 407, "query_video": "...", "reference_video": "..."}, ...]}
+
+``query``/``reference`` are ``entry_index`` values (positions in the split file).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import List, Optional
+
+import numpy as np
+
+from vreloc_tf.entry_index import EntryIndex, load_index
+
+
+def pairs_from_index(index: EntryIndex, seed: int) -> dict:
+    """The pair list of an index (see the module docstring); returns the JSON-ready dict."""
+    rng = np.random.default_rng(seed)
+    n = len(index)
+    has_gt = index.has_groundtruth
+    query_len = np.where(has_gt, index.groundtruth[:, 1] - index.groundtruth[:, 0], 0)
+    by_label = defaultdict(list)
+    for row in range(n):
+        if has_gt[row]:  # a reference must have ground truth to be scored
+            by_label[int(index.label[row])].append(row)
+    by_label = {k: np.array(v, dtype=np.int64) for k, v in by_label.items()}
+    used = np.zeros(n, dtype=np.int64)
+    chosen = {}
+    skipped = 0
+    for row in rng.permutation(n):
+        if not has_gt[row]:
+            skipped += 1
+            continue
+        cands = by_label[int(index.label[row])]
+        ok = (index.video_id[cands] != index.video_id[row]) & (index.length[cands] >= query_len[row])
+        cands = cands[ok]
+        if cands.size == 0:
+            skipped += 1
+            continue
+        cands = cands[used[cands] == used[cands].min()]
+        ref = int(cands[rng.integers(cands.size)])
+        used[ref] += 1
+        chosen[int(row)] = ref
+    pairs = [{"query": int(index.entry_index[q]), "reference": int(index.entry_index[r]),
+              "query_video": str(index.video_id[q]), "reference_video": str(index.video_id[r])}
+             for q, r in sorted(chosen.items())]
+    return {"split": index.split, "seed": int(seed), "count": len(pairs), "skipped": skipped, "pairs": pairs}
+
+
+def make_pairs(data_dir: str, split: str, seed: int = 0) -> List[dict]:
+    """The pair list of ``split`` in ``data_dir`` (list of ``{"query", "reference", ...}``)."""
+    return pairs_from_index(load_index(data_dir, split), seed)["pairs"]
+
+
+def make_pair_file(data_dir: str, split: str, seed: int = 0) -> dict:
+    """Like :func:`make_pairs` but the whole JSON-ready dict (split, seed, counts, pairs)."""
+    return pairs_from_index(load_index(data_dir, split), seed)
+
+
+def save_pairs(pairs, path: str, split: Optional[str] = None, seed: Optional[int] = None) -> str:
+    """Write a pair list (the dict of :func:`make_pair_file`, or a bare list of pairs) as JSON."""
+    doc = pairs if isinstance(pairs, dict) else {"split": split, "seed": seed, "count": len(pairs),
+                                                 "skipped": None, "pairs": list(pairs)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def load_pairs(path: str, split: Optional[str] = None) -> List[dict]:
+    """Read a pair list; a clear error if the file is malformed or was made for another split."""
+    with open(path) as fh:
+        try:
+            doc = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a pair list (invalid JSON: {exc})") from None
+    pairs = doc.get("pairs") if isinstance(doc, dict) else doc
+    if not isinstance(pairs, list):
+        raise ValueError(f"{path}: not a pair list (no 'pairs' list)")
+    for i, p in enumerate(pairs):
+        if not isinstance(p, dict) or not {"query", "reference"} <= set(p):
+            raise ValueError(f"{path}: pair {i} lacks 'query'/'reference': {p!r}")
+    if split is not None and isinstance(doc, dict) and doc.get("split") not in (None, split):
+        raise ValueError(f"{path}: pair list is for split '{doc['split']}', not '{split}'")
+    return pairs
+
+
+def subsample(pairs: List[dict], count: int, seed: int) -> List[dict]:
+    """``count`` pairs chosen with ``seed`` (in list order); ``count <= 0`` or more than there are = all."""
+    if count <= 0 or count >= len(pairs):
+        return list(pairs)
+    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=count, replace=False))
+    return [pairs[i] for i in keep]

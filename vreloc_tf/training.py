@@ -1,0 +1,209 @@
+"""The `model.fit` wrapper: loss, optimizer, learning-rate schedule and the callbacks of a run.
+
+:class:`RelocTrainer` wraps the functional inference model of
+:func:`vreloc_tf.model.build_model` (``self.net``, the model that is saved as
+``model.keras``) and overrides only ``compute_loss``: Keras' own ``train_step`` does the
+forward pass, the gradient tape and the optimizer update, also per replica under a
+tf.distribute strategy. The loss is :func:`vreloc_tf.losses.total_loss` at the current
+optimizer step (the co-attention masks switch on after the warm-up), divided by the
+number of replicas as Keras does for its compiled losses (gradients are summed across
+replicas).
+
+Optimizer (paper, Implementation Details): Adam, learning rate
+``lr * factor ** (step // decay_steps)`` (staircase exponential decay: 1e-3 divided by 10
+every 200 steps), gradients clipped by global norm ``cfg.train.clip_norm`` (5.0, Feng's
+code).
+
+Callbacks, in order: :class:`ValidationCallback` (mAP@1 on the fixed val pair list,
+keeps the best ``model.keras``), :class:`StepCheckpoint` (``checkpoints/step-NNNNNN.keras``),
+TensorBoard (``logs/``: loss, learning rate, validation metrics per epoch, i.e. per
+validation), BackupAndRestore (``backup/``, end of every epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+
+from vreloc_tf.config import Config
+from vreloc_tf.model import INPUT_NAMES
+
+
+class RelocTrainer(keras.Model):
+    """Training wrapper around the inference model; only the loss differs from plain Keras."""
+
+    def __init__(self, cfg: Config, net: keras.Model, **kwargs):
+        super().__init__(name="vreloc_trainer", **kwargs)
+        self.cfg = cfg
+        self.net = net
+        self.built = True  # the wrapped functional model is built
+
+    def call(self, inputs, training=False):
+        return self.net({k: inputs[k] for k in INPUT_NAMES}, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        from keras.src.losses.loss import scale_loss_for_distribution
+
+        from vreloc_tf.losses import total_loss
+
+        loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
+        return scale_loss_for_distribution(loss)
+
+
+def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        cfg.train.learning_rate, decay_steps=cfg.train.lr_decay_steps, decay_rate=cfg.train.lr_decay_factor,
+        staircase=True)
+    return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=cfg.train.clip_norm)
+
+
+def schedule(cfg: Config, steps: Optional[int] = None):
+    """(steps_per_epoch, epochs): an epoch ends at every validation point.
+
+    Validation happens every ``validate_every`` steps and at the last step; the epoch is
+    the largest length that hits all of them (gcd), e.g. 600 steps, validate_every 100 ->
+    6 epochs of 100; 250 steps -> 5 epochs of 50 (validating at 100, 200, 250).
+    """
+    steps = int(cfg.train.steps if steps is None else steps)
+    if steps < 1:
+        raise ValueError(f"train.steps must be >= 1, got {steps}")
+    every = max(1, min(int(cfg.train.validate_every), steps))
+    per_epoch = math.gcd(steps, every)
+    return per_epoch, steps // per_epoch
+
+
+BEST_STATE = "best.json"
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """mAP@1 on a fixed val pair list at validation points; saves the best inference model."""
+
+    def __init__(self, index, plan: np.ndarray, feature_dim: int, mode: str, max_length, run_dir: str,
+                 steps_per_epoch: int, validate_every: int, total_steps: int, state_dir: str,
+                 write: bool = True, batch_size: int = 64):
+        super().__init__()
+        self.index, self.plan, self.feature_dim = index, plan, feature_dim
+        self.mode, self.max_length = mode, max_length
+        self.run_dir, self.state_dir, self.write = run_dir, state_dir, write
+        self.steps_per_epoch, self.validate_every, self.total_steps = steps_per_epoch, validate_every, total_steps
+        self.batch_size = batch_size
+        self.best_val, self.best_step, self.history = None, None, []
+
+    @property
+    def _state_path(self):
+        return os.path.join(self.state_dir, BEST_STATE)
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self._state_path):  # a resumed run keeps its best so far
+            with open(self._state_path) as fh:
+                state = json.load(fh)
+            self.best_val, self.best_step, self.history = state["best_val"], state["best_step"], state["history"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        from vreloc_tf.evaluate import predict_segments, score_plan
+        from vreloc_tf.run_dir import MODEL_FILE
+
+        step = (epoch + 1) * self.steps_per_epoch
+        if step % self.validate_every and step != self.total_steps:
+            return
+        start, end = predict_segments(self.model.net, self.index, self.plan, self.feature_dim, self.mode,
+                                      self.max_length, self.batch_size)
+        result = score_plan(self.plan, start, end, "val", "val")
+        if logs is not None:
+            logs["val_average"] = result["average"]
+            for k, v in result["map_at_1"].items():
+                logs[f"val_map_iou{k}"] = v
+        self.history.append({"step": step, "average": result["average"], "loss": (logs or {}).get("loss")})
+        if self.best_val is None or result["average"] > self.best_val:
+            self.best_val, self.best_step = result["average"], step
+            if self.write:
+                path = os.path.join(self.run_dir, MODEL_FILE)
+                self.model.net.save(path + ".tmp.keras")
+                os.replace(path + ".tmp.keras", path)
+        if self.write:
+            os.makedirs(self.state_dir, exist_ok=True)
+            with open(self._state_path + ".tmp", "w") as fh:
+                json.dump({"best_val": self.best_val, "best_step": self.best_step, "history": self.history}, fh)
+            os.replace(self._state_path + ".tmp", self._state_path)
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """``checkpoints/step-NNNNNN.keras`` (the inference model) every ``every`` steps and at the end."""
+
+    def __init__(self, directory: str, every: int, steps_per_epoch: int, total_steps: int, write: bool = True):
+        super().__init__()
+        self.directory, self.every, self.steps_per_epoch = directory, max(1, int(every)), steps_per_epoch
+        self.total_steps, self.write = total_steps, write
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._epoch * self.steps_per_epoch + batch + 1
+        if self.write and (step % self.every == 0 or step == self.total_steps):
+            os.makedirs(self.directory, exist_ok=True)
+            self.model.net.save(os.path.join(self.directory, f"step-{step:06d}.keras"))
+
+
+def seed_generators(model: keras.Model) -> list:
+    """Every keras SeedGenerator of a model (dropout masks), in a stable order."""
+    out = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        out.extend(getattr(layer, "_seed_generators", []))
+    return out
+
+
+class SeedStateBackup(keras.callbacks.Callback):
+    """Backs up the dropout seed-generator states with BackupAndRestore's epochs.
+
+    Keras' ``save_weights`` (what BackupAndRestore stores) leaves out the states of
+    ``SeedGenerator``s, so a resumed run would replay the dropout masks of step 0; this
+    stores them at every epoch end and restores them on resume.
+    """
+
+    FILE = "seed_states.npz"
+
+    def __init__(self, backup_dir: str, write: bool = True):
+        super().__init__()
+        self.path = os.path.join(backup_dir, self.FILE)
+        self.write = write
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self.path):
+            saved = np.load(self.path)
+            gens = seed_generators(self.model)
+            if len(saved.files) != len(gens):
+                raise ValueError(f"{self.path}: {len(saved.files)} seed states for {len(gens)} generators")
+            for i, sg in enumerate(gens):
+                sg.state.assign(saved[f"s{i}"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.write:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            states = {f"s{i}": np.asarray(sg.state.numpy()) for i, sg in enumerate(seed_generators(self.model))}
+            tmp = self.path + ".tmp.npz"
+            np.savez(tmp, **states)
+            os.replace(tmp, self.path)
+
+
+class Timer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
+def resume_epoch(backup_dir: str) -> int:
+    """The epoch BackupAndRestore will resume from (0 for a fresh run)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        return int(json.load(fh)["epoch"])
