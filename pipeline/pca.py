@@ -26,6 +26,7 @@ import dataclasses
 import io
 import logging
 import os
+import zipfile
 from typing import Optional, Tuple
 
 import apache_beam as beam
@@ -189,13 +190,17 @@ class PCA:
             data = path
         try:
             with np.load(data, allow_pickle=False) as npz:
-                missing = {"mean", "components", "explained_variance"} - set(npz.files)
-                if missing:
-                    raise ValueError(f"PCA file {path} lacks {sorted(missing)} (has {sorted(npz.files)})")
-                return cls(mean=npz["mean"], components=npz["components"],
-                           explained_variance=npz["explained_variance"])
-        except (OSError, EOFError) as e:
-            raise ValueError(f"PCA file {path} is unreadable: {e}") from e
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"PCA file {path} is unreadable as .npz: {e}") from e
+        missing = {"mean", "components", "explained_variance"} - set(arrays)
+        if missing:
+            raise ValueError(f"PCA file {path} lacks {sorted(missing)} (has {sorted(arrays)})")
+        try:
+            return cls(mean=arrays["mean"], components=arrays["components"],
+                       explained_variance=arrays["explained_variance"])
+        except ValueError as e:
+            raise ValueError(f"PCA file {path}: {e}") from e
 
 
 def _fix_signs(components: np.ndarray) -> np.ndarray:
