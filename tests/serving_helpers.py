@@ -22,9 +22,13 @@ _ROOT = tempfile.mkdtemp(prefix="vreloc-serving-tests-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
 def make_run(seed: int = 0, supervision: str = "full") -> str:
     """A tiny untrained run folder (model.keras, config.yaml, run.json); weights depend on ``seed``."""
+    return _make_run(seed, supervision)
+
+
+@functools.lru_cache(maxsize=None)
+def _make_run(seed: int, supervision: str) -> str:
     import keras
 
     from vreloc_tf.config import load_config, save_config

@@ -1,0 +1,426 @@
+"""The gRPC server, exercised over loopback with TF Serving's stock stubs.
+
+Round trips (Predict = in-process SavedModel, GetModelMetadata, GetModelStatus),
+a table of bad requests with their status codes, versions and labels, hot reload
+under load, SIGTERM with a request in flight (server in a subprocess), TLS, and
+the loopback-only default.
+"""
+import datetime
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+import serving_helpers as H
+from serving import signature as sig
+from serving.client import make_request, open_channel, parse_response, predict
+from serving.export import export_model
+from serving.server import start_server
+from serving.validation import RequestLimits
+
+LIMITS = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
+
+
+def _good(rng=None):
+    return H.random_batch(rng or np.random.default_rng(7), lq=(5, 3), lr=(40, 23))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = H.export_copy(str(tmp_path_factory.mktemp("served")), seed=0)
+    handle = start_server(base, port=0, poll_interval=0, limits=LIMITS)
+    channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
+    yield handle, base, channel
+    channel.close()
+    handle.stop(grace=1)
+
+
+def test_predict_over_grpc_equals_in_process(served):
+    handle, base, channel = served
+    arrays = _good()
+    request = make_request(arrays["query"], arrays["reference"], H.MODEL_NAME,
+                           query_length=arrays["query_length"], reference_length=arrays["reference_length"])
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert response.model_spec.name == H.MODEL_NAME
+    assert response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == sig.SIGNATURE_NAME
+    assert sorted(response.outputs) == sorted(sig.OUTPUT_NAMES)
+    got = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+    want = H.saved_model_outputs(os.path.join(base, "1"), arrays)
+    for name in sig.OUTPUT_NAMES:
+        assert got[name].dtype == np.dtype(sig.output_spec(name).dtype), name
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+
+    # output_filter returns just the asked outputs.
+    request.output_filter.extend([sig.START, sig.END])
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert sorted(response.outputs) == [sig.END, sig.START]
+
+
+def test_get_model_metadata_lists_the_signature(served):
+    _, _, channel = served
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = H.MODEL_NAME
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=30)
+    assert response.model_spec.version.value == 1
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signature_map)
+    assert list(signature_map.signature_def) == [sig.SIGNATURE_NAME]
+    signature_def = signature_map.signature_def[sig.SIGNATURE_NAME]
+    assert signature_def.method_name == sig.METHOD_NAME
+    for spec in sig.INPUTS:
+        info = signature_def.inputs[spec.name]
+        assert tf.dtypes.as_dtype(info.dtype).name == spec.dtype
+        dims = [d.size for d in info.tensor_shape.dim]
+        assert dims == [H.FEATURE_DIM if d == "D" else -1 for d in spec.shape], spec.name
+    assert sorted(signature_def.outputs) == sorted(sig.OUTPUT_NAMES)
+
+    bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["graph_def"])
+    bad.model_spec.name = H.MODEL_NAME
+    with pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(bad, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "graph_def" in info.value.details()
+
+
+def test_get_model_status_says_available(served):
+    _, _, channel = served
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = H.MODEL_NAME
+    response = stub.GetModelStatus(request, timeout=30)
+    assert [(s.version, s.state) for s in response.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    request.model_spec.version.value = 9
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetModelStatus(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- bad requests -------------------------------------------------------------------
+
+def _set(name, value):
+    def mutate(request):
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return mutate
+
+
+def _with(name, fn):
+    """Replace input ``name`` by fn(good array)."""
+    def mutate(request):
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(fn(tf.make_ndarray(request.inputs[name]))))
+    return mutate
+
+
+def _nan_at(value):
+    value = value.copy()
+    value[1, 2, 3] = np.nan
+    return value
+
+
+def _inf_at(value):
+    value = value.copy()
+    value[0, 5, 0] = np.inf
+    return value
+
+
+BAD = grpc.StatusCode.INVALID_ARGUMENT
+BAD_REQUESTS = [
+    # (id, mutate(request), status, words the message must contain)
+    ("missing-input", lambda r: r.inputs.pop("query_length"), BAD, ["missing", "'query_length'"]),
+    ("extra-input", _set("attention", np.zeros((2,), np.float32)), BAD, ["unknown input", "'attention'"]),
+    ("float64-query", _with("query", lambda v: v.astype(np.float64)), BAD, ["'query'", "float32", "float64"]),
+    ("int64-lengths", _with("reference_length", lambda v: v.astype(np.int64)), BAD, ["'reference_length'", "int32"]),
+    ("rank-2-reference", _with("reference", lambda v: v[0]), BAD, ["'reference'", "rank must be 3"]),
+    ("wrong-feature-dim", _with("reference", lambda v: v[:, :, :5]), BAD, ["'reference'", "feature dim", "8", "5"]),
+    ("zero-length", _with("query_length", lambda v: np.array([5, 0], np.int32)), BAD, ["'query_length'", ">= 1"]),
+    ("negative-length", _with("reference_length", lambda v: np.array([-3, 23], np.int32)), BAD,
+     ["'reference_length'", "-3"]),
+    ("length-beyond-tensor", _with("reference_length", lambda v: np.array([40, 48], np.int32)), BAD,
+     ["'reference_length'", "48", "beyond"]),
+    ("nan-query", _with("query", _nan_at), BAD, ["'query'", "NaN"]),
+    ("inf-reference", _with("reference", _inf_at), BAD, ["'reference'", "Inf"]),
+    ("lq-above-limit", _with("query", lambda v: np.zeros((2, 21, 8), np.float32)), BAD, ["'query'", "21", "limit 20"]),
+    ("lr-above-limit", _with("reference", lambda v: np.zeros((2, 401, 8), np.float32)), BAD,
+     ["'reference'", "401", "limit 400"]),
+    ("batch-above-limit", lambda r: [_with(n, lambda v: np.concatenate([v, v, v]))(r) for n in sig.INPUT_NAMES], BAD,
+     ["batch size 6", "limit 4"]),
+    ("mismatched-batch", _with("reference_length", lambda v: v[:1]), BAD, ["'reference_length'", "batch size 1"]),
+    ("malformed-tensor-proto", lambda r: setattr(r.inputs["query"], "tensor_content", b"\x00" * 12), BAD,
+     ["'query'", "TensorProto"]),
+    ("unknown-output-filter", lambda r: r.output_filter.append("attention"), BAD, ["output_filter", "attention"]),
+    ("unknown-model", lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND, ["'nope'"]),
+    ("unknown-version", lambda r: r.model_spec.version.__setattr__("value", 7), grpc.StatusCode.NOT_FOUND,
+     ["version 7"]),
+    ("unknown-label", lambda r: setattr(r.model_spec, "version_label", "gold"), BAD, ["label", "gold"]),
+    ("unknown-signature", lambda r: setattr(r.model_spec, "signature_name", "classify"),
+     grpc.StatusCode.FAILED_PRECONDITION, ['"classify"']),
+]
+
+
+@pytest.mark.parametrize("case_id, mutate, code, words", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_request_is_refused_then_a_good_one_succeeds(served, case_id, mutate, code, words):
+    handle, base, channel = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    arrays = _good()
+    request = make_request(arrays["query"], arrays["reference"], H.MODEL_NAME,
+                           query_length=arrays["query_length"], reference_length=arrays["reference_length"])
+    good = type(request)()
+    good.CopyFrom(request)
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=30)
+    assert info.value.code() == code, info.value.details()
+    for word in words:
+        assert word in info.value.details(), (word, info.value.details())
+    # The server keeps serving.
+    out = parse_response(stub.Predict(good, timeout=30), single=False)
+    want = H.saved_model_outputs(os.path.join(base, "1"), arrays)
+    np.testing.assert_array_equal(out["start"], want["start"])
+    np.testing.assert_array_equal(out["end"], want["end"])
+
+
+# -- versions -------------------------------------------------------------------------
+
+def _pair(seed=11):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((6, H.FEATURE_DIM)).astype(np.float32),
+            rng.standard_normal((50, H.FEATURE_DIM)).astype(np.float32))
+
+
+def _expected(version_path, query, reference):
+    arrays = {"query": query[None], "query_length": np.array([len(query)], np.int32),
+              "reference": reference[None], "reference_length": np.array([len(reference)], np.int32)}
+    return H.saved_model_outputs(version_path, arrays)["probabilities"][0]
+
+
+def test_versions_labels_and_a_broken_version(tmp_path):
+    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    H.export_copy(str(tmp_path), seed=1, version=2)
+    os.makedirs(os.path.join(base, "3"))
+    with open(os.path.join(base, "3", sig.SAVED_MODEL_FILE), "wb") as fh:
+        fh.write(b"not a SavedModel")
+    query, reference = _pair()
+    want = {v: _expected(os.path.join(base, str(v)), query, reference) for v in (1, 2)}
+    assert np.abs(want[1] - want[2]).max() > 1e-3, "the two versions must be distinguishable"
+
+    handle = start_server(base, port=0, poll_interval=0, version_policy="all",
+                          version_labels={"stable": 1, "canary": 2, "next": 3})
+    target = f"127.0.0.1:{handle.port}"
+    try:
+        assert handle.models[H.MODEL_NAME].versions == [1, 2]
+        cases = [({}, 2), ({"version": 1}, 1), ({"version": 2}, 2), ({"version_label": "stable"}, 1),
+                 ({"version_label": "canary"}, 2)]
+        for kwargs, version in cases:
+            out = predict(target, query, reference, H.MODEL_NAME, **kwargs)
+            assert out["version"] == version, kwargs
+            np.testing.assert_allclose(out["probabilities"], want[version], atol=1e-6, err_msg=str(kwargs))
+        for kwargs, code in (({"version": 3}, grpc.StatusCode.NOT_FOUND),
+                             ({"version_label": "next"}, grpc.StatusCode.NOT_FOUND)):
+            with pytest.raises(grpc.RpcError) as info:
+                predict(target, query, reference, H.MODEL_NAME, **kwargs)
+            assert info.value.code() == code, kwargs
+
+        with grpc.insecure_channel(target) as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = H.MODEL_NAME
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        states = {s.version: s for s in status.model_version_status}
+        assert states[1].state == states[2].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert states[3].state == get_model_status_pb2.ModelVersionStatus.END and states[3].status.error_message
+    finally:
+        handle.stop(grace=1)
+
+
+def test_hot_reload_under_load_fails_no_request(tmp_path):
+    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    query, reference = _pair(12)
+    want1 = _expected(os.path.join(base, "1"), query, reference)
+    handle = start_server(base, port=0, poll_interval=0.2)
+    target = f"127.0.0.1:{handle.port}"
+    model = handle.models[H.MODEL_NAME]
+    results, errors, stop = [], [], threading.Event()
+    lock = threading.Lock()
+
+    def client():
+        channel = open_channel(target)
+        try:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    out = predict(target, query, reference, H.MODEL_NAME, timeout=60, channel=channel)
+                    with lock:
+                        results.append((sent, out["version"], out["probabilities"]))
+                except grpc.RpcError as exc:
+                    with lock:
+                        errors.append(f"{exc.code().name}: {exc.details()}")
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        while len(results) < 16:
+            time.sleep(0.05)
+        export_model(H.make_run(1), base)  # version 2, other weights, exported while clients run
+        deadline = time.monotonic() + 60
+        while model.versions != [2] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        swapped = time.monotonic()
+        assert model.versions == [2], "version 2 was not picked up"
+        while sum(1 for r in results if r[0] > swapped) < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    try:
+        want2 = _expected(os.path.join(base, "2"), query, reference)
+        assert np.abs(want1 - want2).max() > 1e-3
+        assert errors == []
+        versions = [v for _, v, _ in results]
+        assert 1 in versions and 2 in versions
+        for sent, version, probabilities in results:
+            np.testing.assert_allclose(probabilities, want1 if version == 1 else want2, atol=1e-6)
+            if sent > swapped:
+                assert version == 2, "a request sent after the swap was answered by version 1"
+        time.sleep(0.5)  # one more poll releases the retired version (no request holds it)
+        assert model.retired_versions == []
+    finally:
+        handle.stop(grace=1)
+
+
+def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path):
+    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    handle = start_server(base, port=0, poll_interval=0.1)
+    try:
+        tmp = os.path.join(base, ".tmp-2-x")
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, sig.SAVED_MODEL_FILE), "wb") as fh:
+            fh.write(b"garbage")
+        os.rename(tmp, os.path.join(base, "2"))
+        model = handle.models[H.MODEL_NAME]
+        deadline = time.monotonic() + 30
+        while not any(v == 2 for v, _, _ in model.status()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (2, "END") in [(v, s) for v, s, _ in model.status()]
+        assert model.versions == [1]
+        query, reference = _pair()
+        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME)["version"] == 1
+    finally:
+        handle.stop(grace=1)
+
+
+# -- process-level behaviour ------------------------------------------------------------
+
+def test_sigterm_finishes_the_request_in_flight(tmp_path):
+    base = H.export_copy(str(tmp_path), seed=0)
+    log_path = tmp_path / "server.log"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vreloc_tf.cli", "-vv", "serve", "--model-base-path", base, "--port", "0",
+             "--poll-interval", "0", "--grace", "60"],
+            stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), (line, log_path.read_text())
+        target = line.split()[-1]
+        # A request that runs for seconds: batch 16 x 4,096 reference steps.
+        rng = np.random.default_rng(3)
+        query = rng.standard_normal((16, 16, H.FEATURE_DIM)).astype(np.float32)
+        reference = rng.standard_normal((16, 4096, H.FEATURE_DIM)).astype(np.float32)
+        channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", sig.MAX_MESSAGE_BYTES),
+                                                         ("grpc.max_receive_message_length", sig.MAX_MESSAGE_BYTES)])
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        server = psutil.Process(proc.pid)
+        cpu_before = sum(server.cpu_times()[:2])
+        future = stub.Predict.future(make_request(query, reference, H.MODEL_NAME), timeout=120)
+        deadline = time.monotonic() + 30
+        while sum(server.cpu_times()[:2]) - cpu_before < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait until the server is computing the request
+        proc.send_signal(signal.SIGTERM)
+        response = future.result()  # finished, not cut off
+        out = parse_response(response, single=False)
+        assert out["probabilities"].shape == (16, 4096, 4)
+        assert proc.wait(timeout=60) == 0
+        log = log_path.read_text()
+        assert "SIGTERM: stopping" in log and "for 1 request(s) in flight" in log, log
+        assert "Predict model=vreloc version=1 B=16 Lq=16 Lr=4096 status=OK" in log  # the debug line
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(make_request(query[:1, :4], reference[:1, :30], H.MODEL_NAME), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_round_trip(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    base = H.export_copy(str(tmp_path), seed=0)
+    handle = start_server(base, port=0, poll_interval=0, tls_cert=cert, tls_key=key)
+    try:
+        query, reference = _pair()
+        out = predict(f"localhost:{handle.port}", query, reference, H.MODEL_NAME, tls_ca=cert)
+        np.testing.assert_allclose(out["probabilities"], _expected(os.path.join(base, "1"), query, reference),
+                                   atol=1e-6)
+        with pytest.raises(grpc.RpcError) as info:  # plaintext to a TLS port fails
+            predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        handle.stop(grace=1)
+
+
+def test_non_loopback_bind_needs_the_flag_and_warns(tmp_path, caplog):
+    base = H.export_copy(str(tmp_path), seed=0)
+    with pytest.raises(ValueError, match="--allow-remote"):
+        start_server(base, host="0.0.0.0")
+    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+        start_server(base, tls_cert="cert.pem")
+    with caplog.at_level(logging.WARNING, logger="serving.server"):
+        handle = start_server(base, host="0.0.0.0", allow_remote=True, poll_interval=0)
+    try:
+        assert any("non-loopback" in r.message and "WITHOUT TLS" in r.message for r in caplog.records)
+        query, reference = _pair()
+        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME)["version"] == 1
+    finally:
+        handle.stop(grace=1)
