@@ -1,0 +1,160 @@
+"""tf.data pairing: protocol rules, batches against a NumPy reference, determinism/resume,
+and the weak pipeline never seeing reference ground truth."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import reloc_fixtures as F
+from vreloc_tf import schema
+from vreloc_tf.config import load_config
+from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, load_index, weak_role
+from vreloc_tf.input_pipeline import BUCKET_SPAN, PairPlanner, load_training_index, training_dataset
+
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return F.make_data_dir(str(tmp_path_factory.mktemp("pipe_data")), dim=DIM, per_class=12)
+
+
+def _cfg(*overrides):
+    return load_config("tiny", [f"data.feature_dim={DIM}", "train.batch_size=4", *overrides])
+
+
+def _batches(cfg, data_dir, steps=3, start=0, epochs=2):
+    index = load_training_index(cfg, data_dir)
+    ds = training_dataset(cfg, index, DIM, steps, start, epochs)
+    return [{k: v.numpy() for k, v in b.items()} for b in ds]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert sorted(x) == sorted(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_full_plans_follow_the_protocol_and_the_crop_rule(data_dir):
+    index = load_index(data_dir, "train")
+    planner = PairPlanner(index, "full", crop_probability=0.9)
+    rng = np.random.default_rng(0)
+    plans = [p for _ in range(20) for p in planner.one_pass(rng)]
+    cropped = 0
+    for q, r, qs, qe, rs, re, gs, ge in plans:
+        assert index.label[q] == index.label[r] and index.video_id[q] != index.video_id[r]
+        assert (qs, qe) == tuple(index.groundtruth[q])
+        assert index.length[r] >= qe - qs
+        g0, g1 = index.groundtruth[r]
+        assert 0 <= rs <= g0 and g1 <= re <= index.length[r]  # the crop keeps the ground truth inside
+        assert (gs, ge) == (g0 - rs, g1 - rs) and 0 <= gs < ge <= re - rs
+        cropped += (rs, re) != (0, index.length[r])
+    assert 0.6 < cropped / len(plans) <= 0.9 + 0.05
+    never = PairPlanner(index, "full", crop_probability=0.0)
+    assert all((p[4], p[5]) == (0, index.length[p[1]]) for p in never.one_pass(rng))
+
+
+def test_batches_equal_a_numpy_reference(data_dir):
+    cfg = _cfg()
+    batches = _batches(cfg, data_dir)
+    index = load_index(data_dir, "train")
+    records = {r.entry_index: r for r in schema.read_records(data_dir, "train")}
+    planner = PairPlanner(index, "full", cfg.data.crop_probability)
+    expected = [b for e in range(2) for b in planner.epoch_batches(cfg.seed, e, 4, 3)]
+    assert len(batches) == len(expected) == 6
+    for got, plans in zip(batches, expected):
+        assert got["query_length"].dtype == np.int32 and got["reference_length"].dtype == np.int32
+        assert got["groundtruth"].dtype == np.int32 and got["query"].dtype == np.float32
+        for i, (q, r, qs, qe, rs, re, gs, ge) in enumerate(plans):
+            qf = records[int(index.entry_index[q])].features[qs:qe]
+            rf = records[int(index.entry_index[r])].features[rs:re]
+            assert got["query_length"][i] == len(qf) and got["reference_length"][i] == len(rf)
+            np.testing.assert_array_equal(got["query"][i, :len(qf)], qf)
+            np.testing.assert_array_equal(got["reference"][i, :len(rf)], rf)
+            assert not got["query"][i, len(qf):].any() and not got["reference"][i, len(rf):].any()
+            np.testing.assert_array_equal(got["groundtruth"][i], [gs, ge])
+        buckets = set(got["reference_length"] // BUCKET_SPAN)
+        assert len(buckets) == 1  # one length bucket per batch
+
+
+def test_batches_are_deterministic_and_each_epoch_stands_alone(data_dir):
+    cfg = _cfg()
+    a = _batches(cfg, data_dir)
+    _assert_same_batches(a, _batches(cfg, data_dir))
+    _assert_same_batches(a[3:], _batches(cfg, data_dir, start=1))  # what a run resumed at epoch 1 sees
+    other = _batches(_cfg("seed=1"), data_dir)
+    assert any(not np.array_equal(x["query"], y["query"]) or x["query"].shape != y["query"].shape
+               for x, y in zip(a, other))
+
+
+def _corrupt_reference_groundtruth(src, dst, fraction):
+    """Copy a data folder, replacing the ground truth of every weak reference-part train entry."""
+    records = schema.read_records(src, "train")
+    changed = 0
+    for r in records:
+        if weak_role(r.video_id, fraction) == REFERENCE_PART:
+            new = (0, 1) if tuple(r.groundtruth) != (0, 1) else (1, 2)
+            r.groundtruth = new
+            changed += 1
+    F.write_split(dst, "train", records, shards=3)
+    for split in ("val", "test"):
+        F.write_split(dst, split, schema.read_records(src, split))
+    F.write_manifest(dst, DIM, {})
+    return changed
+
+
+def test_weak_batches_never_see_reference_groundtruth(data_dir, tmp_path):
+    cfg = _cfg("supervision=weak")
+    changed = _corrupt_reference_groundtruth(data_dir, str(tmp_path), cfg.data.weak_query_fraction)
+    assert changed > 0
+    weak_clean, weak_corrupt = _batches(cfg, data_dir), _batches(cfg, str(tmp_path))
+    _assert_same_batches(weak_clean, weak_corrupt)
+    assert all("groundtruth" not in b for b in weak_clean)
+    # the corruption is visible to a pipeline that does read reference ground truth
+    full_clean, full_corrupt = _batches(_cfg(), data_dir), _batches(_cfg(), str(tmp_path))
+    assert any(not np.array_equal(x["groundtruth"], y["groundtruth"]) for x, y in zip(full_clean, full_corrupt))
+
+
+def test_weak_plans_take_queries_and_references_from_their_own_parts(data_dir):
+    cfg = _cfg("supervision=weak")
+    index = load_training_index(cfg, data_dir)
+    assert not np.any(index.has_groundtruth[index.role == REFERENCE_PART])
+    planner = PairPlanner(index, "weak")
+    plans = list(planner.one_pass(np.random.default_rng(0)))
+    assert plans
+    for q, r, qs, qe, rs, re, gs, ge in plans:
+        assert index.role[q] == QUERY_PART and index.role[r] == REFERENCE_PART
+        assert index.label[q] == index.label[r] and index.length[r] >= qe - qs
+        assert (rs, re) == (0, index.length[r]) and (gs, ge) == (-1, -1)  # whole reference, no label
+    videos = {v: weak_role(v, 0.5) for v in index.video_id}
+    assert {QUERY_PART, REFERENCE_PART} == set(videos.values())
+
+
+def test_weak_role_is_a_stable_fraction_of_videos():
+    ids = [f"vid{i:05d}" for i in range(4000)]
+    roles = np.array([weak_role(v, 0.3) for v in ids])
+    assert abs(np.mean(roles == QUERY_PART) - 0.3) < 0.03
+    assert [weak_role(v, 0.3) for v in ids[:50]] == list(roles[:50])
+    with pytest.raises(ValueError, match="weak_query_fraction"):
+        weak_role("x", 1.0)
+
+
+def test_feature_dim_mismatch_is_named(data_dir):
+    import tensorflow as tf
+
+    cfg = _cfg()
+    index = load_training_index(cfg, data_dir)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="feature_dim"):
+        for _ in training_dataset(cfg, index, DIM + 1, 1, 0, 1):
+            pass
+
+
+def test_planner_rejects_an_index_without_usable_pairs(data_dir):
+    index = load_index(data_dir, "train")
+    lonely = dataclasses.replace(index, label=np.arange(len(index)))  # every entry its own class
+    with pytest.raises(ValueError, match="no query has a valid"):
+        PairPlanner(lonely, "full")
+    with pytest.raises(ValueError, match="weak roles"):
+        PairPlanner(index, "weak")

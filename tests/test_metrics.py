@@ -1,0 +1,66 @@
+"""mAP@1 and temporal IoU against brute-force set arithmetic; the paper-format table."""
+import numpy as np
+import pytest
+
+from vreloc_tf import metrics
+
+
+def _set_iou(p, g):
+    a, b = set(range(*p)), set(range(*g))
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def test_temporal_iou_matches_set_arithmetic_on_random_segments():
+    rng = np.random.default_rng(0)
+    n = 500
+    gs = rng.integers(0, 30, n)
+    ge = gs + rng.integers(1, 20, n)
+    ps = rng.integers(0, 40, n)
+    pe = ps + rng.integers(0, 25, n)  # includes empty predictions
+    got = metrics.temporal_iou(ps, pe, gs, ge)
+    want = [_set_iou((a, b), (c, d)) for a, b, c, d in zip(ps, pe, gs, ge)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_inverted_prediction_scores_zero_and_empty_groundtruth_is_an_error():
+    assert metrics.temporal_iou(5, 2, 0, 10) == 0.0
+    with pytest.raises(ValueError, match="ground truth"):
+        metrics.temporal_iou(0, 3, 4, 4)
+
+
+def test_map_at_1_counts_iou_strictly_above_each_threshold():
+    rng = np.random.default_rng(1)
+    ious = rng.random(1000)
+    ious[:7] = 0.5  # exactly at a threshold: not counted at 0.5
+    got = metrics.map_at_1(ious)
+    for t, key in zip(metrics.THRESHOLDS, metrics.THRESHOLD_KEYS):
+        assert got[key] == pytest.approx(100.0 * sum(1 for v in ious if v > t) / len(ious))
+    assert metrics.map_at_1([0.5])["0.5"] == 0.0
+    with pytest.raises(ValueError, match="no pairs"):
+        metrics.map_at_1([])
+
+
+def test_result_dict_and_table_format():
+    rng = np.random.default_rng(2)
+    a = metrics.result_dict("Method A", "test", rng.random(40))
+    b = metrics.result_dict("B", "test", rng.random(40))
+    assert set(a) == {"method", "split", "pairs", "map_at_1", "average"}
+    assert a["pairs"] == 40
+    assert a["average"] == pytest.approx(np.mean(list(a["map_at_1"].values())))
+    table = metrics.format_table([a, b], title="Table X")
+    lines = table.splitlines()
+    assert lines[0] == "Table X"
+    assert lines[1].split() == ["mAP@1", "0.5", "0.6", "0.7", "0.8", "0.9", "Avg."]
+    row = lines[2]
+    assert row.startswith("Method A")
+    cells = row[len("Method A"):].split()
+    assert cells == [f"{a['map_at_1'][k]:.1f}" for k in metrics.THRESHOLD_KEYS] + [f"{a['average']:.1f}"]
+    assert "(40 pairs, split test)" in table
+
+
+def test_table_flags_rows_from_different_pair_lists_and_names_bad_rows():
+    a = metrics.result_dict("A", "test", [0.9, 0.1])
+    b = metrics.result_dict("B", "val", [0.9])
+    assert "WARNING" in metrics.format_table([a, b])
+    with pytest.raises(ValueError, match="lacks"):
+        metrics.format_table([{"method": "C"}])

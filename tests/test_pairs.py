@@ -1,0 +1,112 @@
+"""The fixed evaluation pair list: protocol rules checked by brute force, determinism, JSON round trip."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import reloc_fixtures as F
+from vreloc_tf import schema
+from vreloc_tf.entry_index import load_index
+from vreloc_tf.pairs import load_pairs, make_pair_file, make_pairs, pairs_from_index, save_pairs, subsample
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("pairs_data"))
+    rng = np.random.default_rng(3)
+    records = F.make_records("test", [7, 8, 9], 9, 4, rng, min_len=4, max_len=30, videos_per_class=5)
+    # a class with one entry (no partner) and one with a query longer than every other window
+    records += F.make_records("test", [10], 1, 4, rng)
+    long_q = schema.Record("long_q", "test", 0, 11, (0, 40), (0, 35), rng.normal(size=(40, 4)).astype(np.float32))
+    short = schema.Record("short", "test", 0, 11, (0, 10), (2, 5), rng.normal(size=(10, 4)).astype(np.float32))
+    records += [long_q, short]
+    for i, r in enumerate(records):
+        r.entry_index = i
+    F.write_split(d, "test", records, shards=3)
+    F.write_manifest(d, 4, {"test": len(records)})
+    return d
+
+
+def _brute_force_candidates(recs, q):
+    qlen = q.groundtruth[1] - q.groundtruth[0]
+    return {r.entry_index for r in recs if r.label == q.label and r.video_id != q.video_id and r.length >= qlen}
+
+
+def test_every_pair_follows_the_protocol_and_every_possible_query_is_used(data_dir):
+    recs = {r.entry_index: r for r in schema.read_records(data_dir, "test")}
+    doc = make_pair_file(data_dir, "test", seed=0)
+    queries = [p["query"] for p in doc["pairs"]]
+    assert len(queries) == len(set(queries))
+    for p in doc["pairs"]:
+        q, r = recs[p["query"]], recs[p["reference"]]
+        assert p["reference"] in _brute_force_candidates(recs.values(), q)
+        assert (p["query_video"], p["reference_video"]) == (q.video_id, r.video_id)
+    possible = {e for e, q in recs.items() if _brute_force_candidates(recs.values(), q)}
+    assert set(queries) == possible
+    assert doc["skipped"] == len(recs) - len(possible) == 2  # the singleton class, the over-long query
+    assert doc["count"] == len(doc["pairs"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_references_are_balanced(tmp_path, seed):
+    """Without binding length limits every entry is a reference about once (least-used first).
+
+    Independent uniform draws would leave about a third of the entries unused (1/e).
+    """
+    rng = np.random.default_rng(seed)
+    records = F.make_records("test", [1, 2, 3], 12, 2, rng, min_len=34, max_len=40)  # windows > every query
+    F.write_split(str(tmp_path), "test", records, shards=1)
+    F.write_manifest(str(tmp_path), 2, {"test": len(records)})
+    pairs = make_pairs(str(tmp_path), "test", seed=seed)
+    assert len(pairs) == len(records)
+    used = Counter(p["reference"] for p in pairs)
+    for label in (1, 2, 3):
+        counts = [used.get(r.entry_index, 0) for r in records if r.label == label]
+        assert max(counts) <= 2 and counts.count(0) <= 1, counts
+
+
+def test_pairs_are_deterministic_given_the_seed(data_dir):
+    a, b, c = (make_pairs(data_dir, "test", seed=s) for s in (5, 5, 6))
+    assert a == b
+    assert a != c
+
+
+def test_pairs_do_not_depend_on_shard_layout(data_dir, tmp_path):
+    records = schema.read_records(data_dir, "test")
+    F.write_split(str(tmp_path), "test", records[::-1], shards=1)
+    F.write_manifest(str(tmp_path), 4, {"test": len(records)})
+    assert make_pairs(str(tmp_path), "test", 2) == make_pairs(data_dir, "test", 2)
+
+
+def test_save_load_round_trip_and_clear_errors(data_dir, tmp_path):
+    doc = make_pair_file(data_dir, "test", seed=0)
+    path = save_pairs(doc, str(tmp_path / "p" / "pairs.json"))
+    assert load_pairs(path, "test") == doc["pairs"]
+    with open(path) as fh:
+        assert json.load(fh)["seed"] == 0
+    with pytest.raises(ValueError, match="split 'test', not 'val'"):
+        load_pairs(path, "val")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"pairs": [{"query": 1}]}')
+    with pytest.raises(ValueError, match="pair 0 lacks"):
+        load_pairs(str(bad))
+    bad.write_text("not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        load_pairs(str(bad))
+
+
+def test_subsample_is_a_seeded_ordered_subset(data_dir):
+    pairs = make_pairs(data_dir, "test", 0)
+    sub = subsample(pairs, 5, seed=4)
+    assert len(sub) == 5 and sub == subsample(pairs, 5, seed=4)
+    positions = [pairs.index(p) for p in sub]
+    assert positions == sorted(positions)
+    assert subsample(pairs, 0, 1) == pairs
+
+
+def test_index_errors_name_the_missing_entry(data_dir):
+    index = load_index(data_dir, "test")
+    with pytest.raises(KeyError, match="entry_index 999"):
+        index.position_of([0, 999])
+    assert pairs_from_index(index, 0)["split"] == "test"
