@@ -85,6 +85,23 @@ def decode_full(probabilities, reference_length, max_length: Optional[int] = 64)
     return ops.cast(start, "int32"), ops.cast(end, "int32"), ops.cast(out_score, "float32")
 
 
+def _cumulative_max(values, static_steps):
+    """Running maximum along axis 1 of a non-negative int [B, L] tensor (Hillis-Steele doubling).
+
+    Why not ``ops.associative_scan``: it does not compile under XLA (jit_compile training).
+    ceil(log2 L) roll-and-max rounds when L is static, else 31 (enough for any int32 L);
+    each round is O(B * L).
+    """
+    steps = ops.shape(values)[1]
+    positions = ops.arange(steps, dtype="int32")[None, :]
+    rounds = 31 if static_steps is None else max(1, int(static_steps - 1).bit_length())
+    for r in range(rounds):
+        shift = 1 << r
+        shifted = ops.where(positions >= shift, ops.roll(values, shift, axis=1), 0)
+        values = ops.maximum(values, shifted)
+    return values
+
+
 def weak_segment(probabilities, reference_length, max_length: Optional[int] = None):
     """(start, end) of the weak rule as int32 tensors — also the action mask of the co-attention loss."""
     max_length = _check_max_length(max_length, "decode_weak")
@@ -98,7 +115,7 @@ def weak_segment(probabilities, reference_length, max_length: Optional[int] = No
     above = ops.logical_and(valid, ops.greater(p3, threshold[:, None]))
     # Run length ending at i = i - (index of the last step <= i that is not above).
     ones_based = positions + 1
-    last_break = ops.associative_scan(ops.maximum, ops.where(above, 0, ones_based), axis=1)
+    last_break = _cumulative_max(ops.where(above, 0, ones_based), p3.shape[1])
     run = ops.where(above, ones_based - last_break, 0)
     if max_length is not None:
         run = ops.minimum(run, max_length)

@@ -56,18 +56,20 @@ class MaskedConvEncoder(keras.layers.Layer):
         self.units = int(units)
         self.kernel_size = int(kernel_size)
         self.epsilon = float(epsilon)
-        self.conv = keras.layers.Conv1D(self.units, self.kernel_size, padding="same", name="conv")
         self.norm = keras.layers.LayerNormalization(epsilon=self.epsilon, name="norm")
 
     def build(self, sequence_shape, lengths_shape=None):
-        self.conv.build(sequence_shape)
+        dim = int(sequence_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(self.kernel_size, dim, self.units),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         self.norm.build(tuple(sequence_shape[:-1]) + (self.units,))
         self.built = True
 
     def call(self, sequence, lengths):
         mask = _float_mask(lengths, sequence)
-        hidden = self.norm(self.conv(sequence * mask))
-        return hidden * mask
+        hidden = ops.conv(sequence * mask, self.kernel, strides=1, padding="same") + self.bias
+        return self.norm(hidden) * mask
 
     def compute_output_shape(self, sequence_shape, lengths_shape=None):
         return tuple(sequence_shape[:-1]) + (self.units,)
