@@ -46,6 +46,9 @@ class VideoError(ValueError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # picklable across Beam worker processes
+        return (type(self), (self.path, self.reason))
+
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
@@ -186,6 +189,33 @@ def decode_clips(path: str, clip_len: int = CLIP_LEN,
     batches = list(_iter_clips(path, clip_len, batch_clips, counts))
     clips = np.concatenate(batches, axis=0)
     return clips, dataclasses.replace(info, n_frames=counts["frames"])
+
+
+def read_frames(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Full-resolution uint8 RGB frames ``[start, stop)`` of a (small) video: [T, H, W, 3].
+
+    For tests and demos that cut a segment out of footage and splice it into other
+    footage (then :func:`write_test_video`); everything requested is held in memory.
+    """
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"bad frame range [{start}, {stop})")
+    container = _open(path)
+    frames = []
+    try:
+        stream = container.streams.video[0]
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if stop is not None and i >= stop:
+                    break
+                if i >= start:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+        except _AV_ERRORS as e:
+            raise VideoError(path, f"unreadable video file ({type(e).__name__}: {e})") from e
+    finally:
+        container.close()
+    if not frames:
+        raise VideoError(path, f"no frames in [{start}, {stop})")
+    return np.stack(frames)
 
 
 def decoded_frame_count(path: str) -> int:

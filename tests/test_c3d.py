@@ -104,6 +104,13 @@ def weights_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def loaded_extractor(weights_file):
+    """The extractor over the file's weights, with a random mean cube in Caffe's layout."""
+    mean_cube = np.random.default_rng(3).uniform(60, 140, (1, 3, 16, 128, 171)).astype(np.float32)
+    return c3d.C3DExtractor.from_weights(weights_file[0], mean=mean_cube, batch_size=1), mean_cube
+
+
+@pytest.fixture(scope="module")
 def random_extractor():
     return c3d.C3DExtractor.random(seed=0, batch_size=2)
 
@@ -126,18 +133,16 @@ def test_architecture_matches_documented_layers(random_extractor):
     assert model.count_params() == sum(int(np.prod(k)) + int(np.prod(b)) for k, b in DOC_SHAPES.values())
 
 
-def test_loaded_weights_give_the_numpy_c3d_fc7(weights_file):
-    path, weights = weights_file
-    rng = np.random.default_rng(3)
-    mean_cube = rng.uniform(60, 140, (1, 3, 16, 128, 171)).astype(np.float32)  # Caffe layout, BGR
-    extractor = c3d.C3DExtractor.from_weights(path, mean=mean_cube, batch_size=2)
-    clips = _clips(2, seed=4)
-    got = extractor(clips)
-    assert got.shape == (2, 4096) and got.dtype == np.float32
+def test_loaded_weights_give_the_numpy_c3d_fc7(weights_file, loaded_extractor):
+    _, weights = weights_file
+    extractor, mean_cube = loaded_extractor
+    clip = _clips(1, seed=4)
+    got = extractor(clip)
+    assert got.shape == (1, 4096) and got.dtype == np.float32
     cropped_mean = np.transpose(mean_cube[0], (1, 2, 3, 0))[:, 8:120, 29:141]
-    want = np_c3d_fc7(clips[1], weights, cropped_mean)
+    want = np_c3d_fc7(clip[0], weights, cropped_mean)
     assert np.count_nonzero(want) > 100  # the reference is not trivially all-zero
-    np.testing.assert_allclose(got[1], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    np.testing.assert_allclose(got[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
 def test_keras2_names_and_whole_model_files_load_the_same_arrays(weights_file, tmp_path):
@@ -158,9 +163,9 @@ def test_keras2_names_and_whole_model_files_load_the_same_arrays(weights_file, t
         np.testing.assert_array_equal(bias, weights[name][1])
 
 
-def test_save_and_load_round_trip_bit_for_bit(weights_file, tmp_path):
-    path, weights = weights_file
-    model = c3d.c3d_from_weights(path)
+def test_save_and_load_round_trip_bit_for_bit(weights_file, loaded_extractor, tmp_path):
+    _, weights = weights_file
+    model = loaded_extractor[0].model
     out = tmp_path / "resaved.h5"
     c3d.save_c3d_weights(model, str(out), fc8=weights["fc8"])
     try:
@@ -218,12 +223,12 @@ def test_non_hdf5_file_is_refused(tmp_path):
         c3d.read_c3d_weights(str(path))
 
 
-def test_random_c3d_is_explicit_logged_and_seeded(caplog):
+def test_random_c3d_is_explicit_logged_and_seeded(caplog, random_extractor):
     with caplog.at_level(logging.WARNING, logger="vreloc.c3d"):
         model = c3d.random_c3d(seed=5)
     assert any("RANDOM weights" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     again = c3d.build_c3d(seed=5)
-    other = c3d.build_c3d(seed=6)
+    other = random_extractor.model  # seed 0
     for name in ("conv1", "fc7"):
         np.testing.assert_array_equal(model.get_layer(name).get_weights()[0], again.get_layer(name).get_weights()[0])
         assert not np.array_equal(model.get_layer(name).get_weights()[0], other.get_layer(name).get_weights()[0])
@@ -248,10 +253,10 @@ def test_mean_cube_layouts_agree_and_bad_shapes_fail():
 
 
 def test_extractor_batches_do_not_change_features(random_extractor):
-    clips = _clips(3, seed=11)
-    two_at_a_time = random_extractor(clips)  # batches of 2 and 1
-    all_at_once = c3d.C3DExtractor(random_extractor.model, batch_size=3)(clips)
-    np.testing.assert_allclose(two_at_a_time, all_at_once, rtol=1e-4, atol=1e-4 * np.abs(all_at_once).max())
+    clips = _clips(2, seed=11)
+    together = random_extractor(clips)  # one batch of 2
+    one_by_one = c3d.C3DExtractor(random_extractor.model, batch_size=1)(clips)
+    np.testing.assert_allclose(one_by_one, together, rtol=1e-4, atol=1e-4 * np.abs(together).max())
     assert random_extractor(clips[:0]).shape == (0, 4096)
     with pytest.raises(ValueError, match=r"uint8 clips \[n, 16, 112, 112, 3\]"):
         random_extractor(clips.astype(np.float32))
@@ -267,6 +272,25 @@ def test_real_footage_gives_clip_features(random_extractor):
     assert np.all(np.isfinite(feats)) and feats.min() >= 0  # fc7 is post-ReLU
     assert np.count_nonzero(feats) > 1000
     assert not np.allclose(feats[0], feats[2])  # different footage, different features
-    per_video, video_info = random_extractor.extract_video(path, batch_clips=3)
-    assert per_video.shape == (info.n_clips(), 4096) and video_info == info
-    np.testing.assert_allclose(per_video[:3], feats, rtol=1e-4, atol=1e-4 * np.abs(feats).max())
+
+
+def test_extract_video_decodes_and_extracts_every_clip(random_extractor, tmp_path):
+    frames = video.read_frames(video.packaged_sample_video("carphone_pristine.mp4"), 0, 40)
+    path = video.write_test_video(str(tmp_path / "cut.mkv"), frames, fps=30000 / 1001)
+    feats, info = random_extractor.extract_video(path, batch_clips=1)
+    assert feats.shape == (2, 4096) and info.n_frames == 40 and info.fps == pytest.approx(29.97, abs=1e-3)
+    clips, _ = video.decode_clips(path)
+    np.testing.assert_allclose(feats[1:], random_extractor(clips[1:]), rtol=1e-4, atol=1e-4 * np.abs(feats).max())
+    with pytest.raises(video.VideoError, match="fewer than one 16-frame clip"):
+        random_extractor.extract_video(video.write_test_video(str(tmp_path / "short.mkv"), frames[:9], fps=25))
+
+
+def test_benchmark_reports_consistent_throughput(random_extractor):
+    from pipeline.bench_c3d import measure_c3d_clips_per_s
+
+    r = measure_c3d_clips_per_s(batch_size=1, batches=1, extractor=random_extractor)
+    assert r["clips"] == 1 and r["seconds"] > 0
+    assert r["clips_per_s"] == pytest.approx(1 / r["seconds"])
+    assert r["gflops_per_s"] == pytest.approx(r["clips_per_s"] * c3d.GFLOPS_PER_CLIP)
+    with pytest.raises(ValueError, match="batch_size and batches"):
+        measure_c3d_clips_per_s(batch_size=0, extractor=random_extractor)

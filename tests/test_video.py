@@ -150,3 +150,26 @@ def test_corruption_inside_the_stream_fails_decoding_not_probing(tmp_path):
     with pytest.raises(video.VideoError) as err:
         video.decode_clips(path)
     assert err.value.reason.startswith("unreadable video file (decoding failed after")
+
+
+def test_video_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(video.VideoError("/x/v.mp4", "video has 3 frames, fewer than one 16-frame clip")))
+    assert isinstance(err, video.VideoError) and err.path == "/x/v.mp4" and err.reason.startswith("video has 3")
+    assert str(err) == "/x/v.mp4: video has 3 frames, fewer than one 16-frame clip"
+
+
+def test_cut_real_footage_and_splice_it_into_other_footage(tmp_path):
+    # what `vreloc locate` tests do: a known segment of real footage inside longer footage
+    real = video.read_frames(video.packaged_sample_video("carphone_pristine.mp4"), 32, 64)
+    assert real.shape == (32, 144, 176, 3)
+    background = np.full((48, 144, 176, 3), 30, np.uint8)
+    spliced = np.concatenate([background[:16], real, background[16:]])
+    path = video.write_test_video(str(tmp_path / "spliced.mkv"), spliced, fps=30000 / 1001)
+    clips, info = video.decode_clips(path)
+    assert info.n_frames == 80 and len(clips) == 5
+    np.testing.assert_array_equal(video.read_frames(path, 16, 48), real)  # lossless container
+    assert clips[0].std() == 0 and clips[1].std() > 10 and clips[3].std() == 0
+    with pytest.raises(video.VideoError, match=r"no frames in \[100, None\)"):
+        video.read_frames(path, 100)
