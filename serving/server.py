@@ -357,6 +357,8 @@ def _services():
                     if unknown:
                         raise InvalidRequest(f"output_filter: unknown output(s) {unknown}; "
                                              f"the signature has {', '.join(sig.OUTPUT_NAMES)}")
+                    if not context.is_active():  # the client gave up (deadline, cancel): skip the work
+                        raise ServingError(grpc.StatusCode.CANCELLED, "the client cancelled or its deadline passed")
                     outputs = servable.run(signature_name, arrays)
                 finally:
                     model.release(servable)
