@@ -331,8 +331,7 @@ class C3DExtractor:
         """
         from pipeline import video
 
-        video._check_sizes(CLIP_LEN, batch_clips)
         info = video.probe(path)
         counts: dict = {}
-        feats = [self(b) for b in video._iter_clips(path, CLIP_LEN, batch_clips, counts)]
+        feats = [self(b) for b in video.iter_clips(path, batch_clips=batch_clips, counts=counts)]
         return np.concatenate(feats, axis=0), dataclasses.replace(info, n_frames=counts["frames"])

@@ -128,17 +128,20 @@ def _too_short(path: str, n_frames: int, clip_len: int) -> VideoError:
     return VideoError(path, f"video has {n_frames} frames, fewer than one {clip_len}-frame clip")
 
 
-def iter_clips(path: str, clip_len: int = CLIP_LEN,
-               batch_clips: int = DEFAULT_BATCH_CLIPS) -> Iterator[np.ndarray]:
+def iter_clips(path: str, clip_len: int = CLIP_LEN, batch_clips: int = DEFAULT_BATCH_CLIPS,
+               counts: dict | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 arrays ``[n, clip_len, 112, 112, 3]`` (n <= batch_clips), in video order.
 
-    Raises :class:`VideoError` when the file cannot be opened or decoded, or has fewer than
-    ``clip_len`` frames (when iteration starts, the generator being lazy). A file that breaks in the middle raises after the batches decoded
-    before the damage have been yielded: callers that need all-or-nothing should use
-    :func:`decode_clips` or collect before emitting.
+    If ``counts`` is given, ``counts["frames"]`` holds the number of frames decoded so far
+    (once exhausted: all of them, the dropped trailing partial clip included).
+
+    Raises :class:`VideoError` (lazily, once iteration starts) when the file cannot be
+    opened or decoded, or has fewer than ``clip_len`` frames. A file that breaks in the
+    middle raises after the batches decoded before the damage have been yielded: callers
+    that need all-or-nothing should use :func:`decode_clips` or collect before emitting.
     """
     _check_sizes(clip_len, batch_clips)
-    return _iter_clips(path, clip_len, batch_clips, {})
+    return _iter_clips(path, clip_len, batch_clips, {} if counts is None else counts)
 
 
 def _check_sizes(clip_len: int, batch_clips: int) -> None:
@@ -147,6 +150,7 @@ def _check_sizes(clip_len: int, batch_clips: int) -> None:
 
 
 def _iter_clips(path: str, clip_len: int, batch_clips: int, counts: dict) -> Iterator[np.ndarray]:
+    counts["frames"] = 0
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -186,7 +190,7 @@ def decode_clips(path: str, clip_len: int = CLIP_LEN,
     _check_sizes(clip_len, batch_clips)
     info = probe(path)
     counts: dict = {}
-    batches = list(_iter_clips(path, clip_len, batch_clips, counts))
+    batches = list(iter_clips(path, clip_len, batch_clips, counts=counts))
     clips = np.concatenate(batches, axis=0)
     return clips, dataclasses.replace(info, n_frames=counts["frames"])
 

@@ -25,8 +25,9 @@ def test_lossless_video_gives_cropped_frames_grouped_in_clips(tmp_path, ext):
 def test_iter_clips_batches_are_bounded_and_concatenate_to_decode_clips(tmp_path):
     frames = _frames(16 * 5 + 3, seed=1)
     path = video.write_test_video(str(tmp_path / "v.mkv"), frames, fps=25)
-    batches = list(video.iter_clips(path, batch_clips=2))
-    assert [len(b) for b in batches] == [2, 2, 1]
+    counts = {}
+    batches = list(video.iter_clips(path, batch_clips=2, counts=counts))
+    assert [len(b) for b in batches] == [2, 2, 1] and counts == {"frames": 83}
     clips, _ = video.decode_clips(path)
     np.testing.assert_array_equal(np.concatenate(batches), clips)
     np.testing.assert_array_equal(clips[4, 15], frames[79][CROP])
