@@ -1,0 +1,146 @@
+"""Losses against per-example NumPy references; co-attention direction; total_loss switching."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import reference_numpy as ref
+from vreloc_tf.config import load_config
+from vreloc_tf.losses import coattention_loss, cosine_similarity, total_loss, weighted_cross_entropy
+
+
+def random_probabilities(rng, batch, steps):
+    logits = rng.normal(size=(batch, steps, 4)) * 1.5
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype("float32")
+
+
+def make_batch(rng, dim=6):
+    """A padded batch whose padded tails hold garbage (large values) that must not matter."""
+    ref_len = np.array([17, 1, 9, 12], "int32")
+    q_len = np.array([5, 2, 1, 4], "int32")
+    batch = {
+        "query": rng.normal(size=(4, 5, dim)).astype("float32"),
+        "query_length": q_len,
+        "reference": rng.normal(size=(4, 17, dim)).astype("float32"),
+        "reference_length": ref_len,
+        "groundtruth": np.array([[3, 9], [0, 1], [8, 9], [0, 12]], "int32"),
+    }
+    for b in range(4):
+        batch["query"][b, q_len[b]:] = 100.0
+        batch["reference"][b, ref_len[b]:] = -100.0
+    p = random_probabilities(rng, 4, 17)
+    p[:, :, :] = np.where((np.arange(17)[None, :] >= ref_len[:, None])[..., None], 0.0, p)  # zeros: log must not NaN
+    return batch, p
+
+
+def test_weighted_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    batch, p = make_batch(rng)
+    got = np.asarray(weighted_cross_entropy(p, batch["groundtruth"], batch["reference_length"], 10.0))
+    for b, n in enumerate(batch["reference_length"]):
+        expected = ref.weighted_cross_entropy(p[b, :n].astype(np.float64), batch["groundtruth"][b], 10.0)
+        np.testing.assert_allclose(got[b], expected, rtol=1e-5)
+    assert np.all(np.isfinite(got))
+
+
+@pytest.mark.parametrize("use_masks", [False, True])
+def test_coattention_loss_matches_numpy(use_masks):
+    rng = np.random.default_rng(1)
+    batch, p = make_batch(rng)
+    got = np.asarray(coattention_loss(batch["query"], batch["query_length"], batch["reference"],
+                                      batch["reference_length"], p, 0.3, use_masks))
+    for b in range(4):
+        n, m = batch["reference_length"][b], batch["query_length"][b]
+        pb = p[b, :n].astype(np.float64)
+        mask = None
+        if use_masks:  # the predicted action region = the weak decoding segment
+            s, e, _ = ref.decode_weak_bruteforce(pb)
+            mask = ((np.arange(n) >= s) & (np.arange(n) < e)).astype(np.float64)
+        expected = ref.coattention_loss(batch["query"][b, :m].astype(np.float64),
+                                        batch["reference"][b, :n].astype(np.float64), pb, 0.3, mask)
+        np.testing.assert_allclose(got[b], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_masks_change_the_loss_and_accept_a_tensor_switch():
+    rng = np.random.default_rng(2)
+    batch, p = make_batch(rng)
+    args = (batch["query"], batch["query_length"], batch["reference"], batch["reference_length"], p, 0.3)
+    off = np.asarray(coattention_loss(*args, use_masks=False))
+    on = np.asarray(coattention_loss(*args, use_masks=True))
+    assert not np.allclose(off, on)
+    np.testing.assert_allclose(np.asarray(coattention_loss(*args, use_masks=ops.convert_to_tensor(False))), off,
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(coattention_loss(*args, use_masks=ops.convert_to_tensor(True))), on,
+                               rtol=1e-6)
+
+
+def test_cosine_is_a_similarity():
+    x = np.array([[1.0, 2.0, 3.0], [1.0, 0.0, 0.0]], "float32")
+    np.testing.assert_allclose(np.asarray(cosine_similarity(x, x)), [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(cosine_similarity(x, -x)), [-1.0, -1.0], rtol=1e-6)
+
+
+def test_coattention_direction_mass_on_query_like_frames_lowers_the_loss():
+    """Moving p3 onto the frames that look like the query (and p4 off them) must decrease loss^c."""
+    rng = np.random.default_rng(3)
+    dim, steps = 16, 20
+    action_direction = rng.normal(size=dim)
+    query = (action_direction + 0.1 * rng.normal(size=(6, dim)))[None].astype("float32")
+    reference = rng.normal(size=(1, steps, dim))
+    reference[0, 5:11] = action_direction + 0.1 * rng.normal(size=(6, dim))  # the action region
+    reference = reference.astype("float32")
+    action = np.zeros(steps, bool)
+    action[5:11] = True
+
+    def probabilities(weight_on_action):
+        p = np.full((1, steps, 4), 0.05, "float32")
+        p[0, :, 2] = np.where(action, weight_on_action, 1 - weight_on_action)
+        p[0, :, 3] = np.where(action, 1 - weight_on_action, weight_on_action)
+        return p / p.sum(axis=-1, keepdims=True)
+
+    losses = [float(np.asarray(coattention_loss(query, [6], reference, [steps], probabilities(w), 0.3))[0])
+              for w in (0.1, 0.5, 0.9)]
+    assert losses[0] > losses[1] > losses[2], losses
+
+    # and the gradient points the same way: raising action logits on action frames lowers the loss
+    logits = tf.Variable(np.log(probabilities(0.5)))
+    with tf.GradientTape() as tape:
+        loss = coattention_loss(query, [6], reference, [steps], tf.nn.softmax(logits), 0.3)[0]
+    grad = tape.gradient(loss, logits).numpy()[0, :, 2]
+    assert grad[action].mean() < 0 < grad[~action].mean()
+
+
+def test_total_loss_combines_as_configured_and_switches_masks_at_step_n():
+    rng = np.random.default_rng(4)
+    batch, p = make_batch(rng)
+    n = 7
+    weak = load_config("tiny", ["supervision=weak", f"loss.coattention_mask_after_steps={n}"])
+    ce_only = load_config("tiny", ["loss.full_losses=weighted_ce"])
+    both = load_config("tiny", ["loss.full_losses=weighted_ce+coattention", "loss.coattention_weight=0.5",
+                                f"loss.coattention_mask_after_steps={n}"])
+    args = (batch["query"], batch["query_length"], batch["reference"], batch["reference_length"], p, 0.3)
+    c_off = np.mean(np.asarray(coattention_loss(*args, use_masks=False)))
+    c_on = np.mean(np.asarray(coattention_loss(*args, use_masks=True)))
+    ce = np.mean(np.asarray(weighted_cross_entropy(p, batch["groundtruth"], batch["reference_length"], 10.0)))
+
+    np.testing.assert_allclose(float(total_loss(weak, batch, p, n - 1)), c_off, rtol=1e-6)
+    np.testing.assert_allclose(float(total_loss(weak, batch, p, n)), c_on, rtol=1e-6)
+    step = tf.Variable(n - 1, dtype=tf.int64)
+    compiled = tf.function(lambda: total_loss(weak, batch, p, step))
+    np.testing.assert_allclose(float(compiled()), c_off, rtol=1e-6)
+    step.assign(n + 5)
+    np.testing.assert_allclose(float(compiled()), c_on, rtol=1e-6)
+    np.testing.assert_allclose(float(total_loss(ce_only, batch, p, 0)), ce, rtol=1e-6)
+    np.testing.assert_allclose(float(total_loss(both, batch, p, 100)), ce + 0.5 * c_on, rtol=1e-6)
+
+
+def test_total_loss_names_what_is_missing():
+    rng = np.random.default_rng(5)
+    batch, p = make_batch(rng)
+    del batch["groundtruth"]
+    with pytest.raises(KeyError, match="groundtruth"):
+        total_loss(load_config("tiny"), batch, p, 0)
+    del batch["query"]
+    with pytest.raises(KeyError, match="query"):
+        total_loss(load_config("tiny", ["supervision=weak"]), batch, p, 0)
