@@ -1,0 +1,120 @@
+"""Baselines against brute-force references; the statistical prior on the real split geometry."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import reloc_fixtures as F
+from vreloc_tf import baselines, metrics, schema
+from vreloc_tf.cli import main as cli_main
+from vreloc_tf.entry_index import load_index
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return F.make_data_dir(str(tmp_path_factory.mktemp("base_data")), dim=6)
+
+
+def test_random_segments_are_seeded_non_empty_and_inside():
+    lengths = np.random.default_rng(0).integers(1, 50, 300)
+    s, e = baselines.random_segments(lengths, seed=3)
+    assert np.all((0 <= s) & (s < e) & (e <= lengths))
+    s2, e2 = baselines.random_segments(lengths, seed=3)
+    np.testing.assert_array_equal(s, s2)
+    assert not np.array_equal(s, baselines.random_segments(lengths, seed=4)[0])
+    ones = baselines.random_segments(np.ones(5, int), 0)
+    assert ones[0].tolist() == [0] * 5 and ones[1].tolist() == [1] * 5
+
+
+def test_prior_segments_round_to_nearest_index():
+    lengths = np.arange(1, 200)
+    s, e = baselines.prior_segments(lengths, 0.3265, 0.6509)
+    for L, a, b in zip(lengths, s, e):
+        want_s = min(int(0.3265 * L + 0.5), L - 1)
+        want_e = min(max(int(0.6509 * L + 0.5), want_s + 1), L)
+        assert (a, b) == (want_s, want_e)
+
+
+def test_frame_level_matches_a_brute_force_search():
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        lq, lr, d = rng.integers(1, 8), rng.integers(1, 25), 5
+        q, r = rng.normal(size=(lq, d)), rng.normal(size=(lr, d))
+        w = min(lq, lr)
+        best, best_score = None, -np.inf
+        for s in range(lr - w + 1):
+            score = np.mean([[np.dot(r[i], q[j]) / np.linalg.norm(r[i]) / np.linalg.norm(q[j])
+                              for j in range(lq)] for i in range(s, s + w)])
+            if score > best_score + 1e-12:
+                best, best_score = (s, s + w), score
+        assert baselines.frame_level_segment(q, r) == best
+
+
+def test_train_prior_is_the_mean_normalized_groundtruth(data_dir):
+    recs = schema.read_records(data_dir, "train")
+    want = (np.mean([r.groundtruth[0] / r.length for r in recs]), np.mean([r.groundtruth[1] / r.length for r in recs]))
+    np.testing.assert_allclose(baselines.train_prior(data_dir), want, rtol=1e-12)
+
+
+def test_cli_scores_every_baseline_on_one_pair_list(data_dir, tmp_path, capsys):
+    pairs = str(tmp_path / "pairs.json")
+    results = []
+    for method in baselines.METHODS:
+        out = str(tmp_path / f"{method}.json")
+        assert cli_main(["baseline", "--method", method, "--data", data_dir, "--split", "test",
+                         "--pairs", pairs, "--json", out]) == 0
+        with open(out) as fh:
+            results.append(json.load(fh))
+        assert results[-1] == baselines.run_baseline(method, data_dir, "test", pairs, verbose=False)
+    printed = capsys.readouterr()
+    assert "mean start" in printed.err
+    assert all(r["pairs"] == results[0]["pairs"] and r["split"] == "test" for r in results)
+    # the frame-level result re-scored by hand from the pair list
+    index = load_index(data_dir, "test")
+    recs = {r.entry_index: r for r in schema.read_records(data_dir, "test")}
+    with open(pairs) as fh:
+        plist = json.load(fh)["pairs"]
+    ious = []
+    for p in plist:
+        q, r = recs[p["query"]], recs[p["reference"]]
+        s, e = baselines.frame_level_segment(q.features[q.groundtruth[0]:q.groundtruth[1]], r.features)
+        ious.append(metrics.temporal_iou(s, e, *r.groundtruth))
+    assert results[2]["map_at_1"] == metrics.map_at_1(ious)
+    assert len(index) == len(recs)
+    assert cli_main(["evaluate", "--table", *(str(tmp_path / f"{m}.json") for m in baselines.METHODS)]) == 0
+    table = capsys.readouterr().out
+    for name in ("Random", "Stat. prior", "FL Baseline"):
+        assert name in table
+
+
+def test_unknown_method_is_named(data_dir):
+    with pytest.raises(ValueError, match="unknown baseline 'median'"):
+        baselines.run_baseline("median", data_dir)
+
+
+def _write_geometry_split(splits_dir, data_dir, split):
+    """Records with the benchmark's windows, labels and ground truth (1-d zero features)."""
+    with open(os.path.join(splits_dir, f"{split}.json")) as fh:
+        entries = json.load(fh)
+    records = [schema.Record(video_id=e["id"], split=split, entry_index=i, label=e["label"],
+                             window=tuple(e["location"]), groundtruth=tuple(e["groundtruth"]),
+                             features=np.zeros((e["location"][1] - e["location"][0], 1), np.float32))
+               for i, e in enumerate(entries)]
+    F.write_split(data_dir, split, records, shards=1)
+    return len(records)
+
+
+def test_prior_reproduces_the_papers_statistical_prior_row(shared_splits_dir, tmp_path, capsys):
+    """Table 4, Stat. prior: 25.4 at IoU 0.5 and 10.7 on average; train means 0.3265 / 0.6509."""
+    d = str(tmp_path)
+    counts = {s: _write_geometry_split(shared_splits_dir, d, s) for s in ("train", "test")}
+    F.write_manifest(d, 1, counts)
+    ms, me = baselines.train_prior(d)
+    assert abs(ms - 0.3265) < 5e-4 and abs(me - 0.6509) < 5e-4
+    for seed in (0, 1):
+        result = baselines.run_baseline("prior", d, "test", seed=seed)
+        assert result["pairs"] == 978
+        assert abs(result["map_at_1"]["0.5"] - 25.4) <= 1.0, result
+        assert abs(result["average"] - 10.7) <= 1.0, result
+    assert "mean start 0.3267, mean end 0.6510" in capsys.readouterr().err

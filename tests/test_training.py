@@ -1,0 +1,174 @@
+"""Training: schedule, optimizer, loss wiring, 2 logical CPU replicas, and exact resume."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import reloc_fixtures as F
+from vreloc_tf.config import load_config
+from vreloc_tf.training import make_optimizer, schedule
+
+DIM = 8
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return F.make_data_dir(str(tmp_path_factory.mktemp("train_data")), dim=DIM)
+
+
+def _run_script(body: str, *args) -> dict:
+    """Run a training script in a fresh Python (device set-up and op determinism are per process)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.path.join(REPO, "tests"))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(body), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout
+
+
+def test_schedule_validates_at_every_validate_every_and_at_the_end():
+    def sched(steps, every):
+        return schedule(load_config("tiny", [f"train.steps={steps}", f"train.validate_every={every}"]))
+
+    assert sched(600, 100) == (100, 6)
+    assert sched(250, 100) == (50, 5)
+    assert sched(5, 100) == (5, 1)
+    with pytest.raises(ValueError, match="train.steps"):
+        schedule(load_config("tiny"), steps=0)
+
+
+def test_learning_rate_is_staircase_decay_and_clipping_is_global():
+    cfg = load_config("paper_full")
+    opt = make_optimizer(cfg)
+    for step in (0, 1, 199, 200, 399, 400, 650):
+        opt.iterations.assign(step)
+        assert float(opt.learning_rate) == pytest.approx(1e-3 * 0.1 ** (step // 200), rel=1e-6)
+    assert opt.global_clipnorm == 5.0
+
+
+def test_trainer_loss_is_total_loss_at_the_optimizer_step(data_dir):
+    from vreloc_tf.input_pipeline import load_training_index, training_dataset
+    from vreloc_tf.losses import total_loss
+    from vreloc_tf.model import build_model
+    from vreloc_tf.training import RelocTrainer
+
+    cfg = load_config("tiny", ["train.batch_size=4"])
+    trainer = RelocTrainer(cfg, build_model(cfg, DIM))
+    trainer.compile(optimizer=make_optimizer(cfg))
+    batch = next(iter(training_dataset(cfg, load_training_index(cfg, data_dir), DIM, 1, 0, 1)))
+    out = trainer(batch, training=False)
+    got = float(trainer.compute_loss(x=batch, y_pred=out))
+    want = float(total_loss(cfg, batch, out["probabilities"], 0))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert set(out) == {"probabilities", "attention", "self_attention"}
+
+
+TWO_REPLICAS = """
+import json, sys
+from vreloc_tf.strategy import split_cpu
+split_cpu(2)
+import keras, numpy as np
+from vreloc_tf.config import load_config
+from vreloc_tf.train import train
+
+class Probe(keras.callbacks.Callback):
+    losses, spread, devices, n = [], None, set(), 0
+    def on_epoch_end(self, epoch, logs=None):
+        self.losses.append(float(logs["loss"]))
+    def on_train_end(self, logs=None):
+        variables = list(self.model.net.trainable_variables) + list(self.model.optimizer.variables)
+        spread = 0.0
+        for v in variables:
+            values = v.value.values
+            self.n = len(values)
+            self.devices |= {x.device for x in values}
+            spread = max(spread, max(float(np.max(np.abs(x.numpy() - values[0].numpy()))) for x in values))
+        self.spread = spread
+
+cfg = load_config("tiny", ["train.steps=12", "train.validate_every=4", "train.checkpoint_every=6",
+                           "train.batch_size=8", "train.learning_rate=0.01", "train.validation_pairs=8"])
+probe = Probe()
+m = train(cfg, sys.argv[1], sys.argv[2], devices=2, callbacks=[probe], verbose=2)
+print(json.dumps({"losses": probe.losses, "spread": probe.spread, "replicas_in_values": probe.n,
+                  "devices": sorted(probe.devices), "replicas": m.extra["replicas"], "steps": m.steps}))
+"""
+
+
+def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_path):
+    from vreloc_tf.run_dir import load_run
+
+    out = str(tmp_path / "run")
+    report, stdout = _run_script(TWO_REPLICAS, data_dir, out)
+    assert report["replicas"] == 2 and report["replicas_in_values"] == 2 and len(report["devices"]) == 2
+    assert report["spread"] == 0.0  # every mirrored variable holds the same value on both replicas
+    assert report["steps"] == 12
+    losses = report["losses"]
+    assert losses[-1] < losses[0], losses
+    # the run folder
+    model, cfg, manifest = load_run(out)
+    assert manifest.feature_dim == DIM != cfg.data.feature_dim  # from the data manifest, not the config
+    assert manifest.supervision == "full" and manifest.steps == 12 and manifest.data_dir == data_dir
+    assert manifest.best_step in (4, 8, 12) and manifest.best_val_average is not None
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step-000006.keras", "step-000012.keras"]
+    assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(out, "logs")) for f in fs)
+    assert model.input["query"].shape[-1] == DIM
+    assert f"trained 12 steps in" in stdout and f"at step {manifest.best_step}" in stdout
+
+
+RESUME = """
+import json, sys, shutil
+import keras, numpy as np, tensorflow as tf
+tf.config.experimental.enable_op_determinism()
+from vreloc_tf.config import load_config
+from vreloc_tf.train import train
+
+data, a, b = sys.argv[1:4]
+cfg = load_config("tiny", ["train.steps=6", "train.validate_every=2", "train.checkpoint_every=6",
+                           "train.batch_size=8", "train.lr_decay_steps=4", "loss.coattention_mask_after_steps=3",
+                           "train.validation_pairs=8"])
+
+class Kill(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 3:
+            raise KeyboardInterrupt("killed at step 3")
+
+ma = train(cfg, data, a, verbose=0)
+try:
+    train(cfg, data, b, callbacks=[Kill()], verbose=0)
+    raise SystemExit("the kill did not happen")
+except KeyboardInterrupt:
+    pass
+mb = train(cfg, data, b, verbose=0)
+again = train(cfg, data, b, verbose=0)  # a finished run is left as it is
+wa = keras.saving.load_model(a + "/checkpoints/step-000006.keras").get_weights()
+wb = keras.saving.load_model(b + "/checkpoints/step-000006.keras").get_weights()
+ba = keras.saving.load_model(a + "/model.keras").get_weights()
+bb = keras.saving.load_model(b + "/model.keras").get_weights()
+print(json.dumps({"steps": [ma.steps, mb.steps, again.steps], "resumed_from": mb.extra["resumed_from_step"],
+                  "best": [ma.best_step, mb.best_step, ma.best_val_average, mb.best_val_average],
+                  "diff": max(float(np.max(np.abs(x - y))) for x, y in zip(wa, wb)),
+                  "best_diff": max(float(np.max(np.abs(x - y))) for x, y in zip(ba, bb))}))
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
+    """Tolerance: exact (0.0) with tf.config.experimental.enable_op_determinism()."""
+    report, _ = _run_script(RESUME, data_dir, str(tmp_path / "a"), str(tmp_path / "b"))
+    assert report["steps"] == [6, 6, 6]
+    assert report["resumed_from"] == 2  # the last epoch boundary before the kill at step 3
+    assert report["diff"] == 0.0 and report["best_diff"] == 0.0
+    best_step_a, best_step_b, best_val_a, best_val_b = report["best"]
+    assert best_step_a == best_step_b and best_val_a == best_val_b
+
+
+def test_resuming_with_another_config_is_refused(data_dir, tmp_path):
+    from vreloc_tf.train import _prepare_out_dir
+
+    out = str(tmp_path / "run")
+    _prepare_out_dir(load_config("tiny"), out, True)
+    with pytest.raises(ValueError, match="different config"):
+        _prepare_out_dir(load_config("tiny", ["seed=3"]), out, True)
