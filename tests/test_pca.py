@@ -209,3 +209,17 @@ def test_single_sample_has_no_variance(caplog):
     assert "only 0 of the 2" in caplog.text
     np.testing.assert_array_equal(pca.mean, one[0])
     np.testing.assert_array_equal(pca.transform(one), np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.slow
+def test_full_size_fc7_to_500_dims_with_fewer_clips_than_dims(caplog):
+    # the extract-video setting on a small folder: 4,096-d fc7, 300 training clips, 500 components
+    rng = np.random.default_rng(12)
+    x = np.maximum(correlated_data(300, 4096, seed=12, rank=64) + rng.standard_normal((300, 4096)) * 0.1, 0)
+    parts = [[chunk] for chunk in np.array_split(x, 6)]
+    with caplog.at_level(logging.WARNING, logger="vreloc.pca"):
+        pca = fit_pca(combine_locally(PCAStatsCombineFn(dim=4096), parts), n_components=500)
+    assert "only 299 of the 500 requested components" in caplog.text
+    assert pca.components.shape == (500, 4096) and pca.transform(x[:3]).shape == (3, 500)
+    np.testing.assert_array_equal(pca.components[299:], 0)
+    assert_same_pca(PCA(pca.mean, pca.components[:50], pca.explained_variance[:50]), x, 50)
