@@ -1,0 +1,102 @@
+"""`vreloc train` / `vreloc evaluate` end to end on tiny data; scores re-derived pair by pair."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import reloc_fixtures as F
+from vreloc_tf import metrics, schema
+from vreloc_tf.cli import main as cli_main
+from vreloc_tf.decoding import decode_full_np, decode_weak_np
+from vreloc_tf.evaluate import evaluate_run
+
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return F.make_data_dir(str(tmp_path_factory.mktemp("eval_data")), dim=DIM)
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eval_run") / "run")
+    assert cli_main(["train", "--config", "tiny", "--data", data_dir, "--out", out, "--steps", "4",
+                     "--set", "train.batch_size=4", "--set", "train.validate_every=2",
+                     "--set", "train.validation_pairs=6"]) == 0
+    return out
+
+
+def _by_hand(run_dir, data_dir, pairs_file, mode):
+    """Each pair alone (no padding, batch of one), decoded with the NumPy twin, IoU by hand."""
+    from vreloc_tf.run_dir import load_run
+
+    model, cfg, _ = load_run(run_dir)
+    recs = {r.entry_index: r for r in schema.read_records(data_dir, "test")}
+    with open(pairs_file) as fh:
+        pairs = json.load(fh)["pairs"]
+    segments, ious = [], []
+    for p in pairs:
+        q, r = recs[p["query"]], recs[p["reference"]]
+        qf = q.features[q.groundtruth[0]:q.groundtruth[1]]
+        probs = model({"query": qf[None], "query_length": np.array([len(qf)], np.int32),
+                       "reference": r.features[None], "reference_length": np.array([r.length], np.int32)},
+                      training=False)["probabilities"].numpy()
+        if mode == "full":
+            s, e, _ = decode_full_np(probs, [r.length], cfg.decode.full_max_length)
+        else:
+            s, e, _ = decode_weak_np(probs, [r.length], cfg.decode.weak_max_length)
+        segments.append((int(s[0]), int(e[0])))
+        ious.append(metrics.temporal_iou(s[0], e[0], *r.groundtruth))
+    return segments, metrics.map_at_1(ious)
+
+
+@pytest.mark.parametrize("mode", ["full", "weak"])
+def test_evaluate_equals_a_pair_by_pair_computation(run_dir, data_dir, tmp_path, mode):
+    pairs = str(tmp_path / "pairs.json")
+    result = evaluate_run(run_dir, data_dir, "test", pairs, decode=None if mode == "full" else mode)
+    _, want = _by_hand(run_dir, data_dir, pairs, mode)
+    for k in metrics.THRESHOLD_KEYS:
+        assert result["map_at_1"][k] == pytest.approx(want[k], abs=1e-9)
+    assert result["decode"] == mode and result["split"] == "test"
+    assert result["method"] == ("ours full" if mode == "full" else "ours full (weak decode)")
+
+
+def test_cli_prints_the_paper_row_and_writes_json(run_dir, data_dir, tmp_path, capsys):
+    out = str(tmp_path / "res.json")
+    pairs = str(tmp_path / "pairs.json")
+    assert cli_main(["evaluate", "--model", run_dir, "--split", "test", "--pairs", pairs, "--json", out]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    with open(out) as fh:
+        result = json.load(fh)
+    assert set(result) >= {"method", "split", "pairs", "map_at_1", "average"}
+    assert list(result["map_at_1"]) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
+    row = next(line for line in printed if line.startswith("ours full"))
+    assert row.split()[2:] == [f"{result['map_at_1'][k]:.1f}" for k in metrics.THRESHOLD_KEYS] + \
+        [f"{result['average']:.1f}"]
+    with open(pairs) as fh:
+        assert json.load(fh)["count"] == result["pairs"]
+    # report mode: several results as one table
+    other = dict(result, method="copy")
+    with open(tmp_path / "b.json", "w") as fh:
+        json.dump(other, fh)
+    assert cli_main(["evaluate", "--table", out, str(tmp_path / "b.json"), "--title", "Table 4 (synthetic)"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("Table 4 (synthetic)") and "copy" in table and "ours full" in table
+
+
+def test_evaluate_names_a_feature_dim_mismatch_and_missing_arguments(run_dir, tmp_path, capsys):
+    other = F.make_data_dir(str(tmp_path / "d6"), dim=6, train_classes=2, per_class=3)
+    with pytest.raises(ValueError, match="6-d features but the run .* 8-d"):
+        evaluate_run(run_dir, other, "test")
+    assert cli_main(["evaluate", "--split", "test"]) == 2
+    assert "--model" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no model.keras"):
+        evaluate_run(str(tmp_path), other, "test")
+
+
+def test_the_run_folder_defaults_evaluation_to_its_own_data(run_dir, data_dir):
+    result = evaluate_run(run_dir, split="val")
+    assert result["split"] == "val" and result["pairs"] > 0
+    assert os.path.exists(os.path.join(run_dir, "config.yaml"))
