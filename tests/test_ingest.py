@@ -1,0 +1,358 @@
+"""ingest-activitynet: transforms in TestPipeline, dead letters with reasons, atomic reruns, the benchmark geometry."""
+import glob
+import json
+import os
+import shutil
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import beam_common, ingest_activitynet as ingest, synth
+from vreloc_tf import __version__
+from vreloc_tf.schema import decode_record, read_manifest, read_records
+
+DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def write_h5(path, videos):
+    with h5py.File(path, "w") as h5:
+        for vid, rows in videos.items():
+            h5.create_group(f"v_{vid}").create_dataset("c3d_features", data=rows)
+
+
+@pytest.fixture(scope="module")
+def small_h5(tmp_path_factory):
+    """Three videos with random rows (odd and even row counts)."""
+    rng = np.random.default_rng(3)
+    d = tmp_path_factory.mktemp("h5")
+    videos = {"a": rng.standard_normal((20, 5)).astype(np.float32),   # 10 features after [::2]
+              "b": rng.standard_normal((13, 5)).astype(np.float32),   # 7
+              "c": rng.standard_normal((2, 5)).astype(np.float32)}    # 1
+    path = str(d / "f.hdf5")
+    write_h5(path, videos)
+    return path, {k: v[::2] for k, v in videos.items()}
+
+
+BAD_ENTRIES = {
+    "missing video": ({"id": "no_such_video", "label": 7, "location": [0, 5], "groundtruth": [1, 3]}, "not in the features file"),
+    "past the end": (None, "past the end"),
+    "empty window": (None, "empty window"),
+    "gt outside": (None, "outside its window"),
+    "malformed": ({"id": "x", "location": [0, 5], "groundtruth": [1, 3]}, "missing 'label'"),
+}
+
+
+def inject_bad_entries(splits_dir, n_feat):
+    """Append one entry of every bad kind to train.json and one to val.json; return their (split, index, reason)."""
+    with open(os.path.join(splits_dir, "train.json")) as fh:
+        train = json.load(fh)
+    vid = train[0]["id"]
+    n = n_feat[vid]
+    bad = [
+        BAD_ENTRIES["missing video"][0],
+        {"id": vid, "label": 1, "location": [n - 3, n + 4], "groundtruth": [0, 2]},
+        {"id": vid, "label": 1, "location": [4, 4], "groundtruth": [0, 1]},
+        {"id": vid, "label": 1, "location": [0, 6], "groundtruth": [3, 9]},
+        BAD_ENTRIES["malformed"][0],
+    ]
+    reasons = [r for _, r in BAD_ENTRIES.values()]
+    expected = [("train", len(train) + i, reasons[i]) for i in range(len(bad))]
+    with open(os.path.join(splits_dir, "train.json"), "w") as fh:
+        json.dump(train + bad, fh)
+    with open(os.path.join(splits_dir, "val.json")) as fh:
+        val = json.load(fh)
+    expected.append(("val", len(val), "not in the features file"))
+    with open(os.path.join(splits_dir, "val.json"), "w") as fh:
+        json.dump(val + [dict(BAD_ENTRIES["missing video"][0], id="gone_too")], fh)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def synth_with_bad(tmp_path_factory):
+    """Default synthetic dataset at D=8 plus injected bad entries."""
+    out = str(tmp_path_factory.mktemp("synth"))
+    synth.generate(out, seed=1, dim=8)
+    with open(os.path.join(out, "length.json")) as fh:
+        n_feat = {k: v["n_feat"] for k, v in json.load(fh).items()}
+    expected_dead = inject_bad_entries(out, n_feat)
+    return out, expected_dead
+
+
+def expected_records(splits_dir, h5_path):
+    """The NumPy reference: every good entry's window cut from HDF5 rows [::2]."""
+    out = {}
+    with h5py.File(h5_path, "r") as h5:
+        for split in ("train", "val", "test"):
+            with open(os.path.join(splits_dir, f"{split}.json")) as fh:
+                entries = json.load(fh)
+            for i, e in enumerate(entries):
+                try:
+                    vid, (s, t), gt, label = ingest.check_entry(e)
+                except ValueError:
+                    continue
+                if f"v_{vid}" not in h5:
+                    continue
+                sub = h5[f"v_{vid}"]["c3d_features"][()][::2]
+                if ingest.window_problem((s, t), gt, len(sub)):
+                    continue
+                out[(split, i)] = (vid, label, (s, t), gt, sub[s:t])
+    return out
+
+
+def run_ingest(src, out, runner="DirectRunner", extra=DIRECT):
+    return ingest.run(os.path.join(src, synth.HDF5_NAME), src, out, runner, list(extra))
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_read_split_entries_keys_by_video_and_dead_letters_malformed(tmp_path):
+    good = [{"id": "a", "label": 1, "location": [0, 4], "groundtruth": [1, 2]},
+            {"id": "b", "label": 2, "location": [1, 5], "groundtruth": [0, 3]}]
+    bad = [{"id": "a", "label": 1, "location": [0, 4]}, {"id": "a", "label": "x", "location": [0, 4], "groundtruth": [1, 2]}]
+    (tmp_path / "train.json").write_text(json.dumps(good + bad))
+    (tmp_path / "val.json").write_text(json.dumps(good[:1]))
+    files = {"train": str(tmp_path / "train.json"), "val": str(tmp_path / "val.json")}
+    with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(DIRECT)) as p:
+        entries, dead = p | ingest.ReadSplitEntries(files)
+        assert_that(entries, equal_to([("a", ("train", 0, good[0])), ("b", ("train", 1, good[1])),
+                                       ("a", ("val", 0, good[0]))]), label="entries")
+        assert_that(dead | beam.Map(lambda d: (d.split, d.entry_index, d.reason.split(":")[0], d.entry)),
+                    equal_to([("train", 2, "malformed entry", bad[0]), ("train", 3, "malformed entry", bad[1])]),
+                    label="dead")
+
+
+def test_entries_to_records_cuts_windows_and_dead_letters_each_kind(small_h5):
+    path, sub = small_h5
+    items = [
+        ("a", ("train", 0, {"id": "a", "label": 5, "location": [2, 9], "groundtruth": [1, 4]})),
+        ("a", ("train", 1, {"id": "a", "label": 5, "location": [0, 10], "groundtruth": [0, 10]})),
+        ("b", ("val", 0, {"id": "b", "label": 6, "location": [3, 7], "groundtruth": [0, 2]})),
+        ("c", ("test", 0, {"id": "c", "label": 7, "location": [0, 1], "groundtruth": [0, 1]})),
+        ("a", ("train", 2, {"id": "a", "label": 5, "location": [5, 11], "groundtruth": [0, 2]})),   # past the end
+        ("b", ("val", 1, {"id": "b", "label": 6, "location": [3, 3], "groundtruth": [0, 1]})),     # empty
+        ("b", ("val", 2, {"id": "b", "label": 6, "location": [0, 4], "groundtruth": [2, 6]})),     # gt outside
+        ("zz", ("test", 1, {"id": "zz", "label": 7, "location": [0, 1], "groundtruth": [0, 1]})),  # missing
+    ]
+
+    def as_tuple(r):
+        return (r.split, r.entry_index, r.video_id, r.label, r.window, r.groundtruth, r.features.tobytes(),
+                r.features.shape, r.frames_per_feature)
+
+    want = [("train", 0, "a", 5, (2, 9), (1, 4), sub["a"][2:9].tobytes(), (7, 5), 16),
+            ("train", 1, "a", 5, (0, 10), (0, 10), sub["a"].tobytes(), (10, 5), 16),
+            ("val", 0, "b", 6, (3, 7), (0, 2), sub["b"][3:7].tobytes(), (4, 5), 16),
+            ("test", 0, "c", 7, (0, 1), (0, 1), sub["c"].tobytes(), (1, 5), 16)]
+    with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(DIRECT)) as p:
+        records, dead = p | beam.Create(items) | ingest.EntriesToRecords(path)
+        assert_that(records | beam.Map(as_tuple), equal_to(want), label="records")
+        assert_that(dead | beam.Map(lambda d: (d.split, d.entry_index, d.reason)), equal_to([
+            ("train", 2, "window [5, 11] past the end of the video (10 features after [::2])"),
+            ("val", 1, "empty window [3, 3]"),
+            ("val", 2, "ground truth [2, 6] outside its window of 4 features"),
+            ("test", 1, "video v_zz not in the features file (no v_zz/c3d_features)"),
+        ]), label="dead")
+
+
+def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5):
+    from vreloc_tf.schema import Record
+
+    rng = np.random.default_rng(0)
+    recs = [Record(f"v{i}", ["train", "val"][i % 2], i, i, (0, 3), (0, 1), rng.standard_normal((3, 4)).astype(np.float32))
+            for i in range(6)]
+    deads = [beam_common.DeadLetter("val", f"reason {i}", {"k": i}, i, "src") for i in range(3)]
+    staging = str(tmp_path / "staging")
+    with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(DIRECT)) as p:
+        tokens = p | "recs" >> beam.Create(recs) | beam_common.WriteRecords(staging)
+        dtokens = p | "deads" >> beam.Create(deads) | beam_common.WriteDeadLetters(staging)
+        assert_that(tokens, equal_to([("train", 1)] * 3 + [("val", 1)] * 3), label="tokens")
+        assert_that(dtokens, equal_to([("val", 1)] * 3), label="dtokens")
+    counts = beam_common.count_staged(staging, {"train": 3, "val": 6})
+    assert counts == {"train": beam_common.SplitCounts(3, 3, 0), "val": beam_common.SplitCounts(6, 3, 3)}
+    assert not glob.glob(f"{staging}/**/*.inprogress", recursive=True)
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+    got = []
+    for path in glob.glob(f"{staging}/records/*/*.tfrecord"):
+        with open(path, "rb") as fh:
+            while (raw := _TFRecordUtil.read_record(fh)) is not None:
+                got.append(decode_record(raw))
+    got.sort(key=lambda r: r.entry_index)
+    assert [r.entry_index for r in got] == list(range(6))
+    for r, want in zip(got, recs):
+        np.testing.assert_array_equal(r.features, want.features)
+        assert (r.split, r.video_id) == (want.split, want.video_id)
+    lines = [json.loads(l) for f in glob.glob(f"{staging}/dead_letter/val/*.jsonl") for l in open(f)]
+    assert sorted(l["reason"] for l in lines) == ["reason 0", "reason 1", "reason 2"]
+
+
+def test_runner_names_and_pass_through_options():
+    assert beam_common.resolve_runner("DaskRunner") == "apache_beam.runners.dask.dask_runner.DaskRunner"
+    assert beam_common.resolve_runner("DataflowRunner") == "DataflowRunner"
+    opts = beam_common.pipeline_options("DirectRunner", ["--project=p"], multiprocess=True).get_all_options()
+    assert opts["direct_running_mode"] == "multi_processing" and opts["project"] == "p"
+    opts = beam_common.pipeline_options("DirectRunner", ["--direct_num_workers=1"], multiprocess=True).get_all_options()
+    assert opts["direct_running_mode"] != "multi_processing" and opts["direct_num_workers"] == 1
+    opts = beam_common.pipeline_options("DaskRunner", [], multiprocess=True).get_all_options()
+    assert opts["runner"].endswith("dask_runner.DaskRunner") and opts["direct_running_mode"] != "multi_processing"
+
+
+def test_cli_passes_unknown_options_to_beam(capsys):
+    from vreloc_tf import cli
+
+    parser = cli.build_parser("ingest-activitynet")
+    args = parser.parse_args(["ingest-activitynet", "--features", "f.h5", "--splits", "d", "--out", "o",
+                              "--runner", "DaskRunner", "--dask_client_address=tcp://h:1", "--project", "p"])
+    assert args.runner == "DaskRunner"
+    assert args.beam_args == ["--dask_client_address=tcp://h:1", "--project", "p"]
+    with pytest.raises(SystemExit):
+        cli.build_parser("ingest-activitynet").parse_args(["ingest-activitynet", "--help"])
+    assert "--features" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_ingest_end_to_end_reconciles_and_reports_every_bad_entry(synth_with_bad, tmp_path, capsys):
+    src, expected_dead = synth_with_bad
+    out = str(tmp_path / "data")
+    counts = run_ingest(src, out)
+    printed = capsys.readouterr().out
+    want = expected_records(src, os.path.join(src, synth.HDF5_NAME))
+    for split in ("train", "val", "test"):
+        with open(os.path.join(src, f"{split}.json")) as fh:
+            n_read = len(json.load(fh))
+        n_dead = sum(1 for s, _, _ in expected_dead if s == split)
+        assert counts[split] == beam_common.SplitCounts(n_read, n_read - n_dead, n_dead)
+        assert f"ingest-activitynet: {split}: read {n_read}, written {n_read - n_dead}, dead-lettered {n_dead}" in printed
+        got = read_records(out, split)
+        assert len(got) == n_read - n_dead
+        for r in got:
+            vid, label, window, gt, feats = want[(split, r.entry_index)]
+            assert (r.video_id, r.label, r.window, r.groundtruth, r.split) == (vid, label, window, gt, split)
+            np.testing.assert_array_equal(r.features, feats)
+            assert r.fps == -1 and r.frames_per_feature == 16
+    dead = {}
+    for split in ("train", "val", "test"):
+        for line in open(os.path.join(out, "dead_letter", f"{split}.jsonl")):
+            d = json.loads(line)
+            dead[(d["split"], d["entry_index"])] = d
+    assert set(dead) == {(s, i) for s, i, _ in expected_dead}
+    for s, i, reason in expected_dead:
+        assert reason in dead[(s, i)]["reason"], dead[(s, i)]
+        assert dead[(s, i)]["entry"]["location"]  # the entry itself is kept
+    m = read_manifest(out)
+    assert m["feature_dim"] == 8 and m["frames_per_feature"] == 16 and m["code_version"] == __version__
+    assert m["source"]["features"].endswith(synth.HDF5_NAME) and m["created"]
+    for split, c in counts.items():
+        assert {k: m["splits"][split][k] for k in ("read", "written", "dead_lettered")} == {
+            "read": c.read, "written": c.written, "dead_lettered": c.dead_lettered}
+    assert not [p for p in os.listdir(out) if p.startswith((".staging", "beam-temp"))]
+
+
+def test_rerun_replaces_shards_never_mixes(synth_with_bad, tmp_path):
+    src, _ = synth_with_bad
+    out = str(tmp_path / "data")
+    os.makedirs(out)
+    stale = os.path.join(out, "train-00000-of-00009.tfrecord")
+    open(stale, "wb").write(b"stale")
+    run_ingest(src, out, extra=["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    first = {s: sorted((r.entry_index, r.features.tobytes()) for r in read_records(out, s)) for s in ("train", "val", "test")}
+    assert not os.path.exists(stale)
+    run_ingest(src, out)  # a different runner mode: possibly another shard count
+    for s in ("train", "val", "test"):
+        files = sorted(glob.glob(os.path.join(out, f"{s}-*-of-*.tfrecord")))
+        totals = {f.rsplit("-of-", 1)[1] for f in files}
+        assert len(totals) == 1 and int(totals.pop().split(".")[0]) == len(files)
+        assert sorted((r.entry_index, r.features.tobytes()) for r in read_records(out, s)) == first[s]
+        assert read_manifest(out)["splits"][s]["shards"] == [os.path.basename(f) for f in files]
+
+
+def test_failed_reconciliation_leaves_previous_outputs(synth_with_bad, tmp_path, monkeypatch):
+    src, _ = synth_with_bad
+    out = str(tmp_path / "data")
+    run_ingest(src, out)
+    before = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "*.tfrecord"))}
+    real = beam_common.count_staged
+    monkeypatch.setattr(beam_common, "count_staged",
+                        lambda staging, read: {s: beam_common.SplitCounts(c.read + 1, c.written, c.dead_lettered)
+                                               for s, c in real(staging, read).items()})
+    with pytest.raises(beam_common.ReconciliationError, match="do not reconcile"):
+        run_ingest(src, out)
+    after = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "*.tfrecord"))}
+    assert after == before
+    assert not [p for p in os.listdir(out) if p.startswith(".staging")]
+
+
+def test_benchmark_geometry_every_entry_reproduced(shared_splits_dir, tmp_path):
+    """All 9,400 benchmark entries at D=8: features == HDF5 rows [::2][location], labels, windows, ground truth."""
+    src = str(tmp_path / "synth")
+    synth.generate(src, seed=0, dim=8, lengths=os.path.join(shared_splits_dir, "length.json"),
+                   splits_dir=shared_splits_dir)
+    out = str(tmp_path / "data")
+    counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", [])
+    check_every_entry(shared_splits_dir, os.path.join(src, synth.HDF5_NAME), out, counts)
+
+
+def iter_records(data_dir, split):
+    """Records shard by shard (memory stays at one shard's worth even at full size)."""
+    import tensorflow as tf
+    from vreloc_tf.schema import shard_files
+
+    for path in shard_files(data_dir, split):
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            yield decode_record(raw)
+
+
+def check_every_entry(splits_dir, h5_path, out, counts):
+    """Every entry of the benchmark splits is a record equal to the HDF5 rows [::2][location]."""
+    total = 0
+    with h5py.File(h5_path, "r") as h5:
+        cache = {}
+        for split in ("train", "val", "test"):
+            with open(os.path.join(splits_dir, f"{split}.json")) as fh:
+                entries = json.load(fh)
+            assert counts[split] == beam_common.SplitCounts(len(entries), len(entries), 0)
+            seen = []
+            for r in iter_records(out, split):
+                e = entries[r.entry_index]
+                if e["id"] not in cache:  # records come grouped by video: cache one video
+                    cache = {e["id"]: h5[f"v_{e['id']}"]["c3d_features"][()][::2]}
+                lo, hi = e["location"]
+                assert (r.video_id, r.label, list(r.window), list(r.groundtruth), r.split) == (
+                    e["id"], e["label"], e["location"], e["groundtruth"], split)
+                np.testing.assert_array_equal(r.features, cache[e["id"]][lo:hi])
+                seen.append(r.entry_index)
+            assert sorted(seen) == list(range(len(entries)))
+            total += len(seen)
+    assert total == 9400
+
+
+@pytest.mark.slow
+def test_full_size_benchmark_ingest(shared_splits_dir, tmp_path):
+    """Full size (D=500, ~3.1 GB HDF5): every entry reproduced; prints the ingest time.
+
+    Set VRELOC_FULL_SYNTH to a folder already holding ``vreloc synth --lengths ... --splits ...``
+    output to skip the (~4 min) generation.
+    """
+    src = os.environ.get("VRELOC_FULL_SYNTH")
+    if not src:
+        src = str(tmp_path / "synth")
+        synth.generate(src, seed=0, dim=500, lengths=os.path.join(shared_splits_dir, "length.json"),
+                       splits_dir=shared_splits_dir)
+    out = str(tmp_path / "data")
+    t0 = time.time()
+    counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", [])
+    seconds = time.time() - t0
+    print(f"full-size ingest: 9400 records in {seconds:.1f} s ({9400 / seconds:.1f} records/s)")
+    assert read_manifest(out)["feature_dim"] == 500
+    check_every_entry(shared_splits_dir, os.path.join(src, synth.HDF5_NAME), out, counts)
+    shutil.rmtree(out)
