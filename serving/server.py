@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -135,7 +136,10 @@ class LoadedVersion:
         query_spec = self.signatures[sig.SIGNATURE_NAME].structured_input_signature[1][sig.QUERY]
         self.feature_dim = int(query_spec.shape[-1])
         metadata_path = os.path.join(path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
-        self.metadata = json.load(open(metadata_path)) if os.path.exists(metadata_path) else {}
+        self.metadata = {}
+        if os.path.exists(metadata_path):
+            with open(metadata_path) as fh:
+                self.metadata = json.load(fh)
         self.in_flight = 0
         self.loaded_at = time.time()
 
@@ -600,7 +604,7 @@ def main(args: argparse.Namespace) -> int:
                               poll_interval=args.poll_interval, version_policy=args.version_policy,
                               version_labels=dict(args.version_label), limits=limits, max_workers=args.max_workers)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     stop = threading.Event()
     received = []

@@ -164,3 +164,18 @@ def test_cli_exports_and_refuses_an_existing_version(tmp_path, capsys):
     assert cli_main(["export", "--model", str(tmp_path / "nope"), "--out", base]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nope") in err and "model.keras" in err
+
+
+def test_feature_dim_of_the_manifest_must_match_the_model(tmp_path):
+    import shutil
+
+    from vreloc_tf.run_dir import read_run_manifest, write_run_manifest
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(H.make_run(0), run_dir)
+    manifest = read_run_manifest(run_dir)
+    manifest.feature_dim = H.FEATURE_DIM + 1
+    write_run_manifest(run_dir, manifest)
+    with pytest.raises(ValueError, match=f"feature_dim {H.FEATURE_DIM + 1} but the model takes {H.FEATURE_DIM}"):
+        export_model(run_dir, str(tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m" / "1")

@@ -295,7 +295,9 @@ def test_hot_reload_under_load_fails_no_request(tmp_path):
             np.testing.assert_allclose(probabilities, want1 if version == 1 else want2, atol=1e-6)
             if sent > swapped:
                 assert version == 2, "a request sent after the swap was answered by version 1"
-        time.sleep(0.5)  # one more poll releases the retired version (no request holds it)
+        deadline = time.monotonic() + 10  # the next poll releases the retired version (no request holds it)
+        while model.retired_versions and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert model.retired_versions == []
     finally:
         handle.stop(grace=1)
@@ -424,3 +426,16 @@ def test_non_loopback_bind_needs_the_flag_and_warns(tmp_path, caplog):
         assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME)["version"] == 1
     finally:
         handle.stop(grace=1)
+
+
+def test_serve_cli_refuses_bad_settings(tmp_path, capsys):
+    from vreloc_tf.cli import main as cli_main
+
+    base = tmp_path / "m"
+    base.mkdir()
+    assert cli_main(["serve", "--model-base-path", str(base), "--host", "10.1.2.3"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert cli_main(["serve", "--model-base-path", str(tmp_path / "absent")]) == 2
+    assert "absent" in capsys.readouterr().err
+    assert cli_main(["serve", "--model-base-path", str(base), "--version-policy", "newest"]) == 2
+    assert "--version-policy 'newest'" in capsys.readouterr().err
