@@ -1,0 +1,226 @@
+"""How fast is the model here? Matmul rate, analytic FLOPs, training pairs/s, inference latency.
+
+Why one module: ``vreloc bench`` and ``python -m vreloc_tf.model_bench`` print the model's
+throughput next to the dense-matmul rate *measured in the same run*, so numbers from a
+shared, noisy machine can be read relative to what the CPU delivered at that moment.
+
+FLOPs count multiply-adds as 2 and only the matmul-like work (convolutions, projections,
+attention products, LSTM gates, output layer); a training step is counted as 3x the
+forward pass (forward + input and weight gradients), the usual approximation.
+This module is TensorFlow-specific (tf.function, GradientTape), unlike the model itself.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+from vreloc_tf.config import Config, load_config
+
+PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=300, feature_dim=500)
+
+
+# ---------------------------------------------------------------------------
+# Analytic counts
+# ---------------------------------------------------------------------------
+
+def _groups(cfg: Config):
+    from vreloc_tf.model import head_groups
+    return head_groups(cfg)
+
+
+def count_parameters(cfg: Config, feature_dim: int) -> int:
+    """Trainable parameters of ``build_model(cfg, feature_dim)``, from the architecture alone."""
+    m = cfg.model
+    dh, dl, k = m.hidden_dim, m.lstm_dim, m.encoder_kernel_size
+    total = 2 * (k * feature_dim * dh + dh + 2 * dh)  # two encoders: conv + bias + layer norm
+    heads = 0
+    for n, kernel, _d, f in _groups(cfg):
+        total += 2 * (kernel * dh * n * f + n * f)  # reference and query convolutions
+        heads += n
+    satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
+    if m.self_attention:
+        total += dh * 3 * satt
+    lstm_in = heads + satt
+    total += 2 * (4 * dh * (lstm_in + dh) + 4 * dh)  # BiLSTM
+    total += 4 * dl * (2 * dh + dl) + 4 * dl  # LSTM
+    total += dl * 4 + 4  # Dense(4)
+    return total
+
+
+def forward_flops(cfg: Config, feature_dim: int, query_steps: int, reference_steps: int) -> int:
+    """Matmul-like FLOPs of one forward pass for one (query, reference) pair."""
+    m = cfg.model
+    dh, dl = m.hidden_dim, m.lstm_dim
+    lq, lr = query_steps, reference_steps
+    flops = 2 * m.encoder_kernel_size * feature_dim * dh * (lq + lr)
+    heads = 0
+    for n, kernel, _d, f in _groups(cfg):
+        flops += 2 * kernel * dh * n * f * (lq + lr)  # head convolutions
+        flops += 2 * lr * lq * n * f  # attention maps
+        heads += n
+    satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
+    if m.self_attention:
+        flops += 2 * lr * dh * 3 * satt + 2 * 2 * lr * lr * satt  # projections, QK^T, AV
+    flops += 2 * 2 * lr * 4 * dh * (heads + satt + dh)  # BiLSTM, both directions
+    flops += 2 * lr * 4 * dl * (2 * dh + dl)  # LSTM
+    flops += 2 * lr * dl * 4
+    return int(flops)
+
+
+def training_flops(cfg: Config, feature_dim: int, query_steps: int, reference_steps: int) -> int:
+    """FLOPs of one training step per pair (3x forward)."""
+    return 3 * forward_flops(cfg, feature_dim, query_steps, reference_steps)
+
+
+# ---------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------
+
+def matmul_gflops(size: int = 2048, repeats: int = 5, rounds: int = 3) -> float:
+    """Best dense float32 matmul rate (GFLOP/s) of this machine right now."""
+    import tensorflow as tf
+
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    mm = tf.function(lambda x, y: tf.matmul(x, y))
+    mm(a, b).numpy()
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            c = mm(a, b)
+        c.numpy()
+        best = max(best, repeats * 2 * size ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def random_batch(batch_size: int, query_steps: int, reference_steps: int, feature_dim: int, seed: int = 0):
+    """A full-length random batch in the model's input format (+ groundtruth)."""
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, reference_steps // 2, size=batch_size)
+    end = start + rng.integers(1, reference_steps // 2, size=batch_size)
+    return {
+        "query": rng.normal(size=(batch_size, query_steps, feature_dim)).astype("float32"),
+        "query_length": np.full(batch_size, query_steps, "int32"),
+        "reference": rng.normal(size=(batch_size, reference_steps, feature_dim)).astype("float32"),
+        "reference_length": np.full(batch_size, reference_steps, "int32"),
+        "groundtruth": np.stack([start, end], axis=1).astype("int32"),
+    }
+
+
+def training_pairs_per_second(cfg: Config, batch_size: int = 128, query_steps: int = 16,
+                              reference_steps: int = 300, feature_dim: int = 500, steps: int = 3,
+                              jit_compile: bool = False) -> Dict[str, float]:
+    """Pairs/s of a full training step (forward, total_loss, gradients, Adam update).
+
+    Returns the best and the median over ``steps`` timed steps (after one warm-up step).
+    """
+    import keras
+    import tensorflow as tf
+
+    from vreloc_tf.losses import total_loss
+    from vreloc_tf.model import INPUT_NAMES, build_model
+
+    model = build_model(cfg, feature_dim)
+    optimizer = keras.optimizers.Adam(cfg.train.learning_rate, global_clipnorm=cfg.train.clip_norm)
+    optimizer.build(model.trainable_variables)
+    batch = {k: tf.constant(v) for k, v in random_batch(batch_size, query_steps, reference_steps,
+                                                         feature_dim).items()}
+    step_var = tf.Variable(cfg.loss.coattention_mask_after_steps, dtype=tf.int64)  # masks on
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(data):
+        with tf.GradientTape() as tape:
+            outputs = model({k: data[k] for k in INPUT_NAMES}, training=True)
+            loss = total_loss(cfg, data, outputs["probabilities"], step_var)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    t0 = time.perf_counter()
+    train_step(batch).numpy()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        train_step(batch).numpy()
+        times.append(time.perf_counter() - t0)
+    return {"best_pairs_per_s": batch_size / min(times), "median_pairs_per_s": batch_size / float(np.median(times)),
+            "first_step_s": compile_s}
+
+
+def make_predict_function(model, jit_compile: bool = True):
+    """A compiled inference function (XLA by default): far cheaper per call than model.predict."""
+    import tensorflow as tf
+
+    return tf.function(lambda inputs: model(inputs, training=False), jit_compile=jit_compile)
+
+
+def inference_latency_ms(cfg: Config, query_steps: int = 16, reference_steps: int = 300,
+                         feature_dim: int = 500, runs: int = 50, jit_compile: bool = True) -> Dict[str, float]:
+    """Single-pair latency (ms) of a compiled predict function: p50 and p99 over ``runs`` calls."""
+    import tensorflow as tf
+
+    from vreloc_tf.model import INPUT_NAMES, build_model
+
+    model = build_model(cfg, feature_dim)
+    predict = make_predict_function(model, jit_compile)
+    data = random_batch(1, query_steps, reference_steps, feature_dim)
+    inputs = {k: tf.constant(data[k]) for k in INPUT_NAMES}
+    for _ in range(3):
+        predict(inputs)["probabilities"].numpy()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        predict(inputs)["probabilities"].numpy()
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def run_benchmark(cfg: Config, batch_size: int = 128, query_steps: int = 16, reference_steps: int = 300,
+                  feature_dim: int = 500, train_steps: int = 3, latency_runs: int = 50,
+                  jit_train: bool = False, jit_predict: bool = True) -> Dict[str, float]:
+    """Every figure of the benchmark, as a flat dict (what ``vreloc bench`` prints)."""
+    results: Dict[str, float] = {}
+    results["parameters"] = count_parameters(cfg, feature_dim)
+    results["matmul_gflops"] = matmul_gflops()
+    results["train_gflop_per_pair"] = training_flops(cfg, feature_dim, query_steps, reference_steps) / 1e9
+    train = training_pairs_per_second(cfg, batch_size, query_steps, reference_steps, feature_dim, train_steps,
+                                      jit_train)
+    results.update({f"train_{k}": v for k, v in train.items()})
+    results["train_gflops_achieved"] = results["train_best_pairs_per_s"] * results["train_gflop_per_pair"]
+    results["train_fraction_of_matmul"] = results["train_gflops_achieved"] / results["matmul_gflops"]
+    latency = inference_latency_ms(cfg, query_steps, reference_steps, feature_dim, latency_runs, jit_predict)
+    results.update({f"inference_{k}": v for k, v in latency.items()})
+    results["matmul_gflops_after"] = matmul_gflops()
+    return results
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="paper_full", help="config name or path (default paper_full)")
+    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    parser.add_argument("--batch-size", type=int, default=PAPER_SHAPES["batch_size"])
+    parser.add_argument("--query-steps", type=int, default=PAPER_SHAPES["query_steps"])
+    parser.add_argument("--reference-steps", type=int, default=PAPER_SHAPES["reference_steps"])
+    parser.add_argument("--feature-dim", type=int, default=PAPER_SHAPES["feature_dim"])
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--jit-train", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--no-jit-predict", action="store_true", help="run inference without XLA")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    results = run_benchmark(cfg, args.batch_size, args.query_steps, args.reference_steps, args.feature_dim,
+                            args.train_steps, args.latency_runs, args.jit_train, not args.no_jit_predict)
+    print(f"config {args.config}  B={args.batch_size} Lq={args.query_steps} Lr={args.reference_steps} "
+          f"D={args.feature_dim}")
+    for key, value in results.items():
+        print(f"{key:32s} {value:,.3f}" if isinstance(value, float) else f"{key:32s} {value:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
