@@ -71,14 +71,19 @@ def _normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int]:
-    """The frame-level prediction for one pair of unpadded feature arrays [Lq, D], [L, D]."""
+def frame_level_similarity(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """[L]: each reference frame's mean cosine similarity to the query frames."""
     q = _normalize_rows(np.asarray(query, dtype=np.float64))
     r = _normalize_rows(np.asarray(reference, dtype=np.float64))
     if q.shape[0] < 1 or r.shape[0] < 1:
         raise ValueError("frame-level baseline: empty query or reference")
-    a = (r @ q.T).mean(axis=1)  # [L]
-    width = min(q.shape[0], r.shape[0])
+    return (r @ q.T).mean(axis=1)
+
+
+def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int]:
+    """The frame-level prediction for one pair of unpadded feature arrays [Lq, D], [L, D]."""
+    a = frame_level_similarity(query, reference)  # [L]
+    width = min(len(query), len(reference))
     cum = np.concatenate([[0.0], np.cumsum(a)])
     window_mean = (cum[width:] - cum[:-width]) / width  # [L - W + 1]
     s = int(np.argmax(window_mean))

@@ -32,26 +32,35 @@ def _agg():
 
 
 def plot_probabilities(ax, probabilities: np.ndarray, predicted: Optional[Tuple[int, int]] = None,
-                       groundtruth: Optional[Tuple[int, int]] = None, seconds_per_step: Optional[float] = None):
-    """The four per-step probability curves over the reference timeline, with segments shaded."""
-    steps = np.arange(probabilities.shape[0])
-    x = steps * seconds_per_step if seconds_per_step else steps
-    for j, (name, color) in enumerate(zip(PROBABILITY_NAMES, PROBABILITY_COLORS)):
-        ax.plot(x, probabilities[:, j], label=f"p{j + 1} {name}", color=color, lw=1.4)
-    scale = seconds_per_step or 1.0
-    # A segment [s, e) covers steps s..e-1, drawn as cells centred on the steps.
+                       groundtruth: Optional[Tuple[int, int]] = None, seconds_per_step: Optional[float] = None,
+                       names: Optional[Sequence[str]] = None):
+    """Per-step curves over the reference timeline (default: the four probabilities), segments shaded.
+
+    Step i covers [i, i+1) in index units (drawn centred on i) or [i*s, (i+1)*s) seconds.
+    """
+    curves = np.asarray(probabilities)
+    steps = np.arange(curves.shape[0])
+    if seconds_per_step:
+        x, edge = (steps + 0.5) * seconds_per_step, (lambda i: i * seconds_per_step)
+    else:
+        x, edge = steps.astype(float), (lambda i: i - 0.5)
+    if names is None:
+        names = [f"p{j + 1} {n}" for j, n in enumerate(PROBABILITY_NAMES)]
+    for j, name in enumerate(names):
+        color = PROBABILITY_COLORS[j] if len(names) == 4 else None
+        ax.plot(x, curves[:, j], label=name, color=color, lw=1.4)
     if groundtruth is not None and groundtruth[0] >= 0:
-        ax.axvspan((groundtruth[0] - 0.5) * scale, (groundtruth[1] - 0.5) * scale, color="red", alpha=0.12,
-                   label="ground truth")
+        ax.axvspan(edge(groundtruth[0]), edge(groundtruth[1]), color="red", alpha=0.12, label="ground truth")
     if predicted is not None:
-        ax.axvspan((predicted[0] - 0.5) * scale, (predicted[1] - 0.5) * scale, ymin=0.0, ymax=0.06,
-                   color="black", alpha=0.8, label="prediction")
-        for edge in predicted:
-            ax.axvline((edge - 0.5) * scale, color="black", ls="--", lw=1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlim(x[0] - 0.5 * scale, x[-1] + 0.5 * scale)
+        ax.axvspan(edge(predicted[0]), edge(predicted[1]), ymin=0.0, ymax=0.06, color="black", alpha=0.8,
+                   label="prediction")
+        for i in predicted:
+            ax.axvline(edge(i), color="black", ls="--", lw=1)
+    if len(names) == 4:
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("probability")
+    ax.set_xlim(edge(0), edge(curves.shape[0]))
     ax.set_xlabel("reference time (s)" if seconds_per_step else "reference step (feature index)")
-    ax.set_ylabel("probability")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=6, frameon=False)
 
 
@@ -95,12 +104,15 @@ def figure4(attention: np.ndarray, probabilities: np.ndarray, head_groups: Seque
     return out_path
 
 
-def timeline(probabilities: np.ndarray, out_path: str, predicted: Optional[Tuple[int, int]] = None,
-             seconds_per_step: Optional[float] = None, title: str = "") -> str:
-    """Per-step probabilities over the reference timeline (for `vreloc locate --plot`)."""
+def timeline(curves: np.ndarray, out_path: str, predicted: Optional[Tuple[int, int]] = None,
+             seconds_per_step: Optional[float] = None, title: str = "", names: Optional[Sequence[str]] = None,
+             ylabel: Optional[str] = None) -> str:
+    """Per-step curves over the reference timeline (for `vreloc locate --plot`)."""
     plt = _agg()
     fig, ax = plt.subplots(figsize=(10, 3.8))
-    plot_probabilities(ax, np.asarray(probabilities), predicted=predicted, seconds_per_step=seconds_per_step)
+    plot_probabilities(ax, np.asarray(curves), predicted=predicted, seconds_per_step=seconds_per_step, names=names)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     ax.set_title(title or "Where the query matches the reference")
     fig.savefig(out_path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -1,0 +1,83 @@
+"""`vreloc locate` finds a clip cut from real footage and inserted into other real footage."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.video import packaged_sample_video, read_frames, write_test_video
+from vreloc_tf import cli
+from vreloc_tf.locate import LocateError, locate, search, windows
+from vreloc_tf.metrics import temporal_iou
+
+H, W = 144, 176
+
+
+def _resized(frames):
+    return np.stack([np.asarray(Image.fromarray(f).resize((W, H), Image.BILINEAR)) for f in frames])
+
+
+@pytest.fixture(scope="module")
+def spliced(tmp_path_factory):
+    """query = 48 frames of carphone; reference = bikes footage with that clip inserted at frame 64."""
+    folder = tmp_path_factory.mktemp("locate")
+    phone = read_frames(packaged_sample_video("carphone_pristine.mp4"))
+    bikes = _resized(read_frames(packaged_sample_video("bikes.mp4"), 0, 170))
+    clip = phone[32:80]
+    reference = np.concatenate([bikes[:64], clip, bikes[100:164]])
+    q = write_test_video(str(folder / "query.mp4"), clip, fps=29.97)
+    r = write_test_video(str(folder / "reference.mp4"), reference, fps=29.97)
+    return folder, q, r, (64 // 16, (64 + 48) // 16)
+
+
+def test_frame_level_finds_the_inserted_clip(spliced, capsys):
+    folder, q, r, (g0, g1) = spliced
+    out_json, out_png = folder / "answer.json", folder / "timeline.png"
+    code = cli.main(["locate", "--query", q, "--reference", r, "--method", "frame-level", "--random-c3d",
+                     "--json", str(out_json), "--plot", str(out_png)])
+    assert code == 0
+    answer = json.loads(out_json.read_text())
+    iou = temporal_iou(np.array([answer["start_index"]]), np.array([answer["end_index"]]),
+                       np.array([g0]), np.array([g1]))[0]
+    assert iou >= 0.5, (answer, (g0, g1))
+    sec = 16 / 29.97
+    assert answer["start_seconds"] == pytest.approx(answer["start_index"] * sec, abs=1e-3)
+    assert answer["end_seconds"] == pytest.approx(answer["end_index"] * sec, abs=1e-3)
+    assert out_png.stat().st_size > 10_000
+    assert "found in reference.mp4" in capsys.readouterr().out
+
+
+def test_clear_errors(spliced, tmp_path):
+    folder, q, r, _ = spliced
+    with pytest.raises(LocateError, match="longer than the reference"):
+        locate(r, q, method="frame-level", random_c3d=True)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(LocateError, match="broken.mp4.*unreadable"):
+        locate(str(bad), r, method="frame-level", random_c3d=True)
+    with pytest.raises(LocateError, match="no such file"):
+        locate(str(tmp_path / "missing.mp4"), r, method="frame-level", random_c3d=True)
+    with pytest.raises(LocateError, match="--random-c3d"):
+        locate(q, r, method="frame-level")
+
+
+def test_windows_cover_long_references_and_search_takes_the_best():
+    for length, window in [(5, 300), (300, 300), (301, 300), (1000, 300), (999, 64)]:
+        ws = windows(length, window)
+        covered = np.zeros(length, bool)
+        for a, b in ws:
+            assert 0 <= a < b <= length and b - a <= window
+            covered[a:b] = True
+        assert covered.all()
+    # a matcher that scores windows by how much of a planted target they contain
+    target = (700, 710)
+
+    def match(query, ref_window):
+        sims = ref_window[:, 0]
+        s = int(np.argmax(sims))
+        return s, s + len(query), float(sims[s]), np.zeros((len(ref_window), 4), np.float32)
+
+    reference = np.zeros((1000, 1), np.float32)
+    reference[target[0]:target[1], 0] = np.linspace(1, 2, 10)[::-1]
+    s, e, score, curves = search(match, np.zeros((10, 1), np.float32), reference, window=300)
+    assert (s, e) == (700, 710) and score == pytest.approx(2.0) and curves.shape == (1000, 4)
