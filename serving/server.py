@@ -426,7 +426,6 @@ def _services():
 
         def GetModelStatus(self, request, context):
             from tensorflow_serving.apis import get_model_status_pb2
-            from tensorflow_serving.apis import status_pb2
 
             error = None
             try:
