@@ -1,0 +1,302 @@
+"""`vreloc bench`: measured throughput and latency of every stage, on this machine.
+
+Each part runs in its own Python process (``python -m vreloc_tf.bench --part NAME``),
+so that one part's memory and thread pools do not colour another's figures, the
+2-device part can split the CPU before TensorFlow starts, and each part's peak
+resident memory is its own. The yardstick is this machine's dense matmul rate:
+``train.fraction_of_matmul`` is the model's analytic training FLOP rate over it.
+
+Parts (model figures use ``--config``, default ``paper_full``: D = 500, 40 heads):
+
+=============  =====================================================================
+matmul         dense float32 matmul GFLOP/s (vreloc_tf.model_bench.matmul_gflops)
+train1/train2  training pairs/s at batch 128, Lq 16, Lr 300 on 1 and 2 logical CPU
+               devices (the 2-device run is model.fit under MirroredStrategy)
+inference      single-pair p50/p99 of the compiled predict function, and p50 for
+               Lr = 100, 300, 1000, 3000 (growth must be linear in Lr)
+decode         Eq. 20 decoding of one Lr = 1000 sequence (NumPy twin and in-graph)
+grpc           Predict p50/p99 in process and over gRPC, requests/s with 8 clients
+ingest         ingest-activitynet records/s (full: the benchmark geometry at D = 500;
+               --quick: the small synthetic dataset)
+c3d            C3D fc7 clips/s on the CPU
+=============  =====================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "c3d")
+SHAPES = {"batch_size": 128, "query_steps": 16, "reference_steps": 300}
+LR_SWEEP = (100, 300, 1000, 3000)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- parts (each runs in a fresh process) ---------------------------------------------
+
+def part_matmul(cfg, quick: bool, config: str) -> dict:
+    from vreloc_tf.model_bench import matmul_gflops
+
+    return {"matmul_gflops": matmul_gflops(repeats=3 if quick else 5)}
+
+
+def _train_pairs_per_s(cfg, quick: bool, devices: int) -> dict:
+    """model.fit under MirroredStrategy over ``devices`` logical CPU devices, on random full-size batches."""
+    import keras
+    import tensorflow as tf
+
+    from vreloc_tf.model import build_model
+    from vreloc_tf.model_bench import random_batch, training_flops
+    from vreloc_tf.strategy import make_strategy
+    from vreloc_tf.training import RelocTrainer, make_optimizer
+
+    strategy = make_strategy(devices)
+    dim = cfg.data.feature_dim
+    data = random_batch(SHAPES["batch_size"], SHAPES["query_steps"], SHAPES["reference_steps"], dim)
+    dataset = tf.data.Dataset.from_tensors(data).repeat()
+    with strategy.scope():
+        trainer = RelocTrainer(cfg, build_model(cfg, dim))
+        trainer.compile(optimizer=make_optimizer(cfg))
+
+    class StepTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: List[float] = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self._t)
+
+    timer = StepTimes()
+    steps = 3 if quick else 6
+    trainer.fit(dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[timer], verbose=0)
+    timed = timer.times[1:]  # the first step traces and compiles
+    median = float(np.median(timed))
+    pairs_per_s = SHAPES["batch_size"] / median
+    gflop_per_pair = training_flops(cfg, dim, SHAPES["query_steps"], SHAPES["reference_steps"]) / 1e9
+    return {"devices": strategy.num_replicas_in_sync, "pairs_per_s": pairs_per_s,
+            "step_s_median": median, "first_step_s": timer.times[0], "gflop_per_pair": gflop_per_pair,
+            "achieved_gflops": pairs_per_s * gflop_per_pair, "peak_rss_mb": _peak_rss_mb()}
+
+
+def part_train1(cfg, quick: bool, config: str) -> dict:
+    return _train_pairs_per_s(cfg, quick, 1)
+
+
+def part_train2(cfg, quick: bool, config: str) -> dict:
+    return _train_pairs_per_s(cfg, quick, 2)
+
+
+def part_inference(cfg, quick: bool, config: str) -> dict:
+    from vreloc_tf.model_bench import inference_latency_ms
+
+    dim = cfg.data.feature_dim
+    out = inference_latency_ms(cfg, SHAPES["query_steps"], SHAPES["reference_steps"], dim, runs=30 if quick else 100)
+    by_lr = {}
+    for lr in LR_SWEEP:
+        by_lr[str(lr)] = inference_latency_ms(cfg, SHAPES["query_steps"], lr, dim, runs=5 if quick else 20)["p50_ms"]
+    ms = np.array([by_lr[str(lr)] for lr in LR_SWEEP])
+    slope, intercept = np.polyfit(np.array(LR_SWEEP, float), ms, 1)
+    fit = slope * np.array(LR_SWEEP) + intercept
+    return {**out, "latency_ms_by_lr": by_lr, "ms_per_1000_steps": 1000 * slope,
+            "linear_fit_max_rel_error": float(np.max(np.abs(fit - ms) / ms)), "peak_rss_mb": _peak_rss_mb()}
+
+
+def part_decode(cfg, quick: bool, config: str) -> dict:
+    import tensorflow as tf
+
+    from vreloc_tf.decoding import decode_full, decode_full_np
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(1, 1000)).astype(np.float32)
+    lengths = np.array([1000], np.int32)
+    limit = cfg.decode.full_max_length
+    runs = 20 if quick else 100
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        decode_full_np(probs, lengths, limit)
+        times.append(1000 * (time.perf_counter() - t0))
+    graph = tf.function(lambda p, n: decode_full(p, n, limit))
+    graph(probs, lengths)
+    gtimes = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        [t.numpy() for t in graph(probs, lengths)]
+        gtimes.append(1000 * (time.perf_counter() - t0))
+    return {"decode_ms_lr1000": float(np.median(times)), "decode_graph_ms_lr1000": float(np.median(gtimes)),
+            "max_length": limit}
+
+
+def part_grpc(cfg, quick: bool, config: str) -> dict:
+    from serving.bench_serving import run_benchmark
+
+    res = run_benchmark(config=config, lq=SHAPES["query_steps"], lr=SHAPES["reference_steps"],
+                        requests=40 if quick else 200, clients=8, duration=3.0 if quick else 10.0)
+    return {"in_process": res["in_process"], "grpc": res["grpc"], "grpc_overhead_p50_ms": res["grpc_overhead_p50_ms"],
+            "throughput": res["throughput"], "peak_rss_mb": _peak_rss_mb()}
+
+
+def part_ingest(cfg, quick: bool, config: str) -> dict:
+    from pipeline import synth
+    from pipeline.bench_ingest import measure_ingest_records_per_s
+
+    if not quick:
+        return measure_ingest_records_per_s(dim=500)
+    with tempfile.TemporaryDirectory(prefix="vreloc-bench-") as tmp:
+        src = os.path.join(tmp, "synth")
+        synth.generate(src, seed=0, dim=cfg.data.feature_dim)
+        out = measure_ingest_records_per_s(synth_dir=src, tmp=tmp)
+        out["dataset"] = f"default synthetic dataset at D = {cfg.data.feature_dim}"
+        return out
+
+
+def part_c3d(cfg, quick: bool, config: str) -> dict:
+    from pipeline.bench_c3d import measure_c3d_clips_per_s
+
+    return measure_c3d_clips_per_s(batch_size=8, batches=2 if quick else 4)
+
+
+# -- the driver ------------------------------------------------------------------------
+
+def run_part(name: str, config: str, quick: bool, timeout: float = 900) -> dict:
+    cmd = [sys.executable, "-m", "vreloc_tf.bench", "--part", name, "--config", config] + (["--quick"] if quick else [])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        return {"error": f"part {name} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["part_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def collect(config: str, quick: bool, parts=PARTS, progress=print) -> dict:
+    raw: Dict[str, dict] = {}
+    for name in parts:
+        progress(f"bench: {name} ...")
+        raw[name] = run_part(name, config, quick)
+    return summarize(raw, config, quick)
+
+
+def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
+    get = lambda part, key, default=None: raw.get(part, {}).get(key, default)  # noqa: E731
+    matmul = get("matmul", "matmul_gflops")
+    train1 = raw.get("train1", {})
+    out = {
+        "config": config, "quick": quick, "cpus": os.cpu_count(),
+        "machine": os.uname().machine, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "matmul_gflops": matmul,
+        "train": {"pairs_per_s": train1.get("pairs_per_s"), "pairs_per_s_2_devices": get("train2", "pairs_per_s"),
+                  "gflop_per_pair": train1.get("gflop_per_pair"),
+                  "fraction_of_matmul": (train1["achieved_gflops"] / matmul) if matmul and "achieved_gflops" in train1
+                  else None},
+        "inference": {"p50_ms": get("inference", "p50_ms"), "p99_ms": get("inference", "p99_ms")},
+        "grpc": {"p50_ms": (get("grpc", "grpc") or {}).get("p50_ms"), "p99_ms": (get("grpc", "grpc") or {}).get("p99_ms"),
+                 "in_process_p50_ms": (get("grpc", "in_process") or {}).get("p50_ms"),
+                 "overhead_p50_ms": get("grpc", "grpc_overhead_p50_ms"),
+                 "requests_per_s_8_clients": (get("grpc", "throughput") or {}).get("requests_per_s")},
+        "latency_ms_by_lr": get("inference", "latency_ms_by_lr"),
+        "latency_linear_fit_max_rel_error": get("inference", "linear_fit_max_rel_error"),
+        "decode_ms_lr1000": get("decode", "decode_ms_lr1000"),
+        "decode_graph_ms_lr1000": get("decode", "decode_graph_ms_lr1000"),
+        "ingest": {"records_per_s": get("ingest", "records_per_s"), "records": get("ingest", "records"),
+                   "seconds": get("ingest", "seconds")},
+        "c3d": {"clips_per_s": get("c3d", "clips_per_s")},
+        "peak_rss_mb": {"train": max(filter(None, [train1.get("peak_rss_mb"), get("train2", "peak_rss_mb")]),
+                                     default=None),
+                        "serve": get("grpc", "peak_rss_mb")},
+        "errors": {k: v["error"] for k, v in raw.items() if "error" in v},
+        "raw": raw,
+    }
+    return out
+
+
+def format_report(r: dict) -> str:
+    def f(v, fmt="{:.1f}"):
+        return "n/a" if v is None else fmt.format(v)
+
+    t, g = r["train"], r["grpc"]
+    lines = [
+        f"vreloc bench ({'quick' if r['quick'] else 'full'}; config {r['config']}; {r['cpus']} CPUs {r['machine']}; "
+        f"{r['date']})",
+        f"  dense matmul (yardstick)        {f(r['matmul_gflops'])} GFLOP/s",
+        f"  training, 1 device              {f(t['pairs_per_s'])} pairs/s  (batch 128, Lq 16, Lr 300; "
+        f"{f(t['gflop_per_pair'], '{:.2f}')} GFLOP/pair; {f(t['fraction_of_matmul'] and 100 * t['fraction_of_matmul'])}% "
+        f"of matmul rate)",
+        f"  training, 2 logical devices     {f(t['pairs_per_s_2_devices'])} pairs/s  (MirroredStrategy)",
+        f"  inference, one pair             p50 {f(r['inference']['p50_ms'], '{:.2f}')} ms  "
+        f"p99 {f(r['inference']['p99_ms'], '{:.2f}')} ms",
+        f"  gRPC Predict, one pair          p50 {f(g['p50_ms'], '{:.2f}')} ms  p99 {f(g['p99_ms'], '{:.2f}')} ms  "
+        f"(adds {f(g['overhead_p50_ms'], '{:.2f}')} ms to the in-process p50)",
+        f"  gRPC, 8 concurrent clients      {f(g['requests_per_s_8_clients'])} requests/s",
+        "  latency by Lr                   " + (", ".join(f"{k}: {v:.1f} ms" for k, v in r["latency_ms_by_lr"].items())
+                                              if r["latency_ms_by_lr"] else "n/a")
+        + f"  (max deviation from a linear fit {f(r['latency_linear_fit_max_rel_error'] and 100 * r['latency_linear_fit_max_rel_error'])}%)",
+        f"  Eq. 20 decoding, Lr 1000        {f(r['decode_ms_lr1000'], '{:.2f}')} ms NumPy, "
+        f"{f(r['decode_graph_ms_lr1000'], '{:.2f}')} ms in graph",
+        f"  ingest-activitynet              {f(r['ingest']['records_per_s'])} records/s "
+        f"({r['ingest']['records']} records in {f(r['ingest']['seconds'])} s)",
+        f"  C3D fc7                         {f(r['c3d']['clips_per_s'], '{:.2f}')} clips/s",
+        f"  peak memory                     train {f(r['peak_rss_mb']['train'], '{:.0f}')} MB, "
+        f"serve {f(r['peak_rss_mb']['serve'], '{:.0f}')} MB (server and load clients in one process)",
+    ]
+    for part, err in r["errors"].items():
+        lines.append(f"  ERROR in {part}: {err}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and small ingest data (< 3 min)")
+    parser.add_argument("--config", default="paper_full", help="model config (default paper_full)")
+    parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
+    parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
+
+
+def main(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    result = collect(args.config, args.quick, args.only or PARTS)
+    result["total_seconds"] = time.perf_counter() - t0
+    print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
+    print(format_report(result))
+    print(f"bench finished in {result['total_seconds']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 1 if result["errors"] else 0
+
+
+def _part_main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vreloc_tf.bench")
+    parser.add_argument("--part", required=True, choices=PARTS)
+    parser.add_argument("--config", default="paper_full")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.part == "train2":
+        from vreloc_tf.strategy import split_cpu
+
+        split_cpu(2)
+    from vreloc_tf.config import load_config
+
+    cfg = load_config(args.config)
+    result = globals()[f"part_{args.part}"](cfg, args.quick, args.config)
+    print(json.dumps(result, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_part_main())
