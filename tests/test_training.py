@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 import reloc_fixtures as F
@@ -116,7 +115,7 @@ def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_pat
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step-000006.keras", "step-000012.keras"]
     assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(out, "logs")) for f in fs)
     assert model.input["query"].shape[-1] == DIM
-    assert f"trained 12 steps in" in stdout and f"at step {manifest.best_step}" in stdout
+    assert "trained 12 steps in" in stdout and f"at step {manifest.best_step}" in stdout
 
 
 RESUME = """

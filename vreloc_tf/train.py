@@ -107,12 +107,13 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
 
     manifest = RunManifest(
         data_dir=os.path.abspath(data_dir), feature_dim=feature_dim, supervision=cfg.supervision,
+        pca_file=data_manifest.get("pca_file"),
         frames_per_feature=int(data_manifest.get("frames_per_feature", cfg.data.frames_per_feature)),
         steps=int(trainer.optimizer.iterations.numpy()) if start_epoch < epochs else cfg.train.steps,
         best_step=validation.best_step, best_val_average=validation.best_val, train_seconds=seconds,
         extra={"config_digest": cfg.digest(), "replicas": replicas, "strategy": type(strategy).__name__,
                "resumed_from_step": start_epoch * steps_per_epoch, "validation_pairs": len(val_pairs),
-               "validation_history": validation.history, "pca_file": data_manifest.get("pca_file")})
+               "validation_history": validation.history})
     if chief:
         write_run_manifest(out_dir, manifest)
     best = "n/a" if manifest.best_val_average is None else f"{manifest.best_val_average:.1f}"
