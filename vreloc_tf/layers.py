@@ -102,7 +102,7 @@ class MultiscaleAttention(keras.layers.Layer):
     query frame and averages over the (valid) query frames -> one score per reference step.
 
     Why grouped: heads sharing (kernel size, dilation, filters) are one convolution with
-    heads*filters output channels, and all maps of a group are one batched einsum; this gives
+    heads*filters output channels, and all maps of a group are one batched matmul; this gives
     the same numbers as one layer per head at a fraction of the kernel launches.
 
     ``head_groups``: list of [heads, kernel_size, dilation, filters]; d_k of a head = filters.
@@ -153,7 +153,7 @@ class MultiscaleAttention(keras.layers.Layer):
         query = query * ops.expand_dims(ops.cast(query_mask, query.dtype), -1)
 
         # Encode every group, scale by 1/sqrt(d_k) of its heads, then stack groups that share
-        # a key width so their maps come out of a single einsum.
+        # a key width so their maps come out of a single batched matmul.
         by_width: Dict[int, Tuple[list, list]] = {}
         for index, (heads, _k, dilation, filters) in enumerate(self._groups):
             r = self._encode(reference, self.reference_kernels[index], self.reference_biases[index],
@@ -164,13 +164,23 @@ class MultiscaleAttention(keras.layers.Layer):
             refs.append(r)
             queries.append(q)
 
-        head_maps = []
+        # Softmax over the valid reference steps for every head and query frame, then the mean
+        # over the valid query frames, written as exp / per-column sums folded into one matmul:
+        # mean_j softmax_i(l_ij) = sum_j [w_j / Z_j] exp(l_ij - max_i l_ij), w_j = mask_j / n_q.
+        # Same numbers as softmax-then-mean, with fewer passes over the [B, k, Lq, Lr] tensor.
+        ref_bias = ops.where(ref_mask, 0.0, _NEG_INF)[:, None, None, :]  # [B, 1, 1, Lr]
+        query_weight = ops.cast(query_mask, reference.dtype)
+        query_weight = query_weight / ops.maximum(ops.sum(query_weight, axis=1, keepdims=True), 1.0)  # [B, Lq]
+        head_scores = []
         for filters in by_width:  # one entry per distinct key width (usually one)
             refs, queries = by_width[filters]
-            r = refs[0] if len(refs) == 1 else ops.concatenate(refs, axis=2)
-            q = queries[0] if len(queries) == 1 else ops.concatenate(queries, axis=2)
-            head_maps.append(ops.einsum("bihf,bjhf->bhji", r, q))  # [B, heads, Lq, Lr]
-        logits = head_maps[0] if len(head_maps) == 1 else ops.concatenate(head_maps, axis=1)
+            r = refs[0] if len(refs) == 1 else ops.concatenate(refs, axis=2)  # [B, Lr, h, f]
+            q = queries[0] if len(queries) == 1 else ops.concatenate(queries, axis=2)  # [B, Lq, h, f]
+            logits = ops.matmul(ops.transpose(q, (0, 2, 1, 3)), ops.transpose(r, (0, 2, 3, 1))) + ref_bias
+            exps = ops.exp(logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True)))  # [B, h, Lq, Lr]
+            column_weight = query_weight[:, None, :] / ops.sum(exps, axis=-1)  # [B, h, Lq]
+            head_scores.append(ops.squeeze(ops.matmul(column_weight[:, :, None, :], exps), axis=2))  # [B, h, Lr]
+        scores = head_scores[0] if len(head_scores) == 1 else ops.concatenate(head_scores, axis=1)
         if len(by_width) > 1:  # restore the order of head_groups
             order = []
             offsets, start = {}, 0
@@ -181,15 +191,8 @@ class MultiscaleAttention(keras.layers.Layer):
             for heads, _k, _d, f in self._groups:
                 order.extend(range(offsets[f] + seen[f], offsets[f] + seen[f] + heads))
                 seen[f] += heads
-            logits = ops.take(logits, order, axis=1)
-
-        # Softmax over the valid reference steps (last axis), for every head and query frame.
-        logits = ops.where(ref_mask[:, None, None, :], logits, _NEG_INF)
-        weights = ops.softmax(logits, axis=-1)  # [B, k, Lq, Lr]
-        # Mean over the valid query frames.
-        qm = ops.cast(query_mask, weights.dtype)
-        count = ops.maximum(ops.sum(qm, axis=1), 1.0)  # [B]
-        scores = ops.einsum("bhji,bj->bih", weights, qm) / count[:, None, None]  # [B, Lr, k]
+            scores = ops.take(scores, order, axis=1)
+        scores = ops.transpose(scores, (0, 2, 1))  # [B, Lr, k]
         return scores * ops.expand_dims(ops.cast(ref_mask, scores.dtype), -1)
 
     def compute_output_shape(self, reference_shape, query_shape=None, reference_lengths_shape=None,
