@@ -233,12 +233,15 @@ class SelfAttention(keras.layers.Layer):
         mask = sequence_mask(lengths, steps)  # [B, L]
         x = sequence * ops.expand_dims(ops.cast(mask, sequence.dtype), -1)
         qkv = ops.reshape(ops.matmul(x, self.qkv_kernel), (batch, steps, 3, self.num_heads, self.key_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, h, d_k]
-        logits = ops.einsum("bihk,bjhk->bhij", q, k) * (1.0 / math.sqrt(self.key_dim))
-        logits = ops.where(mask[:, None, None, :], logits, _NEG_INF)
-        weights = ops.softmax(logits, axis=-1)
-        out = ops.reshape(ops.einsum("bhij,bjhk->bihk", weights, v),
-                          (batch, steps, self.num_heads * self.key_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, h, L, d_k]
+        q, k, v = qkv[0] * (1.0 / math.sqrt(self.key_dim)), qkv[1], qkv[2]
+        logits = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # [B, h, L, L]
+        logits = logits + ops.where(mask, 0.0, _NEG_INF)[:, None, None, :]  # padded keys get weight 0
+        # softmax(l) V = (exp(l - max) V) / sum exp(l - max): normalize the small [B, h, L, d_k]
+        # product instead of the [B, h, L, L] weights (one pass less over the big tensor).
+        exps = ops.exp(logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True)))
+        out = ops.matmul(exps, v) / ops.sum(exps, axis=-1, keepdims=True)  # [B, h, L, d_k]
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, steps, self.num_heads * self.key_dim))
         return out * ops.expand_dims(ops.cast(mask, out.dtype), -1)
 
     def compute_output_shape(self, sequence_shape, lengths_shape=None):

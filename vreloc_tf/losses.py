@@ -114,8 +114,8 @@ def coattention_loss(query, query_length, reference, reference_length, probabili
     background = p[:, :, 3] * background_mask
     g_action = action / ops.maximum(ops.sum(action, axis=1, keepdims=True), EPSILON)
     g_background = background / ops.maximum(ops.sum(background, axis=1, keepdims=True), EPSILON)
-    r_action = ops.einsum("bl,bld->bd", g_action, reference)
-    r_background = ops.einsum("bl,bld->bd", g_background, reference)
+    pooled = ops.matmul(ops.stack([g_action, g_background], axis=1), reference)  # [B, 2, D], one pass over R
+    r_action, r_background = pooled[:, 0], pooled[:, 1]
 
     d_pos = cosine_similarity(query_mean, r_action)
     d_neg = alpha * cosine_similarity(query_mean, r_background) + (1.0 - alpha) * cosine_similarity(
