@@ -9,6 +9,7 @@ serving/server.py loads) --
                         variables/
                         assets.extra/tf_serving_warmup_requests   PredictionLog TFRecords, replayed at load
                         assets.extra/vreloc.json                  feature_dim, frames_per_feature, decode rule
+                        assets.extra/pca.npz                      the training data's PCA (raw-video runs only)
 
 The signature takes padded batches (query [B, Lq, D], query_length [B],
 reference [B, Lr, D], reference_length [B]) and returns the probabilities and
@@ -188,6 +189,11 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
             "code_version": manifest.code_version,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if manifest.pca_file:
+            # The PCA of the training features travels with the model, so `vreloc locate` can
+            # turn a new video's fc7 features into the model's input space.
+            shutil.copyfile(manifest.pca_file, os.path.join(extra, "pca.npz"))
+            info["pca"] = "pca.npz"
         with open(os.path.join(extra, sig.METADATA_FILE), "w") as fh:
             json.dump(info, fh, indent=2)
         try:

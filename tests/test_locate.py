@@ -81,3 +81,57 @@ def test_windows_cover_long_references_and_search_takes_the_best():
     reference[target[0]:target[1], 0] = np.linspace(1, 2, 10)[::-1]
     s, e, score, curves = search(match, np.zeros((10, 1), np.float32), reference, window=300)
     assert (s, e) == (700, 710) and score == pytest.approx(2.0) and curves.shape == (1000, 4)
+
+
+@pytest.fixture()
+def cached_features(monkeypatch):
+    """The real extract_features, computed once per (file, pca) for the model tests below."""
+    import vreloc_tf.locate as loc
+
+    real, cache = loc.extract_features, {}
+
+    def cached(path, extractor, pca):
+        key = (path, None if pca is None else pca.components.tobytes())
+        if key not in cache:
+            cache[key] = real(path, extractor, pca)
+        return cache[key]
+
+    monkeypatch.setattr(loc, "extract_features", cached)
+    monkeypatch.setattr(loc, "_EXTRACTORS", {}, raising=False)
+    return cache
+
+
+def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, cached_features):
+    from pipeline.pca import PCAStatsCombineFn, fit_pca
+    from serving.export import export_model
+    from serving_helpers import FEATURE_DIM, make_run
+    from vreloc_tf.run_dir import read_run_manifest, write_run_manifest
+
+    folder, q, r, _ = spliced
+    # A run whose training features were fc7 reduced by a PCA to the model's dim.
+    fn = PCAStatsCombineFn()
+    acc = fn.add_input(fn.create_accumulator(), np.random.default_rng(0).normal(size=(64, 4096)))
+    pca = fit_pca(fn.extract_output(acc), n_components=FEATURE_DIM)
+    run = str(tmp_path / "run")
+    import shutil
+
+    shutil.copytree(make_run(0, "full"), run)
+    pca.save(str(tmp_path / "pca.npz"))
+    manifest = read_run_manifest(run)
+    manifest.pca_file = str(tmp_path / "pca.npz")
+    write_run_manifest(run, manifest)
+    base = str(tmp_path / "serving" / "vreloc")
+    export_model(run, base)
+    assert (tmp_path / "serving" / "vreloc" / "1" / "assets.extra" / "pca.npz").exists()
+
+    from_run = locate(q, r, model=run, random_c3d=True)
+    from_export = locate(q, r, model=base, random_c3d=True)
+    assert (from_run.start_index, from_run.end_index) == (from_export.start_index, from_export.end_index)
+    assert from_run.score == pytest.approx(from_export.score, rel=1e-4)
+    assert 0 <= from_run.start_index < from_run.end_index <= from_run.reference_features
+
+    # Without the PCA the 4,096-d fc7 features do not fit the model: a clear error.
+    manifest.pca_file = None
+    write_run_manifest(run, manifest)
+    with pytest.raises(LocateError, match="4096-d but the model takes 8-d.*--pca"):
+        locate(q, r, model=run, random_c3d=True)

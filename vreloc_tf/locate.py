@@ -32,6 +32,8 @@ import numpy as np
 
 log = logging.getLogger("vreloc.locate")
 
+FC7_DIM = 4096  # C3D fc7 features, before any PCA
+
 
 class LocateError(ValueError):
     """Bad input to locate; the message names the file or the mismatch."""
@@ -156,10 +158,22 @@ def extract_features(path: str, extractor, pca) -> Tuple[np.ndarray, "object"]:
     return feats, info
 
 
+_EXTRACTORS: dict = {}
+
+
+def _extractor(c3d_weights: Optional[str], seed: int):
+    """One C3D extractor per weights file (or random seed) per process: building one costs seconds."""
+    from pipeline.c3d import C3DExtractor
+
+    key = (os.path.abspath(c3d_weights), os.path.getmtime(c3d_weights)) if c3d_weights else ("random", seed)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = C3DExtractor.from_weights(c3d_weights) if c3d_weights else C3DExtractor.random(seed)
+    return _EXTRACTORS[key]
+
+
 def locate(query_path: str, reference_path: str, model: Optional[str] = None, method: Optional[str] = None,
            c3d_weights: Optional[str] = None, random_c3d: bool = False, c3d_seed: int = 0,
            pca_file: Optional[str] = None, window: int = 300, plot: Optional[str] = None) -> Located:
-    from pipeline.c3d import C3DExtractor
     from pipeline.pca import PCA
 
     if (model is None) == (method is None):
@@ -183,12 +197,13 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
         match, dim = frame_level_matcher()
         name = "frame-level baseline"
     pca = PCA.load(pca_file) if pca_file else None
-    extractor = C3DExtractor.from_weights(c3d_weights) if c3d_weights else C3DExtractor.random(c3d_seed)
+    feature_dim = pca.n_components if pca is not None else FC7_DIM
+    if dim is not None and feature_dim != dim:
+        hint = "" if pca is not None else " (fc7 features are 4,096-d: pass the PCA of the training data with --pca)"
+        raise LocateError(f"features are {feature_dim}-d but the model takes {dim}-d{hint}")
+    extractor = _extractor(c3d_weights, c3d_seed)
     q, q_info = extract_features(query_path, extractor, pca)
     r, r_info = extract_features(reference_path, extractor, pca)
-    if dim is not None and r.shape[1] != dim:
-        hint = "" if pca is not None else " (fc7 features are 4,096-d: pass the PCA of the training data with --pca)"
-        raise LocateError(f"features are {r.shape[1]}-d but the model takes {dim}-d{hint}")
     start, end, score, curves = search(match, q, r, window)
     fpf = 16
     sec = fpf / r_info.fps
