@@ -329,7 +329,13 @@ def publish(staging_dir: str, data_dir: str, splits: Iterable[str]) -> Dict[str,
         names = [FileSystems.join(data_dir, shard_name(split, i, len(staged))) for i in range(len(staged))]
         FileSystems.rename(staged, names)
         shards[split] = [os.path.basename(n) for n in names]
-        # Dead letters: one JSON-lines file per split (written even when empty, so absence is never ambiguous).
+    publish_dead_letters(staging_dir, data_dir, splits)
+    return shards
+
+
+def publish_dead_letters(staging_dir: str, data_dir: str, splits: Iterable[str]) -> None:
+    """Merge each split's staged dead letters into ``DATA_DIR/dead_letter/<split>.jsonl`` (even when empty)."""
+    for split in splits:
         parts = _match(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl"))
         body = b""
         for part in parts:
@@ -342,7 +348,6 @@ def publish(staging_dir: str, data_dir: str, splits: Iterable[str]) -> Dict[str,
         if FileSystems.exists(final):
             FileSystems.delete([final])
         FileSystems.rename([tmp], [final])
-    return shards
 
 
 def write_manifest(data_dir: str, fields: dict, counts: Dict[str, SplitCounts], shards: Dict[str, List[str]]) -> dict:
@@ -394,12 +399,19 @@ def check_no_mixing(data_dir: str, feature_dim: int, splits: Iterable[str]) -> N
 
 def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int],
                     build: Callable[[beam.Pipeline, str], Sequence[beam.PCollection]],
-                    manifest_fields: dict) -> Dict[str, SplitCounts]:
+                    manifest_fields: dict, shardless: Sequence[str] = (),
+                    on_success: Optional[Callable[[str], dict]] = None) -> Dict[str, SplitCounts]:
     """Build, run, count, reconcile, publish, write the manifest; print one summary line per split.
 
     ``build(pipeline, staging_dir)`` composes the job and returns the token
-    PCollections of its writers. Raises :class:`ReconciliationError` (leaving
-    the previous outputs in place) when the counts do not add up.
+    PCollections of its writers. ``shardless``: pseudo-splits that only ever
+    hold dead letters (e.g. videos without annotations): counted and
+    reconciled, their dead letters published, but no shards and no entry
+    under the manifest's ``splits`` (they go under ``unassigned``).
+    ``on_success(staging_dir)`` publishes a job's extra artifacts once the
+    counts reconcile and returns extra manifest fields. Raises
+    :class:`ReconciliationError` (leaving the previous outputs in place) when
+    the counts do not add up.
     """
     check_no_mixing(data_dir, manifest_fields["feature_dim"], read_counts)
     FileSystems.mkdirs(data_dir) if not FileSystems.exists(data_dir) else None
@@ -419,14 +431,21 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
             client = getattr(result, "client", None)  # the Dask runner's client stays open otherwise
             if client is not None:
                 client.close()
+        LOG.info("%s: pipeline finished in %.1f s; counting the staged outputs", job, time.time() - t0)
         counts = count_staged(staging_dir, read_counts)
         bad = {s: c for s, c in counts.items() if not c.reconciles()}
         if bad:
             raise ReconciliationError(f"{job}: counts do not reconcile (read != written + dead_lettered): "
                                       + "; ".join(f"{s}: {dataclasses.asdict(c)}" for s, c in bad.items())
                                       + f"; previous outputs in {data_dir} left unchanged")
-        shards = publish(staging_dir, data_dir, counts)
-        write_manifest(data_dir, manifest_fields, counts, shards)
+        extra = on_success(staging_dir) if on_success else {}
+        record_splits = {s: c for s, c in counts.items() if s not in shardless}
+        shards = publish(staging_dir, data_dir, record_splits)
+        publish_dead_letters(staging_dir, data_dir, [s for s in counts if s in shardless])
+        unassigned = {s: dataclasses.asdict(c) for s, c in counts.items() if s in shardless}
+        write_manifest(data_dir, {**manifest_fields, **extra, **({"unassigned": unassigned} if unassigned else {})},
+                       record_splits, shards)
+        LOG.info("%s: counted, published and wrote the manifest at %.1f s", job, time.time() - t0)
     finally:
         if FileSystems.exists(staging_dir):
             FileSystems.delete([staging_dir])

@@ -1,0 +1,262 @@
+"""extract-video: annotated tiny videos -> C3D (random weights) -> PCA fitted in the job -> records; dead letters."""
+import glob
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import beam_common, extract_video as ev
+from pipeline.pca import PCA
+from vreloc_tf.schema import read_manifest, read_records
+
+DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+def test_segment_to_features_matches_overlap_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        fps = float(rng.choice([23.976, 25.0, 29.97, 30.0, 59.94, 12.5]))
+        n = int(rng.integers(1, 60))
+        s = float(rng.uniform(0, n * 16 / fps))
+        e = s + float(rng.uniform(0.01, 8))
+        # features whose time span [16k/fps, 16(k+1)/fps) overlaps [s, e)
+        hits = [k for k in range(n) if 16 * k / fps < e and 16 * (k + 1) / fps > s]
+        start, end = ev.segment_to_features((s, e), fps, n)
+        if hits:
+            assert (start, end) == (hits[0], hits[-1] + 1)
+        else:
+            assert end <= start
+
+
+def test_window_around_contains_and_centres_the_instance():
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        n = int(rng.integers(1, 1200))
+        start = int(rng.integers(0, n))
+        end = int(rng.integers(start + 1, min(n, start + 300) + 1))
+        lo, hi = ev.window_around(start, end, n)
+        assert 0 <= lo <= start < end <= hi <= n and hi - lo == min(n, 300)
+        if n > 300 and 0 < lo and hi < n:
+            assert abs((start - lo) - (hi - end)) <= 1
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def task(vid, split, segments, path="p.mkv"):
+    return ev.VideoTask(path, vid, split, tuple(ev.Instance(i, 3, "L", seg) for i, seg in enumerate(segments)))
+
+
+def test_fit_pca_transform_equals_numpy_over_training_videos():
+    rng = np.random.default_rng(2)
+    videos = [ev.VideoFeatures(task(f"v{i}", "train" if i < 4 else "val", []), rng.standard_normal((5 + i, 6)), 25.0, 80)
+              for i in range(6)]
+    train = np.concatenate([v.features for v in videos[:4]])
+    mean = train.mean(0)
+    _, s, vt = np.linalg.svd(train - mean, full_matrices=False)
+
+    def check(pca):
+        np.testing.assert_allclose(pca.mean, mean, atol=1e-12)
+        np.testing.assert_allclose(pca.explained_variance[:3], (s ** 2 / (len(train) - 1))[:3], rtol=1e-9)
+        np.testing.assert_allclose(np.abs(np.sum(pca.components * vt[:3], axis=1)), 1.0, atol=1e-9)
+        return True
+
+    with TestPipeline(options=PipelineOptions(DIRECT)) as p:
+        pca = p | beam.Create(videos, reshuffle=False) | ev.FitPCA(3)
+        assert_that(pca | beam.Map(check), equal_to([True]))
+
+
+def test_to_records_windows_ground_truth_and_dead_letters():
+    rng = np.random.default_rng(3)
+    pca = PCA(mean=rng.standard_normal(6), components=np.linalg.qr(rng.standard_normal((6, 6)))[0][:4],
+              explained_variance=np.ones(4))
+    feats = rng.standard_normal((10, 6)).astype(np.float32)
+    fps = 20.0  # one feature = 0.8 s
+    video = ev.VideoFeatures(task("v", "train", [(0.9, 2.3), (7.5, 9.0), (9.0, 12.0), (3.0, 2.0)]), feats, fps, 200)
+    reduced = pca.transform(feats)
+    with TestPipeline(options=PipelineOptions(DIRECT)) as p:
+        out = (p | beam.Create([video]) | beam.ParDo(ev.ToRecordsFn(), pca=beam.pvalue.AsSingleton(p | "pca" >> beam.Create([pca])))
+               .with_outputs(beam_common.DEAD_LETTER))
+        records, dead = beam_common.split_dead_letters(out, "t")
+        assert_that(records | beam.Map(lambda r: (r.entry_index, r.window, r.groundtruth, r.fps, r.features.tobytes())),
+                    equal_to([(0, (0, 10), (1, 3), 20.0, reduced.tobytes()),
+                              (1, (0, 10), (9, 10), 20.0, reduced.tobytes())]), label="records")
+        assert_that(dead | beam.Map(lambda d: (d.entry_index, d.reason.split(" s ")[-1].split(" is ")[-1])),
+                    equal_to([(2, "lies outside the video's 10 whole 16-frame clips"),
+                              (3, "not a [start, end] pair of seconds with end > start")]), label="dead")
+
+
+def test_plan_tasks_ids_splits_and_indices(tmp_path):
+    db = {"a": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "X"}, {"segment": [1, 2], "label": "Y"}]},
+          "b": {"subset": "validation", "annotations": [{"segment": [0, 1], "label": "X"}]},
+          "c": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "Y"}]},
+          "t": {"subset": "testing", "annotations": []}}
+    tasks = ev.plan_tasks(["d/v_c.mp4", "d/a.mkv", "d/b.avi", "d/zz.mp4", "d/t.mp4"], db, {"X": 0, "Y": 1}, "ann.json")
+    got = {t.video_id: (t.split, [(i.entry_index, i.label) for i in t.instances], bool(t.problem)) for t in tasks}
+    assert got == {"a": ("train", [(0, 0), (1, 1)], False), "c": ("train", [(2, 1)], False),
+                   "b": ("val", [(0, 0)], False), "t": ("test", [(0, -1)], True), "zz": ("unannotated", [(0, -1)], True)}
+    assert ev.read_counts_of(tasks) == {"train": 3, "val": 1, "test": 1, "unannotated": 1}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def colour_video(path, n_frames, fps, seed):
+    """Random coloured blocks drifting over a 64x64 frame (the decode resizes to 128x171)."""
+    from pipeline.video import write_test_video
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (8, 8, 3)).astype(np.float32)
+    frames = []
+    for t in range(n_frames):
+        img = np.kron(np.roll(base, t // 4, axis=1), np.ones((8, 8, 1)))
+        frames.append(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8))
+    return write_test_video(str(path), np.stack(frames), fps=fps)
+
+
+def annotations(video_folder):
+    return str(video_folder.parent / f"{video_folder.name}-ann.json")
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    colour_video(d / "v_aaa.mkv", 48, 25.0, 0)   # train, 3 clips
+    colour_video(d / "bbb.mkv", 40, 20.0, 1)     # train, 2 clips (another fps)
+    colour_video(d / "ccc.mkv", 32, 25.0, 2)     # val, 2 clips
+    colour_video(d / "short.mkv", 10, 25.0, 3)   # train, 10 frames: dead letter
+    (d / "broken.mp4").write_bytes(np.random.default_rng(4).bytes(3000))  # corrupt: dead letter
+    colour_video(d / "stray.mkv", 32, 25.0, 5)   # not annotated: dead letter
+    colour_video(d / "ttt.mkv", 32, 25.0, 6)     # testing subset, no instances: dead letter
+    ann = {"taxonomy": [{"nodeId": 11, "nodeName": "Jump", "parentId": 1}, {"nodeId": 12, "nodeName": "Run", "parentId": 1}],
+           "database": {
+               "aaa": {"subset": "training", "duration": 1.92, "annotations": [
+                   {"segment": [0.3, 1.2], "label": "Jump"}, {"segment": [1.0, 1.9], "label": "Run"},
+                   {"segment": [5.0, 6.0], "label": "Jump"}]},
+               "bbb": {"subset": "training", "duration": 2.0, "annotations": [{"segment": [0.0, 0.5], "label": "Run"}]},
+               "ccc": {"subset": "validation", "duration": 1.28, "annotations": [{"segment": [0.2, 0.9], "label": "Jump"}]},
+               "short": {"subset": "training", "duration": 0.4, "annotations": [{"segment": [0.0, 0.2], "label": "Jump"}]},
+               "broken": {"subset": "training", "duration": 1.0, "annotations": [{"segment": [0.0, 1.0], "label": "Run"}]},
+               "ttt": {"subset": "testing", "duration": 1.28, "annotations": []}}}
+    (d.parent / f"{d.name}-ann.json").write_text(json.dumps(ann))  # beside the folder: the glob is the whole folder
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference_fc7(video_folder):
+    """fc7 of the decodable videos through the same random C3D, computed outside Beam."""
+    from pipeline.c3d import C3DExtractor
+
+    extractor = C3DExtractor.random(seed=0, batch_size=8)
+    return {vid: extractor.extract_video(str(video_folder / name))
+            for vid, name in [("aaa", "v_aaa.mkv"), ("bbb", "bbb.mkv"), ("ccc", "ccc.mkv")]}
+
+
+@pytest.fixture(scope="module")
+def job_output(video_folder, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out"))
+    counts = ev.run(str(video_folder / "*"), annotations(video_folder), out, random_c3d=True, runner="DirectRunner",
+                    beam_args=DIRECT)
+    return out, counts
+
+
+def test_counts_reconcile_and_every_bad_input_is_dead_lettered_with_its_reason(job_output, video_folder):
+    out, counts = job_output
+    assert counts == {"train": beam_common.SplitCounts(6, 3, 3), "val": beam_common.SplitCounts(1, 1, 0),
+                      "test": beam_common.SplitCounts(1, 0, 1), "unannotated": beam_common.SplitCounts(1, 0, 1)}
+    dead = {}
+    for f in glob.glob(os.path.join(out, "dead_letter", "*.jsonl")):
+        for line in open(f):
+            d = json.loads(line)
+            dead[os.path.basename(d["source"])] = dead.get(os.path.basename(d["source"]), []) + [d["reason"]]
+    assert set(dead) == {"v_aaa.mkv", "short.mkv", "broken.mp4", "stray.mkv", "ttt.mkv"}
+    assert dead["short.mkv"] == ["video has 10 frames, fewer than one 16-frame clip"]
+    assert dead["broken.mp4"][0].startswith("unreadable video file")
+    assert dead["stray.mkv"] == [f"no annotation for video id 'stray' in {annotations(video_folder)}"]
+    assert dead["ttt.mkv"] == ["no annotated action instances"]
+    assert dead["v_aaa.mkv"] == ["segment [5.0, 6.0] s lies outside the video's 3 whole 16-frame clips"]
+    m = read_manifest(out)
+    assert m["unassigned"] == {"unannotated": {"read": 1, "written": 0, "dead_lettered": 1}}
+    assert set(m["splits"]) == {"train", "val", "test"}
+    assert not [p for p in os.listdir(out) if p.startswith((".staging", "beam-temp"))]
+
+
+def test_pca_fitted_in_the_job_equals_numpy_and_records_are_its_projection(job_output, reference_fc7):
+    out, _ = job_output
+    pca = PCA.load(os.path.join(out, "pca.npz"))
+    train = np.concatenate([reference_fc7["aaa"][0], reference_fc7["bbb"][0]]).astype(np.float64)  # 5 clips
+    assert pca.components.shape == (500, 4096)
+    mean = train.mean(0)
+    _, s, vt = np.linalg.svd(train - mean, full_matrices=False)
+    np.testing.assert_allclose(pca.mean, mean, rtol=1e-5, atol=1e-6)
+    rank = 4  # 5 clips, centred
+    np.testing.assert_allclose(pca.explained_variance[:rank], s[:rank] ** 2 / 4, rtol=1e-4)
+    np.testing.assert_allclose(np.abs(np.sum(pca.components[:rank] * vt[:rank], axis=1)), 1.0, atol=1e-5)
+    assert not pca.components[rank:].any() and not pca.explained_variance[rank:].any()
+
+    # seconds -> features with each video's real fps: aaa at 25 fps (0.64 s per feature), bbb at 20 fps (0.8 s)
+    want = {("train", "aaa", 11): ((0, 3), (0, 2)), ("train", "aaa", 12): ((0, 3), (1, 3)),
+            ("train", "bbb", 12): ((0, 2), (0, 1)), ("val", "ccc", 11): ((0, 2), (0, 2))}
+    got = {}
+    for split in ("train", "val"):
+        for r in read_records(out, split):
+            got[(split, r.video_id, r.label)] = (r.window, r.groundtruth)
+            fc7, info = reference_fc7[r.video_id]
+            assert r.fps == pytest.approx(info.fps) and r.frames_per_feature == 16
+            np.testing.assert_allclose(r.features, pca.transform(fc7[r.window[0]:r.window[1]]), rtol=1e-4, atol=1e-3)
+    assert got == want
+    assert read_records(out, "test") == []
+    m = read_manifest(out)
+    assert m["feature_dim"] == 500 and m["frames_per_feature"] == 16 and m["fps"] is None  # 25 and 20 fps
+    assert m["videos"]["bbb"]["fps"] == pytest.approx(20.0) and m["videos"]["aaa"]["n_features"] == 3
+    assert m["labels"] == {"Jump": 11, "Run": 12} and "RANDOM" in m["source"]["c3d_weights"]
+
+
+def test_saved_pca_is_reused_for_new_videos(job_output, video_folder, tmp_path):
+    out, _ = job_output
+    out2 = str(tmp_path / "val_only")
+    counts = ev.run(str(video_folder / "ccc.mkv"), annotations(video_folder), out2, random_c3d=True,
+                    pca=os.path.join(out, "pca.npz"), beam_args=DIRECT)
+    assert counts == {"val": beam_common.SplitCounts(1, 1, 0)}
+    first, again = read_records(out, "val"), read_records(out2, "val")
+    assert len(again) == 1 and again[0].window == first[0].window
+    np.testing.assert_array_equal(again[0].features, first[0].features)
+    assert not os.path.exists(os.path.join(out2, "pca.npz"))
+    assert read_manifest(out2)["source"]["pca"] == os.path.join(out, "pca.npz") and read_manifest(out2)["fps"] == 25.0
+
+
+def test_clear_errors_before_any_work(video_folder, tmp_path):
+    ann = annotations(video_folder)
+    with pytest.raises(ValueError, match="exactly one of --c3d-weights FILE or --random-c3d"):
+        ev.run(str(video_folder / "*.mkv"), ann, str(tmp_path / "o"))
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        ev.run(str(video_folder / "*.webm"), ann, str(tmp_path / "o"), random_c3d=True)
+    with pytest.raises(ValueError, match="no annotated training video to fit the PCA"):
+        ev.run(str(video_folder / "ccc.mkv"), ann, str(tmp_path / "o"), random_c3d=True)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected an object with a 'database' mapping"):
+        ev.run(str(video_folder / "*.mkv"), str(tmp_path / "bad.json"), str(tmp_path / "o"), random_c3d=True)
+
+
+def test_cli_help_and_weights_choice(capsys):
+    from vreloc_tf import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser("extract-video").parse_args(["extract-video", "--help"])
+    assert "--random-c3d" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.build_parser("extract-video").parse_args(["extract-video", "--videos", "x", "--annotations", "a",
+                                                      "--out", "o", "--random-c3d", "--c3d-weights", "w.h5"])
+    args = cli.build_parser("extract-video").parse_args(["extract-video", "--videos", "x", "--annotations", "a",
+                                                         "--out", "o", "--random-c3d", "--temp_location=gs://b/t"])
+    assert args.random_c3d and args.beam_args == ["--temp_location=gs://b/t"]
