@@ -159,3 +159,26 @@ def test_benchmark_functions_run_on_tiny_shapes(tiny_cfg):
     assert train["best_pairs_per_s"] > 0
     latency = model_bench.inference_latency_ms(tiny_cfg, 4, 10, DIM, runs=3, jit_compile=False)
     assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+
+
+@pytest.mark.slow
+def test_paper_config_at_full_size_is_padding_invariant_and_round_trips(tmp_path):
+    """The paper's configuration (D = 500, k = 40 heads, Lr up to 300): same checks as the tiny model."""
+    cfg = load_config("paper_full")
+    keras.utils.set_random_seed(2)
+    model = build_model(cfg, 500)
+    rng = np.random.default_rng(2)
+    for var in model.weights:  # small random weights, biases included
+        var.assign(rng.normal(scale=0.05, size=var.shape).astype("float32"))
+    batch = padded_batch(5, q_lengths=(16, 9), r_lengths=(300, 187), dim=500)
+    out = model(model_inputs(batch))
+    alone = model({"query": batch["query"][1:, :9], "query_length": batch["query_length"][1:],
+                   "reference": batch["reference"][1:, :187], "reference_length": batch["reference_length"][1:]})
+    for name in OUTPUT_NAMES:
+        np.testing.assert_allclose(np.asarray(out[name])[1, :187], np.asarray(alone[name])[0], atol=1e-5, rtol=1e-4,
+                                   err_msg=name)
+    path = str(tmp_path / "paper.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)(model_inputs(batch))
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(np.asarray(loaded[name]), np.asarray(out[name]), err_msg=name)
