@@ -109,6 +109,18 @@ def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
+def enable_progress_logging() -> None:
+    """Show the jobs' INFO progress lines (per video, per phase).
+
+    Importing Beam logs a warning through the root logger before the CLI sets
+    up logging, which leaves the root at WARNING; the ``pipeline`` loggers get
+    their own level so their records still reach the root's handlers.
+    """
+    logger = logging.getLogger("pipeline")
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def resolve_runner(name: str) -> str:
     """Map short runner names Beam cannot resolve on its own to their full import path."""
     return RUNNER_ALIASES.get(name, name)
@@ -423,7 +435,7 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
         # The last transform depends on every writer: the Dask runner computes only the last one.
         _ = (tuple(tokens) | "AllOutputs" >> beam.Flatten()
              | "CountPerSplit" >> beam.combiners.Count.PerKey()
-             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: beam counted %s outputs for %s", job, kv[1], kv[0])))
+             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: %s: beam saw %s outputs (records + dead letters)", job, kv[0], kv[1])))
         result = pipeline.run()
         try:
             result.wait_until_finish()

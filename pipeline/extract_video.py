@@ -469,6 +469,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    beam_common.enable_progress_logging()
     counts = run(args.videos, args.annotations, args.out, c3d_weights=args.c3d_weights, random_c3d=args.random_c3d,
                  pca=args.pca, n_components=args.pca_components, c3d_seed=args.c3d_seed, c3d_batch=args.c3d_batch,
                  runner=args.runner, beam_args=args.beam_args)

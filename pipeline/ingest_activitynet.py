@@ -247,5 +247,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    beam_common.enable_progress_logging()
     counts = run(args.features, args.splits, args.out, args.runner, args.beam_args)
     return 0 if all(c.reconciles() for c in counts.values()) else 1
