@@ -108,3 +108,7 @@ def test_bad_arguments_are_named():
         decode_full_np(p, [4], 2)
     with pytest.raises(ValueError, match="probabilities"):
         decode_weak_np(p[..., :3], [3])
+    with pytest.raises(ValueError, match="probabilities"):
+        decode_full(p[..., :3], np.array([3], "int32"), 2)
+    with pytest.raises(ValueError, match="probabilities"):
+        decode_weak(p[0], np.array([3], "int32"))

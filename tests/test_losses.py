@@ -135,6 +135,14 @@ def test_total_loss_combines_as_configured_and_switches_masks_at_step_n():
     np.testing.assert_allclose(float(total_loss(both, batch, p, 100)), ce + 0.5 * c_on, rtol=1e-6)
 
 
+def test_bad_shapes_are_named():
+    p = np.full((2, 5, 4), 0.25, "float32")
+    with pytest.raises(ValueError, match="groundtruth"):
+        weighted_cross_entropy(p, np.array([1, 3], "int32"), np.array([5, 5], "int32"))
+    with pytest.raises(ValueError, match="probabilities"):
+        weighted_cross_entropy(p[..., :3], np.array([[1, 3], [0, 2]], "int32"), np.array([5, 5], "int32"))
+
+
 def test_total_loss_names_what_is_missing():
     rng = np.random.default_rng(5)
     batch, p = make_batch(rng)

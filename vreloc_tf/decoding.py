@@ -38,6 +38,13 @@ def _check_max_length(max_length: Optional[int], where: str) -> Optional[int]:
     return int(max_length)
 
 
+def _check_probabilities(probabilities, where: str) -> None:
+    shape = getattr(probabilities, "shape", None)
+    if shape is None or len(shape) != 3 or shape[-1] not in (None, 4):
+        raise ValueError(f"{where}: probabilities must be [B, Lr, 4] (start, end, action, background), "
+                         f"got shape {shape}")
+
+
 # ---------------------------------------------------------------------------
 # keras.ops versions
 # ---------------------------------------------------------------------------
@@ -45,6 +52,8 @@ def _check_max_length(max_length: Optional[int], where: str) -> Optional[int]:
 def decode_full(probabilities, reference_length, max_length: Optional[int] = 64):
     """Eq. 20 decoding in keras.ops; see the module docstring."""
     max_length = _check_max_length(max_length, "decode_full")
+    probabilities = ops.convert_to_tensor(probabilities)
+    _check_probabilities(probabilities, "decode_full")
     p = ops.cast(probabilities, "float64")
     lengths = ops.cast(reference_length, "int32")
     steps = ops.shape(p)[1]
@@ -105,6 +114,8 @@ def _cumulative_max(values, static_steps):
 def weak_segment(probabilities, reference_length, max_length: Optional[int] = None):
     """(start, end) of the weak rule as int32 tensors — also the action mask of the co-attention loss."""
     max_length = _check_max_length(max_length, "decode_weak")
+    probabilities = ops.convert_to_tensor(probabilities)
+    _check_probabilities(probabilities, "decode_weak")
     p3 = ops.cast(probabilities[:, :, 2], "float64")
     lengths = ops.cast(reference_length, "int32")
     steps = ops.shape(p3)[1]

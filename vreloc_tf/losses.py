@@ -46,6 +46,11 @@ def weighted_cross_entropy(probabilities, groundtruth, reference_length, boundar
     satisfy 0 <= start < end <= reference_length. w_i = ``boundary_weight`` at the start and end
     steps, 1 elsewhere; l_r = the example's valid length (padded steps count for nothing).
     """
+    probabilities, groundtruth = ops.convert_to_tensor(probabilities), ops.convert_to_tensor(groundtruth)
+    if len(probabilities.shape) != 3 or probabilities.shape[-1] not in (None, 4):
+        raise ValueError(f"weighted_cross_entropy: probabilities must be [B, Lr, 4], got {probabilities.shape}")
+    if len(groundtruth.shape) != 2 or groundtruth.shape[-1] not in (None, 2):
+        raise ValueError(f"weighted_cross_entropy: groundtruth must be [B, 2] ([start, end)), got {groundtruth.shape}")
     p = ops.cast(probabilities, "float32")
     steps = ops.shape(p)[1]
     labels, is_boundary = step_labels(groundtruth, steps)
