@@ -171,3 +171,35 @@ def test_resuming_with_another_config_is_refused(data_dir, tmp_path):
     _prepare_out_dir(load_config("tiny"), out, True)
     with pytest.raises(ValueError, match="different config"):
         _prepare_out_dir(load_config("tiny", ["seed=3"]), out, True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_train_under_multi_worker_mirrored_strategy(data_dir, tmp_path):
+    """The documented launch: the same command twice with TF_CONFIG; worker 0 writes the run."""
+    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    procs = []
+    for index in (0, 1):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "vreloc_tf.cli", "train", "--config", "tiny", "--data", data_dir,
+             "--out", str(tmp_path / f"w{index}"), "--steps", "4", "--set", "train.batch_size=8",
+             "--set", "train.validate_every=2", "--set", "train.validation_pairs=8"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    with open(tmp_path / "w0" / "run.json") as fh:
+        manifest = json.load(fh)
+    assert manifest["steps"] == 4 and manifest["extra"]["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    assert manifest["extra"]["replicas"] == 2
+    assert not (tmp_path / "w1" / "run.json").exists()  # only the chief writes the run folder
+    summaries = [line for out in outputs for line in out.splitlines() if line.startswith("trained 4 steps")]
+    assert len(summaries) == 2

@@ -46,6 +46,25 @@ class RelocTrainer(keras.Model):
     def call(self, inputs, training=False):
         return self.net({k: inputs[k] for k in INPUT_NAMES}, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # The functional net is built and no compiled loss/metrics exist, so Keras' symbolic
+        # build only has the optimizer left to build. Its generic path would first
+        # reduce a distributed input batch, which MultiWorkerMirroredStrategy cannot do
+        # for a dict of tensors; skip that peek when nothing needs it.
+        if all(layer.built for layer in self._flatten_layers()):
+            with self.distribute_strategy.scope():
+                self._symbolic_build()
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if _multi_worker(self.distribute_strategy):
+            # Keras reduces the step logs across workers with strategy.reduce("MEAN", v, axis=0),
+            # which needs an axis that scalar logs do not have: give them one.
+            logs = {k: keras.ops.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         from keras.src.losses.loss import scale_loss_for_distribution
 
@@ -53,6 +72,12 @@ class RelocTrainer(keras.Model):
 
         loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
         return scale_loss_for_distribution(loss)
+
+
+def _multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
