@@ -25,14 +25,17 @@ def test_multiscale_attention_matches_one_head_at_a_time(seed):
     ref_x, ref_len = padded_batch(rng, [13, 5, 9], 13, 6)
     q_x, q_len = padded_batch(rng, [4, 7, 1], 7, 6)
     layer = MultiscaleAttention(GROUPS)
+    layer(ref_x, q_x, ref_len, q_len)
+    for v in layer.weights:  # non-zero query biases too
+        v.assign(rng.normal(scale=0.5, size=v.shape))
     out = np.asarray(layer(ref_x, q_x, ref_len, q_len))
     assert out.shape == (3, 13, sum(g[0] for g in GROUPS))
     w = [v.numpy() for v in layer.weights]
     n = len(GROUPS)
     by_name = {v.path.split("/")[-1]: v.numpy() for v in layer.weights}
-    assert len(w) == 4 * n
+    assert len(w) == 3 * n  # reference kernel, query kernel, query bias (no reference bias: it cancels)
     rk = [by_name[f"reference_kernel_{i}"] for i in range(n)]
-    rb = [by_name[f"reference_bias_{i}"] for i in range(n)]
+    rb = [np.zeros(k.shape[-1]) for k in rk]
     qk = [by_name[f"query_kernel_{i}"] for i in range(n)]
     qb = [by_name[f"query_bias_{i}"] for i in range(n)]
     for b in range(3):
@@ -74,6 +77,17 @@ def test_encoder_matches_numpy():
                                layer.norm.gamma.numpy(), layer.norm.beta.numpy(), layer.epsilon)
         np.testing.assert_allclose(out[b, :n], expected, atol=1e-5, rtol=1e-5)
         assert np.all(out[b, n:] == 0.0)
+
+
+def test_a_reference_side_bias_would_cancel_under_the_softmax():
+    """Why the reference convolutions have no bias: the NumPy definition with one gives the same map."""
+    rng = np.random.default_rng(9)
+    ref_x, q_x = rng.normal(size=(11, 6)), rng.normal(size=(4, 6))
+    groups = [[2, 3, 2, 4]]
+    rk, qk, qb = [rng.normal(size=(3, 6, 8))], [rng.normal(size=(3, 6, 8))], [rng.normal(size=8)]
+    with_bias = ref.multiscale_attention(ref_x, q_x, groups, rk, [rng.normal(size=8)], qk, qb)
+    without = ref.multiscale_attention(ref_x, q_x, groups, rk, [np.zeros(8)], qk, qb)
+    np.testing.assert_allclose(with_bias, without, rtol=1e-10)
 
 
 def test_merge_head_groups_merges_equal_settings_in_order():

@@ -100,6 +100,7 @@ class MultiscaleAttention(keras.layers.Layer):
     Head i encodes the reference with f_i^conv1 and the query with f_i^conv2, forms the map
     R_i Q_i^T / sqrt(d_k) [Lr, Lq], takes a softmax over the (valid) reference steps for each
     query frame and averages over the (valid) query frames -> one score per reference step.
+    f_i^conv1 has no bias: under the softmax over reference steps it would cancel exactly.
 
     Why grouped: heads sharing (kernel size, dilation, filters) are one convolution with
     heads*filters output channels, and all maps of a group are one batched matmul; this gives
@@ -126,15 +127,15 @@ class MultiscaleAttention(keras.layers.Layer):
               query_lengths_shape=None):
         ref_dim = int(reference_shape[-1])
         query_dim = int((query_shape or reference_shape)[-1])
-        self.reference_kernels, self.reference_biases = [], []
-        self.query_kernels, self.query_biases = [], []
+        self.reference_kernels, self.query_kernels, self.query_biases = [], [], []
         for index, (heads, kernel_size, _dilation, filters) in enumerate(self._groups):
             channels = heads * filters
+            # No bias on the reference side: it would add b . q_j to every logit of query frame j,
+            # a constant over the reference axis that the softmax over that axis removes exactly
+            # (its gradient is identically zero).
             self.reference_kernels.append(self.add_weight(
                 name=f"reference_kernel_{index}", shape=(kernel_size, ref_dim, channels),
                 initializer="glorot_uniform"))
-            self.reference_biases.append(self.add_weight(
-                name=f"reference_bias_{index}", shape=(channels,), initializer="zeros"))
             self.query_kernels.append(self.add_weight(
                 name=f"query_kernel_{index}", shape=(kernel_size, query_dim, channels),
                 initializer="glorot_uniform"))
@@ -143,7 +144,9 @@ class MultiscaleAttention(keras.layers.Layer):
         self.built = True
 
     def _encode(self, x, kernel, bias, heads, dilation, filters):
-        y = ops.conv(x, kernel, strides=1, padding="same", dilation_rate=dilation) + bias
+        y = ops.conv(x, kernel, strides=1, padding="same", dilation_rate=dilation)
+        if bias is not None:
+            y = y + bias
         return ops.reshape(y, (ops.shape(x)[0], ops.shape(x)[1], heads, filters))
 
     def call(self, reference, query, reference_lengths, query_lengths):
@@ -156,7 +159,7 @@ class MultiscaleAttention(keras.layers.Layer):
         # a key width so their maps come out of a single batched matmul.
         by_width: Dict[int, Tuple[list, list]] = {}
         for index, (heads, _k, dilation, filters) in enumerate(self._groups):
-            r = self._encode(reference, self.reference_kernels[index], self.reference_biases[index],
+            r = self._encode(reference, self.reference_kernels[index], None,
                              heads, dilation, filters) * (1.0 / math.sqrt(filters))
             q = self._encode(query, self.query_kernels[index], self.query_biases[index],
                              heads, dilation, filters)

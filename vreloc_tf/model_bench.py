@@ -38,7 +38,7 @@ def count_parameters(cfg: Config, feature_dim: int) -> int:
     total = 2 * (k * feature_dim * dh + dh + 2 * dh)  # two encoders: conv + bias + layer norm
     heads = 0
     for n, kernel, _d, f in _groups(cfg):
-        total += 2 * (kernel * dh * n * f + n * f)  # reference and query convolutions
+        total += 2 * kernel * dh * n * f + n * f  # reference and query convolutions, query bias
         heads += n
     satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
     if m.self_attention:
