@@ -29,7 +29,7 @@ LOG = logging.getLogger(__name__)
 DATASET_NAME = "c3d_features"
 FRAMES_PER_FEATURE = 16  # one subsampled feature per 16 frames, no overlap
 SPLIT_NAMES = ("train", "val", "test")
-MULTIPROCESS_MIN_VIDEOS = 1000  # below this the DirectRunner's worker start-up costs more than it saves
+MULTIPROCESS_MIN_VIDEOS = 1000  # below this, worker start-up costs more than parallel encoding saves
 
 
 # --------------------------------------------------------------------------- inputs

@@ -172,13 +172,15 @@ def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5
     deads = [beam_common.DeadLetter("val", f"reason {i}", {"k": i}, i, "src") for i in range(3)]
     staging = str(tmp_path / "staging")
     with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(DIRECT)) as p:
-        tokens = p | "recs" >> beam.Create(recs) | beam_common.WriteRecords(staging)
+        tokens = p | "recs" >> beam.Create(recs) | beam_common.WriteRecords(staging, max_file_bytes=300)
         dtokens = p | "deads" >> beam.Create(deads) | beam_common.WriteDeadLetters(staging)
         assert_that(tokens, equal_to([("train", 1)] * 3 + [("val", 1)] * 3), label="tokens")
         assert_that(dtokens, equal_to([("val", 1)] * 3), label="dtokens")
     counts = beam_common.count_staged(staging, {"train": 3, "val": 6})
     assert counts == {"train": beam_common.SplitCounts(3, 3, 0), "val": beam_common.SplitCounts(6, 3, 3)}
     assert not glob.glob(f"{staging}/**/*.inprogress", recursive=True)
+    # each file is closed once it passes 300 bytes: 3 records of ~200 bytes per split -> 2 files
+    assert len(glob.glob(f"{staging}/records/train/*.tfrecord")) == len(glob.glob(f"{staging}/records/val/*.tfrecord")) == 2
     from apache_beam.io.tfrecordio import _TFRecordUtil
     got = []
     for path in glob.glob(f"{staging}/records/*/*.tfrecord"):
@@ -197,11 +199,14 @@ def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5
 def test_runner_names_and_pass_through_options():
     assert beam_common.resolve_runner("DaskRunner") == "apache_beam.runners.dask.dask_runner.DaskRunner"
     assert beam_common.resolve_runner("DataflowRunner") == "DataflowRunner"
-    opts = beam_common.pipeline_options("DirectRunner", ["--project=p"], multiprocess=True).get_all_options()
-    assert opts["direct_running_mode"] == "multi_processing" and opts["project"] == "p"
-    opts = beam_common.pipeline_options("DirectRunner", ["--direct_num_workers=1"], multiprocess=True).get_all_options()
+    opts = beam_common.pipeline_options("DirectRunner", ["--project=p"], multiprocess=True, cores=8).get_all_options()
+    assert opts["direct_running_mode"] == "multi_processing" and opts["direct_num_workers"] == 7
+    assert opts["project"] == "p"
+    opts = beam_common.pipeline_options("DirectRunner", [], multiprocess=True, cores=2).get_all_options()
+    assert opts["direct_running_mode"] != "multi_processing"
+    opts = beam_common.pipeline_options("DirectRunner", ["--direct_num_workers=1"], multiprocess=True, cores=8).get_all_options()
     assert opts["direct_running_mode"] != "multi_processing" and opts["direct_num_workers"] == 1
-    opts = beam_common.pipeline_options("DaskRunner", [], multiprocess=True).get_all_options()
+    opts = beam_common.pipeline_options("DaskRunner", [], multiprocess=True, cores=8).get_all_options()
     assert opts["runner"].endswith("dask_runner.DaskRunner") and opts["direct_running_mode"] != "multi_processing"
 
 
