@@ -8,7 +8,8 @@ video's rows are read from the HDF5 file once, by a DoFn that opens the file
 once per worker (``setup``), not per element. A video missing from the file, a
 window past the end of the video's features, an empty window, a ground truth
 outside its window or a malformed entry go to the dead-letter output with the
-reason; the job continues and reconciles its counts (``pipeline.beam_common``).
+reason (so does a video whose feature dim differs from the file's first one);
+the job continues and reconciles its counts (``pipeline.beam_common``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import argparse
 import json
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -70,12 +71,15 @@ def open_hdf5(path: str):
 
 
 def feature_dim_of_file(path: str) -> int:
-    """D of the first ``c3d_features`` dataset in the file (all must share it)."""
+    """D of the first ``c3d_features`` dataset in the file (videos of another D are dead-lettered)."""
+    import h5py
+
     with open_hdf5(path) as h5:
         for name in h5:
-            if isinstance(h5[name], __import__("h5py").Group) and DATASET_NAME in h5[name]:
-                return int(h5[name][DATASET_NAME].shape[1])
-    raise ValueError(f"--features {path}: no group holds a '{DATASET_NAME}' dataset")
+            group = h5[name]
+            if isinstance(group, h5py.Group) and DATASET_NAME in group and len(group[DATASET_NAME].shape) == 2:
+                return int(group[DATASET_NAME].shape[1])
+    raise ValueError(f"--features {path}: no group holds a 2-D '{DATASET_NAME}' dataset")
 
 
 # --------------------------------------------------------------------------- transforms
@@ -121,8 +125,9 @@ class ExtractWindowsFn(beam.DoFn):
     HDF5 selection) and cuts every entry's window from them.
     """
 
-    def __init__(self, features_path: str):
+    def __init__(self, features_path: str, feature_dim: Optional[int] = None):
         self.features_path = features_path
+        self.feature_dim = feature_dim
         self._h5 = None
 
     def setup(self):
@@ -147,6 +152,11 @@ class ExtractWindowsFn(beam.DoFn):
                                               entry, index, self.features_path)
             return
         dataset = self._h5[group][DATASET_NAME]
+        if len(dataset.shape) != 2 or (self.feature_dim is not None and dataset.shape[1] != self.feature_dim):
+            for split, index, entry in items:
+                yield beam_common.dead_letter(split, f"{group}/{DATASET_NAME} has shape {tuple(dataset.shape)}, "
+                                              f"expected [rows, {self.feature_dim}]", entry, index, self.features_path)
+            return
         n_feat = (int(dataset.shape[0]) + 1) // 2  # rows after [::2]
         parsed = [(split, index, entry) + check_entry(entry)[1:] for split, index, entry in items]
         furthest = max([min(w[1], n_feat) for *_, w, _, _ in parsed] + [0])
@@ -198,22 +208,23 @@ class ReadSplitEntries(beam.PTransform):
 class EntriesToRecords(beam.PTransform):
     """Entries keyed by video id -> Records, plus dead letters (each video's rows read once)."""
 
-    def __init__(self, features_path: str):
+    def __init__(self, features_path: str, feature_dim: Optional[int] = None):
         super().__init__()
-        self.features_path = features_path
+        self.features_path, self.feature_dim = features_path, feature_dim
 
     def expand(self, keyed_entries):
         outputs = (keyed_entries
                    | "GroupByVideo" >> beam.GroupByKey()
-                   | "ExtractWindows" >> beam.ParDo(ExtractWindowsFn(self.features_path)).with_outputs(
+                   | "ExtractWindows" >> beam.ParDo(ExtractWindowsFn(self.features_path, self.feature_dim)).with_outputs(
                        beam_common.DEAD_LETTER))
         return beam_common.split_dead_letters(outputs, "ExtractWindows")
 
 
-def build(pipeline: beam.Pipeline, staging_dir: str, features_path: str, files: Dict[str, str]):
+def build(pipeline: beam.Pipeline, staging_dir: str, features_path: str, files: Dict[str, str],
+          feature_dim: Optional[int] = None):
     """The ingest graph; returns the writers' token PCollections."""
     entries, bad_entries = pipeline | "ReadSplitEntries" >> ReadSplitEntries(files)
-    records, bad_windows = entries | "EntriesToRecords" >> EntriesToRecords(features_path)
+    records, bad_windows = entries | "EntriesToRecords" >> EntriesToRecords(features_path, feature_dim)
     dead = (bad_entries, bad_windows) | "AllDeadLetters" >> beam.Flatten()
     return [records | "WriteRecords" >> beam_common.WriteRecords(staging_dir),
             dead | "WriteDeadLetters" >> beam_common.WriteDeadLetters(staging_dir)]
@@ -236,7 +247,7 @@ def run(features: str, splits_dir: str, out: str, runner: str = "DirectRunner", 
     }
     return beam_common.run_and_publish(
         "ingest-activitynet", options, out, read_counts,
-        lambda p, staging: build(p, staging, features, files), manifest_fields)
+        lambda p, staging: build(p, staging, features, files, dim), manifest_fields)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -152,6 +152,22 @@ def video_folder(tmp_path_factory):
     return d
 
 
+def test_decode_and_extract_routes_unreadable_and_short_videos_to_dead_letters(video_folder):
+    """Bad files never reach the C3D forward pass; every instance of a bad video gets the reason."""
+    tasks = [task("broken", "train", [(0, 1), (1, 2)], str(video_folder / "broken.mp4")),
+             task("short", "val", [(0, 0.2)], str(video_folder / "short.mkv")),
+             ev.VideoTask(str(video_folder / "stray.mkv"), "stray", "unannotated",
+                          (ev.Instance(0, -1, "", (math.nan, math.nan)),), "no annotation for video id 'stray'")]
+    with TestPipeline(options=PipelineOptions(DIRECT)) as p:
+        out = (p | beam.Create(tasks) | beam.ParDo(ev.DecodeAndExtractC3DFn(None, 0)).with_outputs(beam_common.DEAD_LETTER))
+        videos, dead = beam_common.split_dead_letters(out, "x")
+        assert_that(videos, equal_to([]), label="videos")
+        assert_that(dead | beam.Map(lambda d: (d.split, d.entry_index, d.reason.split(" (")[0], d.entry["segment"])),
+                    equal_to([("train", 0, "unreadable video file", [0, 1]), ("train", 1, "unreadable video file", [1, 2]),
+                              ("val", 0, "video has 10 frames, fewer than one 16-frame clip", [0, 0.2]),
+                              ("unannotated", 0, "no annotation for video id 'stray'", [None, None])]), label="dead")
+
+
 @pytest.fixture(scope="module")
 def reference_fc7(video_folder):
     """fc7 of the decodable videos through the same random C3D, computed outside Beam."""

@@ -36,7 +36,8 @@ def small_h5(tmp_path_factory):
     d = tmp_path_factory.mktemp("h5")
     videos = {"a": rng.standard_normal((20, 5)).astype(np.float32),   # 10 features after [::2]
               "b": rng.standard_normal((13, 5)).astype(np.float32),   # 7
-              "c": rng.standard_normal((2, 5)).astype(np.float32)}    # 1
+              "c": rng.standard_normal((2, 5)).astype(np.float32),    # 1
+              "w": rng.standard_normal((8, 4)).astype(np.float32)}    # another feature dim
     path = str(d / "f.hdf5")
     write_h5(path, videos)
     return path, {k: v[::2] for k, v in videos.items()}
@@ -142,6 +143,7 @@ def test_entries_to_records_cuts_windows_and_dead_letters_each_kind(small_h5):
         ("b", ("val", 1, {"id": "b", "label": 6, "location": [3, 3], "groundtruth": [0, 1]})),     # empty
         ("b", ("val", 2, {"id": "b", "label": 6, "location": [0, 4], "groundtruth": [2, 6]})),     # gt outside
         ("zz", ("test", 1, {"id": "zz", "label": 7, "location": [0, 1], "groundtruth": [0, 1]})),  # missing
+        ("w", ("test", 2, {"id": "w", "label": 7, "location": [0, 1], "groundtruth": [0, 1]})),    # D = 4, not 5
     ]
 
     def as_tuple(r):
@@ -153,13 +155,14 @@ def test_entries_to_records_cuts_windows_and_dead_letters_each_kind(small_h5):
             ("val", 0, "b", 6, (3, 7), (0, 2), sub["b"][3:7].tobytes(), (4, 5), 16),
             ("test", 0, "c", 7, (0, 1), (0, 1), sub["c"].tobytes(), (1, 5), 16)]
     with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(DIRECT)) as p:
-        records, dead = p | beam.Create(items) | ingest.EntriesToRecords(path)
+        records, dead = p | beam.Create(items) | ingest.EntriesToRecords(path, feature_dim=5)
         assert_that(records | beam.Map(as_tuple), equal_to(want), label="records")
         assert_that(dead | beam.Map(lambda d: (d.split, d.entry_index, d.reason)), equal_to([
             ("train", 2, "window [5, 11] past the end of the video (10 features after [::2])"),
             ("val", 1, "empty window [3, 3]"),
             ("val", 2, "ground truth [2, 6] outside its window of 4 features"),
             ("test", 1, "video v_zz not in the features file (no v_zz/c3d_features)"),
+            ("test", 2, "v_w/c3d_features has shape (8, 4), expected [rows, 5]"),
         ]), label="dead")
 
 
@@ -295,6 +298,16 @@ def test_failed_reconciliation_leaves_previous_outputs(synth_with_bad, tmp_path,
     after = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "*.tfrecord"))}
     assert after == before
     assert not [p for p in os.listdir(out) if p.startswith(".staging")]
+
+
+def test_refuses_to_mix_feature_dims_in_one_folder(synth_with_bad, tmp_path):
+    src, _ = synth_with_bad
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"feature_dim": 500, "splits": {"extra": {"read": 1}}}))
+    with pytest.raises(ValueError, match=r"already holds splits \['extra'\] with feature_dim 500; writing feature_dim 8"):
+        run_ingest(src, str(out))
+    assert sorted(os.listdir(out)) == ["manifest.json"]
 
 
 def test_benchmark_geometry_every_entry_reproduced(shared_splits_dir, tmp_path):
