@@ -64,3 +64,38 @@ def test_dask_runner_output_equals_direct_runner(cluster, source, tmp_path, caps
     assert {s: (v["read"], v["written"], v["dead_lettered"]) for s, v in m["splits"].items()} == {
         s: (c.read, c.written, c.dead_lettered) for s, c in direct.items()}
     assert "ingest-activitynet: train: read" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_extract_video_on_dask_equals_direct_runner(cluster, tmp_path):
+    """The job with a side input (the PCA fitted by the CombineFn) and C3D also runs on the Dask runner.
+
+    Slow (40-80 s here): every Dask worker builds C3D, and the runner recomputes side inputs.
+    """
+    from pipeline import extract_video as ev
+    from test_extract_video_job import colour_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    colour_video(videos / "aaa.mkv", 32, 25.0, 0)
+    colour_video(videos / "bbb.mkv", 32, 20.0, 1)
+    colour_video(videos / "ccc.mkv", 32, 25.0, 2)
+    (videos / "broken.mp4").write_bytes(b"not a video" * 100)
+    ann = {"database": {v: {"subset": s, "annotations": [{"segment": [0.1, 0.9], "label": l}]}
+                        for v, s, l in [("aaa", "training", "A"), ("bbb", "training", "A"),
+                                        ("ccc", "validation", "B"), ("broken", "training", "B")]}}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    args = (str(videos / "*"), str(tmp_path / "ann.json"))
+    direct = ev.run(*args, str(tmp_path / "direct"), random_c3d=True, n_components=8,
+                    beam_args=["--direct_num_workers=1"])
+    dask = ev.run(*args, str(tmp_path / "dask"), random_c3d=True, n_components=8, runner="DaskRunner",
+                  beam_args=[f"--dask_client_address={cluster.scheduler_address}"])
+    assert dask == direct == {"train": beam_common.SplitCounts(3, 2, 1), "val": beam_common.SplitCounts(1, 1, 0)}
+    assert outputs_of(str(tmp_path / "dask"), ("train", "val")) == outputs_of(str(tmp_path / "direct"), ("train", "val"))
+    assert "unreadable video file" in open(tmp_path / "dask" / "dead_letter" / "train.jsonl").read()
+    assert sorted(os.listdir(tmp_path / "dask")) == sorted(os.listdir(tmp_path / "direct"))  # pca.npz, no leftovers
+
+
+def outputs_of(data_dir, splits):
+    return {s: sorted((r.entry_index, r.window, r.groundtruth, r.features.tobytes()) for r in read_records(data_dir, s))
+            for s in splits}
