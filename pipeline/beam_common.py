@@ -318,7 +318,8 @@ def count_lines(path: str) -> int:
         return sum(1 for line in fh.read().splitlines() if line.strip())
 
 
-def _match(pattern: str) -> List[str]:
+def match_files(pattern: str) -> List[str]:
+    """Sorted paths matching a glob on any Beam file system; [] when nothing matches."""
     try:
         return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     except Exception:  # BeamIOError when nothing matches on some file systems
@@ -346,8 +347,8 @@ def count_staged(staging_dir: str, read_counts: Dict[str, int]) -> Dict[str, Spl
     """Count the staged outputs of every split (not Beam metrics: some runners report none)."""
     counts = {}
     for split, read in read_counts.items():
-        written = sum(count_tfrecords(p) for p in _match(FileSystems.join(staging_path(staging_dir, _RECORDS, split), "*.tfrecord")))
-        dead = sum(count_lines(p) for p in _match(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl")))
+        written = sum(count_tfrecords(p) for p in match_files(FileSystems.join(staging_path(staging_dir, _RECORDS, split), "*.tfrecord")))
+        dead = sum(count_lines(p) for p in match_files(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl")))
         counts[split] = SplitCounts(read, written, dead)
     return counts
 
@@ -356,12 +357,12 @@ def publish(staging_dir: str, data_dir: str, splits: Iterable[str]) -> Dict[str,
     """Replace each split's shards and dead letters in ``data_dir`` with the staged ones."""
     shards = {}
     for split in splits:
-        staged = _match(FileSystems.join(staging_path(staging_dir, _RECORDS, split), "*.tfrecord"))
+        staged = match_files(FileSystems.join(staging_path(staging_dir, _RECORDS, split), "*.tfrecord"))
         if not staged:  # a split whose entries all went to dead letters: one valid, empty shard
             empty = FileSystems.join(staging_path(staging_dir, _RECORDS, split), "empty.tfrecord")
             FileSystems.create(empty).close()
             staged = [empty]
-        old = _match(FileSystems.join(data_dir, f"{split}-*-of-*.tfrecord"))
+        old = match_files(FileSystems.join(data_dir, f"{split}-*-of-*.tfrecord"))
         if old:
             FileSystems.delete(old)
         names = [FileSystems.join(data_dir, shard_name(split, i, len(staged))) for i in range(len(staged))]
@@ -374,7 +375,7 @@ def publish(staging_dir: str, data_dir: str, splits: Iterable[str]) -> Dict[str,
 def publish_dead_letters(staging_dir: str, data_dir: str, splits: Iterable[str]) -> None:
     """Merge each split's staged dead letters into ``DATA_DIR/dead_letter/<split>.jsonl`` (even when empty)."""
     for split in splits:
-        parts = _match(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl"))
+        parts = match_files(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl"))
         body = b""
         for part in parts:
             with FileSystems.open(part) as fh:
@@ -435,6 +436,31 @@ def check_no_mixing(data_dir: str, feature_dim: int, splits: Iterable[str]) -> N
                          f"writing feature_dim {feature_dim} there would mix dims (use another --out folder)")
 
 
+def compare_with_metrics(job: str, result, counts: Dict[str, SplitCounts]) -> None:
+    """Cross-check the counted outputs against Beam's counters where the runner reports them.
+
+    The counted files are what the job publishes; the counters are only a
+    second opinion (the Dask runner reports none, and retried bundles can
+    inflate attempted counts), so a disagreement is logged, not fatal.
+    """
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        found = result.metrics().query(MetricsFilter().with_namespace("vreloc"))["counters"]
+    except Exception:  # pylint: disable=broad-except  # NotImplementedError on Dask, others elsewhere
+        LOG.info("%s: the runner reports no Beam metrics; relying on the counted outputs", job)
+        return
+    totals: Dict[str, int] = {}
+    for c in found:
+        value = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
+    for split, c in counts.items():
+        metric = (totals.get(f"written_{split}", 0), totals.get(f"dead_lettered_{split}", 0))
+        if metric != (c.written, c.dead_lettered):
+            LOG.warning("%s: %s: Beam counters say written %d, dead-lettered %d; the files hold %d and %d",
+                        job, split, metric[0], metric[1], c.written, c.dead_lettered)
+
+
 def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int],
                     build: Callable[[beam.Pipeline, str], Sequence[beam.PCollection]],
                     manifest_fields: dict, shardless: Sequence[str] = (),
@@ -452,7 +478,8 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
     the counts do not add up.
     """
     check_no_mixing(data_dir, manifest_fields["feature_dim"], read_counts)
-    FileSystems.mkdirs(data_dir) if not FileSystems.exists(data_dir) else None
+    if not FileSystems.exists(data_dir):
+        FileSystems.mkdirs(data_dir)
     staging_dir = FileSystems.join(data_dir, f".staging-{uuid.uuid4().hex[:12]}")
     t0 = time.time()
     try:
@@ -471,6 +498,7 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
                 client.close()
         LOG.info("%s: pipeline finished in %.1f s; counting the staged outputs", job, time.time() - t0)
         counts = count_staged(staging_dir, read_counts)
+        compare_with_metrics(job, result, counts)
         bad = {s: c for s, c in counts.items() if not c.reconciles()}
         if bad:
             raise ReconciliationError(f"{job}: counts do not reconcile (read != written + dead_lettered): "

@@ -437,7 +437,7 @@ def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = No
                 FileSystems.delete([final])
             FileSystems.rename([staged_pca], [final])
         infos = {}
-        for part in beam_common._match(FileSystems.join(staging_dir, VIDEO_INFO, "*", "*.jsonl")):
+        for part in beam_common.match_files(FileSystems.join(staging_dir, VIDEO_INFO, "*", "*.jsonl")):
             with FileSystems.open(part) as fh:
                 for line in fh.read().decode("utf-8").splitlines():
                     if line.strip():
