@@ -149,15 +149,22 @@ def plan_tasks(paths: List[str], database: dict, labels: Dict[str, int], annotat
         instances = []
         for a in anns:
             name = str(a.get("label"))
-            seg = a.get("segment") or [math.nan, math.nan]
-            instances.append(Instance(next_index.get(split, 0), labels.get(name, -1), name,
-                                      (float(seg[0]), float(seg[1]))))
+            instances.append(Instance(next_index.get(split, 0), labels.get(name, -1), name, _segment(a)))
             next_index[split] = next_index.get(split, 0) + 1
         if not anns:  # the video itself is the unit that is read and dead-lettered
             instances.append(Instance(next_index.get(split, 0), -1, "", (math.nan, math.nan)))
             next_index[split] = next_index.get(split, 0) + 1
         tasks.append(VideoTask(path, vid, split, tuple(instances), problem))
     return tasks
+
+
+def _segment(annotation: dict) -> Tuple[float, float]:
+    """The annotation's [start, end] seconds; NaNs (dead-lettered later, with the reason) when malformed."""
+    try:
+        start, end = annotation["segment"]
+        return float(start), float(end)
+    except (KeyError, TypeError, ValueError):
+        return math.nan, math.nan
 
 
 def read_counts_of(tasks: List[VideoTask]) -> Dict[str, int]:

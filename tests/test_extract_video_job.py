@@ -99,13 +99,15 @@ def test_to_records_windows_ground_truth_and_dead_letters():
 def test_plan_tasks_ids_splits_and_indices(tmp_path):
     db = {"a": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "X"}, {"segment": [1, 2], "label": "Y"}]},
           "b": {"subset": "validation", "annotations": [{"segment": [0, 1], "label": "X"}]},
-          "c": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "Y"}]},
+          "c": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "Y"}, {"segment": "x", "label": "Y"}]},
           "t": {"subset": "testing", "annotations": []}}
     tasks = ev.plan_tasks(["d/v_c.mp4", "d/a.mkv", "d/b.avi", "d/zz.mp4", "d/t.mp4"], db, {"X": 0, "Y": 1}, "ann.json")
     got = {t.video_id: (t.split, [(i.entry_index, i.label) for i in t.instances], bool(t.problem)) for t in tasks}
-    assert got == {"a": ("train", [(0, 0), (1, 1)], False), "c": ("train", [(2, 1)], False),
+    assert got == {"a": ("train", [(0, 0), (1, 1)], False), "c": ("train", [(2, 1), (3, 1)], False),
                    "b": ("val", [(0, 0)], False), "t": ("test", [(0, -1)], True), "zz": ("unannotated", [(0, -1)], True)}
-    assert ev.read_counts_of(tasks) == {"train": 3, "val": 1, "test": 1, "unannotated": 1}
+    assert ev.read_counts_of(tasks) == {"train": 4, "val": 1, "test": 1, "unannotated": 1}
+    c = next(t for t in tasks if t.video_id == "c")
+    assert c.instances[0].segment == (0.0, 1.0) and all(math.isnan(v) for v in c.instances[1].segment)
 
 
 # --------------------------------------------------------------------------- end to end
