@@ -488,7 +488,7 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
         # The last transform depends on every writer: the Dask runner computes only the last one.
         _ = (tuple(tokens) | "AllOutputs" >> beam.Flatten()
              | "CountPerSplit" >> beam.combiners.Count.PerKey()
-             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: %s: beam saw %s outputs (records + dead letters)", job, kv[0], kv[1])))
+             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: %s: %s elements through the writers", job, kv[0], kv[1])))
         result = pipeline.run()
         try:
             result.wait_until_finish()
