@@ -175,14 +175,21 @@ class PipelineRun:
                         "--pairs", pairs, "--json", out])
                 rows.append(_read_json(out))
             results[split] = rows
-        frame_level_val = next(r for r in results["val"] if r["method"] == "frame-level")["average"]
+        keys = [f"model:{m}" for m in MODES] + [f"baseline:{b}" for b in BASELINES]
+        frame_level_val = results["val"][keys.index("baseline:frame-level")]["average"]
         blessing = {}
         for mode, row in zip(MODES, results["val"]):
             blessing[mode] = {"blessed": row["average"] > frame_level_val, "val_average": row["average"],
                               "frame_level_val_average": frame_level_val}
         with open(os.path.join(folder, "blessing.json"), "w") as fh:
             json.dump(blessing, fh, indent=2)
-        return {"results": results, "blessing": blessing}
+        figures = {}
+        for mode in MODES:  # what each model attends to on the first test pair (paper Figure 4)
+            out = os.path.join(folder, f"figure4_{mode}_test_pair0.png")
+            vreloc(["visualize", "--model", self.run_dir(mode), "--data", self.data_dir, "--split", "test",
+                    "--pairs", os.path.join(folder, "pairs_test.json"), "--pair", "0", "--out", out])
+            figures[mode] = out
+        return {"results": results, "blessing": blessing, "figures": figures}
 
     def pusher(self, folder: str) -> dict:
         blessing = _read_json(os.path.join(self.stage_dir("evaluator"), "blessing.json"))
@@ -285,6 +292,13 @@ class PipelineRun:
                 print(f"Results on {split} (mAP@1, %):")
                 print(format_table(results[split]))
                 print()
+        evaluation = (_read_json(os.path.join(self.stage_dir("evaluator"), STAGE_FILE), {}).get("outputs") or {})
+        for mode, b in (evaluation.get("blessing") or {}).items():
+            verdict = "blessed" if b["blessed"] else "NOT blessed"
+            print(f"{mode} model: {verdict} (val average {b['val_average']:.1f} vs frame-level "
+                  f"{b['frame_level_val_average']:.1f})")
+        for mode, path in (evaluation.get("figures") or {}).items():
+            print(f"Figure 4 ({mode}): {path}")
         stages = ", ".join(f"{k}: {v}" for k, v in self.statuses.items())
         print(f"pipeline summary: {stages}; work folder {self.workdir}")
 
