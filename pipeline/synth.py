@@ -62,6 +62,10 @@ signatures there; the tests check that the same baseline run on features
 projected onto A beats the raw baseline by a wide margin (seed 0, D = 32,
 test split: mean IoU-threshold accuracy ~0.06 raw vs ~0.37 projected with a
 max-subarray decoder; ~0.18 vs ~0.35 when the baseline is told the length).
+Measured end to end on the demo data (``--dim 32``, configs/tiny.yaml, full
+supervision, 1,500 steps, ~1 min on 2 cores): mAP@1 average 51.7 on test
+against 14.6 for ``vreloc baseline --method frame-level`` (300 steps were
+not enough: 13.9 on val).
 """
 from __future__ import annotations
 
