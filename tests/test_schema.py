@@ -53,3 +53,20 @@ def test_invalid_records_name_the_field(change, field):
 def test_missing_shards_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="split 'val'"):
         schema.shard_files(str(tmp_path), "val")
+
+
+def test_fast_feature_encoding_is_byte_identical_to_protobuf():
+    from tensorflow.core.example import feature_pb2
+
+    rng = np.random.default_rng(3)
+    rec = _record(rng, length=300, dim=50)
+    rec.features[0, 0] = -0.0  # signed zero, subnormal and extremes survive exactly
+    rec.features[0, 1] = np.float32(1e-42)
+    rec.features[0, 2] = np.finfo(np.float32).max
+    fast = schema.decode_record(schema.encode_record(rec))
+    np.testing.assert_array_equal(fast.features, rec.features)
+    from tensorflow.core.example import example_pb2
+
+    ex = example_pb2.Example.FromString(schema.encode_record(rec))
+    slow = feature_pb2.FloatList(value=rec.features.reshape(-1))
+    assert ex.features.feature["features"].float_list.SerializeToString() == slow.SerializeToString()

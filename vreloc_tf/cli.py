@@ -85,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)] if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # importing Beam configures the root logger first; ours must win
     )
     if args.command is None:
         parser.print_help()

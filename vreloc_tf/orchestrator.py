@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from vreloc_tf import __version__
@@ -92,7 +92,7 @@ class Stage:
     name: str
     inputs: Callable[[], dict]  # what the stage reads (fingerprinted)
     body: Callable[[str], dict]  # runs the stage in its folder, returns its outputs
-    summary: Dict = field(default_factory=dict)
+    keep: tuple = ()  # entries of the stage folder that survive a rerun with new inputs
 
 
 class PipelineRun:
@@ -219,7 +219,9 @@ class PipelineRun:
             Stage("evaluator", lambda: {"models": _stage_output_hash(self, "trainer"),
                                         "data": _stage_output_hash(self, "featuregen"), "seed": self.cfg.seed},
                   self.evaluator),
-            Stage("pusher", lambda: {"evaluation": _stage_output_hash(self, "evaluator")}, self.pusher),
+            # Pushed versions stay: a new push is the next version beside them.
+            Stage("pusher", lambda: {"evaluation": _stage_output_hash(self, "evaluator")}, self.pusher,
+                  keep=("serving",)),
         ]
 
     def run(self) -> int:
@@ -236,6 +238,10 @@ class PipelineRun:
                 self.statuses[stage.name] = "skipped (inputs and config unchanged)"
                 print(f"[{stage.name}] skipped: inputs and config unchanged since {previous['finished']}")
                 continue
+            if previous and (previous.get("fingerprint") != fingerprint or index >= forced_from):
+                # New inputs (or --force): start clean, so no stale run folder, pair list or model is reused.
+                # The same inputs after an interrupted run keep their folder, so training resumes.
+                _clear(folder, keep=stage.keep)
             print(f"[{stage.name}] running")
             start = time.time()
             try:
@@ -306,6 +312,16 @@ class PipelineRun:
 def _stage_output_hash(run: PipelineRun, stage: str) -> Optional[str]:
     doc = _read_json(os.path.join(run.stage_dir(stage), STAGE_FILE), default=None)
     return None if not doc else _hash([doc.get("outputs"), doc.get("finished")])
+
+
+def _clear(folder: str, keep=()) -> None:
+    import shutil
+
+    for name in os.listdir(folder):
+        if name in keep:
+            continue
+        path = os.path.join(folder, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _read_json(path: str, default=...):
