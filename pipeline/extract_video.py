@@ -434,6 +434,8 @@ def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = No
                    "pca": pca or FileSystems.join(out, PCA_NAME)},
         "labels": labels,
         "max_window": MAX_WINDOW,
+        # Read by `vreloc train` into the run's manifest, so export and `vreloc locate` find the PCA.
+        "pca_file": pca or FileSystems.join(out, PCA_NAME),
     }
 
     def on_success(staging_dir: str) -> dict:

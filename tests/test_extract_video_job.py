@@ -206,6 +206,7 @@ def test_counts_reconcile_and_every_bad_input_is_dead_lettered_with_its_reason(j
     m = read_manifest(out)
     assert m["unassigned"] == {"unannotated": {"read": 1, "written": 0, "dead_lettered": 1}}
     assert set(m["splits"]) == {"train", "val", "test"}
+    assert m["pca_file"] == os.path.join(out, "pca.npz") and os.path.exists(m["pca_file"])  # read by vreloc train
     assert not [p for p in os.listdir(out) if p.startswith((".staging", "beam-temp"))]
 
 
