@@ -8,7 +8,7 @@ import pytest
 from pipeline import beam_common, ingest_activitynet as ingest, synth
 from vreloc_tf.schema import read_manifest, read_records
 
-from test_ingest import inject_bad_entries
+from test_ingest import make_synth_with_bad
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("synth"))
-    synth.generate(out, seed=2, dim=8)
-    with open(os.path.join(out, "length.json")) as fh:
-        n_feat = {k: v["n_feat"] for k, v in json.load(fh).items()}
-    return out, inject_bad_entries(out, n_feat)
+    return make_synth_with_bad(str(tmp_path_factory.mktemp("synth")), seed=2)
 
 
 def outputs(data_dir):

@@ -77,15 +77,17 @@ def inject_bad_entries(splits_dir, n_feat):
     return expected
 
 
-@pytest.fixture(scope="module")
-def synth_with_bad(tmp_path_factory):
-    """Default synthetic dataset at D=8 plus injected bad entries."""
-    out = str(tmp_path_factory.mktemp("synth"))
-    synth.generate(out, seed=1, dim=8)
+def make_synth_with_bad(out: str, seed: int):
+    """Default synthetic dataset at D=8 in ``out`` plus injected bad entries; returns (out, expected dead)."""
+    synth.generate(out, seed=seed, dim=8)
     with open(os.path.join(out, "length.json")) as fh:
         n_feat = {k: v["n_feat"] for k, v in json.load(fh).items()}
-    expected_dead = inject_bad_entries(out, n_feat)
-    return out, expected_dead
+    return out, inject_bad_entries(out, n_feat)
+
+
+@pytest.fixture(scope="module")
+def synth_with_bad(tmp_path_factory):
+    return make_synth_with_bad(str(tmp_path_factory.mktemp("synth")), seed=1)
 
 
 def expected_records(splits_dir, h5_path):
