@@ -84,6 +84,16 @@ def test_cli_prints_the_paper_row_and_writes_json(run_dir, data_dir, tmp_path, c
     assert cli_main(["evaluate", "--table", out, str(tmp_path / "b.json"), "--title", "Table 4 (synthetic)"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("Table 4 (synthetic)") and "copy" in table and "ours full" in table
+    # a file holding a list of results (what `baseline --method all --json` writes) joins the table too
+    with open(tmp_path / "list.json", "w") as fh:
+        json.dump([dict(result, method="first"), dict(result, method="second")], fh)
+    assert cli_main(["evaluate", "--table", out, str(tmp_path / "list.json")]) == 0
+    table = capsys.readouterr().out
+    assert "first" in table and "second" in table
+    with open(tmp_path / "bad.json", "w") as fh:
+        json.dump([{"no": "metrics"}], fh)
+    assert cli_main(["evaluate", "--table", str(tmp_path / "bad.json")]) != 0
+    assert "bad.json" in capsys.readouterr().err
 
 
 def test_evaluate_names_a_feature_dim_mismatch_and_missing_arguments(run_dir, tmp_path, capsys):

@@ -118,13 +118,18 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
 
 
 def load_results(paths: List[str]) -> List[dict]:
+    """Result dicts from JSON files holding one result or a list of them (`baseline --method all`)."""
     out = []
     for path in paths:
         with open(path) as fh:
             try:
-                out.append(json.load(fh))
+                doc = json.load(fh)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: not a result JSON ({exc})") from None
+        for item in doc if isinstance(doc, list) else [doc]:
+            if not isinstance(item, dict) or "map_at_1" not in item:
+                raise ValueError(f"{path}: not a result JSON (expected objects with 'method' and 'map_at_1')")
+            out.append(item)
     return out
 
 
@@ -154,7 +159,12 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     if args.table:
-        print(format_table(load_results(args.table), args.title))
+        try:
+            results = load_results(args.table)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_table(results, args.title))
         return 0
     if not args.model:
         print("error: vreloc evaluate needs --model RUN_DIR (or --table JSON...)", file=sys.stderr)
