@@ -44,7 +44,7 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     heads = cfg.model.heads if cfg.model.multiscale else [
         type(g)(g.heads, 3, 1, g.filters) for g in cfg.model.heads]
     title = (f"{split} pair {pair}: query entry {pairs[pair]['query']}, reference entry {pairs[pair]['reference']} "
-             f"({cfg.supervision} supervision) — predicted [{pred[0]}, {pred[1]}), ground truth [{gt[0]}, {gt[1]}), "
+             f"({cfg.supervision} supervision)\npredicted [{pred[0]}, {pred[1]}), ground truth [{gt[0]}, {gt[1]}), "
              f"IoU {iou:.2f}")
     figure4(attention, probs[0], heads, out, groundtruth=gt, predicted=pred, title=title)
     return {"out": out, "groundtruth": gt, "predicted": pred, "score": float(score[0]), "iou": iou}
