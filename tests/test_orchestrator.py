@@ -74,3 +74,33 @@ def test_serve_check_answered_over_grpc(first_run, capsys):
     assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST]) == 0
     out = capsys.readouterr().out
     assert "querying with the stock gRPC client" in out and "score" in out and "server stopped (exit 0)" in out
+
+
+def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
+    """--data DIR with annotations.json + videos/: FeatureGen runs extract-video (PCA to the config's dim)."""
+    from test_extract_video_job import colour_video
+
+    src = tmp_path / "mine"
+    (src / "videos").mkdir(parents=True)
+    database = {}
+    plan = [("train", "Jump"), ("train", "Jump"), ("train", "Run"), ("train", "Run"),
+            ("validation", "Swim"), ("validation", "Swim"), ("testing", "Climb"), ("testing", "Climb")]
+    for i, (subset, label) in enumerate(plan):
+        colour_video(src / "videos" / f"vid{i}.mkv", 64, 25.0, i)  # 4 clips of 16 frames, 2.56 s
+        database[f"vid{i}"] = {"subset": subset, "duration": 2.56,
+                               "annotations": [{"segment": [0.7, 1.9], "label": label}]}
+    (src / "annotations.json").write_text(json.dumps({"database": database}))
+    workdir = str(tmp_path / "run")
+    args = ["pipeline", "run", "--workdir", workdir, "--data", str(src), *FAST, "--set", "data.feature_dim=6",
+            "--no-serve-check"]
+    assert cli.main(args) == 1  # raw videos need C3D weights: a clear error, not a guess
+    assert "--c3d-weights" in capsys.readouterr().err
+    assert cli.main(args + ["--random-c3d"]) == 0
+    from vreloc_tf.schema import read_manifest
+
+    manifest = read_manifest(os.path.join(workdir, "featuregen", "data"))
+    assert manifest["feature_dim"] == 6 and os.path.exists(manifest["pca_file"])
+    assert {s: c["written"] for s, c in manifest["splits"].items()} == {"train": 4, "val": 2, "test": 2}
+    run = json.load(open(os.path.join(workdir, "trainer", "full", "run.json")))
+    assert run["feature_dim"] == 6 and run["pca_file"] == manifest["pca_file"]
+    assert _stage(workdir, "evaluator")["status"] == "done"

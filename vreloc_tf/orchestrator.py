@@ -16,7 +16,8 @@ exit: no stage is ever faked.
 Run folder::
 
     WORKDIR/
-      featuregen/  stage.json, raw/ (synthetic ActivityNet-format input), data/ (TFRecords + manifest)
+      featuregen/  stage.json, raw/ (synthetic ActivityNet-format input), data/ (TFRecords + manifest;
+                   from ingest-activitynet, or from extract-video for a folder of videos)
       trainer/     stage.json, full/ and weak/ (training run folders, see vreloc_tf.run_dir)
       evaluator/   stage.json, pairs_<split>.json, results_<split>.json, table_<split>.txt, blessing.json
       pusher/      stage.json, serving/<model name>/<version>/ (SavedModels for TF Serving)
@@ -46,6 +47,9 @@ MODES = ("full", "weak")
 SPLITS = ("val", "test")
 BASELINES = ("random", "prior", "frame-level")
 STAGE_FILE = "stage.json"
+ACTIVITYNET_HDF5 = "sub_activitynet_v1-3.c3d.hdf5"
+VIDEO_ANNOTATIONS = "annotations.json"  # a video folder: DIR/annotations.json + DIR/videos/*
+VIDEO_DIR = "videos"
 
 
 class StageNotBuilt(RuntimeError):
@@ -70,6 +74,11 @@ def _tree_fingerprint(path: str) -> str:
             st = os.stat(full)
             items.append((os.path.relpath(full, path), st.st_size, int(st.st_mtime_ns)))
     return _hash(items)
+
+
+def _tree_fingerprint_file(path: str) -> str:
+    st = os.stat(path)
+    return _hash([os.path.abspath(path), st.st_size, int(st.st_mtime_ns)])
 
 
 def vreloc(args: List[str]) -> None:
@@ -97,7 +106,8 @@ class Stage:
 
 class PipelineRun:
     def __init__(self, workdir: str, cfg: Config, config_source: str, data: str, runner: Optional[str],
-                 force: List[str], model_name: str = "vreloc", serve_check: bool = True):
+                 force: List[str], model_name: str = "vreloc", serve_check: bool = True,
+                 c3d_weights: Optional[str] = None, random_c3d: bool = False):
         self.workdir = os.path.abspath(workdir)
         self.cfg = cfg
         self.config_source = config_source
@@ -106,6 +116,8 @@ class PipelineRun:
         self.force = set(force)
         self.model_name = model_name
         self.serve_check = serve_check
+        self.c3d_weights = c3d_weights
+        self.random_c3d = random_c3d
         self.timings: Dict[str, float] = {}
         self.statuses: Dict[str, str] = {}
 
@@ -141,12 +153,21 @@ class PipelineRun:
             src = raw
         else:
             src = os.path.abspath(self.data)
-        hdf5 = os.path.join(src, "sub_activitynet_v1-3.c3d.hdf5")
-        if not os.path.exists(hdf5):
-            raise StageFailed(f"--data {self.data}: expected an ActivityNet-format folder holding "
-                              f"sub_activitynet_v1-3.c3d.hdf5 and train/val/test.json "
-                              f"(for raw videos, run `vreloc extract-video` and pass its output with --data)")
-        vreloc(["ingest-activitynet", "--features", hdf5, "--splits", src, "--out", self.data_dir, *beam])
+        hdf5 = os.path.join(src, ACTIVITYNET_HDF5)
+        if os.path.exists(hdf5):
+            vreloc(["ingest-activitynet", "--features", hdf5, "--splits", src, "--out", self.data_dir, *beam])
+        elif os.path.exists(os.path.join(src, VIDEO_ANNOTATIONS)) and os.path.isdir(os.path.join(src, VIDEO_DIR)):
+            if not (self.c3d_weights or self.random_c3d):
+                raise StageFailed(f"--data {self.data} holds raw videos: give --c3d-weights FILE "
+                                  f"(or --random-c3d for a demo)")
+            weights = ["--c3d-weights", self.c3d_weights] if self.c3d_weights else ["--random-c3d"]
+            vreloc(["extract-video", "--videos", os.path.join(src, VIDEO_DIR, "*"), "--annotations",
+                    os.path.join(src, VIDEO_ANNOTATIONS), "--out", self.data_dir, *weights,
+                    "--pca-components", str(self.cfg.data.feature_dim), *beam])
+        else:
+            raise StageFailed(f"--data {self.data}: expected an ActivityNet-format folder ({ACTIVITYNET_HDF5} and "
+                              f"train/val/test.json) or a video folder ({VIDEO_ANNOTATIONS} in ActivityNet's "
+                              f"annotation format and the videos under {VIDEO_DIR}/)")
         with open(os.path.join(self.data_dir, "manifest.json")) as fh:
             manifest = json.load(fh)
         return {"data_dir": self.data_dir, "splits": manifest.get("splits"), "feature_dim": manifest.get("feature_dim")}
@@ -212,7 +233,9 @@ class PipelineRun:
         return [
             Stage("featuregen", lambda: {"data": self.data, "seed": self.cfg.seed,
                                          "feature_dim": self.cfg.data.feature_dim,
-                                         "source": None if self.data == "synth" else _tree_fingerprint(self.data)},
+                                         "source": None if self.data == "synth" else _tree_fingerprint(self.data),
+                                         "c3d": self.c3d_weights and _tree_fingerprint_file(self.c3d_weights),
+                                         "random_c3d": self.random_c3d},
                   self.featuregen),
             Stage("trainer", lambda: {"config": cfg_hash, "data": _stage_output_hash(self, "featuregen")},
                   self.trainer),
@@ -409,8 +432,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--config", default="tiny", help="config file or name in configs/ (default: tiny)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     run.add_argument("--data", default="synth",
-                     help="'synth' (generated ActivityNet-format data, the default) or an ActivityNet-format folder "
-                          "(sub_activitynet_v1-3.c3d.hdf5 + train/val/test.json)")
+                     help="'synth' (generated ActivityNet-format data, the default), an ActivityNet-format folder "
+                          "(sub_activitynet_v1-3.c3d.hdf5 + train/val/test.json), or a video folder "
+                          "(annotations.json + videos/*, through extract-video)")
+    weights = run.add_mutually_exclusive_group()
+    weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video folder")
+    weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (demos and tests only)")
     run.add_argument("--runner", default=None, help="Beam runner for FeatureGen (default DirectRunner)")
     run.add_argument("--force", action="append", default=[], choices=STAGES,
                      help="rerun this stage (and the ones after it) even if its inputs did not change")
@@ -422,7 +449,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     run = PipelineRun(args.workdir, cfg, args.config, args.data, args.runner, args.force, args.model_name,
-                      serve_check=not args.no_serve_check)
+                      serve_check=not args.no_serve_check, c3d_weights=args.c3d_weights, random_c3d=args.random_c3d)
     try:
         return run.run()
     except StageFailed as exc:
