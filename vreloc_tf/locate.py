@@ -86,6 +86,11 @@ def keras_run_matcher(run_dir: str) -> Tuple[Callable, int, Optional[str], str]:
     return match, int(manifest.feature_dim), manifest.pca_file, f"model ({mode} supervision, {run_dir})"
 
 
+def _read_json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
 def saved_model_matcher(base: str) -> Tuple[Callable, int, Optional[str], str]:
     import tensorflow as tf
 
@@ -94,13 +99,13 @@ def saved_model_matcher(base: str) -> Tuple[Callable, int, Optional[str], str]:
         raise LocateError(f"--model {base}: no exported versions (expected {base}/<version>/saved_model.pb)")
     path = os.path.join(base, str(versions[-1]))
     info_path = os.path.join(path, "assets.extra", "vreloc.json")
-    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    info = _read_json(info_path) if os.path.exists(info_path) else {}
     pca = os.path.join(path, "assets.extra", "pca.npz")
     if not os.path.exists(pca):
         pca = None
         run_manifest = os.path.join(info.get("run_dir") or "", "run.json")
         if os.path.exists(run_manifest):
-            pca = json.load(open(run_manifest)).get("pca_file")
+            pca = _read_json(run_manifest).get("pca_file")
     fn = tf.saved_model.load(path).signatures["serving_default"]
     dim = int(info.get("feature_dim") or fn.structured_input_signature[1]["query"].shape[-1])
 
