@@ -26,8 +26,8 @@ import serving_helpers as H
 from serving import signature as sig
 from serving.client import make_request, open_channel, parse_response, predict
 from serving.export import export_model
-from serving.server import start_server
-from serving.validation import RequestLimits
+from serving.server import _fill_tensor_proto, start_server
+from serving.validation import InvalidRequest, RequestLimits, decode_inputs, validate_inputs
 
 LIMITS = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
 
@@ -188,6 +188,53 @@ def test_bad_request_is_refused_then_a_good_one_succeeds(served, case_id, mutate
     want = H.saved_model_outputs(os.path.join(base, "1"), arrays)
     np.testing.assert_array_equal(out["start"], want["start"])
     np.testing.assert_array_equal(out["end"], want["end"])
+
+
+# -- fast paths of request decoding and response encoding ----------------------------
+
+def _protos_of_every_kind(rng):
+    """Arrays as tf.make_tensor_proto packs them: tensor_content, int_val/float_val, other dtypes, empty."""
+    return [rng.standard_normal((2, 7, 5)).astype(np.float32), rng.integers(-9, 9, (3,), dtype=np.int32),
+            np.array([4], np.int32), np.float32(2.5), rng.standard_normal((2, 3)), np.zeros((1, 0, 5), np.float32),
+            rng.integers(0, 9, (2, 2)).astype(np.int64)]
+
+
+def test_decode_inputs_equals_make_ndarray_bit_for_bit():
+    rng = np.random.default_rng(3)
+    for value in _protos_of_every_kind(rng):
+        proto = tf.make_tensor_proto(value)
+        got, want = decode_inputs({"x": proto})["x"], tf.make_ndarray(proto)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+    proto = tf.make_tensor_proto(np.zeros((2, 3), np.float32))
+    proto.tensor_content = proto.tensor_content[:-4]
+    with pytest.raises(InvalidRequest, match="'query'.*TensorProto"):
+        decode_inputs({"query": proto})
+
+
+def test_output_protos_read_back_bit_for_bit():
+    rng = np.random.default_rng(4)
+    for value in _protos_of_every_kind(rng):
+        proto = type(tf.make_tensor_proto(0.0))()
+        _fill_tensor_proto(proto, value)
+        got = tf.make_ndarray(proto)
+        assert got.dtype == np.asarray(value).dtype and got.shape == np.shape(value)
+        assert got.tobytes() == np.asarray(value).tobytes()
+
+
+def test_finite_check_passes_huge_values_and_locates_nan_and_inf():
+    rng = np.random.default_rng(5)
+    arrays = H.random_batch(rng, lq=(5, 3), lr=(40, 23))
+    huge = {k: v.copy() for k, v in arrays.items()}
+    huge[sig.REFERENCE][:] = 3e38  # finite, but their float32 sum overflows
+    validate_inputs(huge, H.FEATURE_DIM, LIMITS)
+    for name in (sig.QUERY, sig.REFERENCE):
+        for bad in (np.nan, np.inf, -np.inf):
+            broken = {k: v.copy() for k, v in huge.items()}
+            row, step = int(rng.integers(broken[name].shape[0])), int(rng.integers(broken[name].shape[1]))
+            broken[name][row, step, int(rng.integers(H.FEATURE_DIM))] = bad
+            with pytest.raises(InvalidRequest, match=f"'{name}': NaN or Inf at row {row}, step {step}$"):
+                validate_inputs(broken, H.FEATURE_DIM, LIMITS)
 
 
 # -- versions -------------------------------------------------------------------------
