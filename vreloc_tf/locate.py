@@ -94,7 +94,9 @@ def _read_json(path: str) -> dict:
 def saved_model_matcher(base: str) -> Tuple[Callable, int, Optional[str], str]:
     import tensorflow as tf
 
-    versions = sorted(int(n) for n in os.listdir(base) if n.isdigit())
+    from serving.server import list_versions
+
+    versions = list_versions(base)  # complete SavedModels only, as a server sees them
     if not versions:
         raise LocateError(f"--model {base}: no exported versions (expected {base}/<version>/saved_model.pb)")
     path = os.path.join(base, str(versions[-1]))

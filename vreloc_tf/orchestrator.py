@@ -220,11 +220,12 @@ class PipelineRun:
                 log.warning("Pusher: the %s model is not blessed (val average %.1f <= frame-level %.1f); not pushed",
                             mode, blessing[mode]["val_average"], blessing[mode]["frame_level_val_average"])
                 continue
+            from serving.export import next_version
+
             base = f"{self.serving_base}_{mode}"
-            before = set(_versions(base))
-            vreloc(["export", "--model", self.run_dir(mode), "--out", base])
-            new = sorted(set(_versions(base)) - before)
-            pushed[mode] = {"base_path": base, "version": new[-1] if new else max(_versions(base))}
+            version = next_version(base)
+            vreloc(["export", "--model", self.run_dir(mode), "--out", base, "--version", str(version)])
+            pushed[mode] = {"base_path": base, "version": version}
         return {"pushed": pushed}
 
     # -- the engine ----------------------------------------------------------
@@ -354,12 +355,6 @@ def _read_json(path: str, default=...):
         return default
     with open(path) as fh:
         return json.load(fh)
-
-
-def _versions(base: str) -> List[int]:
-    if not os.path.isdir(base):
-        return []
-    return sorted(int(n) for n in os.listdir(base) if n.isdigit())
 
 
 def _demo_pair(data_dir: str, folder: str):
