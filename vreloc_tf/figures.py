@@ -14,11 +14,12 @@ PROBABILITY_COLORS = ("tab:green", "tab:red", "tab:blue", "tab:gray")
 
 
 def head_group_labels(head_groups: Sequence) -> List[Tuple[int, int, str]]:
-    """[(first head, last head exclusive, 'k=3 d=2'), ...] from the config's HeadGroup list."""
+    """[(first head, last head exclusive, 'k=3 d=2'), ...] from the model's (heads, kernel, dilation, filters)
+    groups (``vreloc_tf.model.head_groups``), in the order of the attention output."""
     out, start = [], 0
-    for g in head_groups:
-        out.append((start, start + g.heads, f"k={g.kernel_size} d={g.dilation}"))
-        start += g.heads
+    for heads, kernel, dilation, _ in head_groups:
+        out.append((start, start + heads, f"k={kernel} d={dilation}"))
+        start += heads
     return out
 
 

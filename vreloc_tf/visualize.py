@@ -22,6 +22,7 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     from vreloc_tf.figures import figure4
     from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
     from vreloc_tf.metrics import temporal_iou
+    from vreloc_tf.model import head_groups
     from vreloc_tf.run_dir import load_run
     from vreloc_tf.schema import feature_dim_of
 
@@ -41,8 +42,7 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     gt = (int(plan[0, 6]), int(plan[0, 7]))
     pred = (int(start[0]), int(end[0]))
     iou = float(temporal_iou(start, end, np.array([gt[0]]), np.array([gt[1]]))[0])
-    heads = cfg.model.heads if cfg.model.multiscale else [
-        type(g)(g.heads, 3, 1, g.filters) for g in cfg.model.heads]
+    heads = head_groups(cfg)  # the model's own head order (ablations and merged groups included)
     title = (f"{split} pair {pair}: query entry {pairs[pair]['query']}, reference entry {pairs[pair]['reference']} "
              f"({cfg.supervision} supervision)\npredicted [{pred[0]}, {pred[1]}), ground truth [{gt[0]}, {gt[1]}), "
              f"IoU {iou:.2f}")
