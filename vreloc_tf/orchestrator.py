@@ -132,6 +132,10 @@ class PipelineRun:
     def run_dir(self, mode: str) -> str:
         return os.path.join(self.stage_dir("trainer"), mode)
 
+    def stage_outputs(self, name: str) -> dict:
+        """The outputs a stage recorded in its stage.json ({} if it has not finished)."""
+        return _read_json(os.path.join(self.stage_dir(name), STAGE_FILE), {}).get("outputs") or {}
+
     @property
     def serving_base(self) -> str:
         return os.path.join(self.stage_dir("pusher"), "serving", self.model_name)
@@ -300,7 +304,7 @@ class PipelineRun:
 
     def serve_and_query(self) -> None:
         """Start the gRPC server on loopback, send one test pair with the stock client, stop the server."""
-        pushed = (_read_json(os.path.join(self.stage_dir("pusher"), STAGE_FILE), {}).get("outputs") or {}).get("pushed")
+        pushed = self.stage_outputs("pusher").get("pushed")
         if not pushed:
             print("[serve] no blessed model was pushed; nothing to serve")
             return
@@ -314,7 +318,8 @@ class PipelineRun:
 
     def _summary(self) -> None:
         print()
-        results = (_read_json(os.path.join(self.stage_dir("evaluator"), STAGE_FILE), {}).get("outputs") or {}).get("results")
+        evaluation = self.stage_outputs("evaluator")
+        results = evaluation.get("results")
         if results:
             from vreloc_tf.evaluate import format_table
 
@@ -322,7 +327,6 @@ class PipelineRun:
                 print(f"Results on {split} (mAP@1, %):")
                 print(format_table(results[split]))
                 print()
-        evaluation = (_read_json(os.path.join(self.stage_dir("evaluator"), STAGE_FILE), {}).get("outputs") or {})
         for mode, b in (evaluation.get("blessing") or {}).items():
             verdict = "blessed" if b["blessed"] else "NOT blessed"
             print(f"{mode} model: {verdict} (val average {b['val_average']:.1f} vs frame-level "
