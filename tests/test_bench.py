@@ -1,7 +1,8 @@
 """`vreloc bench`: parts run in their own processes and the report has every key the docs promise."""
 import json
 
-from vreloc_tf import bench, cli
+from vreloc import cli
+from vreloc_tf import bench
 
 PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "inference.p50_ms",
             "inference.p99_ms", "grpc.p50_ms", "grpc.p99_ms", "grpc.requests_per_s_8_clients", "latency_ms_by_lr",

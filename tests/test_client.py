@@ -10,7 +10,7 @@ import serving_helpers as H
 from serving import signature as sig
 from serving.client import make_request, predict, seconds
 from serving.server import start_server
-from vreloc_tf.cli import main as cli_main
+from vreloc.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")

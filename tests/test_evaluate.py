@@ -7,7 +7,7 @@ import pytest
 
 import reloc_fixtures as F
 from vreloc_tf import metrics, schema
-from vreloc_tf.cli import main as cli_main
+from vreloc.cli import main as cli_main
 from vreloc_tf.decoding import decode_full_np, decode_weak_np
 from vreloc_tf.evaluate import evaluate_run
 

@@ -9,8 +9,9 @@ import tensorflow as tf
 import serving_helpers as H
 from serving import export as export_mod
 from serving import signature as sig
-from serving.export import export_model, next_version
-from vreloc_tf.cli import main as cli_main
+from serving.export import export_model
+from serving.versions import next_version
+from vreloc.cli import main as cli_main
 from vreloc_tf.decoding import decode_full_np, decode_weak_np
 from vreloc_tf.run_dir import load_run
 

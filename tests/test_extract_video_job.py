@@ -268,7 +268,7 @@ def test_clear_errors_before_any_work(video_folder, tmp_path):
 
 
 def test_cli_help_and_weights_choice(capsys):
-    from vreloc_tf import cli
+    from vreloc import cli
 
     with pytest.raises(SystemExit):
         cli.build_parser("extract-video").parse_args(["extract-video", "--help"])

@@ -216,7 +216,7 @@ def test_runner_names_and_pass_through_options():
 
 
 def test_cli_passes_unknown_options_to_beam(capsys):
-    from vreloc_tf import cli
+    from vreloc import cli
 
     parser = cli.build_parser("ingest-activitynet")
     args = parser.parse_args(["ingest-activitynet", "--features", "f.h5", "--splits", "d", "--out", "o",

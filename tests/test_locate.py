@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.video import packaged_sample_video, read_frames, write_test_video
-from vreloc_tf import cli
+from vreloc import cli
 from vreloc_tf.locate import LocateError, locate, search, windows
 from vreloc_tf.metrics import temporal_iou
 

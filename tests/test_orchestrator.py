@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from vreloc_tf import cli
+from vreloc import cli
 
 FAST = ["--set", "train.steps=4", "--set", "train.validate_every=2", "--set", "train.checkpoint_every=2",
         "--set", "train.batch_size=8", "--set", "train.validation_pairs=16"]

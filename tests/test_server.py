@@ -379,7 +379,7 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vreloc_tf.cli", "-vv", "serve", "--model-base-path", base, "--port", "0",
+            [sys.executable, "-m", "vreloc", "-vv", "serve", "--model-base-path", base, "--port", "0",
              "--poll-interval", "0", "--grace", "60"],
             stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
     try:
@@ -476,7 +476,7 @@ def test_non_loopback_bind_needs_the_flag_and_warns(tmp_path, caplog):
 
 
 def test_serve_cli_refuses_bad_settings(tmp_path, capsys):
-    from vreloc_tf.cli import main as cli_main
+    from vreloc.cli import main as cli_main
 
     base = tmp_path / "m"
     base.mkdir()

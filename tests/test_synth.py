@@ -260,7 +260,7 @@ def test_frame_level_baseline_is_far_from_solving_it_segment_means_are_not(demo_
 
 
 def test_cli_synth(tmp_path, capsys):
-    from vreloc_tf import cli
+    from vreloc import cli
 
     assert cli.main(["synth", "--out", str(tmp_path / "s"), "--dim", "4", "--seed", "2"]) == 0
     assert "synth: wrote" in capsys.readouterr().out

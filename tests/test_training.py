@@ -190,7 +190,7 @@ def test_two_workers_train_under_multi_worker_mirrored_strategy(data_dir, tmp_pa
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "vreloc_tf.cli", "train", "--config", "tiny", "--data", data_dir,
+            [sys.executable, "-m", "vreloc", "train", "--config", "tiny", "--data", data_dir,
              "--out", str(tmp_path / f"w{index}"), "--steps", "4", "--set", "train.batch_size=8",
              "--set", "train.validate_every=2", "--set", "train.validation_pairs=8"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -94,7 +94,7 @@ def _read_json(path: str) -> dict:
 def saved_model_matcher(base: str) -> Tuple[Callable, int, Optional[str], str]:
     import tensorflow as tf
 
-    from serving.server import list_versions
+    from serving.versions import list_versions
 
     versions = list_versions(base)  # complete SavedModels only, as a server sees them
     if not versions:

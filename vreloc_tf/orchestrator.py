@@ -83,7 +83,7 @@ def _tree_fingerprint_file(path: str) -> str:
 
 def vreloc(args: List[str]) -> None:
     """Run one `vreloc` subcommand in process; a missing one raises StageNotBuilt."""
-    from vreloc_tf import cli
+    from vreloc import cli
 
     log.info("$ vreloc %s", " ".join(args))
     try:
@@ -224,7 +224,7 @@ class PipelineRun:
                 log.warning("Pusher: the %s model is not blessed (val average %.1f <= frame-level %.1f); not pushed",
                             mode, blessing[mode]["val_average"], blessing[mode]["frame_level_val_average"])
                 continue
-            from serving.export import next_version
+            from serving.versions import next_version
 
             base = f"{self.serving_base}_{mode}"
             version = next_version(base)
@@ -389,7 +389,7 @@ def _served(base_path: str, model_name: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "vreloc_tf.cli", "serve", "--model-base-path", base_path, "--model-name",
+    cmd = [sys.executable, "-m", "vreloc", "serve", "--model-base-path", base_path, "--model-name",
            model_name, "--port", str(port)]
     proc = subprocess.Popen(cmd)
     try:

@@ -1,0 +1,2 @@
+"""`vreloc serve` (transitional: the command still lives in serving.server)."""
+from serving.server import add_arguments, main  # noqa: F401

@@ -1,0 +1,50 @@
+"""Small file helpers every stage needs: read JSON or fail clearly, and write atomically.
+
+Why: a half-written manifest or run.json must never be read as a finished one (write
+to a temporary name, then rename), and a missing or corrupt JSON file must produce one
+line naming the file, not a traceback.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator
+
+from vreloc_tf.errors import InputError
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    """The parsed content of ``path``; InputError naming the file if it is missing or not valid JSON."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected a {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid {what} ({exc})") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"  # keeps the extension: some writers (keras .save) check it
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj: Any, indent: int = 2) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=indent, default=str)
+    return path
