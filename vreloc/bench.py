@@ -242,7 +242,8 @@ def format_report(r: dict) -> str:
         f"vreloc bench ({'quick' if r['quick'] else 'full'}; config {r['config']}; {r['cpus']} CPUs {r['machine']}; "
         f"{r['date']})",
         f"  dense matmul (yardstick)        {f(r['matmul_gflops'])} GFLOP/s",
-        f"  training, 1 device              {f(t['pairs_per_s'])} pairs/s  (batch 128, Lq 16, Lr 300; "
+        f"  training, 1 device              {f(t['pairs_per_s'])} pairs/s  (batch {SHAPES['batch_size']}, "
+        f"Lq {SHAPES['query_steps']}, Lr {SHAPES['reference_steps']}; "
         f"{f(t['gflop_per_pair'], '{:.2f}')} GFLOP/pair; {f(t['fraction_of_matmul'] and 100 * t['fraction_of_matmul'])}% "
         f"of matmul rate)",
         f"  training, 2 logical devices     {f(t['pairs_per_s_2_devices'])} pairs/s  (MirroredStrategy)",

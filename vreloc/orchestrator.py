@@ -44,7 +44,7 @@ from vreloc_tf.artifacts import Dataset, Export, Run
 from vreloc_tf.config import Config
 from vreloc_tf.contract import SUPERVISIONS as MODES
 from vreloc_tf.errors import InputError
-from vreloc_tf.files import read_json, write_json_atomic
+from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger("vreloc.pipeline")
 
@@ -158,7 +158,7 @@ def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) ->
                      for method in BASELINES})
         results[split] = rows
         save_results(rows, os.path.join(folder, f"results_{split}.json"))
-        with open(os.path.join(folder, f"table_{split}.txt"), "w") as fh:
+        with atomic_path(os.path.join(folder, f"table_{split}.txt")) as tmp, open(tmp, "w") as fh:
             fh.write(format_table(list(rows.values())) + "\n")
     yardstick = results["val"][BLESSING_YARDSTICK]["average"]
     blessing = {}
