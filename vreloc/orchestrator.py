@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ from vreloc_tf.artifacts import Dataset, Export, Run
 from vreloc_tf.config import Config
 from vreloc_tf.contract import SUPERVISIONS as MODES
 from vreloc_tf.errors import InputError
-from vreloc_tf.files import atomic_path, read_json, write_json_atomic
+from vreloc_tf.files import atomic_path, clear_folder, read_json, write_json_atomic
 
 log = logging.getLogger("vreloc.pipeline")
 
@@ -277,7 +276,7 @@ class PipelineRun:
             if previous and (previous.get("fingerprint") != fingerprint or index >= forced_from):
                 # New inputs (or --force): start clean, so no stale run folder, pair list or model is reused.
                 # The same inputs after an interrupted run keep their folder, so training resumes.
-                _clear(folder, keep=stage.keep)
+                clear_folder(folder, keep=stage.keep)
             print(f"[{stage.name}] running")
             start = time.time()
             outputs = stage.body(folder)
@@ -329,14 +328,6 @@ class PipelineRun:
             print(f"Figure 4 ({mode}): {path}")
         stages = ", ".join(f"{k}: {v}" for k, v in self.statuses.items())
         print(f"pipeline summary: {stages}; work folder {self.workdir}")
-
-
-def _clear(folder: str, keep=()) -> None:
-    for name in os.listdir(folder):
-        if name in keep:
-            continue
-        path = os.path.join(folder, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _demo_pair(dataset: Dataset):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from typing import Optional
 
@@ -27,14 +26,9 @@ from vreloc_tf.artifacts import (BACKUP_DIR, CHECKPOINT_DIR, CONFIG_FILE, LOG_DI
                                  RunManifest)
 from vreloc_tf.config import Config, load_config, save_config
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import clear_folder
 
 log = logging.getLogger(__name__)
-
-
-def _clear(folder: str) -> None:
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
 def prepare_run_folder(cfg: Config, out_dir: str, dataset: Dataset, overwrite: bool = False,
@@ -46,7 +40,7 @@ def prepare_run_folder(cfg: Config, out_dir: str, dataset: Dataset, overwrite: b
     """
     if overwrite and write and os.path.isdir(out_dir):
         log.warning("--overwrite: clearing %s", out_dir)
-        _clear(out_dir)
+        clear_folder(out_dir)
     retry = "choose a new --out, or --overwrite to start the folder clean"
     if os.path.exists(os.path.join(out_dir, MANIFEST_FILE)):
         previous = RunManifest.read(out_dir)
