@@ -1,122 +1,15 @@
 """``vreloc synth``: a synthetic dataset in the exact on-disk format of the real benchmark.
 
-Why: the demo and the tests must go through the same ingest path that the real
-ActivityNet C3D file takes, without anyone downloading several GB. So this
-module writes ``OUT/sub_activitynet_v1-3.c3d.hdf5`` (group ``v_<id>`` holding
-dataset ``c3d_features``, float32 ``[rows, D]``, one row per 8 frames) and
-``OUT/train.json``, ``val.json``, ``test.json`` in Feng et al.'s schema, plus
-``OUT/length.json`` (``n_frames``, ``n_feat``) with the same meaning as the
-benchmark's.
-
-Geometry
---------
-* With ``--lengths FILE --splits DIR`` (the files in
-  ``../shared/data/activitynet_reloc/``) the split JSONs are copied entry for
-  entry and every referenced video gets exactly ``rows = 2 * n_feat`` HDF5 rows
-  (``n_feat`` from ``length.json``), so that ``rows[::2]`` has ``n_feat`` rows:
-  ``n_feat`` is ``n_frames // 16`` for 98% of videos (the number of
-  non-overlapping 16-frame features) and every benchmark window ends at or
-  before it (the largest ``location[1]`` equals ``n_feat`` for some videos).
-  The odd rows (the features offset by 8 frames that ``[::2]`` drops) are the
-  mean of their two even neighbours, as overlapping C3D windows would be.
-  At D = 500 this is 781,922 features, about 3.1 GB.
-* Without them a small dataset of its own is made (the demo's default),
-  distributed like the real splits but skewed shorter so that the demo trains
-  in minutes on 2 CPU cores: 40 / 10 / 10 disjoint train / val / test classes,
-  5 videos per class, 1-3 action instances per video (all of the video's
-  class), video lengths log-normal (median 48 features, at most 400),
-  instance lengths log-normal (median 11, 2..32). One entry per instance; its
-  window follows Feng's rule, reaching from the last feature of the previous
-  instance to the first feature of the next one (the video's ends otherwise),
-  then cut to at most 300 features around the instance. With seed 0 that is
-  308 / 72 / 70 train / val / test entries, windows of median 35 and at most
-  209 features.
-
-Feature model (documented because the difficulty is a design decision)
---------------------------------------------------------------------
-A random orthonormal basis fixes an *activity* subspace A (D/2 dims, the same
-for every class). One subsampled feature (one 16-frame clip) is
-
-    x_t = g + s_v + U_A a_t + j_t + e_t
-
-* ``g`` (norm 0.8), a component shared by every clip of every video: fc7
-  activations are non-negative ReLU outputs, so real C3D features share a
-  mean direction that a cosine sees in every pair of clips;
-* ``s_v`` (norm 0.3), the video's scene/appearance: one random direction per
-  video, constant over the video, so it says nothing about *which* clips are
-  the action (and, not being shared across videos, it cannot make a query
-  look like the background of another video);
-* ``a_t`` the activity, in A. Inside an instance of class c: the class
-  signature moving from its start pose to its end pose (two unit vectors per
-  class with cosine 0.9, fixed by the seed and the label, plus a
-  per-instance jitter), amplitude 1.5 (x U(0.85, 1.15)); sharp edges. In the
-  background: "other activity" episodes of 3-20 features (one per 25
-  features on average, never over an instance or its edge features) of 30
-  *distractor* classes (labels in no split), amplitude 1.0. Quiet
-  background clips have no activity;
-* ``j_t`` clip-grid jitter, on moving clips only (instances and episodes),
-  norm 4.0 per clip (far above the signal): the difference of a white
-  process, j_t = (w_{t+1} - w_t) * 4 / sqrt(2D). Why: a movement's motion
-  energy falls partly into one 16-frame clip and partly into the next,
-  depending on where the clip grid cuts it, so what one clip over-reports
-  its neighbour under-reports; over a contiguous run of moving clips the
-  jitter telescopes to (w_end - w_start) / length, i.e. a *segment's mean*
-  is almost clean while every *single clip* is dominated by jitter;
-* ``e_t`` white sensor noise on every clip, norm 0.2.
-
-Why this makes the benchmark behave like the paper's (Table 2: weak 20.7,
-frame-level 9.9, random 7.3 on real C3D):
-
-* Segment means carry the weak signal. The co-attention loss (Eqs. 13-18)
-  compares means of raw features: the mean query feature is
-  ~ g + s_A + class signature, the mean of the reference's action ~ g + s_B
-  + the same signature (jitter cancelled), the mean of its background ~
-  g + s_B + a little other activity. With one-hot ground-truth
-  probabilities the loss is clearly lower than with the inverted mask
-  (seed 0, D = 32, the evaluation's pairs: 0.39 vs 0.54 on val, 0.41 vs 0.54 on
-  test; 0.40-0.41 vs 0.54 with seeds 1 and 2 and the tests' pairs; the
-  ground truth is lower on every pair; the previous model of shared scene prototypes gave 0.5645 vs
-  0.5674, no signal).
-* The frame-level baseline (per-clip cosine of L2-normalised features, a
-  window of the query's length) is fooled clip by clip: a moving clip is
-  dominated by its jitter, so its cosine to the query is low, while a quiet
-  background clip (~ g + s_B) has a steady cosine through the shared ``g``;
-  normalising each clip before averaging is exactly what keeps the jitter
-  from cancelling. On top, query and reference lengths are independent
-  within a class (log-normal, median 11), so even a well-placed window of
-  the query's length has a poor IoU.
-* A trained model can do what the baseline cannot: average moving clips
-  over runs (the jitter cancels), discount the shared ``g``, and compare
-  activities in A with the query's. Nothing class-specific is needed: the
-  layout is the same for unseen classes. The segment that minimizes the
-  one-hot co-attention loss over all segments of the raw features already
-  scores mAP@1 ~0.5-0.59 where the frame-level baseline scores 0.11-0.16
-  (seeds 0-2, val and test, the tests' pairs).
-* Temporal smoothness: the clean part is smooth (constant scene, poses
-  moving slowly, episodes of several clips); only the jitter is not. The
-  odd HDF5 rows (dropped by ``[::2]``) average their neighbours.
-
-Measured end to end (``--dim 32``, configs/tiny.yaml, 1000 steps, about
-40 s of training per model on 2 shared cores; the pair lists of
-``vreloc evaluate``), mAP@1 average:
-
-    data seed  split  full  weak  prior  frame-level  random
-    0          test   58.6  30.6  14.6    9.4         10.6
-    0          val    59.4  35.3  13.6   19.2          7.8
-    1          test   64.1  26.8  13.2   12.6         10.4
-    1          val    71.5  44.8   9.6    9.1          7.7
-
-The weak model peaks early (its best validation checkpoint is at step 100
-for both seeds) and then shrinks its predicted segments (p3 sharpens, so
-the run above the mean p3 gets shorter): a property of the loss and the
-decoding rule rather than of this data (it happened just as much in a
-variant of this model with almost no clip noise, norm 0.3).
+Why: the demo and the tests must go through the same ingest path as the real ActivityNet
+C3D file (an HDF5 file of C3D rows every 8 frames, and Feng et al.'s split JSONs), without
+a multi-GB download. The geometry is either the benchmark's own (``lengths`` and
+``splits_dir``) or a small one for the demo; the features follow a model of C3D features
+in which only a trained model, not a per-clip cosine, finds the action. docs/DATA.md
+documents what each component of that model stands for, why, and what it measures.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -124,16 +17,18 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vreloc_tf.contract import FRAMES_PER_FEATURE, MAX_GROUNDTRUTH, MAX_WINDOW
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path, read_json, write_json_atomic
+
 LOG = logging.getLogger(__name__)
 
 HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
 DATASET_NAME = "c3d_features"
 SPLIT_NAMES = ("train", "val", "test")
-FRAMES_PER_ROW = 8  # the ActivityNet file has one row every 8 frames
-MAX_WINDOW = 300
-MAX_GROUNDTRUTH = 32
+DEFAULT_DIM = 500  # the paper's feature dim (C3D fc7 after PCA); the demo writes 32
 
-# The feature model's components (see the module docstring for what each stands for and why).
+# The feature model's components (docs/DATA.md: what each stands for and why).
 COMMON_NORM = 0.8  # component shared by every clip
 SCENE_NORM = 0.3  # per-video appearance
 ACTION_NORM = 1.5  # class signature inside an instance
@@ -172,7 +67,7 @@ def feng_window(instances: List[Tuple[int, int]], i: int, n_feat: int) -> Tuple[
     """Feng's window of instance ``i`` among a video's sorted instances.
 
     From the last feature of the previous instance to the first feature of the
-    next one (the video's ends otherwise), cut to at most 300 features
+    next one (the video's ends otherwise), cut to at most MAX_WINDOW features
     around the instance (centered, shifted back inside the window's bounds).
     """
     s, e = instances[i]
@@ -210,7 +105,7 @@ def default_geometry(rng: np.random.Generator, n_classes=(40, 10, 10), videos_pe
                     spans.append((pos, pos + int(lengths[k])))
                     pos += int(lengths[k]) + 1 + int(gaps[k + 1])
                 n_feat[vid] = n
-                n_frames[vid] = 16 * n + int(rng.integers(0, 16))
+                n_frames[vid] = FRAMES_PER_FEATURE * n + int(rng.integers(0, FRAMES_PER_FEATURE))
                 instances[vid] = [Instance(label, s, e) for s, e in spans]
                 for i, (s, e) in enumerate(spans):
                     lo, hi = feng_window(spans, i, n)
@@ -221,28 +116,26 @@ def default_geometry(rng: np.random.Generator, n_classes=(40, 10, 10), videos_pe
 
 def real_geometry(lengths_file: str, splits_dir: str) -> Geometry:
     """The benchmark's geometry: its split entries and, per video, ``n_feat`` from ``length.json``."""
-    with open(lengths_file) as fh:
-        lengths = json.load(fh)
+    lengths = read_json(lengths_file, "length.json")
     splits: Dict[str, List[dict]] = {}
     n_feat: Dict[str, int] = {}
     n_frames: Dict[str, int] = {}
     instances: Dict[str, List[Instance]] = {}
     for split in SPLIT_NAMES:
         path = os.path.join(splits_dir, f"{split}.json")
-        with open(path) as fh:
-            entries = json.load(fh)
+        entries = read_json(path, "split file")
         splits[split] = entries
         for k, entry in enumerate(entries):
             vid = entry["id"]
             if vid not in lengths:
-                raise ValueError(f"{path}: entry {k} (video {vid}) is not in {lengths_file}")
+                raise InputError(f"{path}: entry {k} (video {vid}) is not in {lengths_file}")
             n = int(lengths[vid]["n_feat"])
             lo, hi = (int(v) for v in entry["location"])
             if hi > n:
-                raise ValueError(f"{path}: entry {k} (video {vid}) has location {[lo, hi]} past n_feat={n} "
+                raise InputError(f"{path}: entry {k} (video {vid}) has location {[lo, hi]} past n_feat={n} "
                                  f"in {lengths_file}")
             n_feat[vid] = n
-            n_frames[vid] = int(lengths[vid].get("n_frames", 16 * n))
+            n_frames[vid] = int(lengths[vid].get("n_frames", FRAMES_PER_FEATURE * n))
             g0, g1 = (int(v) for v in entry["groundtruth"])
             inst = Instance(int(entry["label"]), lo + g0, lo + g1)
             if inst not in instances.setdefault(vid, []):
@@ -258,7 +151,7 @@ class FeatureModel:
 
     def __init__(self, seed: int, dim: int):
         if dim < 2:
-            raise ValueError(f"--dim must be at least 2, got {dim}")
+            raise InputError(f"--dim must be at least 2, got {dim}")
         self.seed, self.dim = seed, dim
         rng = np.random.default_rng([seed, 7919])
         basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
@@ -331,13 +224,13 @@ def interleave_rows(subsampled: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def generate(out_dir: str, seed: int = 0, dim: int = 500, lengths: Optional[str] = None,
+def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optional[str] = None,
              splits_dir: Optional[str] = None) -> Dict[str, object]:
     """Write the HDF5 file, the split JSONs and length.json; return a summary dict."""
     import h5py
 
     if (lengths is None) != (splits_dir is None):
-        raise ValueError("--lengths and --splits go together (the benchmark's length.json and its split folder)")
+        raise InputError("--lengths and --splits go together (the benchmark's length.json and its split folder)")
     t0 = time.time()
     if lengths is not None:
         geometry = real_geometry(lengths, splits_dir)
@@ -346,9 +239,8 @@ def generate(out_dir: str, seed: int = 0, dim: int = 500, lengths: Optional[str]
     model = FeatureModel(seed, dim)
     os.makedirs(out_dir, exist_ok=True)
     h5_path = os.path.join(out_dir, HDF5_NAME)
-    tmp_path = h5_path + ".tmp"
     n_rows = 0
-    with h5py.File(tmp_path, "w") as h5:
+    with atomic_path(h5_path) as tmp_path, h5py.File(tmp_path, "w") as h5:
         for k, vid in enumerate(sorted(geometry.n_feat)):
             feats = model.video(k, geometry.n_feat[vid], geometry.instances.get(vid, []))
             rows = interleave_rows(feats)
@@ -356,42 +248,14 @@ def generate(out_dir: str, seed: int = 0, dim: int = 500, lengths: Optional[str]
             n_rows += rows.shape[0]
             if (k + 1) % 500 == 0:
                 LOG.info("synth: %d / %d videos", k + 1, len(geometry.n_feat))
-    os.replace(tmp_path, h5_path)
     for split, entries in geometry.splits.items():
-        _write_json(os.path.join(out_dir, f"{split}.json"), entries)
-    _write_json(os.path.join(out_dir, "length.json"),
-                {vid: {"n_frames": geometry.n_frames.get(vid, 16 * n), "n_feat": n}
-                 for vid, n in sorted(geometry.n_feat.items())})
+        write_json_atomic(os.path.join(out_dir, f"{split}.json"), entries, indent=None)
+    write_json_atomic(os.path.join(out_dir, "length.json"),
+                      {vid: {"n_frames": geometry.n_frames.get(vid, FRAMES_PER_FEATURE * n), "n_feat": n}
+                       for vid, n in sorted(geometry.n_feat.items())}, indent=None)
     summary = {
         "out": out_dir, "hdf5": h5_path, "dim": dim, "seed": seed, "videos": len(geometry.n_feat),
         "rows": n_rows, "entries": {s: len(e) for s, e in geometry.splits.items()},
         "geometry": "benchmark" if lengths else "default", "seconds": round(time.time() - t0, 1),
     }
     return summary
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (HDF5 + train/val/test.json + length.json)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dim", type=int, default=500, help="feature dim D (default 500; the demo uses 32)")
-    parser.add_argument("--lengths", default=None,
-                        help="the benchmark's length.json: reproduce its split geometry exactly (with --splits)")
-    parser.add_argument("--splits", default=None, help="folder with the benchmark's train/val/test.json")
-
-
-def main(args: argparse.Namespace) -> int:
-    summary = generate(args.out, seed=args.seed, dim=args.dim, lengths=args.lengths, splits_dir=args.splits)
-    print(f"synth: wrote {summary['videos']} videos ({summary['rows']} rows, D={summary['dim']}) to "
-          f"{summary['hdf5']}; entries {summary['entries']} ({summary['geometry']} geometry) "
-          f"in {summary['seconds']} s")
-    return 0

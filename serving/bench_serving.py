@@ -33,19 +33,15 @@ def _percentiles(seconds) -> Dict[str, float]:
 def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] = None) -> str:
     """A run folder with a freshly built (untrained) model of ``config`` and its export; the version path."""
     from serving.export import export_model
-    from vreloc_tf.config import load_config, save_config
+    from vreloc_tf.artifacts import Run, RunManifest
+    from vreloc_tf.config import load_config
     from vreloc_tf.model import build_model
-    from vreloc_tf.run_dir import CONFIG_FILE, MODEL_FILE, RunManifest, write_run_manifest
 
     cfg = load_config(config)
     feature_dim = feature_dim or cfg.data.feature_dim
-    run_dir = os.path.join(workdir, "run")
-    os.makedirs(run_dir, exist_ok=True)
-    build_model(cfg, feature_dim).save(os.path.join(run_dir, MODEL_FILE))
-    save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
-    write_run_manifest(run_dir, RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim,
-                                            supervision=cfg.supervision, frames_per_feature=cfg.data.frames_per_feature))
-    return export_model(run_dir, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME)).path
+    manifest = RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim, supervision=cfg.supervision)
+    run = Run.create(os.path.join(workdir, "run"), cfg, manifest, model=build_model(cfg, feature_dim))
+    return export_model(run.path, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME)).path
 
 
 def random_pair(feature_dim: int, lq: int = 16, lr: int = 300, seed: int = 0):

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-import reloc_fixtures as F
+from helpers import records as F
 from vreloc_tf import schema
 from vreloc_tf.config import load_config
 from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, load_index, weak_role

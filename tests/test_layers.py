@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-import reference_numpy as ref
+from helpers import reference_numpy as ref
 from vreloc_tf.layers import (EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention,
                               SequenceMask, merge_head_groups, sequence_mask)
 

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-import reference_numpy as ref
+from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
 from vreloc_tf.losses import coattention_loss, cosine_similarity, total_loss, weighted_cross_entropy
 

@@ -21,10 +21,13 @@ from typing import Any, List, Literal, Optional, Sequence
 
 import yaml
 
+from vreloc_tf import contract
+from vreloc_tf.errors import InputError
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file or override is wrong; the message names the key and the source."""
 
 
@@ -45,13 +48,14 @@ def _table1_heads() -> List[HeadGroup]:
 
 @dataclass
 class DataConfig:
-    feature_dim: int = 500  # d_f = d_q = d_r = 500 after PCA (Implementation Details)
-    frames_per_feature: int = 16  # one C3D feature per 16 frames, no overlap (Implementation Details)
-    max_window: int = 300  # reference windows cut to at most 300 features (Feng et al. 2018 splits)
-    max_query: int = 32  # ground-truth segments are at most 32 features (Feng et al. 2018 splits)
+    # The feature dim the model expects (d_f = d_q = d_r = 500 after PCA, Implementation Details).
+    # The data decides: null = whatever the data folder holds; a number is checked against the
+    # data's manifest (see vreloc_tf.artifacts.Dataset.check_feature_dim).
+    feature_dim: Optional[int] = 500
+    # Reference window of `vreloc locate` on long videos (the splits cut windows to 300 features).
+    max_window: int = contract.MAX_WINDOW
     crop_probability: float = 0.9  # reference cropped around its ground truth (Feng et al.'s code)
     weak_query_fraction: float = 0.5  # share of train source videos that give weak queries (Dataset section)
-    shuffle_buffer: int = 2048
 
 
 @dataclass
@@ -92,8 +96,15 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    full_max_length: Optional[int] = 64  # 1,024 frames / 16 frames per feature (Implementation Details)
+    # 1,024 frames / 16 frames per feature = 64 (Implementation Details)
+    full_max_length: Optional[int] = contract.FULL_DECODE_MAX_FRAMES // contract.FRAMES_PER_FEATURE
     weak_max_length: Optional[int] = None  # not limited for weak supervision (Implementation Details)
+
+    def max_length(self, mode: str) -> Optional[int]:
+        """The segment-length limit of decoding rule ``mode`` ('full' | 'weak'); None = unlimited."""
+        if mode not in contract.SUPERVISIONS:
+            raise ConfigError(f"decode mode must be one of {', '.join(contract.SUPERVISIONS)}, got {mode!r}")
+        return self.full_max_length if mode == "full" else self.weak_max_length
 
 
 @dataclass
@@ -110,7 +121,7 @@ class Config:
     @property
     def decode_max_length(self) -> Optional[int]:
         """The segment-length limit of the decoding rule of this training mode."""
-        return self.decode.full_max_length if self.supervision == "full" else self.decode.weak_max_length
+        return self.decode.max_length(self.supervision)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -266,5 +277,8 @@ def resolve_config_path(path: str) -> str:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(cfg.to_yaml())
+    from vreloc_tf.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(cfg.to_yaml())

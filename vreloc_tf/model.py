@@ -4,7 +4,7 @@
                                   H^r --Eq.9 self-attention-------> H^satt [B, Lr, h*d_k]
     concat -> dropout -> BiLSTM(d_h) -> dropout -> LSTM(d_l) -> Dense(4) -> softmax (Eqs. 10-12)
 
-Inputs and outputs follow the shared contract (docs in ``common.md`` / README):
+Inputs and outputs (the serving signature, serving/signature.py, exposes the same names):
 inputs ``query`` [B, Lq, D], ``query_length`` [B], ``reference`` [B, Lr, D],
 ``reference_length`` [B]; outputs ``probabilities`` [B, Lr, 4] (start, end, action,
 background), ``attention`` [B, Lr, k] and ``self_attention`` [B, Lr, h*d_k] — a
@@ -28,7 +28,6 @@ from vreloc_tf.layers import (  # noqa: F401  (imported to register them for loa
 
 INPUT_NAMES = ("query", "query_length", "reference", "reference_length")
 OUTPUT_NAMES = ("probabilities", "attention", "self_attention")
-CLASS_NAMES = ("start", "end", "action", "background")
 
 
 def head_groups(cfg: Config) -> List[Tuple[int, int, int, int]]:
