@@ -3,9 +3,10 @@
 Why: the demo and the tests must go through the same ingest path as the real ActivityNet
 C3D file (an HDF5 file of C3D rows every 8 frames, and Feng et al.'s split JSONs), without
 a multi-GB download. The geometry is either the benchmark's own (``lengths`` and
-``splits_dir``) or a small one for the demo; the features follow a model of C3D features
-in which only a trained model, not a per-clip cosine, finds the action. docs/DATA.md
-documents what each component of that model stands for, why, and what it measures.
+``splits_dir``) or one of its own (``GEOMETRIES``); the features come from one of several
+structurally different feature families (:mod:`pipeline.families`), so that a quality claim
+can be checked on data the model was not tuned to. docs/DATA.md documents each family and
+each geometry in one place.
 """
 from __future__ import annotations
 
@@ -27,19 +28,7 @@ HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
 DATASET_NAME = "c3d_features"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_DIM = 500  # the paper's feature dim (C3D fc7 after PCA); the demo writes 32
-
-# The feature model's components (docs/DATA.md: what each stands for and why).
-COMMON_NORM = 0.8  # component shared by every clip
-SCENE_NORM = 0.3  # per-video appearance
-ACTION_NORM = 1.5  # class signature inside an instance
-POSE_CORRELATION = 0.9  # cosine between a class's start and end poses
-SIGNATURE_JITTER = 0.3  # per-instance deviation from the class's poses
-DISTRACTOR_NORM = 1.0  # other activity in the background
-N_DISTRACTOR_CLASSES = 30
-MEAN_GAP_BETWEEN_EPISODES = 25.0  # one other-activity episode per 25 features on average
-JITTER_NORM = 4.0  # per-clip jitter on moving clips (norm of one feature's jitter)
-SENSOR_NOISE_NORM = 0.2  # white noise on every clip
-
+DEFAULT_FAMILY = "demo"
 
 @dataclasses.dataclass
 class Instance:
@@ -82,19 +71,38 @@ def feng_window(instances: List[Tuple[int, int]], i: int, n_feat: int) -> Tuple[
     return lo, hi
 
 
-def default_geometry(rng: np.random.Generator, n_classes=(40, 10, 10), videos_per_class: int = 5) -> Geometry:
-    """A small dataset of its own (see the module docstring for the distributions)."""
+# Geometry of `vreloc synth` without --lengths (docs/DATA.md): classes and videos per class of
+# train / val / test, so that the test split gives >= 500 pairs (one pair moves a number by
+# 100/N points) and the train split over a thousand entries.
+GEOMETRIES = {
+    "default": {"classes": (80, 20, 20), "videos": (10, 10, 18)},
+    # a train split as small as the first demo's (40 classes x 5 videos): the hard regime
+    "small-train": {"classes": (40, 20, 20), "videos": (5, 10, 18)},
+}
+VIDEO_LENGTHS = (40, 200)  # features per video, log-uniform
+ACTION_LENGTHS = (4, MAX_GROUNDTRUTH)  # features per action instance, log-uniform
+
+
+def synthetic_geometry(rng: np.random.Generator, classes=(80, 20, 20), videos=(10, 10, 18),
+                       video_lengths=VIDEO_LENGTHS, action_lengths=ACTION_LENGTHS) -> Geometry:
+    """A geometry of its own: disjoint classes per split, 1-3 action instances per video.
+
+    Videos of ``video_lengths`` features and instances of ``action_lengths`` features (both
+    log-uniform), placed at random without overlap; one entry per instance, whose window
+    follows Feng's rule (:func:`feng_window`). Labels of different splits never coincide.
+    """
     n_feat, instances, n_frames = {}, {}, {}
     splits: Dict[str, List[dict]] = {s: [] for s in SPLIT_NAMES}
     label = 1000
-    for split, n_cls in zip(SPLIT_NAMES, n_classes):
+    log_video, log_action = np.log(video_lengths), np.log([action_lengths[0], action_lengths[1] + 0.99])
+    for split, n_cls, n_vid in zip(SPLIT_NAMES, classes, videos):
         for _ in range(n_cls):
             label += 1
-            for _ in range(videos_per_class):
+            for _ in range(n_vid):
                 vid = f"syn{len(n_feat):06d}"
                 n_inst = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
-                lengths = np.clip(np.round(rng.lognormal(np.log(11.0), 0.55, n_inst)), 2, MAX_GROUNDTRUTH).astype(int)
-                n = int(np.clip(np.round(rng.lognormal(np.log(48.0), 0.6)), 8, 400))
+                lengths = np.clip(np.exp(rng.uniform(*log_action, n_inst)).astype(int), *action_lengths)
+                n = int(np.round(np.exp(rng.uniform(*log_video))))
                 n = max(n, int(lengths.sum()) + 2 * n_inst + 4)
                 # Random non-overlapping placement: the free space goes to n_inst + 1 gaps
                 # (at least one feature between two instances).
@@ -146,71 +154,6 @@ def real_geometry(lengths_file: str, splits_dir: str) -> Geometry:
 # --------------------------------------------------------------------------- features
 
 
-class FeatureModel:
-    """The generator's feature model (module docstring); deterministic given (seed, dim)."""
-
-    def __init__(self, seed: int, dim: int):
-        if dim < 2:
-            raise InputError(f"--dim must be at least 2, got {dim}")
-        self.seed, self.dim = seed, dim
-        rng = np.random.default_rng([seed, 7919])
-        basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-        self.action_dim = max(1, dim // 2)
-        self.u_action = basis[:, : self.action_dim].T.astype(np.float32)  # [dA, D]: where activities live
-        self.common = _unit_rows(rng.standard_normal((1, dim)))[0] * COMMON_NORM  # [D], shared by every clip
-        self._signatures: Dict[int, np.ndarray] = {}
-
-    def signature(self, label: int) -> np.ndarray:
-        """The class's [2, dA] start and end poses (unit vectors, cosine ~POSE_CORRELATION), fixed by seed and label."""
-        if label not in self._signatures:
-            rng = np.random.default_rng([self.seed, 104729, int(label) & 0x7FFFFFFF])
-            poses = _unit_rows(rng.standard_normal((2, self.action_dim)))
-            poses[1] = POSE_CORRELATION * poses[0] + np.sqrt(1.0 - POSE_CORRELATION ** 2) * poses[1]
-            self._signatures[label] = _unit_rows(poses)
-        return self._signatures[label]
-
-    def video(self, vid_index: int, n: int, instances: List[Instance]) -> np.ndarray:
-        """Subsampled features [n, D] float32 of one video."""
-        rng = np.random.default_rng([self.seed, 31337, vid_index])
-        d_a, dim = self.action_dim, self.dim
-        activity = np.zeros((n, d_a), np.float32)
-        motion = np.zeros(n, np.float32)  # 1 on clips with movement (actions and other activity)
-        occupied = np.zeros(n, bool)
-        for inst in instances:
-            s, e = max(0, inst.start), min(n, inst.end)
-            if e <= s:
-                continue
-            sig = self.signature(inst.label) + (SIGNATURE_JITTER / np.sqrt(d_a)) * rng.standard_normal((2, d_a))
-            sig = _unit_rows(sig) * ACTION_NORM * rng.uniform(0.85, 1.15)
-            w = np.linspace(0.0, 1.0, e - s, dtype=np.float32)[:, None]
-            activity[s:e] += (1 - w) * sig[0] + w * sig[1]
-            motion[s:e] = 1.0
-            occupied[max(0, s - 1):min(n, e + 1)] = True
-        # Other activity in the background: distractor classes, never a split's class.
-        for _ in range(rng.poisson(n / MEAN_GAP_BETWEEN_EPISODES)):
-            length = int(rng.integers(3, 21))
-            start = int(rng.integers(0, max(1, n - length + 1)))
-            span = np.arange(start, min(n, start + length))
-            span = span[~occupied[span]]
-            if span.size == 0:
-                continue
-            sig = self.signature(-1 - int(rng.integers(0, N_DISTRACTOR_CLASSES)))
-            activity[span] += DISTRACTOR_NORM * sig[0]
-            motion[span] = 1.0
-        scene = _unit_rows(rng.standard_normal((1, dim)))[0] * SCENE_NORM
-        # Clip-grid jitter on moving clips: differences of a white process, so it cancels
-        # over any contiguous run of moving clips (see the module docstring).
-        white = rng.standard_normal((n + 1, dim)).astype(np.float32)
-        jitter = (white[1:] - white[:-1]) * (JITTER_NORM / np.sqrt(2 * dim)) * motion[:, None]
-        sensor = rng.standard_normal((n, dim)).astype(np.float32) * (SENSOR_NOISE_NORM / np.sqrt(dim))
-        return (self.common + scene + activity @ self.u_action + jitter + sensor).astype(np.float32)
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def interleave_rows(subsampled: np.ndarray) -> np.ndarray:
     """HDF5 rows [2n, D] whose ``[::2]`` is ``subsampled``; odd rows average their neighbours."""
     n = subsampled.shape[0]
@@ -225,18 +168,29 @@ def interleave_rows(subsampled: np.ndarray) -> np.ndarray:
 
 
 def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optional[str] = None,
-             splits_dir: Optional[str] = None) -> Dict[str, object]:
-    """Write the HDF5 file, the split JSONs and length.json; return a summary dict."""
+             splits_dir: Optional[str] = None, family: str = DEFAULT_FAMILY,
+             geometry: str = "default") -> Dict[str, object]:
+    """Write the HDF5 file, the split JSONs and length.json; return a summary dict.
+
+    ``family``: the feature model (pipeline.families); ``geometry``: a key of GEOMETRIES,
+    unless ``lengths`` and ``splits_dir`` give the benchmark's own geometry.
+    """
     import h5py
+
+    from pipeline.families import make_family
 
     if (lengths is None) != (splits_dir is None):
         raise InputError("--lengths and --splits go together (the benchmark's length.json and its split folder)")
     t0 = time.time()
+    model = make_family(family, seed, dim)
+    geometry_name = "benchmark" if lengths is not None else geometry
     if lengths is not None:
         geometry = real_geometry(lengths, splits_dir)
+    elif geometry in GEOMETRIES:
+        geometry = synthetic_geometry(np.random.default_rng([seed, 1]), **GEOMETRIES[geometry])
     else:
-        geometry = default_geometry(np.random.default_rng([seed, 1]))
-    model = FeatureModel(seed, dim)
+        raise InputError(f"--geometry {geometry!r}: unknown; choose one of {', '.join(GEOMETRIES)} "
+                         f"(or --lengths/--splits for the benchmark's)")
     os.makedirs(out_dir, exist_ok=True)
     h5_path = os.path.join(out_dir, HDF5_NAME)
     n_rows = 0
@@ -256,6 +210,6 @@ def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optio
     summary = {
         "out": out_dir, "hdf5": h5_path, "dim": dim, "seed": seed, "videos": len(geometry.n_feat),
         "rows": n_rows, "entries": {s: len(e) for s, e in geometry.splits.items()},
-        "geometry": "benchmark" if lengths else "default", "seconds": round(time.time() - t0, 1),
+        "family": family, "geometry": geometry_name, "seconds": round(time.time() - t0, 1),
     }
     return summary

@@ -7,7 +7,7 @@ import pytest
 from vreloc import cli
 
 EXPECTED = ["synth", "ingest-activitynet", "extract-video", "train", "evaluate", "baseline", "export",
-            "serve", "query", "locate", "visualize", "pipeline", "bench"]
+            "serve", "query", "locate", "visualize", "pipeline", "bench", "quality"]
 
 
 def test_help_lists_every_subcommand():

@@ -24,11 +24,19 @@ def test_paper_full_has_the_papers_settings():
     assert cfg.decode_max_length == 64
 
 
-def test_paper_weak_differs_only_in_supervision():
+def test_paper_weak_differs_only_in_supervision_and_its_objective():
     full, weak = load_config("paper_full"), load_config("paper_weak")
-    assert weak.supervision == "weak" and weak.decode_max_length is None
-    weak.supervision = "full"
+    assert weak.supervision == "weak" and weak.loss.weak_variant == "paper"
+    assert weak.decode_rule == "weak" and weak.decode_max_length is None
+    assert weak.selection_rule == "label_free" and full.selection_rule == "val_map"
+    weak.supervision, weak.loss.weak_variant = "full", "ours"
     assert weak.to_dict() == full.to_dict()
+
+
+def test_weak_ours_decodes_with_eq20_and_paper_models_have_no_similarity_features():
+    ours = load_config("paper_full", ["supervision=weak"])
+    assert ours.loss.weak_variant == "ours" and ours.decode_rule == "full" and ours.decode_max_length == 64
+    assert not Config().model.similarity_features and load_config("tiny").model.similarity_features
 
 
 def test_paper_files_equal_the_dataclass_defaults():

@@ -118,7 +118,7 @@ def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_pat
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step-000006.keras", "step-000012.keras"]
     assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(out, "logs")) for f in fs)
     assert model.input["query"].shape[-1] == DIM
-    assert "trained 12 steps in" in stdout and f"at step {manifest.best_step}" in stdout
+    assert "trained 12 steps in" in stdout and f"model.keras = step {manifest.best_step}" in stdout
 
 
 RESUME = """
@@ -248,3 +248,56 @@ def test_two_workers_train_under_multi_worker_mirrored_strategy(data_dir, tmp_pa
     assert not (tmp_path / "w1" / "run.json").exists()  # only the chief writes the run folder
     summaries = [line for out in outputs for line in out.splitlines() if line.startswith("trained 4 steps")]
     assert len(summaries) == 2
+
+
+def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
+    """The weak criterion is the objective on val pairs: garbage in the references' ground-truth
+    columns of the plan (what scoring reads) leaves it unchanged, for both weak variants."""
+    import numpy as np
+
+    from vreloc_tf.artifacts import Run
+    from vreloc_tf.entry_index import load_index
+    from vreloc_tf.input_pipeline import evaluation_plan
+    from vreloc_tf.pairs import pairs_from_index
+    from vreloc_tf.training import objective_on_plan
+
+    model = Run.open(tiny_run).load_model()
+    index = load_index(data_dir, "val")
+    plan = evaluation_plan(index, pairs_from_index(index, 0)["pairs"])
+    garbage = plan.copy()
+    garbage[:, 6:8] = np.random.default_rng(0).integers(0, 3, size=(len(plan), 2))
+    for variant in ("ours", "paper"):
+        cfg = load_config("tiny", ["supervision=weak", f"loss.weak_variant={variant}"])
+        clean = objective_on_plan(model, index, plan, DIM, cfg, step=1000)
+        assert np.isfinite(clean) and clean > 0
+        assert objective_on_plan(model, index, garbage, DIM, cfg, step=1000) == clean
+    with pytest.raises(ValueError, match="weak"):
+        objective_on_plan(model, index, plan, DIM, load_config("tiny"), step=0)
+
+
+def test_weak_runs_are_selected_without_labels_and_deterministic(data_dir, tmp_path):
+    """A weak run records its label-free selection; the same config trains the same weights twice."""
+    import keras
+    import numpy as np
+
+    from vreloc_tf.artifacts import Run
+    from vreloc_tf.evaluate import evaluate_run
+    from vreloc_tf.train import train
+
+    cfg = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.batch_size=4",
+                               "train.validate_every=2", "train.validation_pairs=6", "train.checkpoint_every=2"])
+    runs = [str(tmp_path / name) for name in ("a", "b")]
+    manifests = [train(cfg, data_dir, run, verbose=0) for run in runs]
+    assert all(m.selection == "label_free" and m.decode == "full" for m in manifests)
+    history = manifests[0].extra["validation_history"]
+    assert [h["step"] for h in history] == [2, 4] and all("objective" in h for h in history)
+    best = min(history, key=lambda h: h["objective"])["step"]
+    assert manifests[0].best_step == best
+    weights = [keras.saving.load_model(Run.open(r).model_file).get_weights() for r in runs]
+    for x, y in zip(*weights):
+        np.testing.assert_array_equal(x, y)
+    result = evaluate_run(runs[0], data_dir, "test")
+    assert result["selection"] == "label_free" and result["selected_step"] == best
+    assert result["method"] == "ours weak" and result["decode"] == "full"
+    last = evaluate_run(runs[0], data_dir, "test", checkpoint="last")
+    assert last["selection"] == "checkpoint last" and last["selected_step"] == 4

@@ -81,12 +81,14 @@ class FeatureSource:
     """Where FeatureGen takes its data from: ``synth``, an ActivityNet-format folder, or a video folder."""
 
     data: str = SYNTH
+    family: str = "demo"  # feature family of synthetic data (pipeline.families)
     runner: Optional[str] = None  # Beam runner (default DirectRunner)
     c3d_weights: Optional[str] = None  # Sports-1M C3D weights, for a video folder
     random_c3d: bool = False  # random C3D weights (demos and tests only)
 
     def fingerprint(self) -> dict:
-        return {"data": self.data, "source": None if self.data == SYNTH else _tree_fingerprint(self.data),
+        return {"data": self.data, "family": self.family if self.data == SYNTH else None,
+                "source": None if self.data == SYNTH else _tree_fingerprint(self.data),
                 "c3d": self.c3d_weights and _tree_fingerprint(self.c3d_weights), "random_c3d": self.random_c3d}
 
 
@@ -104,7 +106,7 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
     data_dir = os.path.join(folder, "data")
     if source.data == SYNTH:
         src = os.path.join(folder, "raw")
-        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM)
+        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM, family=source.family)
     else:
         src = os.path.abspath(source.data)
     hdf5 = os.path.join(src, synth.HDF5_NAME)

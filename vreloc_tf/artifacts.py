@@ -111,7 +111,9 @@ class RunManifest:
     data_source: Optional[dict] = None  # Dataset.training_source() of the data it was trained on
     steps: int = 0
     best_step: Optional[int] = None
-    best_val_average: Optional[float] = None
+    best_val_average: Optional[float] = None  # val mAP@1 of the selected checkpoint (logged, not a criterion for weak)
+    selection: Optional[str] = None  # the checkpoint-selection rule used: last | val_map | label_free
+    decode: Optional[str] = None  # the decoding rule of the run (Config.decode_rule): full (Eq. 20) | weak
     train_seconds: Optional[float] = None
     code_version: str = __version__
     extra: dict = dataclasses.field(default_factory=dict)
@@ -162,15 +164,32 @@ class Run:
     def model_file(self) -> str:
         return os.path.join(self.path, MODEL_FILE)
 
-    def load_model(self, compile: bool = False):
-        """The best inference model of the run (Keras, custom layers registered)."""
+    def checkpoint_file(self, checkpoint: Optional[str] = None) -> str:
+        """``model.keras`` (None: the selected model), ``checkpoints/step-N.keras`` (a step number),
+        or the last checkpoint (``"last"``)."""
+        if checkpoint is None:
+            if not os.path.exists(self.model_file):
+                raise InputError(f"{self.path}: no {MODEL_FILE}; has the run finished?")
+            return self.model_file
+        folder = os.path.join(self.path, CHECKPOINT_DIR)
+        steps = sorted(int(n[5:-6]) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                       if n.startswith("step-") and n.endswith(".keras") and n[5:-6].isdigit())
+        if str(checkpoint) == "last":
+            if not steps:
+                raise InputError(f"{self.path}: no checkpoints in {folder}")
+            checkpoint = steps[-1]
+        if not str(checkpoint).isdigit() or int(checkpoint) not in steps:
+            raise InputError(f"{self.path}: no checkpoint of step {checkpoint!r} (steps: {steps}); "
+                             f"use 'last' or one of them")
+        return os.path.join(folder, f"step-{int(checkpoint):06d}.keras")
+
+    def load_model(self, compile: bool = False, checkpoint: Optional[str] = None):
+        """The selected inference model of the run (or a checkpoint, see :meth:`checkpoint_file`)."""
         import keras
 
         import vreloc_tf.model  # noqa: F401  (registers the custom layers)
 
-        if not os.path.exists(self.model_file):
-            raise InputError(f"{self.path}: no {MODEL_FILE}; has the run finished?")
-        return keras.saving.load_model(self.model_file, compile=compile)
+        return keras.saving.load_model(self.checkpoint_file(checkpoint), compile=compile)
 
     def dataset(self, data_dir: Optional[str] = None) -> Dataset:
         """The data to score this run on (default: its own), checked to have the run's feature dim."""

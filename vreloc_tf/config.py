@@ -70,13 +70,25 @@ class ModelConfig:
     heads: List[HeadGroup] = field(default_factory=_table1_heads)  # k = 40 heads (Table 1)
     dropout_before_bilstm: float = 0.4  # (Implementation Details)
     dropout_after_bilstm: float = 0.2  # (Implementation Details)
+    # Ours, not in the paper (off in the paper's configs): parameter-free similarity features
+    # (vreloc_tf.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY.md has the ablation.
+    similarity_features: bool = False
+    similarity_temperature: float = 0.2  # tau of their soft maximum over query frames (ours)
 
 
 @dataclass
 class LossConfig:
+    # Weak supervision: "paper" = the co-attention loss with masks (Eqs. 13-18, Implementation
+    # Details), kept exact so Table 2's row stays reproducible; "ours" (the project's default) =
+    # Eq. 19 on the label-free teacher's pseudo segments (vreloc_tf.teacher; docs/QUALITY.md).
+    weak_variant: Literal["ours", "paper"] = "ours"
+    teacher_temperature: float = 0.2  # ours: soft maximum over query frames (vreloc_tf.teacher)
+    teacher_threshold_std: float = 0.5  # ours: a step is "action" above mean + 0.5 std of its score
     alpha: float = 0.3  # co-attention balance, best in Table 3
     boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)
-    coattention_mask_after_steps: int = 100  # masks on p3/p4 after 100 iterations (Implementation Details)
+    # Weak "paper" only: masks on p3/p4 after 100 iterations (Implementation Details; the paper
+    # describes them for the weak setting, so full supervision trains without them).
+    coattention_mask_after_steps: int = 100
     full_losses: Literal["weighted_ce", "weighted_ce+coattention"] = "weighted_ce+coattention"  # Table 4 best row
     coattention_weight: float = 1.0  # weight of loss^c when added to loss^w (Table 4 uses a plain sum)
 
@@ -92,6 +104,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     validate_every: int = 100
     validation_pairs: int = 512  # val pairs scored at each validation (0 = all)
+    # Which checkpoint becomes model.keras: "last", "val_map" (labelled val mAP@1) or "label_free"
+    # (the training objective on val pairs, no reference labels read). null = val_map for full
+    # supervision, label_free for weak: a weak model is never picked with labels. (ours)
+    selection: Optional[Literal["last", "val_map", "label_free"]] = None
+    deterministic: bool = True  # TensorFlow op determinism: the same run gives the same weights (ours)
 
 
 @dataclass
@@ -119,9 +136,24 @@ class Config:
 
     # -- derived views -------------------------------------------------
     @property
+    def decode_rule(self) -> str:
+        """The decoding rule of this run: Eq. 20 ('full') wherever p1/p2 are trained -- full
+        supervision, and weak "ours", whose pseudo segments train them -- else the weak threshold rule."""
+        if self.supervision == "weak" and self.loss.weak_variant == "paper":
+            return "weak"
+        return "full"
+
+    @property
     def decode_max_length(self) -> Optional[int]:
-        """The segment-length limit of the decoding rule of this training mode."""
-        return self.decode.max_length(self.supervision)
+        """The segment-length limit of this run's decoding rule."""
+        return self.decode.max_length(self.decode_rule)
+
+    @property
+    def selection_rule(self) -> str:
+        """The resolved checkpoint-selection rule (see TrainConfig.selection)."""
+        if self.train.selection is not None:
+            return self.train.selection
+        return "val_map" if self.supervision == "full" else "label_free"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

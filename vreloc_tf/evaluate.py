@@ -1,7 +1,9 @@
 """Scoring a trained run on a fixed pair list (what `vreloc evaluate` runs), and result files.
 
-The model decodes with the rule of its training mode (Eq. 20 for full supervision with
-the 64-step limit, the threshold rule for weak) unless ``decode`` says otherwise; the
+The model decodes with the rule of its run (``Config.decode_rule``: Eq. 20 with the 64-step
+limit wherever p1/p2 are trained -- full supervision and weak "ours" -- and the threshold rule
+for the paper's weak objective) unless ``decode`` says otherwise; the result records which
+checkpoint-selection rule picked the model (``selection``); the
 result is the paper's row (mAP@1 at IoU > 0.5 ... 0.9 and the average, in percent) as a
 dict (``vreloc_tf.metrics.result_dict``). A pair file is read if it exists -- and checked
 against the data, so a list made for another (or relabelled) split is refused -- and
@@ -83,8 +85,10 @@ def score_plan(plan: np.ndarray, start: np.ndarray, end: np.ndarray, method: str
 
 def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "test",
                  pairs_file: Optional[str] = None, decode: Optional[str] = None,
-                 method: Optional[str] = None, seed: int = 0, batch_size: int = 64) -> dict:
-    """Score the best model of a run folder on a fixed pair list; returns the result dict.
+                 method: Optional[str] = None, seed: int = 0, batch_size: int = 64,
+                 checkpoint: Optional[str] = None) -> dict:
+    """Score the selected model of a run folder (or ``checkpoint``: a step or "last") on a fixed
+    pair list; returns the result dict.
 
     ``data_dir`` defaults to the run's own data; it must hold the run's feature dim.
     """
@@ -93,15 +97,29 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
 
     run = Run.open(run_dir)
     dataset = run.dataset(data_dir)
-    model = run.load_model()
-    supervision = run.manifest.supervision
-    mode = decode or supervision
+    model = run.load_model(checkpoint=checkpoint)
+    cfg = run.config
+    own_rule = cfg.decode_rule
+    mode = decode or own_rule
     index, pairs = resolve_pairs(dataset.path, split, pairs_file, seed)
     plan = evaluation_plan(index, pairs)
-    start, end = predict_segments(model, index, plan, dataset.feature_dim, mode, run.config.decode.max_length(mode),
+    start, end = predict_segments(model, index, plan, dataset.feature_dim, mode, cfg.decode.max_length(mode),
                                   batch_size)
-    name = method or f"ours {supervision}" + ("" if mode == supervision else f" ({mode} decode)")
-    return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run_dir))
+    name = method or method_name(cfg) + ("" if mode == own_rule else f" ({mode} decode)")
+    if checkpoint is None:
+        selection = run.manifest.selection or "val_map"  # runs from before the rule was recorded picked by val mAP
+        step = run.manifest.best_step
+    else:
+        selection, step = f"checkpoint {checkpoint}", int(os.path.basename(run.checkpoint_file(checkpoint))[5:-6])
+    return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run_dir),
+                      selection=selection, selected_step=step)
+
+
+def method_name(cfg) -> str:
+    """The table name of a run's method: ours full, ours weak, or ours weak (paper) for the paper's objective."""
+    if cfg.supervision == "weak" and cfg.loss.weak_variant == "paper":
+        return "ours weak (paper)"
+    return f"ours {cfg.supervision}"
 
 
 def load_results(paths: List[str]) -> List[dict]:

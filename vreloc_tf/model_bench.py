@@ -32,6 +32,9 @@ def _groups(cfg: Config):
     return head_groups(cfg)
 
 
+SIMILARITY_FEATURES = 6  # width of layers.SimilarityFeatures' output
+
+
 def count_parameters(cfg: Config, feature_dim: int) -> int:
     """Trainable parameters of ``build_model(cfg, feature_dim)``, from the architecture alone."""
     m = cfg.model
@@ -44,7 +47,7 @@ def count_parameters(cfg: Config, feature_dim: int) -> int:
     satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
     if m.self_attention:
         total += dh * 3 * satt
-    lstm_in = heads + satt
+    lstm_in = heads + satt + (SIMILARITY_FEATURES if m.similarity_features else 0)  # parameter-free features
     total += 2 * (4 * dh * (lstm_in + dh) + 4 * dh)  # BiLSTM
     total += 4 * dl * (2 * dh + dl) + 4 * dl  # LSTM
     total += dl * 4 + 4  # Dense(4)
@@ -65,7 +68,10 @@ def forward_flops(cfg: Config, feature_dim: int, query_steps: int, reference_ste
     satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
     if m.self_attention:
         flops += 2 * lr * dh * 3 * satt + 2 * 2 * lr * lr * satt  # projections, QK^T, AV
-    flops += 2 * 2 * lr * 4 * dh * (heads + satt + dh)  # BiLSTM, both directions
+    sim = SIMILARITY_FEATURES if m.similarity_features else 0
+    if sim:
+        flops += 2 * 2 * lr * lq * feature_dim  # cosines of the raw and the centred query
+    flops += 2 * 2 * lr * 4 * dh * (heads + satt + sim + dh)  # BiLSTM, both directions
     flops += 2 * lr * 4 * dl * (2 * dh + dl)  # LSTM
     flops += 2 * lr * dl * 4
     return int(flops)

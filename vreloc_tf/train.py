@@ -86,6 +86,10 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
     prepare_run_folder(cfg, out_dir, dataset, overwrite, chief)
 
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.train.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # the same config and data give the same weights
     index = load_training_index(cfg, data_dir, "train")
     val_index = load_index(data_dir, "val")
     val_pairs = subsample(pairs_from_index(val_index, cfg.seed)["pairs"], cfg.train.validation_pairs, cfg.seed)
@@ -104,9 +108,8 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
         trainer = RelocTrainer(cfg, net)
         trainer.compile(optimizer=make_optimizer(cfg))
 
-    validation = ValidationCallback(val_index, val_plan, feature_dim, cfg.supervision, cfg.decode_max_length,
-                                    out_dir, steps_per_epoch, min(cfg.train.validate_every, cfg.train.steps),
-                                    cfg.train.steps, backup_dir, write=chief)
+    validation = ValidationCallback(cfg, val_index, val_plan, feature_dim, out_dir, steps_per_epoch, backup_dir,
+                                    write=chief)
     timer = Timer()
     all_callbacks = [
         validation,
@@ -135,11 +138,13 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
         data_source=dataset.training_source(),
         steps=int(trainer.optimizer.iterations.numpy()) if start_epoch < epochs else cfg.train.steps,
         best_step=validation.best_step, best_val_average=validation.best_val, train_seconds=seconds,
+        selection=cfg.selection_rule, decode=cfg.decode_rule,
         extra={"config_digest": cfg.digest(), "replicas": replicas, "strategy": type(strategy).__name__,
                "resumed_from_step": start_epoch * steps_per_epoch, "validation_pairs": len(val_pairs),
                "validation_history": validation.history})
     if chief:
         manifest.write(out_dir)
     best = "n/a" if manifest.best_val_average is None else f"{manifest.best_val_average:.1f}"
-    print(f"trained {manifest.steps} steps in {seconds:.1f} s; best val average {best} at step {manifest.best_step}")
+    print(f"trained {manifest.steps} steps in {seconds:.1f} s; model.keras = step {manifest.best_step} "
+          f"(selection {manifest.selection}; val average there {best})")
     return manifest

@@ -15,8 +15,8 @@ Optimizer (paper, Implementation Details): Adam, learning rate
 every 200 steps), gradients clipped by global norm ``cfg.train.clip_norm`` (5.0, Feng's
 code).
 
-Callbacks, in order: :class:`ValidationCallback` (mAP@1 on the fixed val pair list,
-keeps the best ``model.keras``), :class:`StepCheckpoint` (``checkpoints/step-NNNNNN.keras``),
+Callbacks, in order: :class:`ValidationCallback` (mAP@1 on the fixed val pair list, and the
+checkpoint the selection rule prefers as ``model.keras``), :class:`StepCheckpoint` (``checkpoints/step-NNNNNN.keras``),
 TensorBoard (``logs/``: loss, learning rate, validation metrics per epoch, i.e. per
 validation), BackupAndRestore (``backup/``, end of every epoch).
 """
@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from vreloc_tf.config import Config
+from vreloc_tf.errors import InputError
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 from vreloc_tf.keras_compat import PrebuiltFit
 from vreloc_tf.model import INPUT_NAMES
@@ -91,19 +92,55 @@ def schedule(cfg: Config, steps: Optional[int] = None):
 BEST_STATE = "best.json"
 
 
-class ValidationCallback(keras.callbacks.Callback):
-    """mAP@1 on a fixed val pair list at validation points; saves the best inference model."""
+def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Config, step: int,
+                      batch_size: int = 64) -> float:
+    """The mean training objective (:func:`vreloc_tf.losses.per_example_loss`) over an evaluation plan.
 
-    def __init__(self, index, plan: np.ndarray, feature_dim: int, mode: str, max_length, run_dir: str,
-                 steps_per_epoch: int, validate_every: int, total_steps: int, state_dir: str,
-                 write: bool = True, batch_size: int = 64):
+    For weak supervision this reads no labels: "paper" is the co-attention loss of the raw
+    features, "ours" the cross-entropy against the label-free teacher's segments; it is the
+    ``label_free`` selection criterion.
+    """
+    import tensorflow as tf
+
+    from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
+    from vreloc_tf.losses import per_example_loss
+
+    if cfg.supervision != "weak":
+        raise ValueError("objective_on_plan: the label-free criterion exists for weak supervision only")
+    ordered, _ = length_sorted(plan)
+    probabilities = tf.function(lambda batch: model({k: batch[k] for k in INPUT_NAMES}, training=False)[
+        "probabilities"], reduce_retracing=True)
+    total, count = 0.0, 0
+    for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg)):
+        losses = per_example_loss(cfg, batch, probabilities(batch), step)
+        total += float(keras.ops.sum(losses))
+        count += int(losses.shape[0])
+    return total / max(count, 1)
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Validation at validation points: val mAP@1 (logged) and the selection criterion.
+
+    ``model.keras`` is the checkpoint the run's selection rule (``Config.selection_rule``)
+    prefers: ``val_map`` the highest labelled val mAP@1, ``label_free`` the lowest training
+    objective on val pairs (no labels read; weak supervision), ``last`` the last one. The
+    val mAP@1 is still logged for every rule -- to watch a run, never to pick a weak model.
+    """
+
+    def __init__(self, cfg: Config, index, plan: np.ndarray, feature_dim: int, run_dir: str,
+                 steps_per_epoch: int, state_dir: str, write: bool = True, batch_size: int = 64):
         super().__init__()
-        self.index, self.plan, self.feature_dim = index, plan, feature_dim
-        self.mode, self.max_length = mode, max_length
+        self.cfg, self.index, self.plan, self.feature_dim = cfg, index, plan, feature_dim
+        self.rule = cfg.selection_rule
+        if self.rule == "label_free" and cfg.supervision != "weak":
+            raise InputError("train.selection=label_free needs weak supervision (full supervision has labels: "
+                             "use val_map or last)")
+        self.mode, self.max_length = cfg.decode_rule, cfg.decode_max_length
         self.run_dir, self.state_dir, self.write = run_dir, state_dir, write
-        self.steps_per_epoch, self.validate_every, self.total_steps = steps_per_epoch, validate_every, total_steps
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, cfg.train.steps
+        self.validate_every = min(cfg.train.validate_every, cfg.train.steps)
         self.batch_size = batch_size
-        self.best_val, self.best_step, self.history = None, None, []
+        self.best_val, self.best_step, self.best_criterion, self.history = None, None, None, []
 
     @property
     def _state_path(self):
@@ -113,6 +150,12 @@ class ValidationCallback(keras.callbacks.Callback):
         if os.path.exists(self._state_path):  # a resumed run keeps its best so far
             state = read_json(self._state_path, "validation state")
             self.best_val, self.best_step, self.history = state["best_val"], state["best_step"], state["history"]
+            self.best_criterion = state.get("best_criterion")
+
+    def _better(self, criterion: float) -> bool:
+        if self.best_criterion is None or self.rule == "last":
+            return True
+        return criterion > self.best_criterion if self.rule == "val_map" else criterion < self.best_criterion
 
     def on_epoch_end(self, epoch, logs=None):
         from vreloc_tf.artifacts import MODEL_FILE
@@ -124,19 +167,26 @@ class ValidationCallback(keras.callbacks.Callback):
         start, end = predict_segments(self.model.net, self.index, self.plan, self.feature_dim, self.mode,
                                       self.max_length, self.batch_size)
         result = score_plan(self.plan, start, end, "val", "val")
+        entry = {"step": step, "average": result["average"], "loss": (logs or {}).get("loss")}
+        if self.rule == "label_free":
+            entry["objective"] = objective_on_plan(self.model.net, self.index, self.plan, self.feature_dim,
+                                                   self.cfg, step, self.batch_size)
+        criterion = {"val_map": result["average"], "label_free": entry.get("objective"), "last": step}[self.rule]
         if logs is not None:
             logs["val_average"] = result["average"]
             for k, v in result["map_at_1"].items():
                 logs[f"val_map_iou{k}"] = v
-        self.history.append({"step": step, "average": result["average"], "loss": (logs or {}).get("loss")})
-        if self.best_val is None or result["average"] > self.best_val:
-            self.best_val, self.best_step = result["average"], step
+            if "objective" in entry:
+                logs["val_objective"] = entry["objective"]
+        self.history.append(entry)
+        if self._better(criterion):
+            self.best_val, self.best_step, self.best_criterion = result["average"], step, criterion
             if self.write:
                 with atomic_path(os.path.join(self.run_dir, MODEL_FILE)) as tmp:
                     self.model.net.save(tmp)
         if self.write:
             write_json_atomic(self._state_path, {"best_val": self.best_val, "best_step": self.best_step,
-                                                 "history": self.history})
+                                                 "best_criterion": self.best_criterion, "history": self.history})
 
 
 class StepCheckpoint(keras.callbacks.Callback):

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", choices=("full", "weak"), help="decoding rule (default: the run's mode)")
     parser.add_argument("--name", help="method name in the table (default: 'ours <supervision>')")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--checkpoint", metavar="STEP|last",
+                        help="score checkpoints/step-STEP.keras (or the last one) instead of model.keras")
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="report mode: print these result JSONs as one table (like Tables 2 and 4)")
     parser.add_argument("--title", default="", help="title line of a --table report")
@@ -33,7 +35,12 @@ def print_results(results, json_path=None) -> None:
     from vreloc_tf.evaluate import save_results
     from vreloc_tf.metrics import format_table
 
-    print(format_table(results if isinstance(results, list) else [results]))
+    rows = results if isinstance(results, list) else [results]
+    print(format_table(rows))
+    for r in rows:
+        if r.get("selection"):
+            print(f"{r['method']}: model.keras is the checkpoint of step {r.get('selected_step')}, "
+                  f"chosen by selection rule '{r['selection']}'")
     if json_path:
         save_results(results, json_path)
 
@@ -47,6 +54,6 @@ def main(args: argparse.Namespace) -> int:
     if not args.model:
         raise InputError("vreloc evaluate needs --model RUN_DIR (or --table JSON...)")
     result = evaluate_run(args.model, args.data, args.split, args.pairs, args.decode, args.name, args.seed,
-                          args.batch_size)
+                          args.batch_size, checkpoint=args.checkpoint)
     print_results(result, args.json)
     return 0

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="'synth' (generated ActivityNet-format data, the default), an ActivityNet-format folder "
                           "(sub_activitynet_v1-3.c3d.hdf5 + train/val/test.json), or a video folder "
                           "(annotations.json + videos/*, through extract-video)")
+    run.add_argument("--family", default="demo",
+                     help="feature family of --data synth (demo, substates, periodic, shots; docs/DATA.md)")
     weights = run.add_mutually_exclusive_group()
     weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video folder")
     weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (demos and tests only)")
@@ -32,6 +34,7 @@ def main(args: argparse.Namespace) -> int:
     from vreloc_tf.config import load_config
 
     cfg = load_config(args.config, args.set)
-    source = FeatureSource(args.data, args.runner, args.c3d_weights, args.random_c3d)
+    source = FeatureSource(args.data, family=args.family, runner=args.runner, c3d_weights=args.c3d_weights,
+                           random_c3d=args.random_c3d)
     return PipelineRun(args.workdir, cfg, args.config, source, args.force, args.model_name,
                        serve_check=not args.no_serve_check).run()
