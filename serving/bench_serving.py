@@ -22,6 +22,9 @@ from typing import Dict, Optional
 import numpy as np
 
 from serving import signature as sig
+from vreloc_tf.contract import MAX_WINDOW
+
+QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
 
 
 def _percentiles(seconds) -> Dict[str, float]:
@@ -48,7 +51,7 @@ def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] =
     return export_model(run_dir, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME)).path
 
 
-def random_pair(feature_dim: int, lq: int = 16, lr: int = 300, seed: int = 0):
+def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, seed: int = 0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((lq, feature_dim)).astype(np.float32),
             rng.standard_normal((lr, feature_dim)).astype(np.float32))
@@ -135,7 +138,7 @@ def bench_throughput(target: str, query, reference, clients: int = 8, duration: 
     return out
 
 
-def run_benchmark(config: str = "tiny", lq: int = 16, lr: int = 300, requests: int = 100, clients: int = 8,
+def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, requests: int = 100, clients: int = 8,
                   duration: float = 5.0, version_path: Optional[str] = None, workdir: Optional[str] = None) -> dict:
     """Export (unless ``version_path`` is given), serve on loopback in process, and measure.
 
@@ -188,8 +191,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.bench_serving", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="tiny", help="model config to build and export (tiny | paper_full | ...)")
     parser.add_argument("--export", default=None, metavar="BASE/NAME/VERSION", help="benchmark this export instead")
-    parser.add_argument("--lq", type=int, default=16)
-    parser.add_argument("--lr", type=int, default=300)
+    parser.add_argument("--lq", type=int, default=QUERY_STEPS)
+    parser.add_argument("--lr", type=int, default=MAX_WINDOW)
     parser.add_argument("--requests", type=int, default=100, help="latency samples (default %(default)s)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for requests/s (default %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of the throughput run (default %(default)s)")

@@ -31,7 +31,9 @@ class TensorSpec:
     @property
     def datatype(self) -> str:
         """The TensorProto DataType enum name, as saved_model_cli prints it (DT_FLOAT, DT_INT32)."""
-        return {"float32": "DT_FLOAT", "int32": "DT_INT32"}[self.dtype]
+        from serving.tensor_codec import DTYPES  # the one home of the dtype codes
+
+        return DTYPES[self.dtype][1]
 
 
 # Inputs: batch B, query length Lq, reference length Lr, feature dim D.
@@ -62,10 +64,6 @@ OUTPUTS = (
 
 INPUT_NAMES = tuple(s.name for s in INPUTS)
 OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)
-
-
-def input_spec(name: str) -> TensorSpec:
-    return {s.name: s for s in INPUTS}[name]
 
 
 def output_spec(name: str) -> TensorSpec:

@@ -10,7 +10,7 @@ cost microseconds and are testable without a server.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -28,51 +28,6 @@ class RequestLimits:
     max_query_length: int = sig.MAX_QUERY_LENGTH
     max_reference_length: int = sig.MAX_REFERENCE_LENGTH
     max_batch_size: int = sig.MAX_BATCH_SIZE
-
-
-# TensorProto dtype enum -> NumPy dtype for the signature's inputs (tensorflow/core/framework/types.proto).
-_DT_FLOAT, _DT_INT32 = 1, 3
-_PACKED_DTYPES = {_DT_FLOAT: np.dtype(np.float32), _DT_INT32: np.dtype(np.int32)}
-
-
-def _packed_array(proto) -> "np.ndarray | None":
-    """A read-only view of ``tensor_content`` for float32/int32 protos, as tf.make_ndarray reads it; else None.
-
-    Why: a 632 KB request is the common case (tf.make_tensor_proto packs arrays
-    into ``tensor_content``); viewing the bytes skips make_ndarray's Python
-    dispatch and a copy. Anything else (values in ``float_val``/``int_val``,
-    other dtypes, unknown rank) goes the general way.
-    """
-    dtype = _PACKED_DTYPES.get(proto.dtype)
-    if dtype is None or proto.tensor_shape.unknown_rank:
-        return None
-    content = proto.tensor_content  # each read of a bytes field makes a new bytes object: read it once
-    if not content:
-        return None
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if any(d < 0 for d in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
-    needed = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if len(content) != needed:
-        raise ValueError(f"tensor_content holds {len(content)} bytes; shape {shape} of {dtype.name} needs {needed}")
-    return np.frombuffer(content, dtype).reshape(shape)
-
-
-def decode_inputs(inputs: Mapping[str, "object"]) -> Dict[str, np.ndarray]:
-    """TensorProto map of a PredictRequest -> NumPy arrays; a proto that does not decode is an InvalidRequest.
-
-    Packed float32/int32 inputs come back as read-only views of the request's bytes.
-    """
-    import tensorflow as tf
-
-    arrays = {}
-    for name, proto in inputs.items():
-        try:
-            array = _packed_array(proto)
-            arrays[name] = tf.make_ndarray(proto) if array is None else array
-        except Exception as exc:  # malformed content/shape, unsupported dtype
-            raise InvalidRequest(f"input '{name}': not a valid TensorProto ({exc})") from None
-    return arrays
 
 
 def validate_inputs(arrays: Mapping[str, np.ndarray], feature_dim: int, limits: RequestLimits = RequestLimits()) -> None:

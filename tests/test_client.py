@@ -92,9 +92,10 @@ def test_vreloc_query_reports_refusals_and_bad_files(server, tmp_path, capsys):
     np.save(tmp_path / "q5.npy", rng.standard_normal((6, 5)).astype(np.float32))  # wrong feature dim
     np.save(tmp_path / "r.npy", rng.standard_normal((40, H.FEATURE_DIM)).astype(np.float32))
     args = ["query", "--server", target, "--reference", str(tmp_path / "r.npy"), "--model-name", H.MODEL_NAME]
-    assert cli_main(args + ["--query", str(tmp_path / "q5.npy")]) == 1
+    assert cli_main(args + ["--query", str(tmp_path / "q5.npy")]) == 2
     err = capsys.readouterr().err
-    assert "INVALID_ARGUMENT" in err and "'query'" in err and "feature dim" in err
+    assert err.startswith(f"vreloc query: error: {target} answered INVALID_ARGUMENT: input 'query': feature dim")
+    assert len(err.splitlines()) == 1
     assert cli_main(args + ["--query", str(tmp_path / "missing.npy")]) == 2
     assert "missing.npy" in capsys.readouterr().err
     np.save(tmp_path / "q3d.npy", np.zeros((1, 6, H.FEATURE_DIM), np.float32))
@@ -102,7 +103,7 @@ def test_vreloc_query_reports_refusals_and_bad_files(server, tmp_path, capsys):
     assert "[L, D]" in capsys.readouterr().err
     assert cli_main(args + ["--query", str(tmp_path / "r.npy"), "--fps", "30"]) == 2
     assert "--frames-per-feature" in capsys.readouterr().err
-    assert cli_main(args + ["--query", str(tmp_path / "r.npy"), "--model-name", "other"]) == 1
+    assert cli_main(args + ["--query", str(tmp_path / "r.npy"), "--model-name", "other"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
 
 

@@ -26,8 +26,9 @@ import serving_helpers as H
 from serving import signature as sig
 from serving.client import make_request, open_channel, parse_response, predict
 from serving.export import export_model
-from serving.server import _fill_tensor_proto, start_server
-from serving.validation import InvalidRequest, RequestLimits, decode_inputs, validate_inputs
+from serving.server import start_server
+from serving.tensor_codec import decode_inputs, fill_tensor_proto
+from serving.validation import InvalidRequest, RequestLimits, validate_inputs
 
 LIMITS = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
 
@@ -216,7 +217,7 @@ def test_output_protos_read_back_bit_for_bit():
     rng = np.random.default_rng(4)
     for value in _protos_of_every_kind(rng):
         proto = type(tf.make_tensor_proto(0.0))()
-        _fill_tensor_proto(proto, value)
+        fill_tensor_proto(proto, value)
         got = tf.make_ndarray(proto)
         assert got.dtype == np.asarray(value).dtype and got.shape == np.shape(value)
         assert got.tobytes() == np.asarray(value).tobytes()
