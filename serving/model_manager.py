@@ -7,6 +7,11 @@ version is released only when its in-flight requests have finished; if no
 version the policy wants has loaded, the old ones keep serving (availability
 first). ``model_spec.version`` / ``version_label`` pick a loaded version; an
 unknown version is NOT_FOUND, an unknown label INVALID_ARGUMENT.
+
+Beyond TF Serving: a version that failed to load is retried as soon as anything
+in its folder changed (:func:`tree_signature`), so a version copied
+non-atomically loads once the copy is complete; names in the base path that
+are not versions are ignored with one warning each.
 """
 from __future__ import annotations
 
@@ -15,15 +20,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import grpc
 
 from serving import signature as sig
+from serving.batching import BatchingOptions, Executor, resolve
 from serving.status import ServingError
 from serving.tensor_codec import decode_inputs
 from serving.validation import RequestLimits, validate_inputs
-from serving.versions import list_versions
+from serving.versions import is_version_name, list_versions
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json
 
@@ -65,9 +71,9 @@ class VersionPolicy:
 
 
 class LoadedVersion:
-    """One SavedModel version in memory, with its signature defs and an in-flight count."""
+    """One SavedModel version in memory: its signatures, how its requests run, and an in-flight count."""
 
-    def __init__(self, model_name: str, version: int, path: str):
+    def __init__(self, model_name: str, version: int, path: str, batching: BatchingOptions = BatchingOptions()):
         import tensorflow as tf
         from tensorflow.core.protobuf import saved_model_pb2
 
@@ -82,28 +88,39 @@ class LoadedVersion:
         saved_model = saved_model_pb2.SavedModel()
         with open(os.path.join(path, sig.SAVED_MODEL_FILE), "rb") as fh:
             saved_model.ParseFromString(fh.read())
-        self.signature_defs = {
-            key: value for key, value in saved_model.meta_graphs[0].signature_def.items() if not key.startswith("__")
-        }
+        meta_graph = saved_model.meta_graphs[0]
+        self.signature_defs = {key: value for key, value in meta_graph.signature_def.items() if not key.startswith("__")}
+        # An XLA function compiles once per input shape: pad calls to the bucket shapes to bound them.
+        self.xla = any(f.attr["_XlaMustCompile"].b for f in meta_graph.graph_def.library.function)
         query_spec = self.signatures[sig.SIGNATURE_NAME].structured_input_signature[1][sig.QUERY]
         self.feature_dim = int(query_spec.shape[-1])
         metadata_path = os.path.join(path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
         self.metadata = read_json(metadata_path, "export metadata file") if os.path.exists(metadata_path) else {}
+        self.batching = resolve(batching, self.xla)
+        self.executor = Executor(lambda arrays: self._call(sig.SIGNATURE_NAME, arrays), self.batching,
+                                 pad_to_buckets=self.xla, name=f"{model_name}-v{version}")
         self.in_flight = 0
         self.loaded_at = time.time()
 
-    def run(self, signature_name: str, arrays: Dict[str, "object"]) -> Dict[str, "object"]:
-        """Call one signature on validated NumPy inputs; NumPy outputs."""
+    def _call(self, signature_name: str, arrays: Dict[str, "object"]) -> Dict[str, "object"]:
         import tensorflow as tf
 
-        fn = self.signatures[signature_name]
-        outputs = fn(**{name: tf.constant(value) for name, value in arrays.items()})
+        outputs = self.signatures[signature_name](**{name: tf.constant(value) for name, value in arrays.items()})
         return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def run(self, signature_name: str, arrays: Dict[str, "object"],
+            is_active: Callable[[], bool] = lambda: True) -> Dict[str, "object"]:
+        """Call one signature on validated NumPy inputs; NumPy outputs (serving_default through the executor)."""
+        if signature_name == sig.SIGNATURE_NAME:
+            return self.executor.run(arrays, is_active)
+        return self._call(signature_name, arrays)
 
     def warm_up(self) -> int:
         """Replay assets.extra/tf_serving_warmup_requests, as TF Serving does at load; returns the count.
 
-        The exporter's own requests are checked against the signature but not against
+        They run the way requests run (padded to the bucket shapes), so an XLA
+        signature is compiled for them before the version takes traffic. The
+        exporter's own requests are checked against the signature but not against
         the client-facing size limits, which a server may set below the warm-up shapes.
         """
         import tensorflow as tf
@@ -122,12 +139,35 @@ class LoadedVersion:
             count += 1
         return count
 
+    def close(self) -> None:
+        """Stop this version's batch thread (it is no longer served and no request holds it)."""
+        self.executor.close()
+
+
+def tree_signature(path: str) -> Tuple[Tuple[str, int, int], ...]:
+    """(relative path, size, mtime in ns) of every file under ``path``: changes while a copy is in progress.
+
+    Why the whole tree: a plain ``cp -r`` writes saved_model.pb first and the
+    variables seconds later; a failed load is retried once anything in the
+    folder changed, so the version loads once the copy is complete.
+    """
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:  # removed while we walked: the next scan sees the change
+                continue
+            entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
+
 
 @dataclass
 class _Failure:
     version: int
     message: str
-    mtime: float
+    tree: Tuple[Tuple[str, int, int], ...]
 
 
 class ServedModel:
@@ -139,22 +179,39 @@ class ServedModel:
     """
 
     def __init__(self, name: str, base_path: str, policy: VersionPolicy = VersionPolicy(),
-                 labels: Optional[Dict[str, int]] = None, limits: RequestLimits = RequestLimits()):
+                 labels: Optional[Dict[str, int]] = None, limits: RequestLimits = RequestLimits(),
+                 batching: BatchingOptions = BatchingOptions()):
         self.name = name
         self.base_path = base_path
         self.policy = policy
         self.labels = dict(labels or {})
         self.limits = limits
+        self.batching = batching
         self._lock = threading.Lock()
         self._served: Dict[int, LoadedVersion] = {}
         self._retired: List[LoadedVersion] = []
         self._failed: Dict[int, _Failure] = {}
+        self._warned: set = set()
         self._scan_lock = threading.Lock()
 
     # -- reload ------------------------------------------------------------
+    def _warn_odd_names(self) -> None:
+        """One warning per name in the base path that is neither a version folder nor hidden."""
+        try:
+            names = os.listdir(self.base_path)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(".") or is_version_name(name) or name in self._warned:
+                continue
+            self._warned.add(name)
+            log.warning("model %s: ignoring %r in %s: versions are folders named by an integer", self.name, name,
+                        self.base_path)
+
     def scan(self) -> None:
         """Load versions the policy wants, then swap; release retired versions no request holds."""
         with self._scan_lock:
+            self._warn_odd_names()
             wanted = self.policy.select(list_versions(self.base_path))
             current = dict(self._served)
             loaded = {}
@@ -162,22 +219,28 @@ class ServedModel:
                 if version in current:
                     continue
                 path = os.path.join(self.base_path, str(version))
-                mtime = os.path.getmtime(os.path.join(path, sig.SAVED_MODEL_FILE))
+                tree = tree_signature(path)
                 failure = self._failed.get(version)
-                if failure and failure.mtime == mtime:
-                    continue  # failed before and unchanged on disk: do not retry every poll
+                if failure and failure.tree == tree:
+                    continue  # failed before and nothing in the folder changed since: do not retry every poll
                 started = time.perf_counter()
                 try:
-                    servable = LoadedVersion(self.name, version, path)
-                    warmups = servable.warm_up()
-                except Exception as exc:  # a broken export must not take the server down
-                    log.error("model %s version %d: failed to load from %s: %s", self.name, version, path, exc)
-                    self._failed[version] = _Failure(version, f"{type(exc).__name__}: {exc}", mtime)
+                    servable = LoadedVersion(self.name, version, path, self.batching)
+                    try:
+                        warmups = servable.warm_up()
+                    except BaseException:
+                        servable.close()
+                        raise
+                except Exception as exc:  # a broken or half-copied export must not take the server down
+                    log.error("model %s version %d: failed to load from %s: %s (retried when the folder changes)",
+                              self.name, version, path, exc)
+                    self._failed[version] = _Failure(version, f"{type(exc).__name__}: {exc}", tree)
                     continue
                 self._failed.pop(version, None)
                 loaded[version] = servable
-                log.info("model %s: loaded version %d from %s in %.2f s (%d warm-up requests)",
-                         self.name, version, path, time.perf_counter() - started, warmups)
+                log.info("model %s: loaded version %d from %s in %.2f s (%d warm-up requests; XLA %s, batching %s)",
+                         self.name, version, path, time.perf_counter() - started, warmups,
+                         "yes" if servable.xla else "no", "on" if servable.batching.enabled else "off")
             with self._lock:
                 new = {v: s for v, s in current.items() if v in wanted}
                 new.update(loaded)
@@ -196,14 +259,26 @@ class ServedModel:
                     if servable.in_flight:
                         still.append(servable)
                     else:
+                        servable.close()
                         log.info("model %s: version %d unloaded", self.name, servable.version)
                 self._retired = still
+
+    def close(self) -> None:
+        """Stop every version's batch thread (the server is stopping)."""
+        with self._lock:
+            for servable in list(self._served.values()) + self._retired:
+                servable.close()
 
     @property
     def versions(self) -> List[int]:
         """Versions taking traffic now."""
         with self._lock:
             return sorted(self._served)
+
+    def versions_loaded(self) -> List[LoadedVersion]:
+        """The served versions themselves, ascending."""
+        with self._lock:
+            return [self._served[v] for v in sorted(self._served)]
 
     @property
     def retired_versions(self) -> List[int]:

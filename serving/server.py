@@ -1,4 +1,4 @@
-"""A gRPC server that speaks TF Serving's API: start-up, TLS, signals.
+"""A server that speaks TF Serving's APIs (gRPC, and REST on ``--rest-port``): start-up, TLS, signals.
 
 Why our own server: the TF Serving binary cannot be installed on every machine
 (no package registry ships it), yet the demo, the tests and users without
@@ -9,10 +9,12 @@ exact SavedModel layout that ``tensorflow/serving`` serves (see serving/README.m
 
 The parts: ``serving/model_manager.py`` (versions, policy, loading, hot reload),
 ``serving/servicers.py`` (the services and their status codes),
-``serving/tensor_codec.py`` (TensorProto <-> NumPy), ``serving/validation.py``
-(request checks). This module binds the port, polls for new versions and stops
-cleanly: :func:`start_server` returns a running :class:`ServerHandle`;
-:func:`serve_until_signal` is what ``vreloc serve`` blocks in.
+``serving/batching.py`` (chunks, buckets, batching), ``serving/rest.py`` (the
+REST API), ``serving/tensor_codec.py`` (TensorProto <-> NumPy),
+``serving/validation.py`` (request checks). This module checks the TLS files,
+binds the ports, polls for new versions and stops cleanly: :func:`start_server`
+returns a running :class:`ServerHandle`; :func:`serve_until_signal` is what
+``vreloc serve`` blocks in.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -28,7 +31,9 @@ from typing import Dict, Optional
 import grpc
 
 from serving import signature as sig
+from serving.batching import BatchingOptions
 from serving.model_manager import ServedModel, VersionPolicy
+from serving.rest import RestServer
 from serving.validation import RequestLimits
 from vreloc_tf.errors import InputError
 
@@ -48,14 +53,65 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def check_tls_files(cert: str, key: str):
+    """An SSL context of a PEM certificate chain and its private key; InputError naming the file at fault.
+
+    Checked before any model loads, so a wrong file costs a second, not a
+    model load followed by a vague "failed to bind".
+    """
+    import ssl
+
+    for flag, path, marker, what in (("--tls-cert", cert, b"-----BEGIN CERTIFICATE-----", "certificate"),
+                                     ("--tls-key", key, b"PRIVATE KEY-----", "private key")):
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            raise InputError(f"{flag} {path}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+        if marker not in text:
+            raise InputError(f"{flag} {path}: not a PEM file holding a {what}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise InputError(f"--tls-key {key} does not belong to the certificate in --tls-cert {cert}") from None
+        raise InputError(f"--tls-cert {cert} / --tls-key {key}: not a usable certificate and key ({exc})") from None
+    return context
+
+
+def default_xla_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vreloc", "xla")
+
+
+def enable_xla_cache(directory: str) -> bool:
+    """Keep XLA's compiled programs in ``directory``, so a restart or a new version need not compile again.
+
+    Why: an XLA signature compiles once per input shape, seconds each; the
+    programs do not depend on the weights, so every export of one model shares
+    them. Works only before the process's first XLA compilation (TensorFlow
+    reads TF_XLA_FLAGS then); a cache directory already set there is kept.
+    Returns whether this call set it.
+    """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "--tf_xla_persistent_cache_directory" in flags:
+        return False
+    os.makedirs(directory, exist_ok=True)
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+    return True
+
+
 @dataclass
 class ServerHandle:
-    """A running server: ``port`` it listens on; ``stop(grace)`` finishes in-flight requests first."""
+    """A running server: ``port`` (gRPC) and ``rest_port`` it listens on; ``stop(grace)`` finishes requests first."""
 
     server: "grpc.Server"
     host: str
     port: int
     models: Dict[str, ServedModel]
+    rest: Optional[RestServer] = None
     _stop_polling: threading.Event = field(default_factory=threading.Event)
     _poller: Optional[threading.Thread] = None
 
@@ -63,10 +119,33 @@ class ServerHandle:
     def address(self) -> str:
         return _address(self.host, self.port)
 
+    @property
+    def rest_port(self) -> Optional[int]:
+        return self.rest.port if self.rest else None
+
+    def in_flight(self) -> int:
+        return sum(m.in_flight() for m in self.models.values())
+
     def stop(self, grace: Optional[float] = 5.0) -> None:
-        """Refuse new RPCs, let in-flight ones finish (up to ``grace`` seconds), stop polling."""
+        """Refuse new requests, let running ones finish for up to ``grace`` seconds, then stop them.
+
+        A request still running after ``grace`` stops before its next chunk
+        (serving/batching.py), so the process can exit about ``grace`` seconds
+        after the signal, not after the longest request.
+        """
+        started = time.monotonic()
         self._stop_polling.set()
-        self.server.stop(grace).wait()
+        if self.rest:
+            self.rest.stop_accepting()
+        self.server.stop(grace).wait()  # gRPC: in-flight RPCs are cancelled once grace is over
+        left = None if grace is None else max(0.0, grace - (time.monotonic() - started))
+        while self.in_flight() and (left is None or left > 0):  # REST requests have the same grace
+            time.sleep(0.05)
+            left = None if left is None else left - 0.05
+        if self.rest:
+            self.rest.abandon()
+        for model in self.models.values():
+            model.close()
         if self._poller is not None:
             self._poller.join(timeout=5)
 
@@ -78,12 +157,18 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
                  *, allow_remote: bool = False, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  poll_interval: float = 1.0, version_policy: str = "latest",
                  version_labels: Optional[Dict[str, int]] = None, limits: RequestLimits = RequestLimits(),
+                 batching: BatchingOptions = BatchingOptions(), rest_port: Optional[int] = None,
+                 rest_timeout: float = sig.REST_TIMEOUT_SECONDS, xla_cache_dir: Optional[str] = None,
                  max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES) -> ServerHandle:
-    """Load the versions under ``model_base_path`` and serve them over gRPC; returns once listening.
+    """Load the versions under ``model_base_path`` and serve them over gRPC (and REST); returns once listening.
 
-    ``port=0`` picks a free port (``handle.port``). A non-loopback ``host`` needs
-    ``allow_remote=True`` and is logged as a warning. ``tls_cert``/``tls_key``
-    (PEM files) switch the port to TLS. ``poll_interval`` <= 0 disables reloading.
+    ``port=0`` picks a free port (``handle.port``); ``rest_port`` (None: no REST
+    API; 0: any free port, ``handle.rest_port``) serves TF Serving's REST API.
+    A non-loopback ``host`` needs ``allow_remote=True`` and is logged as a
+    warning. ``tls_cert``/``tls_key`` (PEM files, checked before any model
+    loads) switch both ports to TLS. ``poll_interval`` <= 0 disables reloading.
+    ``batching``: how requests are chunked and batched (serving/batching.py).
+    ``xla_cache_dir``: keep compiled XLA programs there (:func:`enable_xla_cache`).
     """
     if not is_loopback(host):
         if not allow_remote:
@@ -92,10 +177,16 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
                     "" if tls_cert else " WITHOUT TLS")
     if bool(tls_cert) != bool(tls_key):
         raise InputError("TLS needs both --tls-cert and --tls-key")
+    ssl_context = check_tls_files(tls_cert, tls_key) if tls_cert else None
     if not os.path.isdir(model_base_path):
         raise InputError(f"--model-base-path {model_base_path}: no such directory")
+    if batching.max_batch_size < 1 or batching.max_batch_steps < 1 or batching.batch_timeout_micros < 0:
+        raise InputError(f"batching: --max-batch-size and the batch steps must be >= 1 and "
+                         f"--batch-timeout-micros >= 0 (got {batching})")
+    if xla_cache_dir:
+        enable_xla_cache(xla_cache_dir)
     name = model_name or os.path.basename(os.path.normpath(model_base_path))
-    model = ServedModel(name, model_base_path, VersionPolicy.parse(version_policy), version_labels, limits)
+    model = ServedModel(name, model_base_path, VersionPolicy.parse(version_policy), version_labels, limits, batching)
     model.scan()
     if not model.versions:
         log.warning("model %s: no servable version in %s yet; waiting for one", name, model_base_path)
@@ -119,9 +210,17 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
     else:
         bound = server.add_insecure_port(address)
     if not bound:
-        raise OSError(f"could not bind {address}")
+        model.close()
+        raise OSError(f"could not bind {address} (is the port in use?)")
+    rest = None
+    if rest_port is not None:
+        try:
+            rest = RestServer(models, host, rest_port, rest_timeout, ssl_context)
+        except OSError as exc:
+            model.close()
+            raise OSError(f"could not bind the REST port {_address(host, rest_port)}: {exc.strerror}") from None
     server.start()
-    handle = ServerHandle(server=server, host=host, port=bound, models=models)
+    handle = ServerHandle(server=server, host=host, port=bound, models=models, rest=rest)
     if poll_interval > 0:
         def poll():
             while not handle._stop_polling.wait(poll_interval):
@@ -132,7 +231,8 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
 
         handle._poller = threading.Thread(target=poll, name="vreloc-version-poller", daemon=True)
         handle._poller.start()
-    log.info("serving model %s (versions %s) on %s%s", name, model.versions, handle.address, " with TLS" if tls_cert else "")
+    log.info("serving model %s (versions %s) on %s%s%s", name, model.versions, handle.address,
+             f" and REST on port {handle.rest_port}" if rest else "", " with TLS" if tls_cert else "")
     return handle
 
 
@@ -149,7 +249,7 @@ def serve_until_signal(handle: ServerHandle, grace: float) -> str:
     signal.signal(signal.SIGINT, on_signal)
     while not stop.wait(0.5):
         pass
-    in_flight = sum(m.in_flight() for m in handle.models.values())
+    in_flight = handle.in_flight()
     log.info("%s: stopping; waiting up to %.0f s for %d request(s) in flight", received[0], grace, in_flight)
     handle.stop(grace)
     log.info("stopped")

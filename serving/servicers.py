@@ -24,8 +24,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from serving import signature as sig
 from serving.model_manager import ServedModel
+from serving.batching import Abandoned
 from serving.status import ServingError
-from serving.tensor_codec import decode_inputs, fill_tensor_proto
+from serving.tensor_codec import check_declared, decode_inputs, fill_tensor_proto
 from serving.validation import InvalidRequest, validate_inputs
 
 log = logging.getLogger("serving.servicers")
@@ -44,8 +45,8 @@ def find_model(models: Models, model_spec) -> ServedModel:
 def predict(models: Models, request, is_active: Callable[[], bool] = lambda: True) -> "predict_pb2.PredictResponse":
     """Answer one PredictRequest; ServingError with TF Serving's code when it is refused.
 
-    ``is_active()`` is False once the client has given up (deadline, cancel):
-    the model is then not run.
+    ``is_active()`` is False once the client has given up (deadline, cancel) or
+    the server stops: no further chunk of the request is run.
     """
     import tensorflow as tf
 
@@ -60,6 +61,7 @@ def predict(models: Models, request, is_active: Callable[[], bool] = lambda: Tru
             if signature_name not in servable.signatures:
                 raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f'Serving signature key "{signature_name}" not found.')
+            check_declared(request.inputs, servable.feature_dim, model.limits)  # cost first, nothing converted yet
             arrays = decode_inputs(request.inputs)
             validate_inputs(arrays, servable.feature_dim, model.limits)
             shape_text = "B={} Lq={} Lr={}".format(*arrays[sig.QUERY].shape[:2], arrays[sig.REFERENCE].shape[1])
@@ -68,9 +70,11 @@ def predict(models: Models, request, is_active: Callable[[], bool] = lambda: Tru
             if unknown:
                 raise InvalidRequest(f"output_filter: unknown output(s) {unknown}; "
                                      f"the signature has {', '.join(sig.OUTPUT_NAMES)}")
-            if not is_active():  # the client gave up (deadline, cancel): skip the work
-                raise ServingError(grpc.StatusCode.CANCELLED, "the client cancelled or its deadline passed")
-            outputs = servable.run(signature_name, arrays)
+            try:
+                outputs = servable.run(signature_name, arrays, is_active)
+            except Abandoned:  # the client gave up (deadline, cancel) or the server stopped: work stopped
+                raise ServingError(grpc.StatusCode.CANCELLED,
+                                   "the client cancelled, its deadline passed or the server is stopping") from None
         finally:
             model.release(servable)
         response = predict_pb2.PredictResponse()
@@ -136,6 +140,7 @@ def model_status(models: Models, request) -> "get_model_status_pb2.GetModelStatu
         entry = response.model_version_status.add()
         entry.version = v
         entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
+        entry.status.SetInParent()  # error_code OK, as TF Serving answers (and prints in JSON)
         if message:
             entry.status.error_code = 2  # tensorflow.error.Code UNKNOWN
             entry.status.error_message = message
