@@ -50,6 +50,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from pipeline import options as _options  # noqa: F401  (quiets Beam's import-time warning first)
@@ -427,8 +428,12 @@ def compare_with_metrics(job: str, result, counts: Dict[str, SplitCounts]) -> No
 
 
 @dataclasses.dataclass(frozen=True)
-class JobSummary:
-    """What a job published: per-split counts (pseudo-splits included), the manifest, the time it took."""
+class JobSummary(Mapping):
+    """What a job published: per-split counts (pseudo-splits included), the manifest, the time it took.
+
+    It reads as the mapping split -> :class:`SplitCounts` too (``summary["train"]``,
+    ``summary.items()``), which is what callers of the launchers mostly need.
+    """
 
     job: str
     data_dir: str
@@ -436,6 +441,15 @@ class JobSummary:
     counts: Dict[str, SplitCounts]
     manifest: dict
     seconds: float
+
+    def __getitem__(self, split: str) -> SplitCounts:
+        return self.counts[split]
+
+    def __iter__(self):
+        return iter(self.counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
 
     @property
     def written(self) -> int:

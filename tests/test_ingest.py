@@ -267,6 +267,7 @@ def test_ingest_end_to_end_reconciles_and_reports_every_bad_entry(synth_with_bad
     assert m["source"]["features"].endswith(synth.HDF5_NAME) and m["created"]
     assert all(m["splits"][s]["source"] == m["source"] for s in ("train", "val", "test"))
     assert summary.manifest == m and summary.feature_dim == 8
+    assert dict(summary) == counts and summary["train"] is counts["train"]  # reads as split -> counts too
     for split, c in counts.items():
         assert {k: m["splits"][split][k] for k in ("read", "written", "dead_lettered")} == {
             "read": c.read, "written": c.written, "dead_lettered": c.dead_lettered}
