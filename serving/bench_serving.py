@@ -40,19 +40,15 @@ def _percentiles(seconds) -> Dict[str, float]:
 def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] = None, jit_compile: bool = True) -> str:
     """A run folder with a freshly built (untrained) model of ``config`` and its export; the version path."""
     from serving.export import export_model
-    from vreloc_tf.config import load_config, save_config
+    from vreloc_tf.artifacts import Run, RunManifest
+    from vreloc_tf.config import load_config
     from vreloc_tf.model import build_model
-    from vreloc_tf.run_dir import CONFIG_FILE, MODEL_FILE, RunManifest, write_run_manifest
 
     cfg = load_config(config)
     feature_dim = feature_dim or cfg.data.feature_dim
-    run_dir = os.path.join(workdir, "run")
-    os.makedirs(run_dir, exist_ok=True)
-    build_model(cfg, feature_dim).save(os.path.join(run_dir, MODEL_FILE))
-    save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
-    write_run_manifest(run_dir, RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim,
-                                            supervision=cfg.supervision, frames_per_feature=cfg.data.frames_per_feature))
-    return export_model(run_dir, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME), jit_compile=jit_compile).path
+    manifest = RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim, supervision=cfg.supervision)
+    run = Run.create(os.path.join(workdir, "run"), cfg, manifest, model=build_model(cfg, feature_dim))
+    return export_model(run.path, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME), jit_compile=jit_compile).path
 
 
 def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, seed: int = 0):
@@ -63,16 +59,12 @@ def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, s
 
 def compiled_model(version_path: str):
     """The XLA-compiled predict function of the Keras model behind an export (what ``vreloc bench`` times)."""
-    import keras
-
-    import vreloc_tf.model  # noqa: F401  (registers the custom layers the saved model names)
+    from vreloc_tf.artifacts import Run
     from vreloc_tf.files import read_json
     from vreloc_tf.model_bench import make_predict_function
-    from vreloc_tf.run_dir import MODEL_FILE
 
     info = read_json(os.path.join(version_path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE), "export metadata file")
-    model = keras.saving.load_model(os.path.join(info["run_dir"], MODEL_FILE), compile=False)
-    return make_predict_function(model, jit_compile=True)
+    return make_predict_function(Run.open(info["run_dir"]).load_model(), jit_compile=True)
 
 
 def bench_latency(version_path: str, target: str, query, reference, requests: int = 100, warmup: int = 5,

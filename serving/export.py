@@ -15,8 +15,9 @@ The signature takes padded batches (query [B, Lq, D], query_length [B],
 reference [B, Lr, D], reference_length [B]) and returns the probabilities and
 the decoded segment (start, end exclusive, score): decoding runs inside the
 graph, so a client needs nothing of this package. The rule is the one of the
-run's training mode (``cfg.supervision``, limit ``cfg.decode_max_length``);
-``--decode weak`` / ``--decode full`` exports the other rule instead.
+run's training mode (``cfg.supervision``, limit ``cfg.decode.max_length(mode)``);
+``decode="weak"`` / ``"full"`` exports the other rule instead. `vreloc export` runs
+:func:`export_model` and gets an :class:`vreloc_tf.artifacts.Export` back.
 
 The version appears atomically: it is written into a hidden ``.tmp-<version>-<uuid>``
 folder beside the versions, then renamed to its integer name, so a server
@@ -24,34 +25,25 @@ polling the base path never sees a half-written version.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from serving import signature as sig
 from serving.versions import existing_versions, next_version
+from vreloc_tf.artifacts import Export, Run
+from vreloc_tf.contract import MAX_GROUNDTRUTH, MAX_WINDOW, SUPERVISIONS
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import write_json_atomic
 
-WARMUP_SHAPES = ((1, 16, 300), (4, 32, 300))  # (B, Lq, Lr): the paper's typical pair, and a small batch
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    path: str  # BASE/NAME/<version>
-    version: int
-    model_name: str
-
-
-def decode_limit(cfg, mode: str) -> Optional[int]:
-    """The segment-length limit of decoding rule ``mode`` in this config."""
-    return cfg.decode.full_max_length if mode == "full" else cfg.decode.weak_max_length
+# (B, Lq, Lr): a typical pair (a 16-feature query in a full window), and a small batch of the longest queries
+WARMUP_SHAPES = ((1, MAX_GROUNDTRUTH // 2, MAX_WINDOW), (4, MAX_GROUNDTRUTH, MAX_WINDOW))
+CONFIG_LIMIT = -1  # max_length: the run config's limit for the chosen rule
+PCA_ASSET = "pca.npz"  # in assets.extra/: the training data's PCA, which `vreloc locate` applies to new videos
 
 
 def serving_module(model, feature_dim: int, decode_mode: str, max_length: Optional[int], jit_compile: bool = True):
@@ -127,32 +119,30 @@ def write_warmup_file(path: str, requests) -> None:
 
 
 def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: Optional[str] = None,
-                 max_length: Optional[int] = -1, model=None, jit_compile: bool = True) -> ExportResult:
+                 max_length: Optional[int] = CONFIG_LIMIT, model=None, jit_compile: bool = True) -> Export:
     """Export run ``run_dir`` as version ``version`` (default: next free) of model folder ``out`` (BASE/NAME).
 
     ``decode``: 'full' | 'weak' (default: the run's supervision); ``max_length``:
-    the rule's segment-length limit (default -1 = the config's limit for that rule;
-    None = unlimited). ``model``: an already loaded Keras model of this run (else
+    the rule's segment-length limit (default CONFIG_LIMIT = the config's limit for that
+    rule; None = unlimited). ``model``: an already loaded Keras model of this run (else
     loaded from ``run_dir``). ``jit_compile``: see :func:`serving_module`.
     Raises FileExistsError if the version exists.
     """
     import tensorflow as tf
 
-    from vreloc_tf.run_dir import load_run, load_run_config, read_run_manifest
-
+    run = Run.open(run_dir)
+    cfg, manifest = run.config, run.manifest
     if model is None:
-        model, cfg, manifest = load_run(run_dir)
-    else:
-        cfg, manifest = load_run_config(run_dir), read_run_manifest(run_dir)
+        model = run.load_model()
     decode = decode or cfg.supervision
-    if decode not in ("full", "weak"):
-        raise ValueError(f"--decode must be 'full' or 'weak', got {decode!r}")
-    if max_length == -1:
-        max_length = decode_limit(cfg, decode)
+    if decode not in SUPERVISIONS:
+        raise InputError(f"--decode must be 'full' or 'weak', got {decode!r}")
+    if max_length == CONFIG_LIMIT:
+        max_length = cfg.decode.max_length(decode)
     feature_dim = int(manifest.feature_dim)
     model_dim = model.input[sig.QUERY].shape[-1] if isinstance(model.input, dict) else None
     if model_dim is not None and int(model_dim) != feature_dim:
-        raise ValueError(f"{run_dir}: run.json says feature_dim {feature_dim} but the model takes {model_dim}")
+        raise InputError(f"{run_dir}: run.json says feature_dim {feature_dim} but the model takes {model_dim}")
 
     out = os.path.normpath(out)
     model_name = os.path.basename(out)
@@ -160,7 +150,7 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
     if version is None:
         version = next_version(out)
     elif version < 1:
-        raise ValueError(f"--version must be a positive integer, got {version}")
+        raise InputError(f"--version must be a positive integer, got {version}")
     final = os.path.join(out, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists: version {version} of {model_name} was already exported "
@@ -184,6 +174,7 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
             "decode": decode,
             "decode_max_length": max_length,
             "jit_compile": jit_compile,
+            "max_window": cfg.data.max_window,  # the reference window `vreloc locate` uses with this model
             "config_digest": cfg.digest(),
             "run_dir": os.path.abspath(run_dir),
             "best_step": manifest.best_step,
@@ -193,10 +184,9 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
         if manifest.pca_file:
             # The PCA of the training features travels with the model, so `vreloc locate` can
             # turn a new video's fc7 features into the model's input space.
-            shutil.copyfile(manifest.pca_file, os.path.join(extra, "pca.npz"))
-            info["pca"] = "pca.npz"
-        with open(os.path.join(extra, sig.METADATA_FILE), "w") as fh:
-            json.dump(info, fh, indent=2)
+            shutil.copyfile(manifest.pca_file, os.path.join(extra, PCA_ASSET))
+            info["pca"] = PCA_ASSET
+        write_json_atomic(os.path.join(extra, sig.METADATA_FILE), info)
         try:
             os.rename(tmp, final)  # atomic; fails if another exporter took this version meanwhile
         except OSError as exc:
@@ -205,34 +195,4 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(path=final, version=version, model_name=model_name)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (vreloc train --out)")
-    parser.add_argument("--out", required=True, metavar="BASE/NAME",
-                        help="model folder; the version goes to BASE/NAME/<version>/ (NAME = the served model name)")
-    parser.add_argument("--version", type=int, default=None, help="version number (default: the next free one)")
-    parser.add_argument("--decode", choices=("full", "weak"), default=None,
-                        help="decoding rule in the graph (default: the run's training mode)")
-    parser.add_argument("--max-length", default="config", metavar="N|none",
-                        help="segment-length limit of the rule (default: the run config's limit for that rule)")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.max_length == "config":
-        max_length = -1
-    elif args.max_length.lower() == "none":
-        max_length = None
-    elif args.max_length.isdigit() and int(args.max_length) > 0:
-        max_length = int(args.max_length)
-    else:
-        print(f"error: --max-length must be a positive integer or 'none', got {args.max_length!r}", file=sys.stderr)
-        return 2
-    try:
-        result = export_model(args.model, args.out, args.version, args.decode, max_length)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"exported {result.model_name} version {result.version} to {result.path}")
-    return 0
+    return Export(base_path=out, model_name=model_name, version=version, path=final)

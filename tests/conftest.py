@@ -1,4 +1,8 @@
-"""Shared test set-up: quiet TensorFlow, CPU only, and the path to ../shared."""
+"""Shared test set-up: quiet TensorFlow, CPU only, the path to ../shared, and shared fixtures.
+
+Helpers live in the ``helpers`` package (tests/helpers/); fixtures that several test
+modules need live here, so test modules never import each other.
+"""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -6,6 +10,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
+
+from helpers.records import TINY_DIM  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_SPLITS = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "activitynet_reloc"))
@@ -16,3 +22,31 @@ def shared_splits_dir():
     """The benchmark split files, read in place from ../shared (never copied)."""
     assert os.path.isdir(SHARED_SPLITS), f"{SHARED_SPLITS} is missing: tests read ../shared/ beside the repo"
     return SHARED_SPLITS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_root(tmp_path_factory):
+    """helpers.runs makes its run folders and exports under this session's temporary folder."""
+    from helpers import runs
+
+    runs.set_root(str(tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A TFRecord data folder (train/val/test, 8-d learnable features) for training and evaluation tests."""
+    from helpers.records import make_data_dir
+
+    return make_data_dir(str(tmp_path_factory.mktemp("tiny_data")), dim=TINY_DIM)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+    """A run folder trained for 4 steps on ``tiny_data_dir`` by `vreloc train` (do not modify: copy it)."""
+    from vreloc import cli
+
+    out = str(tmp_path_factory.mktemp("tiny_run") / "run")
+    assert cli.main(["train", "--config", "tiny", "--data", tiny_data_dir, "--out", out, "--steps", "4",
+                     "--set", f"data.feature_dim={TINY_DIM}", "--set", "train.batch_size=4",
+                     "--set", "train.validate_every=2", "--set", "train.validation_pairs=6"]) == 0
+    return out

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import reloc_fixtures as F
+from helpers import records as F
 from vreloc_tf import baselines, metrics, schema
 from vreloc.cli import main as cli_main
 from vreloc_tf.entry_index import load_index

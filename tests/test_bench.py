@@ -2,7 +2,7 @@
 import json
 
 from vreloc import cli
-from vreloc_tf import bench
+from vreloc import bench
 
 PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "inference.p50_ms",
             "inference.p99_ms", "grpc.p50_ms", "grpc.p99_ms", "grpc.requests_per_s_8_clients", "latency_ms_by_lr",

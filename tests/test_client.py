@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import serving_helpers as H
+from helpers import runs as H
 from serving import signature as sig
 from serving.client import make_request, predict, seconds
 from serving.server import start_server

@@ -24,11 +24,19 @@ def test_paper_full_has_the_papers_settings():
     assert cfg.decode_max_length == 64
 
 
-def test_paper_weak_differs_only_in_supervision():
+def test_paper_weak_differs_only_in_supervision_and_its_objective():
     full, weak = load_config("paper_full"), load_config("paper_weak")
-    assert weak.supervision == "weak" and weak.decode_max_length is None
-    weak.supervision = "full"
+    assert weak.supervision == "weak" and weak.loss.weak_variant == "paper"
+    assert weak.decode_rule == "weak" and weak.decode_max_length is None
+    assert weak.selection_rule == "label_free" and full.selection_rule == "val_map"
+    weak.supervision, weak.loss.weak_variant = "full", "ours"
     assert weak.to_dict() == full.to_dict()
+
+
+def test_weak_ours_decodes_with_eq20_and_paper_models_have_no_similarity_features():
+    ours = load_config("paper_full", ["supervision=weak"])
+    assert ours.loss.weak_variant == "ours" and ours.decode_rule == "full" and ours.decode_max_length == 64
+    assert not Config().model.similarity_features and load_config("tiny").model.similarity_features
 
 
 def test_paper_files_equal_the_dataclass_defaults():
@@ -98,3 +106,27 @@ def test_saved_config_loads_back_equal(tmp_path):
 def test_missing_file_is_a_clear_error():
     with pytest.raises(ConfigError, match="not found"):
         load_config(os.path.join("nowhere", "x.yaml"))
+
+
+def test_feature_dim_may_be_left_to_the_data_and_unused_keys_are_gone():
+    assert load_config("tiny").data.feature_dim == 32
+    assert load_config("tiny", ["data.feature_dim=null"]).data.feature_dim is None
+    for key in ("frames_per_feature", "max_query", "shuffle_buffer"):  # the data decides / never read
+        with pytest.raises(ConfigError, match=f"unknown key 'data.{key}'"):
+            load_config("tiny", [f"data.{key}=1"])
+    assert load_config("paper_full").data.max_window == 300  # locate's window
+
+
+def test_the_decode_limit_of_each_rule_comes_from_one_function():
+    cfg = load_config("paper_full", ["decode.weak_max_length=100"])
+    assert (cfg.decode.max_length("full"), cfg.decode.max_length("weak")) == (64, 100)
+    assert cfg.decode_max_length == cfg.decode.max_length(cfg.supervision) == 64
+    with pytest.raises(ConfigError, match="decode mode"):
+        cfg.decode.max_length("semi")
+
+
+def test_a_config_error_is_an_input_error():
+    from vreloc_tf.errors import InputError
+
+    with pytest.raises(InputError, match="model.hidden_dim.*int"):
+        load_config("tiny", ["model.hidden_dim=abc"])

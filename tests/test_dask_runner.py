@@ -8,7 +8,7 @@ import pytest
 from pipeline import ingest_activitynet as ingest, staged_sink, synth
 from vreloc_tf.schema import read_manifest, read_records
 
-from test_ingest import make_synth_with_bad
+from helpers.synth_data import make_synth_with_bad
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_extract_video_on_dask_equals_direct_runner(cluster, tmp_path):
     Slow (40-80 s here): every Dask worker builds C3D, and the runner recomputes side inputs.
     """
     from pipeline import extract_video as ev
-    from test_extract_video_job import colour_video
+    from helpers.videos import colour_video
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import reference_numpy as ref
-from vreloc_tf.decoding import decode, decode_full, decode_full_np, decode_weak, decode_weak_np
+from helpers import reference_numpy as ref
+from vreloc_tf.decoding import decode, decode_full, decode_full_np, decode_weak, decode_weak_np, decoder
 
 
 def random_probabilities(rng, batch, steps, temperature=2.0):
@@ -112,3 +112,10 @@ def test_bad_arguments_are_named():
         decode_full(p[..., :3], np.array([3], "int32"), 2)
     with pytest.raises(ValueError, match="probabilities"):
         decode_weak(p[0], np.array([3], "int32"))
+
+
+def test_one_function_picks_the_rule_of_a_mode():
+    assert (decoder("full"), decoder("weak")) == (decode_full, decode_weak)
+    assert (decoder("full", numpy=True), decoder("weak", numpy=True)) == (decode_full_np, decode_weak_np)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        decoder("semi")

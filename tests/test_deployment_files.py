@@ -16,7 +16,7 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-import serving_helpers as H
+from helpers import runs as H
 from serving import signature as sig
 
 SERVING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving")

@@ -5,34 +5,30 @@ import os
 import numpy as np
 import pytest
 
-import reloc_fixtures as F
-from vreloc_tf import metrics, schema
+from helpers import records as F
 from vreloc.cli import main as cli_main
+from vreloc_tf import metrics, schema
+from vreloc_tf.artifacts import Run
 from vreloc_tf.decoding import decode_full_np, decode_weak_np
+from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import evaluate_run
 
-DIM = 8
+
+@pytest.fixture(scope="module")
+def data_dir(tiny_data_dir):
+    return tiny_data_dir
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return F.make_data_dir(str(tmp_path_factory.mktemp("eval_data")), dim=DIM)
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("eval_run") / "run")
-    assert cli_main(["train", "--config", "tiny", "--data", data_dir, "--out", out, "--steps", "4",
-                     "--set", "train.batch_size=4", "--set", "train.validate_every=2",
-                     "--set", "train.validation_pairs=6"]) == 0
-    return out
+def run_dir(tiny_run):
+    """A run trained by `vreloc train` (the CLI) on ``data_dir``."""
+    return tiny_run
 
 
 def _by_hand(run_dir, data_dir, pairs_file, mode):
     """Each pair alone (no padding, batch of one), decoded with the NumPy twin, IoU by hand."""
-    from vreloc_tf.run_dir import load_run
-
-    model, cfg, _ = load_run(run_dir)
+    run = Run.open(run_dir)
+    model, cfg = run.load_model(), run.config
     recs = {r.entry_index: r for r in schema.read_records(data_dir, "test")}
     with open(pairs_file) as fh:
         pairs = json.load(fh)["pairs"]
@@ -98,12 +94,35 @@ def test_cli_prints_the_paper_row_and_writes_json(run_dir, data_dir, tmp_path, c
 
 def test_evaluate_names_a_feature_dim_mismatch_and_missing_arguments(run_dir, tmp_path, capsys):
     other = F.make_data_dir(str(tmp_path / "d6"), dim=6, train_classes=2, per_class=3)
-    with pytest.raises(ValueError, match="6-d features but the run .* 8-d"):
+    with pytest.raises(InputError, match="6-d features but the run .* 8-d"):
         evaluate_run(run_dir, other, "test")
     assert cli_main(["evaluate", "--split", "test"]) == 2
     assert "--model" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="no model.keras"):
+    with pytest.raises(InputError, match="not a finished training run folder .no run.json"):
         evaluate_run(str(tmp_path), other, "test")
+
+
+def test_a_corrupt_pair_file_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
+    bad = tmp_path / "pairs.json"
+    bad.write_text('{"split": "test", "pairs": [{"query": 1, "refer')
+    assert cli_main(["evaluate", "--model", run_dir, "--split", "test", "--pairs", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vreloc evaluate: error: {bad}: not a valid pair list")
+
+
+def test_a_pair_list_of_a_relabelled_split_is_refused(run_dir, data_dir, tmp_path):
+    """The same entries with other video ids (a relabelled split): the recorded video ids catch it."""
+    pairs = str(tmp_path / "pairs.json")
+    evaluate_run(run_dir, data_dir, "test", pairs)  # writes the pair list
+    relabelled = str(tmp_path / "relabelled")
+    for split in ("train", "val", "test"):
+        records = schema.read_records(data_dir, split)
+        for r in records:
+            r.video_id = "x" + r.video_id if split == "test" else r.video_id
+        F.write_split(relabelled, split, records)
+    F.write_manifest(relabelled, F.TINY_DIM, {})
+    with pytest.raises(InputError, match="pair 0 recorded query entry .* as video .* it is video 'x"):
+        evaluate_run(run_dir, relabelled, "test", pairs)
 
 
 def test_the_run_folder_defaults_evaluation_to_its_own_data(run_dir, data_dir):

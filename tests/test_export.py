@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import serving_helpers as H
+from helpers import runs as H
 from serving import export as export_mod
 from serving import signature as sig
 from serving.export import export_model
 from serving.versions import next_version
 from vreloc.cli import main as cli_main
+from vreloc_tf.artifacts import Export, Run
 from vreloc_tf.decoding import decode_full_np, decode_weak_np
-from vreloc_tf.run_dir import load_run
+from vreloc_tf.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,8 @@ def exported(tmp_path_factory):
     run_dir = H.make_run(0)
     base = str(tmp_path_factory.mktemp("export") / H.MODEL_NAME)
     result = export_model(run_dir, base)
+    assert result == Export(base_path=os.path.normpath(base), model_name=H.MODEL_NAME, version=1,
+                            path=os.path.join(os.path.normpath(base), "1"))
     return run_dir, base, result.path
 
 
@@ -47,6 +50,7 @@ def test_layout_is_tf_servings(exported):
     assert info["feature_dim"] == H.FEATURE_DIM
     assert info["frames_per_feature"] == 16
     assert info["decode"] == "full" and info["decode_max_length"] == 64  # tiny config: full rule, limit 64
+    assert info["max_window"] == 300  # what `vreloc locate` uses as its window with this model
     assert info["model_name"] == H.MODEL_NAME and info["version"] == 1
 
 
@@ -78,7 +82,8 @@ def test_signature_names_dtypes_shapes_and_method(exported):
 
 def test_savedmodel_outputs_equal_keras_on_padded_batch(exported):
     run_dir, _, path = exported
-    model, cfg, _ = load_run(run_dir)
+    run = Run.open(run_dir)
+    model, cfg = run.load_model(), run.config
     rng = np.random.default_rng(1)
     arrays = H.random_batch(rng, lq=(6, 3, 9), lr=(40, 17, 52))
     got = H.saved_model_outputs(path, arrays)
@@ -164,19 +169,19 @@ def test_cli_exports_and_refuses_an_existing_version(tmp_path, capsys):
     assert "already exported" in capsys.readouterr().err
     assert cli_main(["export", "--model", str(tmp_path / "nope"), "--out", base]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "nope") in err and "model.keras" in err
+    assert str(tmp_path / "nope") in err and "run.json" in err
+    assert cli_main(["export", "--model", run_dir, "--out", base, "--max-length", "-3"]) == 2
+    assert "--max-length must be a positive integer or 'none'" in capsys.readouterr().err
 
 
 def test_feature_dim_of_the_manifest_must_match_the_model(tmp_path):
     import shutil
 
-    from vreloc_tf.run_dir import read_run_manifest, write_run_manifest
-
     run_dir = str(tmp_path / "run")
     shutil.copytree(H.make_run(0), run_dir)
-    manifest = read_run_manifest(run_dir)
+    manifest = Run.open(run_dir).manifest
     manifest.feature_dim = H.FEATURE_DIM + 1
-    write_run_manifest(run_dir, manifest)
-    with pytest.raises(ValueError, match=f"feature_dim {H.FEATURE_DIM + 1} but the model takes {H.FEATURE_DIM}"):
+    manifest.write(run_dir)
+    with pytest.raises(InputError, match=f"feature_dim {H.FEATURE_DIM + 1} but the model takes {H.FEATURE_DIM}"):
         export_model(run_dir, str(tmp_path / "m"))
     assert not os.path.exists(tmp_path / "m" / "1")

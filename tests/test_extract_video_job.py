@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from helpers.videos import colour_video
 from pipeline import extract_video as ev, staged_sink
 from pipeline.pca import PCA
 from vreloc_tf.schema import read_manifest, read_records
@@ -111,19 +112,6 @@ def test_plan_tasks_ids_splits_and_indices(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def colour_video(path, n_frames, fps, seed):
-    """Random coloured blocks drifting over a 64x64 frame (the decode resizes to 128x171)."""
-    from pipeline.video import write_test_video
-
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (8, 8, 3)).astype(np.float32)
-    frames = []
-    for t in range(n_frames):
-        img = np.kron(np.roll(base, t // 4, axis=1), np.ones((8, 8, 1)))
-        frames.append(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8))
-    return write_test_video(str(path), np.stack(frames), fps=fps)
 
 
 def annotations(video_folder):

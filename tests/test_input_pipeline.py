@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-import reloc_fixtures as F
+from helpers import records as F
 from vreloc_tf import schema
 from vreloc_tf.config import load_config
 from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, load_index, weak_role
@@ -112,6 +112,12 @@ def test_weak_batches_never_see_reference_groundtruth(data_dir, tmp_path):
     weak_clean, weak_corrupt = _batches(cfg, data_dir), _batches(cfg, str(tmp_path))
     _assert_same_batches(weak_clean, weak_corrupt)
     assert all("groundtruth" not in b for b in weak_clean)
+    # weak "ours" batches carry the label-free teacher's segments instead, inside every reference
+    for b in weak_clean:
+        pseudo, lengths = np.asarray(b["pseudo_groundtruth"]), np.asarray(b["reference_length"])
+        assert np.all(0 <= pseudo[:, 0]) and np.all(pseudo[:, 0] < pseudo[:, 1]) and np.all(pseudo[:, 1] <= lengths)
+    paper = _batches(_cfg("supervision=weak", "loss.weak_variant=paper"), data_dir)
+    assert all("pseudo_groundtruth" not in b for b in paper)
     # the corruption is visible to a pipeline that does read reference ground truth
     full_clean, full_corrupt = _batches(_cfg(), data_dir), _batches(_cfg(), str(tmp_path))
     assert any(not np.array_equal(x["groundtruth"], y["groundtruth"]) for x, y in zip(full_clean, full_corrupt))

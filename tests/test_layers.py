@@ -3,9 +3,9 @@ import keras
 import numpy as np
 import pytest
 
-import reference_numpy as ref
+from helpers import reference_numpy as ref
 from vreloc_tf.layers import (EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention,
-                              SequenceMask, merge_head_groups, sequence_mask)
+                              SequenceMask, SimilarityFeatures, merge_head_groups, sequence_mask)
 
 # Groups with two different key widths and a duplicate setting, to exercise merging and ordering.
 GROUPS = [[2, 1, 1, 4], [1, 3, 2, 4], [2, 3, 1, 6], [1, 3, 3, 4]]
@@ -90,6 +90,34 @@ def test_a_reference_side_bias_would_cancel_under_the_softmax():
     np.testing.assert_allclose(with_bias, without, rtol=1e-10)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_similarity_features_match_numpy_and_ignore_padding(seed):
+    rng = np.random.default_rng(seed)
+    ref_x, ref_len = padded_batch(rng, [12, 4, 9], 12, 5)
+    q_x, q_len = padded_batch(rng, [3, 6, 1], 6, 5)
+    layer = SimilarityFeatures(temperature=0.2)
+    out = np.asarray(layer(ref_x, q_x, ref_len, q_len))
+    assert out.shape == (3, 12, 6) and not layer.weights  # parameter-free
+    for b in range(3):
+        n, m = ref_len[b], q_len[b]
+        expected = ref.similarity_features(ref_x[b, :n].astype(np.float64), q_x[b, :m].astype(np.float64), 0.2)
+        np.testing.assert_allclose(out[b, :n], expected, atol=2e-4, rtol=1e-4)
+        assert np.all(out[b, n:] == 0.0)
+
+
+def test_similarity_features_ignore_a_per_video_offset_of_the_reference():
+    """Why they exist: a scene component constant over the reference changes nothing."""
+    rng = np.random.default_rng(7)
+    ref_x, ref_len = padded_batch(rng, [10], 10, 6)
+    q_x, q_len = padded_batch(rng, [4], 4, 6)
+    layer = SimilarityFeatures()
+    shifted = ref_x + 30.0 * rng.normal(size=(1, 1, 6)).astype("float32")
+    np.testing.assert_allclose(np.asarray(layer(shifted, q_x, ref_len, q_len)),
+                               np.asarray(layer(ref_x, q_x, ref_len, q_len)), atol=1e-4)
+    with pytest.raises(ValueError, match="temperature"):
+        SimilarityFeatures(temperature=0.0)
+
+
 def test_merge_head_groups_merges_equal_settings_in_order():
     merged = merge_head_groups([(8, 3, 1, 32), (8, 1, 1, 32), (8, 3, 1, 32), (4, 3, 1, 16)])
     assert merged == [(16, 3, 1, 32), (8, 1, 1, 32), (4, 3, 1, 16)]
@@ -127,4 +155,5 @@ def test_serialization_round_trip_of_every_custom_layer():
     _round_trip(SelfAttention(2, 3, name="sa"), x, lengths)
     _round_trip(SequenceMask(name="mask"), lengths, x)
     _round_trip(EmptyFeatures(name="empty"), x)
+    _round_trip(SimilarityFeatures(0.3, name="sim"), x, q, lengths, q_len)
     assert np.asarray(EmptyFeatures()(x)).shape == (2, 6, 0)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipeline.video import packaged_sample_video, read_frames, write_test_video
 from vreloc import cli
-from vreloc_tf.locate import LocateError, locate, search, windows
+from vreloc.locate import LocateError, locate, search, windows
 from vreloc_tf.metrics import temporal_iou
 
 H, W = 144, 176
@@ -86,7 +86,7 @@ def test_windows_cover_long_references_and_search_takes_the_best():
 @pytest.fixture()
 def cached_features(monkeypatch):
     """The real extract_features, computed once per (file, pca) for the model tests below."""
-    import vreloc_tf.locate as loc
+    import vreloc.locate as loc
 
     real, cache = loc.extract_features, {}
 
@@ -104,8 +104,8 @@ def cached_features(monkeypatch):
 def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, cached_features):
     from pipeline.pca import PCAStatsCombineFn, fit_pca
     from serving.export import export_model
-    from serving_helpers import FEATURE_DIM, make_run
-    from vreloc_tf.run_dir import read_run_manifest, write_run_manifest
+    from helpers.runs import FEATURE_DIM, make_run
+    from vreloc_tf.artifacts import RunManifest
 
     folder, q, r, _ = spliced
     # A run whose training features were fc7 reduced by a PCA to the model's dim.
@@ -117,9 +117,9 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
 
     shutil.copytree(make_run(0, "full"), run)
     pca.save(str(tmp_path / "pca.npz"))
-    manifest = read_run_manifest(run)
+    manifest = RunManifest.read(run)
     manifest.pca_file = str(tmp_path / "pca.npz")
-    write_run_manifest(run, manifest)
+    manifest.write(run)
     base = str(tmp_path / "serving" / "vreloc")
     export_model(run, base)
     assert (tmp_path / "serving" / "vreloc" / "1" / "assets.extra" / "pca.npz").exists()
@@ -132,6 +132,28 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
 
     # Without the PCA the 4,096-d fc7 features do not fit the model: a clear error.
     manifest.pca_file = None
-    write_run_manifest(run, manifest)
+    manifest.write(run)
     with pytest.raises(LocateError, match="4096-d but the model takes 8-d.*--pca"):
         locate(q, r, model=run, random_c3d=True)
+
+
+def test_the_window_is_the_model_configs_max_window(tmp_path):
+    """locate cuts long references into windows of the run config's data.max_window (the export records it)."""
+    import shutil
+
+    from helpers.runs import make_run
+    from serving.export import export_model
+    from vreloc.locate import frame_level_matcher, keras_run_matcher, saved_model_matcher
+    from vreloc_tf.artifacts import CONFIG_FILE, Run
+    from vreloc_tf.config import save_config
+    from vreloc_tf.contract import MAX_WINDOW
+
+    run = str(tmp_path / "run")
+    shutil.copytree(make_run(0), run)
+    cfg = Run.open(run).config
+    cfg.data.max_window = 16
+    save_config(cfg, str(tmp_path / "run" / CONFIG_FILE))
+    assert keras_run_matcher(run).window == 16
+    base = export_model(run, str(tmp_path / "serving" / "vreloc")).base_path
+    assert saved_model_matcher(base).window == 16
+    assert frame_level_matcher().window == MAX_WINDOW

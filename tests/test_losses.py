@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-import reference_numpy as ref
+from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
 from vreloc_tf.losses import coattention_loss, cosine_similarity, total_loss, weighted_cross_entropy
 
@@ -115,7 +115,7 @@ def test_total_loss_combines_as_configured_and_switches_masks_at_step_n():
     rng = np.random.default_rng(4)
     batch, p = make_batch(rng)
     n = 7
-    weak = load_config("tiny", ["supervision=weak", f"loss.coattention_mask_after_steps={n}"])
+    weak = load_config("tiny", ["supervision=weak", "loss.weak_variant=paper", f"loss.coattention_mask_after_steps={n}"])
     ce_only = load_config("tiny", ["loss.full_losses=weighted_ce"])
     both = load_config("tiny", ["loss.full_losses=weighted_ce+coattention", "loss.coattention_weight=0.5",
                                 f"loss.coattention_mask_after_steps={n}"])
@@ -132,7 +132,24 @@ def test_total_loss_combines_as_configured_and_switches_masks_at_step_n():
     step.assign(n + 5)
     np.testing.assert_allclose(float(compiled()), c_on, rtol=1e-6)
     np.testing.assert_allclose(float(total_loss(ce_only, batch, p, 0)), ce, rtol=1e-6)
-    np.testing.assert_allclose(float(total_loss(both, batch, p, 100)), ce + 0.5 * c_on, rtol=1e-6)
+    # full supervision: the paper's masks belong to its weak setting, so loss^c runs without them
+    np.testing.assert_allclose(float(total_loss(both, batch, p, 100)), ce + 0.5 * c_off, rtol=1e-6)
+    np.testing.assert_allclose(float(total_loss(both, batch, p, 0)), ce + 0.5 * c_off, rtol=1e-6)
+
+
+def test_weak_ours_is_eq19_on_the_pseudo_segments_and_reads_no_groundtruth():
+    rng = np.random.default_rng(6)
+    batch, p = make_batch(rng)
+    ours = load_config("tiny", ["supervision=weak"])
+    del batch["groundtruth"]
+    pseudo = np.array([[1, 4], [0, 1], [2, 5], [5, 12]], "int32")  # segments the teacher could give
+    batch["pseudo_groundtruth"] = pseudo
+    expected = np.mean(np.asarray(weighted_cross_entropy(p, pseudo, batch["reference_length"], 10.0)))
+    for step in (0, 10_000):  # no masks, no warm-up: the same objective at every step
+        np.testing.assert_allclose(float(total_loss(ours, batch, p, step)), expected, rtol=1e-6)
+    del batch["pseudo_groundtruth"]
+    with pytest.raises(KeyError, match="pseudo_groundtruth"):
+        total_loss(ours, batch, p, 0)
 
 
 def test_bad_shapes_are_named():

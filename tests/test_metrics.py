@@ -44,7 +44,8 @@ def test_result_dict_and_table_format():
     rng = np.random.default_rng(2)
     a = metrics.result_dict("Method A", "test", rng.random(40))
     b = metrics.result_dict("B", "test", rng.random(40))
-    assert set(a) == {"method", "split", "pairs", "map_at_1", "average"}
+    assert set(a) == {"method", "split", "pairs", "map_at_1", "average", "ci95", "ious"}
+    assert len(a["ious"]) == 40
     assert a["pairs"] == 40
     assert a["average"] == pytest.approx(np.mean(list(a["map_at_1"].values())))
     table = metrics.format_table([a, b], title="Table X")
@@ -64,3 +65,23 @@ def test_table_flags_rows_from_different_pair_lists_and_names_bad_rows():
     assert "WARNING" in metrics.format_table([a, b])
     with pytest.raises(ValueError, match="lacks"):
         metrics.format_table([{"method": "C"}])
+
+
+def test_bootstrap_interval_against_a_plain_loop_and_around_the_estimate():
+    rng = np.random.default_rng(3)
+    ious = rng.random(60)
+    ci = metrics.bootstrap_interval(ious, samples=300, seed=5)
+    # the same resamples, written as a plain loop
+    picks = np.random.default_rng(5).integers(0, 60, size=(300, 60))
+    averages = [np.mean([100 * np.mean(ious[p] > t) for t in metrics.THRESHOLDS]) for p in picks]
+    np.testing.assert_allclose(ci["average"], np.percentile(averages, [2.5, 97.5]))
+    point = metrics.result_dict("m", "test", ious)
+    for key in metrics.THRESHOLD_KEYS:
+        lo, hi = point["ci95"][key]
+        assert lo <= point["map_at_1"][key] <= hi
+    assert metrics.bootstrap_interval(ious, seed=5) == metrics.bootstrap_interval(ious, seed=5)
+    wide = metrics.bootstrap_interval(ious[:10])["average"]
+    narrow = metrics.bootstrap_interval(np.tile(ious[:10], 50))["average"]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]  # more pairs, a narrower interval
+    table = metrics.format_table([point])
+    assert "95% CI" in table and f"[{point['ci95']['average'][0]:.1f}, {point['ci95']['average'][1]:.1f}]" in table

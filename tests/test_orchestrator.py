@@ -31,8 +31,19 @@ def test_every_stage_runs_and_writes_its_manifest(first_run, capsys):
         assert doc["seconds"] >= 0 and doc["fingerprint"]
     ev = _stage(workdir, "evaluator")["outputs"]
     for split in ("val", "test"):
-        methods = [r["method"] for r in ev["results"][split]]
-        assert len(methods) == 5 and all(r["split"] == split for r in ev["results"][split])
+        rows = ev["results"][split]  # keyed by method id: blessing picks rows by name, never by position
+        assert list(rows) == ["model:full", "model:weak", "baseline:random", "baseline:prior",
+                              "baseline:frame-level"]
+        assert [r["method"] for r in rows.values()] == ["ours full", "ours weak", "Random", "Stat. prior",
+                                                        "FL Baseline"]
+        assert all(r["split"] == split for r in rows.values())
+        saved = json.load(open(os.path.join(workdir, "evaluator", f"results_{split}.json")))
+        assert saved == rows
+        assert "FL Baseline" in open(os.path.join(workdir, "evaluator", f"table_{split}.txt")).read()
+    for mode, verdict in ev["blessing"].items():
+        assert verdict["val_average"] == ev["results"]["val"][f"model:{mode}"]["average"]
+        assert verdict["frame_level_val_average"] == ev["results"]["val"]["baseline:frame-level"]["average"]
+        assert verdict["blessed"] == (verdict["val_average"] > verdict["frame_level_val_average"])
     for mode, png in ev["figures"].items():
         assert os.path.getsize(png) > 20_000, png
     # Pusher exported exactly the blessed models.
@@ -40,6 +51,8 @@ def test_every_stage_runs_and_writes_its_manifest(first_run, capsys):
     assert set(pushed) == {m for m, b in ev["blessing"].items() if b["blessed"]}
     for mode, info in pushed.items():
         assert os.path.exists(os.path.join(info["base_path"], str(info["version"]), "saved_model.pb"))
+        assert info["path"] == os.path.join(info["base_path"], str(info["version"]))
+        assert info["model_name"] == f"vreloc_{mode}"
 
 
 def test_rerun_skips_unchanged_stages_and_force_reruns(first_run, capsys):
@@ -74,11 +87,12 @@ def test_serve_check_answered_over_grpc(first_run, capsys):
     assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST]) == 0
     out = capsys.readouterr().out
     assert "querying with the stock gRPC client" in out and "score" in out and "server stopped (exit 0)" in out
+    assert "Results on test (mAP@1, %):" in out and "FL Baseline" in out
 
 
 def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
     """--data DIR with annotations.json + videos/: FeatureGen runs extract-video (PCA to the config's dim)."""
-    from test_extract_video_job import colour_video
+    from helpers.videos import colour_video
 
     src = tmp_path / "mine"
     (src / "videos").mkdir(parents=True)
@@ -93,7 +107,7 @@ def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     args = ["pipeline", "run", "--workdir", workdir, "--data", str(src), *FAST, "--set", "data.feature_dim=6",
             "--no-serve-check"]
-    assert cli.main(args) == 1  # raw videos need C3D weights: a clear error, not a guess
+    assert cli.main(args) == 2  # raw videos need C3D weights: a clear one-line error, not a guess
     assert "--c3d-weights" in capsys.readouterr().err
     assert cli.main(args + ["--random-c3d"]) == 0
     from vreloc_tf.schema import read_manifest

@@ -5,10 +5,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import reloc_fixtures as F
+from helpers import records as F
 from vreloc_tf import schema
 from vreloc_tf.entry_index import load_index
-from vreloc_tf.pairs import load_pairs, make_pair_file, make_pairs, pairs_from_index, save_pairs, subsample
+from vreloc_tf.errors import InputError
+from vreloc_tf.pairs import (check_pairs, load_pairs, make_pair_file, make_pairs, pairs_from_index, save_pairs,
+                             subsample)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,10 @@ def test_save_load_round_trip_and_clear_errors(data_dir, tmp_path):
     with pytest.raises(ValueError, match="pair 0 lacks"):
         load_pairs(str(bad))
     bad.write_text("not json")
-    with pytest.raises(ValueError, match="invalid JSON"):
+    with pytest.raises(InputError, match="not a valid pair list"):
+        load_pairs(str(bad))
+    bad.write_text('{"pairs": [{"query": 1, "reference": "2"}]}')
+    with pytest.raises(InputError, match="pair 0 has a non-integer entry index"):
         load_pairs(str(bad))
 
 
@@ -110,3 +115,17 @@ def test_index_errors_name_the_missing_entry(data_dir):
     with pytest.raises(KeyError, match="entry_index 999"):
         index.position_of([0, 999])
     assert pairs_from_index(index, 0)["split"] == "test"
+
+
+def test_check_pairs_refuses_lists_that_do_not_fit_the_data(data_dir):
+    index = load_index(data_dir, "test")
+    pairs = make_pairs(data_dir, "test", 0)
+    assert check_pairs(pairs, index, "p.json") == pairs
+    legacy = [{"query": p["query"], "reference": p["reference"]} for p in pairs]  # no recorded videos: indices only
+    assert check_pairs(legacy, index) == legacy
+    with pytest.raises(InputError, match="p.json: pair 1 names reference entry 999, which is not in split 'test'"):
+        check_pairs([pairs[0], dict(pairs[1], reference=999)], index, "p.json")
+    relabelled = [pairs[0], dict(pairs[1], reference_video="someone_else")]
+    with pytest.raises(InputError, match="pair 1 recorded reference entry .* as video 'someone_else', but in split "
+                                         "'test' it is video"):
+        check_pairs(relabelled, index, "p.json")

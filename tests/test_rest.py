@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-import serving_helpers as H
+from helpers import runs as H
 from serving import signature as sig
 from serving.client import predict
 from serving.rest import arrays_from_json, max_body_bytes

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc)
 
-import serving_helpers as H
+from helpers import runs as H
 from serving import signature as sig
 from serving.client import make_request, open_channel, parse_response, predict
 from serving.export import export_model

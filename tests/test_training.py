@@ -7,22 +7,23 @@ import textwrap
 
 import pytest
 
-import reloc_fixtures as F
+from helpers import records as F
+from helpers.records import TINY_DIM as DIM
 from vreloc_tf.config import load_config
+from vreloc_tf.errors import InputError
 from vreloc_tf.training import make_optimizer, schedule
 
-DIM = 8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return F.make_data_dir(str(tmp_path_factory.mktemp("train_data")), dim=DIM)
+def data_dir(tiny_data_dir):
+    return tiny_data_dir
 
 
 def _run_script(body: str, *args) -> dict:
     """Run a training script in a fresh Python (device set-up and op determinism are per process)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.path.join(REPO, "tests"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(body), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -88,7 +89,7 @@ class Probe(keras.callbacks.Callback):
             spread = max(spread, max(float(np.max(np.abs(x.numpy() - values[0].numpy()))) for x in values))
         self.spread = spread
 
-cfg = load_config("tiny", ["train.steps=12", "train.validate_every=4", "train.checkpoint_every=6",
+cfg = load_config("tiny", ["data.feature_dim=null", "train.steps=12", "train.validate_every=4", "train.checkpoint_every=6",
                            "train.batch_size=8", "train.learning_rate=0.01", "train.validation_pairs=8"])
 probe = Probe()
 m = train(cfg, sys.argv[1], sys.argv[2], devices=2, callbacks=[probe], verbose=2)
@@ -98,7 +99,7 @@ print(json.dumps({"losses": probe.losses, "spread": probe.spread, "replicas_in_v
 
 
 def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_path):
-    from vreloc_tf.run_dir import load_run
+    from vreloc_tf.artifacts import Dataset, Run
 
     out = str(tmp_path / "run")
     report, stdout = _run_script(TWO_REPLICAS, data_dir, out)
@@ -108,14 +109,16 @@ def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_pat
     losses = report["losses"]
     assert losses[-1] < losses[0], losses
     # the run folder
-    model, cfg, manifest = load_run(out)
-    assert manifest.feature_dim == DIM != cfg.data.feature_dim  # from the data manifest, not the config
+    run = Run.open(out)
+    model, cfg, manifest = run.load_model(), run.config, run.manifest
+    assert manifest.feature_dim == DIM and cfg.data.feature_dim is None  # null: the data decides
     assert manifest.supervision == "full" and manifest.steps == 12 and manifest.data_dir == data_dir
+    assert manifest.data_source == Dataset.open(data_dir).training_source()
     assert manifest.best_step in (4, 8, 12) and manifest.best_val_average is not None
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step-000006.keras", "step-000012.keras"]
     assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(out, "logs")) for f in fs)
     assert model.input["query"].shape[-1] == DIM
-    assert "trained 12 steps in" in stdout and f"at step {manifest.best_step}" in stdout
+    assert "trained 12 steps in" in stdout and f"model.keras = step {manifest.best_step}" in stdout
 
 
 RESUME = """
@@ -126,7 +129,7 @@ from vreloc_tf.config import load_config
 from vreloc_tf.train import train
 
 data, a, b = sys.argv[1:4]
-cfg = load_config("tiny", ["train.steps=6", "train.validate_every=2", "train.checkpoint_every=6",
+cfg = load_config("tiny", ["data.feature_dim=8", "train.steps=6", "train.validate_every=2", "train.checkpoint_every=6",
                            "train.batch_size=8", "train.lr_decay_steps=4", "loss.coattention_mask_after_steps=3",
                            "train.validation_pairs=8"])
 
@@ -165,12 +168,53 @@ def test_a_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
 
 
 def test_resuming_with_another_config_is_refused(data_dir, tmp_path):
-    from vreloc_tf.train import _prepare_out_dir
+    from vreloc_tf.artifacts import Dataset
+    from vreloc_tf.train import prepare_run_folder
 
-    out = str(tmp_path / "run")
-    _prepare_out_dir(load_config("tiny"), out, True)
-    with pytest.raises(ValueError, match="different config"):
-        _prepare_out_dir(load_config("tiny", ["seed=3"]), out, True)
+    out, dataset = str(tmp_path / "run"), Dataset.open(data_dir)
+    prepare_run_folder(load_config("tiny"), out, dataset)
+    with pytest.raises(InputError, match="different config.*--overwrite"):
+        prepare_run_folder(load_config("tiny", ["seed=3"]), out, dataset)
+    prepare_run_folder(load_config("tiny", ["seed=3"]), out, dataset, overwrite=True)
+    assert load_config(os.path.join(out, "config.yaml")).seed == 3
+
+
+def test_the_data_decides_the_feature_dim_and_the_config_checks_it(data_dir, tmp_path):
+    from vreloc_tf.train import train
+
+    with pytest.raises(InputError) as err:  # configs/tiny.yaml expects 32-d features
+        train(load_config("tiny"), data_dir, str(tmp_path / "run"))
+    assert f"data.feature_dim is 32 but {data_dir} holds {DIM}-d features" in str(err.value)
+    assert f"--set data.feature_dim={DIM}" in str(err.value)
+    assert not os.path.exists(tmp_path / "run")  # refused before anything was written
+    # (data.feature_dim=null, "take the data's", trains in the two-replica test below)
+
+
+def test_a_finished_run_folder_refuses_data_of_another_dim_or_source(tiny_run, data_dir, tmp_path):
+    """Re-running `vreloc train` on a finished run with other data: exit 2 unless --overwrite (a clean start)."""
+    import shutil
+
+    from vreloc import cli
+    from vreloc_tf.artifacts import Dataset, Run
+
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run)
+    same_dim_other_source = F.make_data_dir(str(tmp_path / "other"), dim=DIM, seed=5,
+                                            source={"job": "ingest-activitynet", "features": "other.hdf5"})
+    other_dim = F.make_data_dir(str(tmp_path / "d6"), dim=6, train_classes=2, per_class=4)
+    base = ["train", "--config", "tiny", "--out", run, "--steps", "4", "--set", "train.batch_size=4",
+            "--set", "train.validate_every=2", "--set", "train.validation_pairs=6"]
+    cases = [(same_dim_other_source, [f"data.feature_dim={DIM}"], "another source"),
+             (other_dim, ["data.feature_dim=null"], f"trained on {DIM}-d features .* holds 6-d features")]
+    for data, sets, message in cases:
+        with pytest.raises(InputError, match=message):
+            cli.main(["--debug", *base, "--data", data] + [a for s in sets for a in ("--set", s)])
+    assert Run.open(run).manifest.data_dir == data_dir  # untouched
+    assert cli.main([*base, "--data", other_dim, "--set", "data.feature_dim=null", "--overwrite"]) == 0
+    run_after = Run.open(run)
+    assert run_after.manifest.feature_dim == 6 and run_after.manifest.data_dir == other_dim
+    assert run_after.manifest.data_source == Dataset.open(other_dim).training_source()
+    assert run_after.load_model().input["query"].shape[-1] == 6
 
 
 def _free_port() -> int:
@@ -192,6 +236,7 @@ def test_two_workers_train_under_multi_worker_mirrored_strategy(data_dir, tmp_pa
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "vreloc", "train", "--config", "tiny", "--data", data_dir,
              "--out", str(tmp_path / f"w{index}"), "--steps", "4", "--set", "train.batch_size=8",
+             "--set", f"data.feature_dim={DIM}",
              "--set", "train.validate_every=2", "--set", "train.validation_pairs=8"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=400)[0] for p in procs]
@@ -203,3 +248,56 @@ def test_two_workers_train_under_multi_worker_mirrored_strategy(data_dir, tmp_pa
     assert not (tmp_path / "w1" / "run.json").exists()  # only the chief writes the run folder
     summaries = [line for out in outputs for line in out.splitlines() if line.startswith("trained 4 steps")]
     assert len(summaries) == 2
+
+
+def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
+    """The weak criterion is the objective on val pairs: garbage in the references' ground-truth
+    columns of the plan (what scoring reads) leaves it unchanged, for both weak variants."""
+    import numpy as np
+
+    from vreloc_tf.artifacts import Run
+    from vreloc_tf.entry_index import load_index
+    from vreloc_tf.input_pipeline import evaluation_plan
+    from vreloc_tf.pairs import pairs_from_index
+    from vreloc_tf.training import objective_on_plan
+
+    model = Run.open(tiny_run).load_model()
+    index = load_index(data_dir, "val")
+    plan = evaluation_plan(index, pairs_from_index(index, 0)["pairs"])
+    garbage = plan.copy()
+    garbage[:, 6:8] = np.random.default_rng(0).integers(0, 3, size=(len(plan), 2))
+    for variant in ("ours", "paper"):
+        cfg = load_config("tiny", ["supervision=weak", f"loss.weak_variant={variant}"])
+        clean = objective_on_plan(model, index, plan, DIM, cfg, step=1000)
+        assert np.isfinite(clean) and clean > 0
+        assert objective_on_plan(model, index, garbage, DIM, cfg, step=1000) == clean
+    with pytest.raises(ValueError, match="weak"):
+        objective_on_plan(model, index, plan, DIM, load_config("tiny"), step=0)
+
+
+def test_weak_runs_are_selected_without_labels_and_deterministic(data_dir, tmp_path):
+    """A weak run records its label-free selection; the same config trains the same weights twice."""
+    import keras
+    import numpy as np
+
+    from vreloc_tf.artifacts import Run
+    from vreloc_tf.evaluate import evaluate_run
+    from vreloc_tf.train import train
+
+    cfg = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.batch_size=4",
+                               "train.validate_every=2", "train.validation_pairs=6", "train.checkpoint_every=2"])
+    runs = [str(tmp_path / name) for name in ("a", "b")]
+    manifests = [train(cfg, data_dir, run, verbose=0) for run in runs]
+    assert all(m.selection == "label_free" and m.decode == "full" for m in manifests)
+    history = manifests[0].extra["validation_history"]
+    assert [h["step"] for h in history] == [2, 4] and all("objective" in h for h in history)
+    best = min(history, key=lambda h: h["objective"])["step"]
+    assert manifests[0].best_step == best
+    weights = [keras.saving.load_model(Run.open(r).model_file).get_weights() for r in runs]
+    for x, y in zip(*weights):
+        np.testing.assert_array_equal(x, y)
+    result = evaluate_run(runs[0], data_dir, "test")
+    assert result["selection"] == "label_free" and result["selected_step"] == best
+    assert result["method"] == "ours weak" and result["decode"] == "full"
+    last = evaluate_run(runs[0], data_dir, "test", checkpoint="last")
+    assert last["selection"] == "checkpoint last" and last["selected_step"] == 4

@@ -36,6 +36,7 @@ COMMANDS = {
     "visualize": "plot multiscale attention maps and probabilities (paper Figure 4)",
     "pipeline": "run the whole job: features -> train -> evaluate -> push",
     "bench": "measure throughput and latency of every stage",
+    "quality": "train and score every method on every data family over seeds (docs/QUALITY.md)",
 }
 
 INPUT_ERRORS = (InputError, OSError, ValueError)  # bad paths, files and values: exit 2, one line

@@ -1,6 +1,4 @@
-"""`vreloc baseline`: the training-free comparison methods of the paper (Tables 2 and 4).
-
-    vreloc baseline --method random|prior|frame-level --data DIR --split test [--pairs FILE] [--json OUT]
+"""The training-free comparison methods of the paper (Tables 2 and 4), as `vreloc baseline` runs them.
 
 Scored on the same fixed pair list as the models (see :mod:`vreloc_tf.pairs`). For a
 reference of L steps (segments [start, end), end exclusive):
@@ -25,6 +23,8 @@ import sys
 from typing import Optional, Tuple
 
 import numpy as np
+
+from vreloc_tf.errors import InputError
 
 METHODS = ("random", "prior", "frame-level")
 METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline"}
@@ -52,7 +52,7 @@ def train_prior(data_dir: str, split: str = "train") -> Tuple[float, float]:
     index = load_index(data_dir, split)
     ok = index.has_groundtruth
     if not np.any(ok):
-        raise ValueError(f"prior baseline: split '{split}' of {data_dir} has no ground truth to average")
+        raise InputError(f"prior baseline: split '{split}' of {data_dir} has no ground truth to average")
     length = index.length[ok].astype(np.float64)
     gt = index.groundtruth[ok].astype(np.float64)
     return float(np.mean(gt[:, 0] / length)), float(np.mean(gt[:, 1] / length))
@@ -107,12 +107,13 @@ def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.
 def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Optional[str] = None,
                  seed: int = 0, train_split: str = "train", verbose: bool = True) -> dict:
     """Score one baseline on the fixed pair list; returns the result dict (percent)."""
+    from vreloc_tf.artifacts import Dataset
     from vreloc_tf.evaluate import resolve_pairs, score_plan
     from vreloc_tf.input_pipeline import evaluation_plan
-    from vreloc_tf.schema import feature_dim_of
 
     if method not in METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+    dataset = Dataset.open(data_dir)
     index, pairs = resolve_pairs(data_dir, split, pairs_file, seed)
     plan = evaluation_plan(index, pairs)
     lengths = plan[:, 5] - plan[:, 4]
@@ -127,32 +128,5 @@ def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Op
         start, end = prior_segments(lengths, ms, me)
         extra["train_means"] = [ms, me]
     else:
-        start, end = frame_level_segments(index, plan, feature_dim_of(data_dir))
+        start, end = frame_level_segments(index, plan, dataset.feature_dim)
     return score_plan(plan, start, end, METHOD_NAMES[method], split, **extra)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--method", required=True, choices=METHODS + ("all",),
-                        help="baseline to score ('all' = every baseline, printed as one table)")
-    parser.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder")
-    parser.add_argument("--split", default="test", help="split to score (default: test)")
-    parser.add_argument("--pairs", metavar="FILE", help="pair list JSON: read if it exists, else written")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline and of a new pair list")
-    parser.add_argument("--json", metavar="OUT", help="write the result JSON here (with 'all': a list)")
-
-
-def main(args) -> int:
-    import json
-
-    from vreloc_tf.evaluate import emit
-    from vreloc_tf.metrics import format_table
-
-    if args.method != "all":
-        emit(run_baseline(args.method, args.data, args.split, args.pairs, args.seed), args.json)
-        return 0
-    results = [run_baseline(m, args.data, args.split, args.pairs, args.seed) for m in METHODS]
-    print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
-    return 0

@@ -21,10 +21,13 @@ from typing import Any, List, Literal, Optional, Sequence
 
 import yaml
 
+from vreloc_tf import contract
+from vreloc_tf.errors import InputError
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file or override is wrong; the message names the key and the source."""
 
 
@@ -45,13 +48,14 @@ def _table1_heads() -> List[HeadGroup]:
 
 @dataclass
 class DataConfig:
-    feature_dim: int = 500  # d_f = d_q = d_r = 500 after PCA (Implementation Details)
-    frames_per_feature: int = 16  # one C3D feature per 16 frames, no overlap (Implementation Details)
-    max_window: int = 300  # reference windows cut to at most 300 features (Feng et al. 2018 splits)
-    max_query: int = 32  # ground-truth segments are at most 32 features (Feng et al. 2018 splits)
+    # The feature dim the model expects (d_f = d_q = d_r = 500 after PCA, Implementation Details).
+    # The data decides: null = whatever the data folder holds; a number is checked against the
+    # data's manifest (see vreloc_tf.artifacts.Dataset.check_feature_dim).
+    feature_dim: Optional[int] = 500
+    # Reference window of `vreloc locate` on long videos (the splits cut windows to 300 features).
+    max_window: int = contract.MAX_WINDOW
     crop_probability: float = 0.9  # reference cropped around its ground truth (Feng et al.'s code)
     weak_query_fraction: float = 0.5  # share of train source videos that give weak queries (Dataset section)
-    shuffle_buffer: int = 2048
 
 
 @dataclass
@@ -66,13 +70,25 @@ class ModelConfig:
     heads: List[HeadGroup] = field(default_factory=_table1_heads)  # k = 40 heads (Table 1)
     dropout_before_bilstm: float = 0.4  # (Implementation Details)
     dropout_after_bilstm: float = 0.2  # (Implementation Details)
+    # Ours, not in the paper (off in the paper's configs): parameter-free similarity features
+    # (vreloc_tf.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY.md has the ablation.
+    similarity_features: bool = False
+    similarity_temperature: float = 0.2  # tau of their soft maximum over query frames (ours)
 
 
 @dataclass
 class LossConfig:
+    # Weak supervision: "paper" = the co-attention loss with masks (Eqs. 13-18, Implementation
+    # Details), kept exact so Table 2's row stays reproducible; "ours" (the project's default) =
+    # Eq. 19 on the label-free teacher's pseudo segments (vreloc_tf.teacher; docs/QUALITY.md).
+    weak_variant: Literal["ours", "paper"] = "ours"
+    teacher_temperature: float = 0.2  # ours: soft maximum over query frames (vreloc_tf.teacher)
+    teacher_threshold_std: float = 0.5  # ours: a step is "action" above mean + 0.5 std of its score
     alpha: float = 0.3  # co-attention balance, best in Table 3
     boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)
-    coattention_mask_after_steps: int = 100  # masks on p3/p4 after 100 iterations (Implementation Details)
+    # Weak "paper" only: masks on p3/p4 after 100 iterations (Implementation Details; the paper
+    # describes them for the weak setting, so full supervision trains without them).
+    coattention_mask_after_steps: int = 100
     full_losses: Literal["weighted_ce", "weighted_ce+coattention"] = "weighted_ce+coattention"  # Table 4 best row
     coattention_weight: float = 1.0  # weight of loss^c when added to loss^w (Table 4 uses a plain sum)
 
@@ -88,12 +104,24 @@ class TrainConfig:
     checkpoint_every: int = 100
     validate_every: int = 100
     validation_pairs: int = 512  # val pairs scored at each validation (0 = all)
+    # Which checkpoint becomes model.keras: "last", "val_map" (labelled val mAP@1) or "label_free"
+    # (the training objective on val pairs, no reference labels read). null = val_map for full
+    # supervision, label_free for weak: a weak model is never picked with labels. (ours)
+    selection: Optional[Literal["last", "val_map", "label_free"]] = None
+    deterministic: bool = True  # TensorFlow op determinism: the same run gives the same weights (ours)
 
 
 @dataclass
 class DecodeConfig:
-    full_max_length: Optional[int] = 64  # 1,024 frames / 16 frames per feature (Implementation Details)
+    # 1,024 frames / 16 frames per feature = 64 (Implementation Details)
+    full_max_length: Optional[int] = contract.FULL_DECODE_MAX_FRAMES // contract.FRAMES_PER_FEATURE
     weak_max_length: Optional[int] = None  # not limited for weak supervision (Implementation Details)
+
+    def max_length(self, mode: str) -> Optional[int]:
+        """The segment-length limit of decoding rule ``mode`` ('full' | 'weak'); None = unlimited."""
+        if mode not in contract.SUPERVISIONS:
+            raise ConfigError(f"decode mode must be one of {', '.join(contract.SUPERVISIONS)}, got {mode!r}")
+        return self.full_max_length if mode == "full" else self.weak_max_length
 
 
 @dataclass
@@ -108,9 +136,24 @@ class Config:
 
     # -- derived views -------------------------------------------------
     @property
+    def decode_rule(self) -> str:
+        """The decoding rule of this run: Eq. 20 ('full') wherever p1/p2 are trained -- full
+        supervision, and weak "ours", whose pseudo segments train them -- else the weak threshold rule."""
+        if self.supervision == "weak" and self.loss.weak_variant == "paper":
+            return "weak"
+        return "full"
+
+    @property
     def decode_max_length(self) -> Optional[int]:
-        """The segment-length limit of the decoding rule of this training mode."""
-        return self.decode.full_max_length if self.supervision == "full" else self.decode.weak_max_length
+        """The segment-length limit of this run's decoding rule."""
+        return self.decode.max_length(self.decode_rule)
+
+    @property
+    def selection_rule(self) -> str:
+        """The resolved checkpoint-selection rule (see TrainConfig.selection)."""
+        if self.train.selection is not None:
+            return self.train.selection
+        return "val_map" if self.supervision == "full" else "label_free"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -266,5 +309,8 @@ def resolve_config_path(path: str) -> str:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(cfg.to_yaml())
+    from vreloc_tf.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(cfg.to_yaml())

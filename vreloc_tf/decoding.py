@@ -20,12 +20,13 @@ end = e + 1 for Eq. 20's inclusive e. An example of length 0 gives (0, 0, 0.0).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 from keras import ops
 
-MODES = ("full", "weak")
+from vreloc_tf.contract import SUPERVISIONS as MODES
+
 _LOG_FLOOR = 1e-30  # probabilities are clipped here before the log, so a 0 never gives NaN
 _NEG = -1e300  # score of an impossible (s, e) in float64
 
@@ -151,12 +152,8 @@ def decode_weak(probabilities, reference_length, max_length: Optional[int] = Non
 
 
 def decode(probabilities, reference_length, mode: str, max_length: Optional[int]):
-    """Dispatch to the rule of a training mode ('full' | 'weak')."""
-    if mode == "full":
-        return decode_full(probabilities, reference_length, max_length)
-    if mode == "weak":
-        return decode_weak(probabilities, reference_length, max_length)
-    raise ValueError(f"decode: mode must be one of {MODES}, got {mode!r}")
+    """Decode with the rule of a training mode ('full' | 'weak'), in keras.ops."""
+    return decoder(mode)(probabilities, reference_length, max_length)
 
 
 # ---------------------------------------------------------------------------
@@ -220,3 +217,15 @@ def decode_weak_np(probabilities, reference_length, max_length: Optional[int] = 
     inside = cum[np.arange(batch), end] - cum[np.arange(batch), start]
     score = np.where(size > 0, inside / np.maximum(size, 1), 0.0)
     return start.astype(np.int32), end.astype(np.int32), score.astype(np.float32)
+
+
+def decoder(mode: str, numpy: bool = False) -> Callable:
+    """The decoding rule of a training mode: full -> Eq. 20, weak -> the threshold rule.
+
+    The one place where a mode picks its decoder (evaluation, export, locate, figures).
+    ``numpy=True`` gives the NumPy twin, for host-side scoring of model outputs.
+    """
+    rules = {"full": (decode_full, decode_full_np), "weak": (decode_weak, decode_weak_np)}
+    if mode not in rules:
+        raise ValueError(f"decode: mode must be one of {MODES}, got {mode!r}")
+    return rules[mode][1 if numpy else 0]

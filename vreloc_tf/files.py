@@ -1,4 +1,4 @@
-"""Small file helpers every stage needs: read JSON or fail clearly, and write atomically.
+"""Small file helpers every stage needs: read JSON or fail clearly, write atomically, start a folder clean.
 
 Why: a half-written manifest or run.json must never be read as a finished one (write
 to a temporary name, then rename), and a missing or corrupt JSON file must produce one
@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Iterator
+import shutil
+from typing import Any, Iterable, Iterator
 
 from vreloc_tf.errors import InputError
 
@@ -48,3 +49,12 @@ def write_json_atomic(path: str, obj: Any, indent: int = 2) -> str:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=indent, default=str)
     return path
+
+
+def clear_folder(folder: str, keep: Iterable[str] = ()) -> None:
+    """Remove everything in ``folder`` except the entries named in ``keep`` (the folder itself stays)."""
+    for name in os.listdir(folder):
+        if name in keep:
+            continue
+        path = os.path.join(folder, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)

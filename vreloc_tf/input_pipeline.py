@@ -39,7 +39,10 @@ batches — Keras splits them across the replicas of the strategy. Lengths trave
 
 Batch dict: ``query`` float32 [B, Lq, D], ``query_length`` int32 [B], ``reference``
 float32 [B, Lr, D], ``reference_length`` int32 [B], and for full supervision
-``groundtruth`` int32 [B, 2] ([start, end) in the reference, end exclusive).
+``groundtruth`` int32 [B, 2] ([start, end) in the reference, end exclusive); for weak
+supervision "ours" ``pseudo_groundtruth`` int32 [B, 2], the segment of the label-free teacher
+(:mod:`vreloc_tf.teacher`), computed in the parse map from the query's whole source window
+and the reference -- features only, so weak batches stay independent of reference labels.
 """
 from __future__ import annotations
 
@@ -163,10 +166,24 @@ def _parse_slice(serialized, start, end, feature_dim: int):
     return feats[start:end]
 
 
+def teacher_options(cfg: Config) -> Optional[dict]:
+    """Arguments of :func:`vreloc_tf.teacher.teacher_segment_tf` for weak "ours", else None."""
+    if cfg.supervision != "weak" or cfg.loss.weak_variant != "ours":
+        return None
+    return {"temperature": cfg.loss.teacher_temperature, "threshold_std": cfg.loss.teacher_threshold_std,
+            "max_length": cfg.decode.full_max_length}
+
+
 def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch_size: int,
-                   drop_remainder: bool):
-    """Generator of (query bytes, reference bytes, slices[6]) -> parsed, padded batches."""
+                   drop_remainder: bool, teacher: Optional[dict] = None):
+    """Generator of (query bytes, reference bytes, slices[6]) -> parsed, padded batches.
+
+    ``teacher`` (weak "ours"): every pair also gets ``pseudo_groundtruth``, the label-free
+    teacher's segment, computed from the query's whole source window and the reference.
+    """
     import tensorflow as tf
+
+    from vreloc_tf.teacher import teacher_segment_tf
 
     ds = tf.data.Dataset.from_generator(
         generator_fn,
@@ -174,12 +191,18 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
                           tf.TensorSpec([6], tf.int32)))
 
     def parse(q_bytes, r_bytes, s):
-        query = _parse_slice(q_bytes, s[0], s[1], feature_dim)
+        if teacher is None:
+            query = _parse_slice(q_bytes, s[0], s[1], feature_dim)
+        else:
+            query_window = _parse_slice(q_bytes, 0, None, feature_dim)
+            query = query_window[s[0]:s[1]]
         reference = _parse_slice(r_bytes, s[2], s[3], feature_dim)
         out = {"query": query, "query_length": tf.shape(query)[0],
                "reference": reference, "reference_length": tf.shape(reference)[0]}
         if with_groundtruth:
             out["groundtruth"] = s[4:6]
+        if teacher is not None:
+            out["pseudo_groundtruth"] = teacher_segment_tf(query_window, s[0], s[1], reference, **teacher)
         return out
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -204,7 +227,8 @@ def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per
                     for q, r, qs, qe, rs, re, gs, ge in batch:
                         yield reader.read(q), reader.read(r), np.array([qs, qe, rs, re, gs, ge], np.int32)
 
-    return _pairs_dataset(generate, feature_dim, full, batch_size, drop_remainder=True)
+    return _pairs_dataset(generate, feature_dim, full, batch_size, drop_remainder=True,
+                          teacher=teacher_options(cfg))
 
 
 def evaluation_plan(index: EntryIndex, pairs: Sequence[dict]) -> np.ndarray:
@@ -222,14 +246,16 @@ def evaluation_plan(index: EntryIndex, pairs: Sequence[dict]) -> np.ndarray:
     return plan.astype(np.int64)
 
 
-def evaluation_dataset(index: EntryIndex, plan: np.ndarray, feature_dim: int, batch_size: int = 64):
-    """Batches of the planned pairs *in plan order* (whole references, no labels in the batch)."""
+def evaluation_dataset(index: EntryIndex, plan: np.ndarray, feature_dim: int, batch_size: int = 64,
+                       teacher: Optional[dict] = None):
+    """Batches of the planned pairs *in plan order* (whole references, no labels in the batch;
+    with ``teacher``, the teacher's label-free ``pseudo_groundtruth``)."""
     def generate():
         with RecordReader(index) as reader:
             for q, r, qs, qe, rs, re, _, _ in plan:
                 yield reader.read(int(q)), reader.read(int(r)), np.array([qs, qe, rs, re, -1, -1], np.int32)
 
-    return _pairs_dataset(generate, feature_dim, False, batch_size, drop_remainder=False)
+    return _pairs_dataset(generate, feature_dim, False, batch_size, drop_remainder=False, teacher=teacher)
 
 
 def length_sorted(plan: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

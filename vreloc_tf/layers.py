@@ -33,6 +33,11 @@ def _float_mask(lengths, x):
     return ops.expand_dims(ops.cast(mask, x.dtype), -1)
 
 
+def _unit(x):
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    return x / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)), 1e-6)
+
+
 @keras.saving.register_keras_serializable(package="vreloc")
 class SequenceMask(keras.layers.Layer):
     """Lengths [B] (+ a padded sequence for its length L) -> boolean mask [B, L], fed to the LSTMs."""
@@ -253,6 +258,71 @@ class SelfAttention(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"num_heads": self.num_heads, "key_dim": self.key_dim})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vreloc")
+class SimilarityFeatures(keras.layers.Layer):
+    """Parameter-free similarity of every reference step to the query: 6 features per step.
+
+    Why (ours, not in the paper; docs/QUALITY.md has the ablation): the learned heads of
+    the multiscale attention must discover on their own how to ignore what differs between
+    two videos of the same action (each video's scene, a component shared by every clip).
+    With a few hundred training videos they partly memorise the training classes instead.
+    These features give the localization predictor a similarity that is invariant to a
+    constant offset of the reference by construction and has nothing to overfit:
+
+    * the reference is centred by its own mean over its valid steps (a per-video
+      component cancels) and every step is L2-normalised;
+    * its cosine to every query frame is pooled over the valid query frames in three ways:
+      a soft maximum ``tau * log mean_j exp(cos_ij / tau)`` for the raw query ("does this
+      step look like *some* part of the query"), the same for the query centred by its own
+      mean (its per-video component cancels too, leaving how the action moves), and the
+      plain mean for the raw query (the frame-level baseline's score);
+    * each of the three is also given standardised over the valid reference steps.
+
+    Output [B, Lr, 6], zero at padded steps. ``temperature`` = tau.
+    """
+
+    def __init__(self, temperature: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+        if not self.temperature > 0:
+            raise ValueError(f"SimilarityFeatures: temperature must be > 0, got {temperature!r}")
+
+    def call(self, reference, query, reference_lengths, query_lengths):
+        ref_mask = _float_mask(reference_lengths, reference)  # [B, Lr, 1]
+        query_valid = sequence_mask(query_lengths, ops.shape(query)[1])  # [B, Lq]
+        query_mask = ops.expand_dims(ops.cast(query_valid, query.dtype), -1)  # [B, Lq, 1]
+        ref_count = ops.maximum(ops.sum(ref_mask, axis=1, keepdims=True), 1.0)  # [B, 1, 1]
+        query_count = ops.maximum(ops.sum(query_mask, axis=1, keepdims=True), 1.0)  # [B, 1, 1]
+
+        centered = (reference - ops.sum(reference * ref_mask, axis=1, keepdims=True) / ref_count) * ref_mask
+        query = query * query_mask
+        query_centered = (query - ops.sum(query, axis=1, keepdims=True) / query_count) * query_mask
+        r = _unit(centered)
+        column_mask = query_valid[:, None, :]  # [B, 1, Lq]
+        log_count = ops.log(query_count[:, :, 0])  # [B, 1]
+        features = []
+        for q in (_unit(query), _unit(query_centered)):
+            cosine = ops.matmul(r, ops.transpose(q, (0, 2, 1)))  # [B, Lr, Lq]
+            logits = ops.where(column_mask, cosine / self.temperature, _NEG_INF)
+            features.append(self.temperature * (ops.logsumexp(logits, axis=-1) - log_count))
+            if len(features) == 1:
+                features.append(ops.sum(ops.where(column_mask, cosine, 0.0), axis=-1) / query_count[:, :, 0])
+        raw = ops.stack(features, axis=-1)  # [B, Lr, 3]
+        mean = ops.sum(raw * ref_mask, axis=1, keepdims=True) / ref_count
+        variance = ops.sum(ops.square(raw - mean) * ref_mask, axis=1, keepdims=True) / ref_count
+        standardized = (raw - mean) / ops.sqrt(variance + 1e-6)
+        return ops.concatenate([standardized, raw], axis=-1) * ref_mask
+
+    def compute_output_shape(self, reference_shape, query_shape=None, reference_lengths_shape=None,
+                             query_lengths_shape=None):
+        return tuple(reference_shape[:2]) + (6,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"temperature": self.temperature})
         return config
 
 

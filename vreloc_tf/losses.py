@@ -3,7 +3,8 @@
 All in ``keras.ops`` (backend agnostic). Per-example losses are [B]; :func:`total_loss`
 averages them over the batch and combines them as ``cfg`` says:
 
-* ``cfg.supervision == 'weak'``: loss^c only (Table 2);
+* ``cfg.supervision == 'weak'``: loss^c only (``loss.weak_variant = paper``, Table 2), or Eq. 19
+  on the label-free teacher's pseudo segments (``ours``, the default; vreloc_tf.teacher);
 * ``cfg.supervision == 'full'``: loss^w (``full_losses = weighted_ce``) or
   loss^w + ``coattention_weight`` * loss^c (``weighted_ce+coattention``, Table 4).
 """
@@ -128,31 +129,46 @@ def coattention_loss(query, query_length, reference, reference_length, probabili
     return ops.sigmoid(d_neg - d_pos)
 
 
-def total_loss(cfg, batch, probabilities, step):
-    """The scalar training loss of ``cfg`` for a batch (see the module docstring).
+def per_example_loss(cfg, batch, probabilities, step):
+    """The training objective of ``cfg`` for every example of a batch, [B] (see the module docstring).
 
-    ``step`` (int or scalar tensor) switches the co-attention masks on once
-    step >= cfg.loss.coattention_mask_after_steps (in either supervision mode).
+    * full supervision: Eq. 19 on ``groundtruth`` (+ ``coattention_weight`` x loss^c without
+      masks for ``weighted_ce+coattention``, Table 4; the paper's masks belong to its weak setting);
+    * weak, ``loss.weak_variant = paper``: loss^c, with the masks from the step
+      ``coattention_mask_after_steps`` on (``step`` is an int or a scalar tensor);
+    * weak, ``ours``: Eq. 19 on the label-free teacher's ``pseudo_groundtruth`` (vreloc_tf.teacher).
+
+    Also the label-free selection criterion: the mean of this on val pairs reads no labels in weak mode.
     """
     for key in ("query", "query_length", "reference", "reference_length"):
         if key not in batch:
             raise KeyError(f"total_loss: batch has no '{key}' (keys: {sorted(batch)})")
-    use_masks = ops.greater_equal(step, cfg.loss.coattention_mask_after_steps)
 
-    def coattention():
-        return ops.mean(coattention_loss(batch["query"], batch["query_length"], batch["reference"],
-                                         batch["reference_length"], probabilities, cfg.loss.alpha, use_masks))
+    def coattention(use_masks):
+        return coattention_loss(batch["query"], batch["query_length"], batch["reference"],
+                                batch["reference_length"], probabilities, cfg.loss.alpha, use_masks)
+
+    def cross_entropy(key, what):
+        if key not in batch:
+            raise KeyError(f"total_loss: {what} needs batch['{key}'] ([B, 2] int, [start, end))")
+        return weighted_cross_entropy(probabilities, batch[key], batch["reference_length"], cfg.loss.boundary_weight)
 
     if cfg.supervision == "weak":
-        return coattention()
+        if cfg.loss.weak_variant == "paper":
+            return coattention(ops.greater_equal(step, cfg.loss.coattention_mask_after_steps))
+        if cfg.loss.weak_variant == "ours":
+            return cross_entropy("pseudo_groundtruth", "weak supervision (ours)")
+        raise ValueError(f"total_loss: unknown cfg.loss.weak_variant {cfg.loss.weak_variant!r}")
     if cfg.supervision != "full":
         raise ValueError(f"total_loss: cfg.supervision must be 'full' or 'weak', got {cfg.supervision!r}")
-    if "groundtruth" not in batch:
-        raise KeyError("total_loss: full supervision needs batch['groundtruth'] ([B, 2] int, [start, end))")
-    loss = ops.mean(weighted_cross_entropy(probabilities, batch["groundtruth"], batch["reference_length"],
-                                           cfg.loss.boundary_weight))
+    loss = cross_entropy("groundtruth", "full supervision")
     if cfg.loss.full_losses == "weighted_ce":
         return loss
     if cfg.loss.full_losses == "weighted_ce+coattention":
-        return loss + cfg.loss.coattention_weight * coattention()
+        return loss + cfg.loss.coattention_weight * coattention(False)
     raise ValueError(f"total_loss: unknown cfg.loss.full_losses {cfg.loss.full_losses!r}")
+
+
+def total_loss(cfg, batch, probabilities, step):
+    """The scalar training loss: :func:`per_example_loss` averaged over the batch."""
+    return ops.mean(per_example_loss(cfg, batch, probabilities, step))

@@ -41,8 +41,38 @@ def map_at_1(ious: Sequence[float]) -> Dict[str, float]:
     return {k: float(100.0 * np.mean(ious > t)) for k, t in zip(THRESHOLD_KEYS, THRESHOLDS)}
 
 
+BOOTSTRAP_SAMPLES = 2000  # resamples of the pairs for the 95 % interval
+
+
+def bootstrap_interval(ious: Sequence[float], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                       level: float = 0.95) -> Dict[str, List[float]]:
+    """95 % percentile-bootstrap interval over pairs of every mAP@1 number and of the average.
+
+    Why: a test split of N pairs moves a number by 100/N points per pair; the interval says
+    how much of a difference between two rows the pairs can resolve. Pairs are resampled
+    with replacement (``samples`` times, seeded, so the interval is reproducible).
+    Returns ``{"0.5": [lo, hi], ..., "average": [lo, hi]}`` in percent.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    if ious.size == 0:
+        raise ValueError("bootstrap_interval: no pairs were scored")
+    rng = np.random.default_rng(seed)
+    hits = ious[None, :] > np.asarray(THRESHOLDS)[:, None]  # [T, N]
+    picks = rng.integers(0, ious.size, size=(samples, ious.size))
+    rates = 100.0 * hits[:, picks].mean(axis=2)  # [T, samples]
+    tail = 100.0 * (1.0 - level) / 2.0
+    out = {}
+    for key, row in zip(THRESHOLD_KEYS, rates):
+        out[key] = [float(np.percentile(row, tail)), float(np.percentile(row, 100.0 - tail))]
+    average = rates.mean(axis=0)
+    out["average"] = [float(np.percentile(average, tail)), float(np.percentile(average, 100.0 - tail))]
+    return out
+
+
 def result_dict(method: str, split: str, ious: Sequence[float], **extra) -> dict:
-    """The result JSON: ``{"method", "split", "pairs", "map_at_1": {...}, "average"}`` (percent)."""
+    """The result JSON: ``{"method", "split", "pairs", "map_at_1": {...}, "average", "ci95": {...},
+    "ious": [...]}`` (percent; ``ci95`` from :func:`bootstrap_interval`; ``ious`` per pair, in pair
+    order, so results of several seeds can be bootstrapped jointly)."""
     scores = map_at_1(ious)
     out = {
         "method": method,
@@ -50,6 +80,8 @@ def result_dict(method: str, split: str, ious: Sequence[float], **extra) -> dict
         "pairs": int(len(ious)),
         "map_at_1": scores,
         "average": float(np.mean([scores[k] for k in THRESHOLD_KEYS])),
+        "ci95": bootstrap_interval(ious),
+        "ious": [round(float(v), 5) for v in np.asarray(ious, dtype=np.float64)],
     }
     out.update(extra)
     return out
@@ -60,17 +92,30 @@ def score_predictions(pred_start, pred_end, gt_start, gt_end, method: str, split
     return result_dict(method, split, temporal_iou(pred_start, pred_end, gt_start, gt_end), **extra)
 
 
-def _header(name_width: int) -> str:
-    cols = "".join(f"{t:>7}" for t in THRESHOLD_KEYS)
-    return f"{'mAP@1':<{name_width}}{cols}{'Avg.':>7}"
+CELL, CI_CELL = 7, 14  # column widths without and with 95 % intervals
 
 
-def format_row(result: dict, name_width: int = 0) -> str:
-    """One table row in the paper's format: percentages with one decimal."""
+def _header(name_width: int, cell: int = CELL) -> str:
+    cols = "".join(f"{t:>{cell}}" for t in THRESHOLD_KEYS)
+    return f"{'mAP@1':<{name_width}}{cols}{'Avg.':>{cell}}"
+
+
+def format_row(result: dict, name_width: int = 0, cell: int = CELL) -> str:
+    """One table row in the paper's format: percentages with one decimal.
+
+    With ``cell >= CI_CELL`` and a ``ci95`` in the result, a second line gives the 95 %
+    bootstrap interval under every number.
+    """
     name = result.get("method", "?")
     width = max(name_width, len(name) + 2)
-    cells = "".join(f"{result['map_at_1'][k]:>7.1f}" for k in THRESHOLD_KEYS)
-    return f"{name:<{width}}{cells}{result['average']:>7.1f}"
+    keys = THRESHOLD_KEYS + ("average",)
+    values = [result["map_at_1"][k] for k in THRESHOLD_KEYS] + [result["average"]]
+    line = f"{name:<{width}}" + "".join(f"{v:>{cell}.1f}" for v in values)
+    ci = result.get("ci95")
+    if cell >= CI_CELL and ci:
+        line += "\n" + f"{'  95% CI':<{width}}" + "".join(
+            f"{'[%.1f, %.1f]' % tuple(ci[k]):>{cell}}" for k in keys)
+    return line
 
 
 def format_table(results: Iterable[dict], title: str = "") -> str:
@@ -91,8 +136,9 @@ def format_table(results: Iterable[dict], title: str = "") -> str:
     lines: List[str] = []
     if title:
         lines.append(title)
-    lines.append(_header(width))
-    lines.extend(format_row(r, width) for r in results)
+    cell = CI_CELL if any(r.get("ci95") for r in results) else CELL
+    lines.append(_header(width, cell))
+    lines.extend(format_row(r, width, cell) for r in results)
     where = sorted({(r.get("split"), r.get("pairs")) for r in results}, key=str)
     if len(where) == 1:
         split, pairs = where[0]

@@ -2,9 +2,10 @@
 
     Q, R --Eq.7 encoders--> H^q, H^r --Eq.8 multiscale attention--> H^matt [B, Lr, k]
                                   H^r --Eq.9 self-attention-------> H^satt [B, Lr, h*d_k]
+         Q, R (raw) --ours, optional--------> similarity features [B, Lr, 6] (layers.SimilarityFeatures)
     concat -> dropout -> BiLSTM(d_h) -> dropout -> LSTM(d_l) -> Dense(4) -> softmax (Eqs. 10-12)
 
-Inputs and outputs follow the shared contract (docs in ``common.md`` / README):
+Inputs and outputs (the serving signature, serving/signature.py, exposes the same names):
 inputs ``query`` [B, Lq, D], ``query_length`` [B], ``reference`` [B, Lr, D],
 ``reference_length`` [B]; outputs ``probabilities`` [B, Lr, 4] (start, end, action,
 background), ``attention`` [B, Lr, k] and ``self_attention`` [B, Lr, h*d_k] — a
@@ -24,11 +25,11 @@ import keras
 
 from vreloc_tf.config import Config
 from vreloc_tf.layers import (  # noqa: F401  (imported to register them for loading)
-    EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention, SequenceMask, merge_head_groups)
+    EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention, SequenceMask, SimilarityFeatures,
+    merge_head_groups)
 
 INPUT_NAMES = ("query", "query_length", "reference", "reference_length")
 OUTPUT_NAMES = ("probabilities", "attention", "self_attention")
-CLASS_NAMES = ("start", "end", "action", "background")
 
 
 def head_groups(cfg: Config) -> List[Tuple[int, int, int, int]]:
@@ -65,13 +66,17 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
     # Eq. 8: multiscale attention, Eq. 9: self-attention on the reference.
     h_matt = MultiscaleAttention([list(g) for g in head_groups(cfg)], name="multiscale_attention")(
         h_r, h_q, reference_length, query_length)
+    parts = [h_matt]
     if m.self_attention:
         h_satt = SelfAttention(m.self_attention_heads, m.self_attention_key_dim, name="self_attention")(
             h_r, reference_length)
-        features = keras.layers.Concatenate(name="localization_input")([h_matt, h_satt])
+        parts.append(h_satt)
     else:
         h_satt = EmptyFeatures(name="self_attention")(h_r)
-        features = h_matt
+    if m.similarity_features:  # ours: parameter-free similarity on the raw features (layers.SimilarityFeatures)
+        parts.append(SimilarityFeatures(m.similarity_temperature, name="similarity_features")(
+            reference, query, reference_length, query_length))
+    features = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="localization_input")(parts)
 
     # Eqs. 10-12: localization predictor; the LSTMs skip padded steps (the backward
     # direction starts at each example's last valid step).

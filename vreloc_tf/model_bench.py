@@ -1,6 +1,6 @@
 """How fast is the model here? Matmul rate, analytic FLOPs, training pairs/s, inference latency.
 
-Why one module: ``vreloc bench`` and ``python -m vreloc_tf.model_bench`` print the model's
+Why one module: ``vreloc bench`` and ``python -m vreloc.model_bench`` print the model's
 throughput next to the dense-matmul rate *measured in the same run*, so numbers from a
 shared, noisy machine can be read relative to what the CPU delivered at that moment.
 
@@ -11,15 +11,16 @@ This module is TensorFlow-specific (tf.function, GradientTape), unlike the model
 """
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
-from vreloc_tf.config import Config, load_config
+from vreloc_tf.config import Config
+from vreloc_tf.contract import MAX_WINDOW
 
-PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=300, feature_dim=500)
+# The paper's training batch (Implementation Details), a typical query, a full window, D = 500.
+PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, feature_dim=500)
 
 
 # ---------------------------------------------------------------------------
@@ -29,6 +30,9 @@ PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=300, feature
 def _groups(cfg: Config):
     from vreloc_tf.model import head_groups
     return head_groups(cfg)
+
+
+SIMILARITY_FEATURES = 6  # width of layers.SimilarityFeatures' output
 
 
 def count_parameters(cfg: Config, feature_dim: int) -> int:
@@ -43,7 +47,7 @@ def count_parameters(cfg: Config, feature_dim: int) -> int:
     satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
     if m.self_attention:
         total += dh * 3 * satt
-    lstm_in = heads + satt
+    lstm_in = heads + satt + (SIMILARITY_FEATURES if m.similarity_features else 0)  # parameter-free features
     total += 2 * (4 * dh * (lstm_in + dh) + 4 * dh)  # BiLSTM
     total += 4 * dl * (2 * dh + dl) + 4 * dl  # LSTM
     total += dl * 4 + 4  # Dense(4)
@@ -64,7 +68,10 @@ def forward_flops(cfg: Config, feature_dim: int, query_steps: int, reference_ste
     satt = m.self_attention_heads * m.self_attention_key_dim if m.self_attention else 0
     if m.self_attention:
         flops += 2 * lr * dh * 3 * satt + 2 * 2 * lr * lr * satt  # projections, QK^T, AV
-    flops += 2 * 2 * lr * 4 * dh * (heads + satt + dh)  # BiLSTM, both directions
+    sim = SIMILARITY_FEATURES if m.similarity_features else 0
+    if sim:
+        flops += 2 * 2 * lr * lq * feature_dim  # cosines of the raw and the centred query
+    flops += 2 * 2 * lr * 4 * dh * (heads + satt + sim + dh)  # BiLSTM, both directions
     flops += 2 * lr * 4 * dl * (2 * dh + dl)  # LSTM
     flops += 2 * lr * dl * 4
     return int(flops)
@@ -111,8 +118,10 @@ def random_batch(batch_size: int, query_steps: int, reference_steps: int, featur
     }
 
 
-def training_pairs_per_second(cfg: Config, batch_size: int = 128, query_steps: int = 16,
-                              reference_steps: int = 300, feature_dim: int = 500, steps: int = 3,
+def training_pairs_per_second(cfg: Config, batch_size: int = PAPER_SHAPES["batch_size"],
+                              query_steps: int = PAPER_SHAPES["query_steps"],
+                              reference_steps: int = PAPER_SHAPES["reference_steps"],
+                              feature_dim: int = PAPER_SHAPES["feature_dim"], steps: int = 3,
                               jit_compile: bool = False) -> Dict[str, float]:
     """Pairs/s of a full training step (forward, total_loss, gradients, Adam update).
 
@@ -159,8 +168,10 @@ def make_predict_function(model, jit_compile: bool = True):
     return tf.function(lambda inputs: model(inputs, training=False), jit_compile=jit_compile)
 
 
-def inference_latency_ms(cfg: Config, query_steps: int = 16, reference_steps: int = 300,
-                         feature_dim: int = 500, runs: int = 50, jit_compile: bool = True) -> Dict[str, float]:
+def inference_latency_ms(cfg: Config, query_steps: int = PAPER_SHAPES["query_steps"],
+                         reference_steps: int = PAPER_SHAPES["reference_steps"],
+                         feature_dim: int = PAPER_SHAPES["feature_dim"], runs: int = 50,
+                         jit_compile: bool = True) -> Dict[str, float]:
     """Single-pair latency (ms) of a compiled predict function: p50 and p99 over ``runs`` calls."""
     import tensorflow as tf
 
@@ -180,8 +191,9 @@ def inference_latency_ms(cfg: Config, query_steps: int = 16, reference_steps: in
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
-def run_benchmark(cfg: Config, batch_size: int = 128, query_steps: int = 16, reference_steps: int = 300,
-                  feature_dim: int = 500, train_steps: int = 3, latency_runs: int = 50,
+def run_benchmark(cfg: Config, batch_size: int = PAPER_SHAPES["batch_size"],
+                  query_steps: int = PAPER_SHAPES["query_steps"], reference_steps: int = PAPER_SHAPES["reference_steps"],
+                  feature_dim: int = PAPER_SHAPES["feature_dim"], train_steps: int = 3, latency_runs: int = 50,
                   jit_train: bool = False, jit_predict: bool = True) -> Dict[str, float]:
     """Every figure of the benchmark, as a flat dict (what ``vreloc bench`` prints)."""
     results: Dict[str, float] = {}
@@ -202,30 +214,3 @@ def run_benchmark(cfg: Config, batch_size: int = 128, query_steps: int = 16, ref
         results[f"train_{which}_gflops"] = achieved
         results[f"train_{which}_fraction_of_matmul"] = achieved / results["matmul_gflops"]
     return results
-
-
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="paper_full", help="config name or path (default paper_full)")
-    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
-    parser.add_argument("--batch-size", type=int, default=PAPER_SHAPES["batch_size"])
-    parser.add_argument("--query-steps", type=int, default=PAPER_SHAPES["query_steps"])
-    parser.add_argument("--reference-steps", type=int, default=PAPER_SHAPES["reference_steps"])
-    parser.add_argument("--feature-dim", type=int, default=PAPER_SHAPES["feature_dim"])
-    parser.add_argument("--train-steps", type=int, default=3)
-    parser.add_argument("--latency-runs", type=int, default=50)
-    parser.add_argument("--jit-train", action="store_true", help="compile the training step with XLA")
-    parser.add_argument("--no-jit-predict", action="store_true", help="run inference without XLA")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
-    results = run_benchmark(cfg, args.batch_size, args.query_steps, args.reference_steps, args.feature_dim,
-                            args.train_steps, args.latency_runs, args.jit_train, not args.no_jit_predict)
-    print(f"config {args.config}  B={args.batch_size} Lq={args.query_steps} Lr={args.reference_steps} "
-          f"D={args.feature_dim}")
-    for key, value in results.items():
-        print(f"{key:32s} {value:,.3f}" if isinstance(value, float) else f"{key:32s} {value:,}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,14 +21,14 @@ JSON file::
 """
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from typing import List, Optional
 
 import numpy as np
 
 from vreloc_tf.entry_index import EntryIndex, load_index
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import read_json, write_json_atomic
 
 
 def pairs_from_index(index: EntryIndex, seed: int) -> dict:
@@ -79,29 +79,46 @@ def save_pairs(pairs, path: str, split: Optional[str] = None, seed: Optional[int
     """Write a pair list (the dict of :func:`make_pair_file`, or a bare list of pairs) as JSON."""
     doc = pairs if isinstance(pairs, dict) else {"split": split, "seed": seed, "count": len(pairs),
                                                  "skipped": None, "pairs": list(pairs)}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, doc, indent=1)
 
 
 def load_pairs(path: str, split: Optional[str] = None) -> List[dict]:
     """Read a pair list; a clear error if the file is malformed or was made for another split."""
-    with open(path) as fh:
-        try:
-            doc = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not a pair list (invalid JSON: {exc})") from None
+    doc = read_json(path, "pair list")
     pairs = doc.get("pairs") if isinstance(doc, dict) else doc
     if not isinstance(pairs, list):
-        raise ValueError(f"{path}: not a pair list (no 'pairs' list)")
+        raise InputError(f"{path}: not a pair list (no 'pairs' list)")
     for i, p in enumerate(pairs):
         if not isinstance(p, dict) or not {"query", "reference"} <= set(p):
-            raise ValueError(f"{path}: pair {i} lacks 'query'/'reference': {p!r}")
+            raise InputError(f"{path}: pair {i} lacks 'query'/'reference': {p!r}")
+        if not all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("query", "reference")):
+            raise InputError(f"{path}: pair {i} has a non-integer entry index: {p!r}")
     if split is not None and isinstance(doc, dict) and doc.get("split") not in (None, split):
-        raise ValueError(f"{path}: pair list is for split '{doc['split']}', not '{split}'")
+        raise InputError(f"{path}: pair list is for split '{doc['split']}', not '{split}'")
+    return pairs
+
+
+def check_pairs(pairs: List[dict], index: EntryIndex, path: str = "pair list") -> List[dict]:
+    """``pairs`` if they fit the data of ``index``; else InputError naming the first mismatch.
+
+    Every query/reference entry must exist in the split, and the ``query_video`` /
+    ``reference_video`` a pair recorded when it was made must be that entry's video now:
+    a pair list made on other data, or on a split that was relabelled since, is refused
+    instead of being scored against the wrong windows.
+    """
+    rows = {int(e): r for r, e in enumerate(index.entry_index)}
+    fix = "make a new pair list for this data (remove the file and rerun)"
+    for i, pair in enumerate(pairs):
+        for role in ("query", "reference"):
+            entry = int(pair[role])
+            if entry not in rows:
+                raise InputError(f"{path}: pair {i} names {role} entry {entry}, which is not in split "
+                                 f"'{index.split}' ({len(index)} entries); {fix}")
+            recorded = pair.get(f"{role}_video")
+            actual = str(index.video_id[rows[entry]])
+            if recorded is not None and str(recorded) != actual:
+                raise InputError(f"{path}: pair {i} recorded {role} entry {entry} as video {recorded!r}, but in "
+                                 f"split '{index.split}' it is video {actual!r}; {fix}")
     return pairs
 
 

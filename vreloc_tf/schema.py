@@ -33,9 +33,12 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
+
+from vreloc_tf import contract
+from vreloc_tf.errors import InputError
 
 UNKNOWN = -1  # the value of an unknown label, ground truth, or fps
 SPLITS = ("train", "val", "test")
@@ -43,7 +46,7 @@ MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".tfrecord"
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A record violates the contract; the message names the field."""
 
 
@@ -59,7 +62,7 @@ class Record:
     groundtruth: tuple
     features: np.ndarray  # float32 [L, D]
     fps: float = float(UNKNOWN)
-    frames_per_feature: int = 16
+    frames_per_feature: int = contract.FRAMES_PER_FEATURE
 
     @property
     def length(self) -> int:
@@ -192,11 +195,6 @@ def parse_record_tf(serialized):
     return parsed
 
 
-def shard_prefix(data_dir: str, split: str) -> str:
-    """The ``file_path_prefix`` a Beam TFRecord sink uses for ``split``."""
-    return os.path.join(data_dir, split)
-
-
 def shard_files(data_dir: str, split: str) -> List[str]:
     """The shards of ``split`` in ``data_dir``, sorted; an error naming the folder if there are none."""
     files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*{SHARD_SUFFIX}")))
@@ -218,15 +216,10 @@ def read_records(data_dir: str, split: str) -> List[Record]:
 
 
 def read_manifest(data_dir: str) -> dict:
-    import json
+    """The data folder's ``manifest.json`` (InputError naming the file if it is missing or corrupt).
 
-    path = os.path.join(data_dir, MANIFEST_NAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest; was this folder written by a vreloc Beam job?")
-    with open(path) as fh:
-        return json.load(fh)
+    Stages open a data folder as :class:`vreloc_tf.artifacts.Dataset`; this is the raw dict.
+    """
+    from vreloc_tf.files import read_json
 
-
-def feature_dim_of(data_dir: str) -> Optional[int]:
-    """The feature dim recorded in a data folder's manifest (every later stage adapts to it)."""
-    return int(read_manifest(data_dir)["feature_dim"])
+    return read_json(os.path.join(data_dir, MANIFEST_NAME), "data manifest")

@@ -74,3 +74,27 @@ def is_chief(strategy) -> bool:
         return True
     return resolver.task_type in (None, "chief") or (resolver.task_type == "worker" and resolver.task_id == 0
                                                       and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def is_multi_worker(strategy) -> bool:
+    """True when the strategy spans several worker processes (a TF_CONFIG cluster of more than one task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    spec = resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, ())) for job in ("chief", "worker")) > 1
+
+
+def scale_loss_for_replicas(loss):
+    """A per-replica loss divided by the replicas in sync, as Keras scales its compiled losses.
+
+    Why: each replica computes the mean loss of its share of the global batch and the
+    gradients are *summed* across replicas, so dividing by the replica count makes the
+    update that of the global batch's mean loss.
+    """
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        loss = loss * tf.cast(1.0 / replicas, loss.dtype)
+    return loss

@@ -7,21 +7,21 @@ forward pass, the gradient tape and the optimizer update, also per replica under
 tf.distribute strategy. The loss is :func:`vreloc_tf.losses.total_loss` at the current
 optimizer step (the co-attention masks switch on after the warm-up), divided by the
 number of replicas as Keras does for its compiled losses (gradients are summed across
-replicas).
+replicas; :func:`vreloc_tf.strategy.scale_loss_for_replicas`). The model is built before
+``fit()`` (:class:`vreloc_tf.keras_compat.PrebuiltFit` explains why that matters).
 
 Optimizer (paper, Implementation Details): Adam, learning rate
 ``lr * factor ** (step // decay_steps)`` (staircase exponential decay: 1e-3 divided by 10
 every 200 steps), gradients clipped by global norm ``cfg.train.clip_norm`` (5.0, Feng's
 code).
 
-Callbacks, in order: :class:`ValidationCallback` (mAP@1 on the fixed val pair list,
-keeps the best ``model.keras``), :class:`StepCheckpoint` (``checkpoints/step-NNNNNN.keras``),
+Callbacks, in order: :class:`ValidationCallback` (mAP@1 on the fixed val pair list, and the
+checkpoint the selection rule prefers as ``model.keras``), :class:`StepCheckpoint` (``checkpoints/step-NNNNNN.keras``),
 TensorBoard (``logs/``: loss, learning rate, validation metrics per epoch, i.e. per
 validation), BackupAndRestore (``backup/``, end of every epoch).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -31,10 +31,13 @@ import keras
 import numpy as np
 
 from vreloc_tf.config import Config
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path, read_json, write_json_atomic
+from vreloc_tf.keras_compat import PrebuiltFit
 from vreloc_tf.model import INPUT_NAMES
 
 
-class RelocTrainer(keras.Model):
+class RelocTrainer(PrebuiltFit, keras.Model):
     """Training wrapper around the inference model; only the loss differs from plain Keras."""
 
     def __init__(self, cfg: Config, net: keras.Model, **kwargs):
@@ -46,38 +49,22 @@ class RelocTrainer(keras.Model):
     def call(self, inputs, training=False):
         return self.net({k: inputs[k] for k in INPUT_NAMES}, training=training)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # The functional net is built and no compiled loss/metrics exist, so Keras' symbolic
-        # build only has the optimizer left to build. Its generic path would first
-        # reduce a distributed input batch, which MultiWorkerMirroredStrategy cannot do
-        # for a dict of tensors; skip that peek when nothing needs it.
-        if all(layer.built for layer in self._flatten_layers()):
-            with self.distribute_strategy.scope():
-                self._symbolic_build()
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
     def train_step(self, data):
+        from vreloc_tf.strategy import is_multi_worker
+
         logs = super().train_step(data)
-        if _multi_worker(self.distribute_strategy):
+        if is_multi_worker(self.distribute_strategy):
             # Keras reduces the step logs across workers with strategy.reduce("MEAN", v, axis=0),
             # which needs an axis that scalar logs do not have: give them one.
             logs = {k: keras.ops.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        from keras.src.losses.loss import scale_loss_for_distribution
-
         from vreloc_tf.losses import total_loss
+        from vreloc_tf.strategy import scale_loss_for_replicas
 
         loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
-        return scale_loss_for_distribution(loss)
-
-
-def _multi_worker(strategy) -> bool:
-    import tensorflow as tf
-
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+        return scale_loss_for_replicas(loss)
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
@@ -105,19 +92,55 @@ def schedule(cfg: Config, steps: Optional[int] = None):
 BEST_STATE = "best.json"
 
 
-class ValidationCallback(keras.callbacks.Callback):
-    """mAP@1 on a fixed val pair list at validation points; saves the best inference model."""
+def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Config, step: int,
+                      batch_size: int = 64) -> float:
+    """The mean training objective (:func:`vreloc_tf.losses.per_example_loss`) over an evaluation plan.
 
-    def __init__(self, index, plan: np.ndarray, feature_dim: int, mode: str, max_length, run_dir: str,
-                 steps_per_epoch: int, validate_every: int, total_steps: int, state_dir: str,
-                 write: bool = True, batch_size: int = 64):
+    For weak supervision this reads no labels: "paper" is the co-attention loss of the raw
+    features, "ours" the cross-entropy against the label-free teacher's segments; it is the
+    ``label_free`` selection criterion.
+    """
+    import tensorflow as tf
+
+    from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
+    from vreloc_tf.losses import per_example_loss
+
+    if cfg.supervision != "weak":
+        raise ValueError("objective_on_plan: the label-free criterion exists for weak supervision only")
+    ordered, _ = length_sorted(plan)
+    probabilities = tf.function(lambda batch: model({k: batch[k] for k in INPUT_NAMES}, training=False)[
+        "probabilities"], reduce_retracing=True)
+    total, count = 0.0, 0
+    for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg)):
+        losses = per_example_loss(cfg, batch, probabilities(batch), step)
+        total += float(keras.ops.sum(losses))
+        count += int(losses.shape[0])
+    return total / max(count, 1)
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Validation at validation points: val mAP@1 (logged) and the selection criterion.
+
+    ``model.keras`` is the checkpoint the run's selection rule (``Config.selection_rule``)
+    prefers: ``val_map`` the highest labelled val mAP@1, ``label_free`` the lowest training
+    objective on val pairs (no labels read; weak supervision), ``last`` the last one. The
+    val mAP@1 is still logged for every rule -- to watch a run, never to pick a weak model.
+    """
+
+    def __init__(self, cfg: Config, index, plan: np.ndarray, feature_dim: int, run_dir: str,
+                 steps_per_epoch: int, state_dir: str, write: bool = True, batch_size: int = 64):
         super().__init__()
-        self.index, self.plan, self.feature_dim = index, plan, feature_dim
-        self.mode, self.max_length = mode, max_length
+        self.cfg, self.index, self.plan, self.feature_dim = cfg, index, plan, feature_dim
+        self.rule = cfg.selection_rule
+        if self.rule == "label_free" and cfg.supervision != "weak":
+            raise InputError("train.selection=label_free needs weak supervision (full supervision has labels: "
+                             "use val_map or last)")
+        self.mode, self.max_length = cfg.decode_rule, cfg.decode_max_length
         self.run_dir, self.state_dir, self.write = run_dir, state_dir, write
-        self.steps_per_epoch, self.validate_every, self.total_steps = steps_per_epoch, validate_every, total_steps
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, cfg.train.steps
+        self.validate_every = min(cfg.train.validate_every, cfg.train.steps)
         self.batch_size = batch_size
-        self.best_val, self.best_step, self.history = None, None, []
+        self.best_val, self.best_step, self.best_criterion, self.history = None, None, None, []
 
     @property
     def _state_path(self):
@@ -125,13 +148,18 @@ class ValidationCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if os.path.exists(self._state_path):  # a resumed run keeps its best so far
-            with open(self._state_path) as fh:
-                state = json.load(fh)
+            state = read_json(self._state_path, "validation state")
             self.best_val, self.best_step, self.history = state["best_val"], state["best_step"], state["history"]
+            self.best_criterion = state.get("best_criterion")
+
+    def _better(self, criterion: float) -> bool:
+        if self.best_criterion is None or self.rule == "last":
+            return True
+        return criterion > self.best_criterion if self.rule == "val_map" else criterion < self.best_criterion
 
     def on_epoch_end(self, epoch, logs=None):
+        from vreloc_tf.artifacts import MODEL_FILE
         from vreloc_tf.evaluate import predict_segments, score_plan
-        from vreloc_tf.run_dir import MODEL_FILE
 
         step = (epoch + 1) * self.steps_per_epoch
         if step % self.validate_every and step != self.total_steps:
@@ -139,22 +167,26 @@ class ValidationCallback(keras.callbacks.Callback):
         start, end = predict_segments(self.model.net, self.index, self.plan, self.feature_dim, self.mode,
                                       self.max_length, self.batch_size)
         result = score_plan(self.plan, start, end, "val", "val")
+        entry = {"step": step, "average": result["average"], "loss": (logs or {}).get("loss")}
+        if self.rule == "label_free":
+            entry["objective"] = objective_on_plan(self.model.net, self.index, self.plan, self.feature_dim,
+                                                   self.cfg, step, self.batch_size)
+        criterion = {"val_map": result["average"], "label_free": entry.get("objective"), "last": step}[self.rule]
         if logs is not None:
             logs["val_average"] = result["average"]
             for k, v in result["map_at_1"].items():
                 logs[f"val_map_iou{k}"] = v
-        self.history.append({"step": step, "average": result["average"], "loss": (logs or {}).get("loss")})
-        if self.best_val is None or result["average"] > self.best_val:
-            self.best_val, self.best_step = result["average"], step
+            if "objective" in entry:
+                logs["val_objective"] = entry["objective"]
+        self.history.append(entry)
+        if self._better(criterion):
+            self.best_val, self.best_step, self.best_criterion = result["average"], step, criterion
             if self.write:
-                path = os.path.join(self.run_dir, MODEL_FILE)
-                self.model.net.save(path + ".tmp.keras")
-                os.replace(path + ".tmp.keras", path)
+                with atomic_path(os.path.join(self.run_dir, MODEL_FILE)) as tmp:
+                    self.model.net.save(tmp)
         if self.write:
-            os.makedirs(self.state_dir, exist_ok=True)
-            with open(self._state_path + ".tmp", "w") as fh:
-                json.dump({"best_val": self.best_val, "best_step": self.best_step, "history": self.history}, fh)
-            os.replace(self._state_path + ".tmp", self._state_path)
+            write_json_atomic(self._state_path, {"best_val": self.best_val, "best_step": self.best_step,
+                                                 "best_criterion": self.best_criterion, "history": self.history})
 
 
 class StepCheckpoint(keras.callbacks.Callback):
@@ -176,11 +208,28 @@ class StepCheckpoint(keras.callbacks.Callback):
             self.model.net.save(os.path.join(self.directory, f"step-{step:06d}.keras"))
 
 
+def _sublayers(layer) -> list:
+    """The layers inside ``layer``, through public attributes only."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    if isinstance(layer, keras.layers.RNN):
+        return [layer.cell]
+    return list(getattr(layer, "layers", ()))
+
+
 def seed_generators(model: keras.Model) -> list:
-    """Every keras SeedGenerator of a model (dropout masks), in a stable order."""
-    out = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        out.extend(getattr(layer, "_seed_generators", []))
+    """Every keras SeedGenerator of a model (the dropout masks of Dropout and RNN cells), in layer order.
+
+    Walks ``model.layers`` (into wrapped models, Bidirectional's two directions and RNN
+    cells) and takes each layer's public ``seed_generator``.
+    """
+    out, pending = [], [model]
+    while pending:
+        layer = pending.pop(0)
+        generator = getattr(layer, "seed_generator", None)
+        if isinstance(generator, keras.random.SeedGenerator):
+            out.append(generator)
+        pending[:0] = _sublayers(layer)
     return out
 
 
@@ -212,9 +261,8 @@ class SeedStateBackup(keras.callbacks.Callback):
         if self.write:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             states = {f"s{i}": np.asarray(sg.state.numpy()) for i, sg in enumerate(seed_generators(self.model))}
-            tmp = self.path + ".tmp.npz"
-            np.savez(tmp, **states)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                np.savez(tmp, **states)
 
 
 class Timer(keras.callbacks.Callback):
@@ -230,5 +278,4 @@ def resume_epoch(backup_dir: str) -> int:
     path = os.path.join(backup_dir, "training_metadata.json")
     if not os.path.exists(path):
         return 0
-    with open(path) as fh:
-        return int(json.load(fh)["epoch"])
+    return int(read_json(path, "BackupAndRestore state")["epoch"])

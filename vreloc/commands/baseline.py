@@ -1,2 +1,29 @@
-"""`vreloc baseline` (transitional: the command still lives in vreloc_tf.baselines)."""
-from vreloc_tf.baselines import add_arguments, main  # noqa: F401
+"""`vreloc baseline`: score the training-free baselines of the paper on a fixed pair list.
+
+    vreloc baseline --method random|prior|frame-level|all --data DIR --split test [--pairs FILE] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+
+from vreloc_tf.baselines import METHODS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, choices=METHODS + ("all",),
+                        help="baseline to score ('all' = every baseline, printed as one table)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--pairs", metavar="FILE", help="pair list JSON: read if it exists, else written")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline and of a new pair list")
+    parser.add_argument("--json", metavar="OUT", help="write the result JSON here (with 'all': a list)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from vreloc.commands.evaluate import print_results
+    from vreloc_tf.baselines import run_baseline
+
+    methods = METHODS if args.method == "all" else (args.method,)
+    results = [run_baseline(m, args.data, args.split, args.pairs, args.seed) for m in methods]
+    print_results(results if args.method == "all" else results[0], args.json)
+    return 0

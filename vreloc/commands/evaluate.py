@@ -1,2 +1,59 @@
-"""`vreloc evaluate` (transitional: the command still lives in vreloc_tf.evaluate)."""
-from vreloc_tf.evaluate import add_arguments, main  # noqa: F401
+"""`vreloc evaluate`: score a trained run on a fixed pair list, or print saved results as one table.
+
+    vreloc evaluate --model RUN_DIR [--data DIR] --split test [--pairs FILE] [--json OUT] [--decode full|weak]
+    vreloc evaluate --table A.json B.json ...      # report mode: one table of saved results
+
+``--pairs FILE`` reads the pair list if the file exists (checked against the data) and
+otherwise writes the one it makes (seed ``--seed``), so later models and baselines reuse it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vreloc_tf.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="RUN_DIR", help="training run folder (from `vreloc train`)")
+    parser.add_argument("--data", metavar="DIR", help="TFRecord data folder (default: the run's own)")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--pairs", metavar="FILE", help="pair list JSON: read if it exists, else written")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a newly made pair list (default 0)")
+    parser.add_argument("--json", metavar="OUT", help="write the result JSON here")
+    parser.add_argument("--decode", choices=("full", "weak"), help="decoding rule (default: the run's mode)")
+    parser.add_argument("--name", help="method name in the table (default: 'ours <supervision>')")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--checkpoint", metavar="STEP|last",
+                        help="score checkpoints/step-STEP.keras (or the last one) instead of model.keras")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="report mode: print these result JSONs as one table (like Tables 2 and 4)")
+    parser.add_argument("--title", default="", help="title line of a --table report")
+
+
+def print_results(results, json_path=None) -> None:
+    """Print results as one table (with header), and write them as JSON if asked."""
+    from vreloc_tf.evaluate import save_results
+    from vreloc_tf.metrics import format_table
+
+    rows = results if isinstance(results, list) else [results]
+    print(format_table(rows))
+    for r in rows:
+        if r.get("selection"):
+            print(f"{r['method']}: model.keras is the checkpoint of step {r.get('selected_step')}, "
+                  f"chosen by selection rule '{r['selection']}'")
+    if json_path:
+        save_results(results, json_path)
+
+
+def main(args: argparse.Namespace) -> int:
+    from vreloc_tf.evaluate import evaluate_run, format_table, load_results
+
+    if args.table:
+        print(format_table(load_results(args.table), args.title))
+        return 0
+    if not args.model:
+        raise InputError("vreloc evaluate needs --model RUN_DIR (or --table JSON...)")
+    result = evaluate_run(args.model, args.data, args.split, args.pairs, args.decode, args.name, args.seed,
+                          args.batch_size, checkpoint=args.checkpoint)
+    print_results(result, args.json)
+    return 0

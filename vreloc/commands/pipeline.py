@@ -1,2 +1,40 @@
-"""`vreloc pipeline` (transitional: the command still lives in vreloc_tf.orchestrator)."""
-from vreloc_tf.orchestrator import add_arguments, main  # noqa: F401
+"""`vreloc pipeline run`: the whole job as stages with manifests and caching (see vreloc/orchestrator.py)."""
+from __future__ import annotations
+
+import argparse
+
+from vreloc.orchestrator import STAGES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="run (or resume) the pipeline in a work folder")
+    run.add_argument("--workdir", required=True, help="run folder (created; reruns skip unchanged stages)")
+    run.add_argument("--config", default="tiny", help="config file or name in configs/ (default: tiny)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    run.add_argument("--data", default="synth",
+                     help="'synth' (generated ActivityNet-format data, the default), an ActivityNet-format folder "
+                          "(sub_activitynet_v1-3.c3d.hdf5 + train/val/test.json), or a video folder "
+                          "(annotations.json + videos/*, through extract-video)")
+    run.add_argument("--family", default="demo",
+                     help="feature family of --data synth (demo, substates, periodic, shots; docs/DATA.md)")
+    weights = run.add_mutually_exclusive_group()
+    weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video folder")
+    weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (demos and tests only)")
+    run.add_argument("--runner", default=None, help="Beam runner for FeatureGen (default DirectRunner)")
+    run.add_argument("--force", action="append", default=[], choices=STAGES,
+                     help="rerun this stage (and the ones after it) even if its inputs did not change")
+    run.add_argument("--model-name", default="vreloc", help="serving model name prefix (default: vreloc)")
+    run.add_argument("--no-serve-check", action="store_true",
+                     help="do not start the gRPC server and send a test query at the end")
+
+
+def main(args: argparse.Namespace) -> int:
+    from vreloc.orchestrator import FeatureSource, PipelineRun
+    from vreloc_tf.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    source = FeatureSource(args.data, family=args.family, runner=args.runner, c3d_weights=args.c3d_weights,
+                           random_c3d=args.random_c3d)
+    return PipelineRun(args.workdir, cfg, args.config, source, args.force, args.model_name,
+                       serve_check=not args.no_serve_check).run()

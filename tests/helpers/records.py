@@ -5,13 +5,16 @@ inside an entry's ground-truth segment are that prototype plus noise, the rest n
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List
 
 import numpy as np
 
 from vreloc_tf import schema
+from vreloc_tf.contract import FRAMES_PER_FEATURE
+from vreloc_tf.files import write_json_atomic
+
+TINY_DIM = 8  # feature dim of the tests' tiny data folders (configs/tiny.yaml expects 32: tests --set 8)
 
 
 def make_records(split: str, classes: List[int], per_class: int, dim: int, rng: np.random.Generator,
@@ -49,13 +52,17 @@ def write_split(data_dir: str, split: str, records: List[schema.Record], shards:
                 w.write(schema.encode_record(rec))
 
 
-def write_manifest(data_dir: str, dim: int, counts: Dict[str, int]) -> None:
-    with open(os.path.join(data_dir, schema.MANIFEST_NAME), "w") as fh:
-        json.dump({"feature_dim": dim, "frames_per_feature": 16, "counts": counts}, fh)
+def write_manifest(data_dir: str, dim: int, counts: Dict[str, int], source=None) -> None:
+    """A minimal manifest.json; ``source`` (optional) is recorded as every split's source."""
+    manifest = {"feature_dim": dim, "frames_per_feature": FRAMES_PER_FEATURE, "counts": counts}
+    if source is not None:
+        manifest["splits"] = {split: {"source": source} for split in counts}
+    write_json_atomic(os.path.join(data_dir, schema.MANIFEST_NAME), manifest)
 
 
-def make_data_dir(data_dir: str, dim: int = 8, seed: int = 0, train_classes: int = 3, per_class: int = 10,
-                  eval_classes: int = 2, eval_per_class: int = 6, max_len: int = 40) -> str:
+def make_data_dir(data_dir: str, dim: int = TINY_DIM, seed: int = 0, train_classes: int = 3, per_class: int = 10,
+                  eval_classes: int = 2, eval_per_class: int = 6, max_len: int = 40, source=None) -> str:
+    """train/val/test splits of learnable records (disjoint classes), 2 shards each, and a manifest."""
     rng = np.random.default_rng(seed)
     protos: Dict[int, np.ndarray] = {}
     splits = {
@@ -68,5 +75,5 @@ def make_data_dir(data_dir: str, dim: int = 8, seed: int = 0, train_classes: int
     }
     for split, records in splits.items():
         write_split(data_dir, split, records)
-    write_manifest(data_dir, dim, {k: len(v) for k, v in splits.items()})
+    write_manifest(data_dir, dim, {k: len(v) for k, v in splits.items()}, source)
     return data_dir

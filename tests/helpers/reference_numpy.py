@@ -134,3 +134,21 @@ def decode_weak_bruteforce(p, max_length=None):
         capped = [(s, min(e, s + max_length) if max_length else e) for s, e in runs]
         s, e = max(capped, key=lambda se: (se[1] - se[0], -se[0]))
     return s, e, float(p3[s:e].mean())
+
+
+def similarity_features(reference, query, temperature):
+    """One unpadded example [L, D], [Lq, D] -> [L, 6] (layers.SimilarityFeatures), written plainly."""
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+    r = unit(reference - reference.mean(axis=0))
+    raw = []
+    for q in (query, query - query.mean(axis=0)):
+        cos = r @ unit(q).T  # [L, Lq]
+        soft_max = np.array([temperature * np.log(np.mean(np.exp(row / temperature))) for row in cos])
+        raw.append(soft_max)
+        if len(raw) == 1:
+            raw.append(cos.mean(axis=1))
+    raw = np.stack(raw, axis=1)  # [L, 3]: soft max raw query, mean raw query, soft max centred query
+    standardized = (raw - raw.mean(axis=0)) / np.sqrt(raw.var(axis=0) + 1e-6)
+    return np.concatenate([standardized, raw], axis=1)

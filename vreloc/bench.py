@@ -1,6 +1,6 @@
 """`vreloc bench`: measured throughput and latency of every stage, on this machine.
 
-Each part runs in its own Python process (``python -m vreloc_tf.bench --part NAME``),
+Each part runs in its own Python process (``python -m vreloc.bench --part NAME``),
 so that one part's memory and thread pools do not colour another's figures, the
 2-device part can split the CPU before TensorFlow starts, and each part's peak
 resident memory is its own. The yardstick is this machine's dense matmul rate:
@@ -35,9 +35,15 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from vreloc_tf.model_bench import PAPER_SHAPES as SHAPES
+
 PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "c3d")
-SHAPES = {"batch_size": 128, "query_steps": 16, "reference_steps": 300}
 LR_SWEEP = (100, 300, 1000, 3000)
+
+
+def _dim(cfg) -> int:
+    """The model's feature dim: the config's, or the paper's where the config leaves it to the data."""
+    return cfg.data.feature_dim or SHAPES["feature_dim"]
 
 
 def _peak_rss_mb() -> float:
@@ -63,7 +69,7 @@ def _train_pairs_per_s(cfg, quick: bool, devices: int) -> dict:
     from vreloc_tf.training import RelocTrainer, make_optimizer
 
     strategy = make_strategy(devices)
-    dim = cfg.data.feature_dim
+    dim = _dim(cfg)
     data = random_batch(SHAPES["batch_size"], SHAPES["query_steps"], SHAPES["reference_steps"], dim)
     dataset = tf.data.Dataset.from_tensors(data).repeat()
     with strategy.scope():
@@ -104,7 +110,7 @@ def part_train2(cfg, quick: bool, config: str) -> dict:
 def part_inference(cfg, quick: bool, config: str) -> dict:
     from vreloc_tf.model_bench import inference_latency_ms
 
-    dim = cfg.data.feature_dim
+    dim = _dim(cfg)
     out = inference_latency_ms(cfg, SHAPES["query_steps"], SHAPES["reference_steps"], dim, runs=30 if quick else 100)
     by_lr = {}
     for lr in LR_SWEEP:
@@ -160,9 +166,9 @@ def part_ingest(cfg, quick: bool, config: str) -> dict:
         return measure_ingest_records_per_s(dim=500)
     with tempfile.TemporaryDirectory(prefix="vreloc-bench-") as tmp:
         src = os.path.join(tmp, "synth")
-        synth.generate(src, seed=0, dim=cfg.data.feature_dim)
+        synth.generate(src, seed=0, dim=_dim(cfg))
         out = measure_ingest_records_per_s(synth_dir=src, tmp=tmp)
-        out["dataset"] = f"default synthetic dataset at D = {cfg.data.feature_dim}"
+        out["dataset"] = f"default synthetic dataset at D = {_dim(cfg)}"
         return out
 
 
@@ -175,7 +181,7 @@ def part_c3d(cfg, quick: bool, config: str) -> dict:
 # -- the driver ------------------------------------------------------------------------
 
 def run_part(name: str, config: str, quick: bool, timeout: float = 900) -> dict:
-    cmd = [sys.executable, "-m", "vreloc_tf.bench", "--part", name, "--config", config] + (["--quick"] if quick else [])
+    cmd = [sys.executable, "-m", "vreloc.bench", "--part", name, "--config", config] + (["--quick"] if quick else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -236,7 +242,8 @@ def format_report(r: dict) -> str:
         f"vreloc bench ({'quick' if r['quick'] else 'full'}; config {r['config']}; {r['cpus']} CPUs {r['machine']}; "
         f"{r['date']})",
         f"  dense matmul (yardstick)        {f(r['matmul_gflops'])} GFLOP/s",
-        f"  training, 1 device              {f(t['pairs_per_s'])} pairs/s  (batch 128, Lq 16, Lr 300; "
+        f"  training, 1 device              {f(t['pairs_per_s'])} pairs/s  (batch {SHAPES['batch_size']}, "
+        f"Lq {SHAPES['query_steps']}, Lr {SHAPES['reference_steps']}; "
         f"{f(t['gflop_per_pair'], '{:.2f}')} GFLOP/pair; {f(t['fraction_of_matmul'] and 100 * t['fraction_of_matmul'])}% "
         f"of matmul rate)",
         f"  training, 2 logical devices     {f(t['pairs_per_s_2_devices'])} pairs/s  (MirroredStrategy)",
@@ -261,28 +268,8 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and small ingest data (< 3 min)")
-    parser.add_argument("--config", default="paper_full", help="model config (default paper_full)")
-    parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
-    parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
-
-
-def main(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    result = collect(args.config, args.quick, args.only or PARTS)
-    result["total_seconds"] = time.perf_counter() - t0
-    print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
-    print(format_report(result))
-    print(f"bench finished in {result['total_seconds']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return 1 if result["errors"] else 0
-
-
 def _part_main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vreloc_tf.bench")
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench")
     parser.add_argument("--part", required=True, choices=PARTS)
     parser.add_argument("--config", default="paper_full")
     parser.add_argument("--quick", action="store_true")

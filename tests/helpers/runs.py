@@ -1,25 +1,35 @@
-"""Shared set-up for the serving tests: tiny run folders, cached exports, random padded batches.
+"""Tiny run folders and their exports for the serving, export and locate tests; random padded batches.
 
-A run folder is built directly (build_model + run_dir.write_run_manifest), not
-by ``vreloc train``, so these tests depend only on the model contract. Each
-distinct run and its export are made once per test process and copied where a
-test needs its own base path (copying is cheaper than exporting again).
+A run folder is built directly (build_model + Run.create), not by ``vreloc train``, so
+these tests depend only on the model contract. Each distinct run and its export are
+made once per test session, under the session's temporary folder (set by the
+``_runs_root`` fixture in conftest.py), and copied where a test needs its own base path
+(copying is cheaper than exporting again).
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import os
 import shutil
-import tempfile
+from typing import Optional
 
 import numpy as np
 
 FEATURE_DIM = 8
 MODEL_NAME = "vreloc"
 
-_ROOT = tempfile.mkdtemp(prefix="vreloc-serving-tests-")
-atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+_root: Optional[str] = None
+
+
+def set_root(path: str) -> None:
+    """Where this session's runs and exports go (conftest.py sets it from tmp_path_factory)."""
+    global _root
+    _root = path
+
+
+def _folder(name: str) -> str:
+    assert _root is not None, "helpers.runs is used outside a pytest session (conftest.py sets its root)"
+    return os.path.join(_root, name)
 
 
 def make_run(seed: int = 0, supervision: str = "full") -> str:
@@ -31,29 +41,22 @@ def make_run(seed: int = 0, supervision: str = "full") -> str:
 def _make_run(seed: int, supervision: str) -> str:
     import keras
 
-    from vreloc_tf.config import load_config, save_config
+    from vreloc_tf.artifacts import Run, RunManifest
+    from vreloc_tf.config import load_config
     from vreloc_tf.model import build_model
-    from vreloc_tf.run_dir import CONFIG_FILE, MODEL_FILE, RunManifest, write_run_manifest
 
-    run_dir = os.path.join(_ROOT, f"run-{supervision}-{seed}")
-    os.makedirs(run_dir)
-    cfg = load_config("tiny", [f"supervision={supervision}", f"seed={seed}"])
+    cfg = load_config("tiny", [f"supervision={supervision}", f"seed={seed}", f"data.feature_dim={FEATURE_DIM}"])
     keras.utils.set_random_seed(seed)
-    model = build_model(cfg, feature_dim=FEATURE_DIM)
-    model.save(os.path.join(run_dir, MODEL_FILE))
-    save_config(cfg, os.path.join(run_dir, CONFIG_FILE))
-    write_run_manifest(run_dir, RunManifest(data_dir="(built by the test)", feature_dim=FEATURE_DIM,
-                                            supervision=supervision, frames_per_feature=16))
-    return run_dir
+    manifest = RunManifest(data_dir="(built by the test)", feature_dim=FEATURE_DIM, supervision=supervision)
+    return Run.create(_folder(f"run-{supervision}-{seed}"), cfg, manifest,
+                      model=build_model(cfg, feature_dim=FEATURE_DIM)).path
 
 
 @functools.lru_cache(maxsize=None)
 def _cached_export(seed: int, supervision: str) -> str:
     from serving.export import export_model
 
-    base = os.path.join(_ROOT, f"export-{supervision}-{seed}", MODEL_NAME)
-    export_model(make_run(seed, supervision), base)
-    return base
+    return export_model(make_run(seed, supervision), _folder(f"export-{supervision}-{seed}/{MODEL_NAME}")).base_path
 
 
 def export_copy(dest_root: str, seed: int = 0, supervision: str = "full", version: int = 1) -> str:

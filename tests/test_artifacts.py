@@ -1,0 +1,84 @@
+"""Typed artifacts: a data folder, a run folder and an export open once, checked, or fail with one line."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from helpers import records as F
+from vreloc_tf.artifacts import MANIFEST_FILE, Dataset, Run, RunManifest
+from vreloc_tf.config import load_config
+from vreloc_tf.errors import InputError
+
+
+def test_dataset_open_reads_the_manifest_and_refuses_what_is_not_a_data_folder(tmp_path):
+    with pytest.raises(InputError, match="no such data folder"):
+        Dataset.open(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="not a data folder .no manifest.json"):
+        Dataset.open(str(tmp_path))
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(InputError, match="manifest.json: not a valid data manifest"):
+        Dataset.open(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"feature_dim": "32"}))
+    with pytest.raises(InputError, match="no valid 'feature_dim'"):
+        Dataset.open(str(tmp_path))
+    F.write_manifest(str(tmp_path), 6, {"train": 3})
+    data = Dataset.open(str(tmp_path))
+    assert (data.path, data.feature_dim, data.frames_per_feature, data.pca_file) == (str(tmp_path), 6, 16, None)
+
+
+def test_feature_dim_is_the_datas_and_the_config_only_checks_it(tmp_path):
+    F.write_manifest(str(tmp_path), 6, {"train": 3})
+    data = Dataset.open(str(tmp_path))
+    assert data.check_feature_dim(None) == 6 == data.check_feature_dim(6)
+    with pytest.raises(InputError) as err:
+        data.check_feature_dim(500)
+    assert str(err.value) == (f"data.feature_dim is 500 but {tmp_path} holds 6-d features; use --set "
+                              f"data.feature_dim=6 (or null to take the data's)")
+
+
+def test_the_source_of_a_split_is_its_own_else_the_folders_else_its_path(tmp_path):
+    F.write_manifest(str(tmp_path), 4, {"train": 1, "val": 1})
+    assert Dataset.open(str(tmp_path)).training_source() == {s: {"data_dir": str(tmp_path)} for s in ("train", "val")}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["source"] = {"job": "ingest-activitynet", "features": "a.hdf5"}  # older manifests: one source
+    manifest["splits"] = {"train": {"written": 1, "source": {"job": "extract-video", "videos": "v/*"}},
+                          "val": {"written": 1}}  # newer ones: per split (the val entry predates it)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    data = Dataset.open(str(tmp_path))
+    assert data.source("train") == {"job": "extract-video", "videos": "v/*"}
+    assert data.source("val") == {"job": "ingest-activitynet", "features": "a.hdf5"}
+    assert data.splits == ("train", "val")
+
+
+def test_run_open_checks_the_folder_and_round_trips(tmp_path):
+    with pytest.raises(InputError, match="not a finished training run folder .no run.json.*vreloc train"):
+        Run.open(str(tmp_path))
+    (tmp_path / MANIFEST_FILE).write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a run manifest"):
+        Run.open(str(tmp_path))
+    cfg = load_config("tiny", ["seed=4"])
+    manifest = RunManifest(data_dir="/d", feature_dim=8, supervision="full", data_source={"train": {"x": 1}})
+    run = Run.create(str(tmp_path / "run"), cfg, manifest)
+    again = Run.open(run.path)
+    assert again.config.digest() == cfg.digest() and again.manifest == manifest
+    with pytest.raises(InputError, match="no model.keras; has the run finished"):
+        again.load_model()
+    doc = json.loads((tmp_path / "run" / MANIFEST_FILE).read_text())
+    doc["from_a_newer_version"] = True  # unknown keys are ignored, so older code reads newer runs
+    (tmp_path / "run" / MANIFEST_FILE).write_text(json.dumps(doc))
+    assert Run.open(run.path).manifest == manifest
+    os.remove(tmp_path / "run" / "config.yaml")
+    with pytest.raises(InputError, match="no config.yaml"):
+        Run.open(run.path)
+
+
+def test_a_run_is_scored_only_on_data_of_its_feature_dim(tmp_path):
+    F.write_manifest(str(tmp_path / "d8"), 8, {})
+    F.write_manifest(str(tmp_path / "d6"), 6, {})
+    manifest = RunManifest(data_dir=str(tmp_path / "d8"), feature_dim=8, supervision="weak")
+    run = Run.create(str(tmp_path / "run"), load_config("tiny"), manifest)
+    assert run.dataset().path == str(tmp_path / "d8")
+    with pytest.raises(InputError, match="d6 holds 6-d features but the run in .* was trained on 8-d"):
+        run.dataset(str(tmp_path / "d6"))
+    assert dataclasses.replace(manifest, feature_dim=6).feature_dim == 6

@@ -1,0 +1,40 @@
+"""``python -m vreloc.model_bench``: the model's size and speed on this machine, one table.
+
+The measuring functions are :mod:`vreloc_tf.model_bench`; this is their command line
+(``vreloc bench`` runs the same functions part by part, each in its own process).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from vreloc_tf.config import load_config
+from vreloc_tf.model_bench import PAPER_SHAPES, run_benchmark
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vreloc.model_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="paper_full", help="config name or path (default paper_full)")
+    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    parser.add_argument("--batch-size", type=int, default=PAPER_SHAPES["batch_size"])
+    parser.add_argument("--query-steps", type=int, default=PAPER_SHAPES["query_steps"])
+    parser.add_argument("--reference-steps", type=int, default=PAPER_SHAPES["reference_steps"])
+    parser.add_argument("--feature-dim", type=int, default=PAPER_SHAPES["feature_dim"])
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--jit-train", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--no-jit-predict", action="store_true", help="run inference without XLA")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    results = run_benchmark(cfg, args.batch_size, args.query_steps, args.reference_steps, args.feature_dim,
+                            args.train_steps, args.latency_runs, args.jit_train, not args.no_jit_predict)
+    print(f"config {args.config}  B={args.batch_size} Lq={args.query_steps} Lr={args.reference_steps} "
+          f"D={args.feature_dim}")
+    for key, value in results.items():
+        print(f"{key:32s} {value:,.3f}" if isinstance(value, float) else f"{key:32s} {value:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""`vreloc pipeline run`: the whole job as TFX-style stages with manifests and caching.
+
+Why stages with manifests: each stage (FeatureGen, Trainer, Evaluator, Pusher)
+records what it read, what it wrote, the config hash, the code version and its
+timings in ``WORKDIR/<stage>/stage.json``. A rerun compares the stage's input
+fingerprint with the recorded one and skips a stage whose inputs and config did
+not change; ``--force STAGE`` reruns it (and, as its outputs change, everything
+after it).
+
+Each stage is a function that calls the library (``pipeline.synth.generate``, the
+Beam launchers, ``vreloc_tf.train.train``, the evaluation and baseline functions,
+``serving.export.export_model``) and hands typed artifacts on
+(:mod:`vreloc_tf.artifacts`); a stage's folder layout is its own business::
+
+    WORKDIR/
+      featuregen/  stage.json, raw/ (synthetic ActivityNet-format input), data/ (TFRecords + manifest;
+                   from ingest-activitynet, or from extract-video for a folder of videos)
+      trainer/     stage.json, full/ and weak/ (training run folders)
+      evaluator/   stage.json, pairs_<split>.json, results_<split>.json, table_<split>.txt, blessing.json,
+                   figure4_<mode>_test_pair0.png
+      pusher/      stage.json, serving/<model name>_<mode>/<version>/ (SavedModels for TF Serving)
+
+Blessing is decided by name: a model is blessed when its val average beats the
+frame-level baseline's (results are keyed by method id, ``model:full``,
+``baseline:frame-level``, ...).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from vreloc_tf import __version__
+from vreloc_tf.artifacts import Dataset, Export, Run
+from vreloc_tf.config import Config
+from vreloc_tf.contract import SUPERVISIONS as MODES
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path, clear_folder, read_json, write_json_atomic
+
+log = logging.getLogger("vreloc.pipeline")
+
+STAGES = ("featuregen", "trainer", "evaluator", "pusher")
+SPLITS = ("val", "test")
+BASELINES = ("random", "prior", "frame-level")
+BLESSING_YARDSTICK = "baseline:frame-level"  # a model is blessed if its val average beats this method's
+STAGE_FILE = "stage.json"
+VIDEO_ANNOTATIONS = "annotations.json"  # a video folder: DIR/annotations.json + DIR/videos/*
+VIDEO_DIR = "videos"
+SYNTH = "synth"
+
+
+class StageFailed(RuntimeError):
+    """A stage ran but did not produce what it should (e.g. counts that do not reconcile)."""
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tree_fingerprint(path: str) -> str:
+    """A cheap fingerprint of a file, or of a folder's files: names, sizes, mtimes."""
+    if os.path.isfile(path):
+        files = [path]
+    else:
+        files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    return _hash([(os.path.relpath(f, path), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files])
+
+
+# -- the stages: library calls with typed artifacts in and out ----------------------
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where FeatureGen takes its data from: ``synth``, an ActivityNet-format folder, or a video folder."""
+
+    data: str = SYNTH
+    family: str = "demo"  # feature family of synthetic data (pipeline.families)
+    runner: Optional[str] = None  # Beam runner (default DirectRunner)
+    c3d_weights: Optional[str] = None  # Sports-1M C3D weights, for a video folder
+    random_c3d: bool = False  # random C3D weights (demos and tests only)
+
+    def fingerprint(self) -> dict:
+        return {"data": self.data, "family": self.family if self.data == SYNTH else None,
+                "source": None if self.data == SYNTH else _tree_fingerprint(self.data),
+                "c3d": self.c3d_weights and _tree_fingerprint(self.c3d_weights), "random_c3d": self.random_c3d}
+
+
+def _check_reconciled(job: str, counts: dict) -> None:
+    bad = {split: c for split, c in counts.items() if not c.reconciles()}
+    if bad:
+        raise StageFailed(f"{job}: read != written + dead-lettered for {sorted(bad)}: {bad}")
+
+
+def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
+    """The data folder ``folder/data`` from synthetic data, an ActivityNet-format folder or raw videos."""
+    from pipeline import synth
+
+    runner = {"runner": source.runner} if source.runner else {}
+    data_dir = os.path.join(folder, "data")
+    if source.data == SYNTH:
+        src = os.path.join(folder, "raw")
+        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM, family=source.family)
+    else:
+        src = os.path.abspath(source.data)
+    hdf5 = os.path.join(src, synth.HDF5_NAME)
+    if os.path.exists(hdf5):
+        from pipeline import ingest_activitynet
+
+        _check_reconciled("ingest-activitynet", ingest_activitynet.run(hdf5, src, data_dir, **runner))
+    elif os.path.exists(os.path.join(src, VIDEO_ANNOTATIONS)) and os.path.isdir(os.path.join(src, VIDEO_DIR)):
+        if not (source.c3d_weights or source.random_c3d):
+            raise InputError(f"--data {source.data} holds raw videos: give --c3d-weights FILE "
+                             f"(or --random-c3d for a demo)")
+        from pipeline import extract_video
+
+        counts = extract_video.run(os.path.join(src, VIDEO_DIR, "*"), os.path.join(src, VIDEO_ANNOTATIONS),
+                                   data_dir, c3d_weights=source.c3d_weights, random_c3d=source.random_c3d,
+                                   n_components=cfg.data.feature_dim or synth.DEFAULT_DIM, **runner)
+        _check_reconciled("extract-video", counts)
+    else:
+        raise InputError(f"--data {source.data}: expected an ActivityNet-format folder ({synth.HDF5_NAME} and "
+                         f"train/val/test.json) or a video folder ({VIDEO_ANNOTATIONS} in ActivityNet's "
+                         f"annotation format and the videos under {VIDEO_DIR}/)")
+    return Dataset.open(data_dir)
+
+
+def trainer(folder: str, cfg: Config, dataset: Dataset) -> Dict[str, Run]:
+    """A full and a weak run of ``cfg`` on ``dataset``, in ``folder/<mode>``."""
+    from vreloc_tf.train import train
+
+    runs = {}
+    for mode in MODES:
+        path = os.path.join(folder, mode)
+        train(dataclasses.replace(cfg, supervision=mode), dataset.path, path)
+        runs[mode] = Run.open(path)
+    return runs
+
+
+def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) -> dict:
+    """Models and baselines on the fixed val and test pair lists, the blessing, and Figure-4 PNGs."""
+    from vreloc_tf.baselines import run_baseline
+    from vreloc_tf.evaluate import evaluate_run, save_results
+    from vreloc_tf.metrics import format_table
+    from vreloc_tf.visualize import visualize_pair
+
+    results: Dict[str, Dict[str, dict]] = {}
+    for split in SPLITS:
+        pairs = os.path.join(folder, f"pairs_{split}.json")
+        rows = {f"model:{mode}": evaluate_run(run.path, dataset.path, split, pairs, seed=seed)
+                for mode, run in runs.items()}
+        rows.update({f"baseline:{method}": run_baseline(method, dataset.path, split, pairs, seed)
+                     for method in BASELINES})
+        results[split] = rows
+        save_results(rows, os.path.join(folder, f"results_{split}.json"))
+        with atomic_path(os.path.join(folder, f"table_{split}.txt")) as tmp, open(tmp, "w") as fh:
+            fh.write(format_table(list(rows.values())) + "\n")
+    yardstick = results["val"][BLESSING_YARDSTICK]["average"]
+    blessing = {}
+    for mode in runs:
+        average = results["val"][f"model:{mode}"]["average"]
+        blessing[mode] = {"blessed": average > yardstick, "val_average": average,
+                          "frame_level_val_average": yardstick}
+    write_json_atomic(os.path.join(folder, "blessing.json"), blessing)
+    figures = {}
+    for mode, run in runs.items():  # what each model attends to on the first test pair (paper Figure 4)
+        out = os.path.join(folder, f"figure4_{mode}_test_pair0.png")
+        visualize_pair(run.path, dataset.path, "test", 0, out, os.path.join(folder, "pairs_test.json"), seed)
+        figures[mode] = out
+    return {"results": results, "blessing": blessing, "figures": figures}
+
+
+def pusher(folder: str, runs: Dict[str, Run], blessing: dict, model_name: str) -> Dict[str, Export]:
+    """Export each blessed run as the next version of ``folder/serving/<model_name>_<mode>``."""
+    from serving.export import export_model
+
+    pushed = {}
+    for mode, run in runs.items():
+        verdict = blessing[mode]
+        if not verdict["blessed"]:
+            log.warning("Pusher: the %s model is not blessed (val average %.1f <= frame-level %.1f); not pushed",
+                        mode, verdict["val_average"], verdict["frame_level_val_average"])
+            continue
+        pushed[mode] = export_model(run.path, os.path.join(folder, "serving", f"{model_name}_{mode}"))
+    return pushed
+
+
+# -- the engine ----------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    name: str
+    inputs: Callable[[], dict]  # what the stage reads (fingerprinted)
+    body: Callable[[str], dict]  # runs the stage in its folder, returns its outputs (JSON-ready)
+    keep: tuple = ()  # entries of the stage folder that survive a rerun with new inputs
+
+
+class PipelineRun:
+    def __init__(self, workdir: str, cfg: Config, config_source: str, source: FeatureSource, force: List[str],
+                 model_name: str = "vreloc", serve_check: bool = True):
+        self.workdir = os.path.abspath(workdir)
+        self.cfg = cfg
+        self.config_source = config_source
+        self.source = source
+        self.force = set(force)
+        self.model_name = model_name
+        self.serve_check = serve_check
+        self.statuses: Dict[str, str] = {}
+
+    def stage_dir(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def stage_record(self, name: str) -> Optional[dict]:
+        path = os.path.join(self.stage_dir(name), STAGE_FILE)
+        return read_json(path, "stage manifest") if os.path.exists(path) else None
+
+    def stage_outputs(self, name: str) -> dict:
+        """The outputs a stage recorded in its stage.json ({} if it has not finished)."""
+        return (self.stage_record(name) or {}).get("outputs") or {}
+
+    def _output_hash(self, name: str) -> Optional[str]:
+        doc = self.stage_record(name)
+        return None if not doc else _hash([doc.get("outputs"), doc.get("finished")])
+
+    # The artifacts earlier stages recorded (reopened, so a skipped stage hands on the same thing).
+    def dataset(self) -> Dataset:
+        return Dataset.open(self.stage_outputs("featuregen")["data_dir"])
+
+    def runs(self) -> Dict[str, Run]:
+        return {mode: Run.open(out["run_dir"]) for mode, out in self.stage_outputs("trainer").items()}
+
+    def stages(self) -> List[Stage]:
+        def featuregen_body(folder):
+            dataset = featuregen(folder, self.cfg, self.source)
+            return {"data_dir": dataset.path, "splits": dataset.manifest.get("splits"),
+                    "feature_dim": dataset.feature_dim}
+
+        def trainer_body(folder):
+            return {mode: {"run_dir": run.path, **dataclasses.asdict(run.manifest)}
+                    for mode, run in trainer(folder, self.cfg, self.dataset()).items()}
+
+        def pusher_body(folder):
+            pushed = pusher(folder, self.runs(), self.stage_outputs("evaluator")["blessing"], self.model_name)
+            return {"pushed": {mode: dataclasses.asdict(export) for mode, export in pushed.items()}}
+
+        return [
+            Stage("featuregen", lambda: {"seed": self.cfg.seed, "feature_dim": self.cfg.data.feature_dim,
+                                         **self.source.fingerprint()}, featuregen_body),
+            Stage("trainer", lambda: {"config": self.cfg.digest(), "data": self._output_hash("featuregen")},
+                  trainer_body),
+            Stage("evaluator", lambda: {"models": self._output_hash("trainer"), "data": self._output_hash("featuregen"),
+                                        "seed": self.cfg.seed},
+                  lambda folder: evaluator(folder, self.cfg.seed, self.dataset(), self.runs())),
+            # Pushed versions stay: a new push is the next version beside them.
+            Stage("pusher", lambda: {"evaluation": self._output_hash("evaluator")}, pusher_body, keep=("serving",)),
+        ]
+
+    def run(self) -> int:
+        os.makedirs(self.workdir, exist_ok=True)
+        forced_from = min((STAGES.index(s) for s in self.force), default=len(STAGES))
+        for index, stage in enumerate(self.stages()):
+            folder = self.stage_dir(stage.name)
+            os.makedirs(folder, exist_ok=True)
+            inputs = stage.inputs()
+            fingerprint = _hash(inputs)
+            previous = self.stage_record(stage.name)
+            if previous and previous.get("fingerprint") == fingerprint and previous.get("status") == "done" \
+                    and index < forced_from:
+                self.statuses[stage.name] = "skipped (inputs and config unchanged)"
+                print(f"[{stage.name}] skipped: inputs and config unchanged since {previous['finished']}")
+                continue
+            if previous and (previous.get("fingerprint") != fingerprint or index >= forced_from):
+                # New inputs (or --force): start clean, so no stale run folder, pair list or model is reused.
+                # The same inputs after an interrupted run keep their folder, so training resumes.
+                clear_folder(folder, keep=stage.keep)
+            print(f"[{stage.name}] running")
+            start = time.time()
+            outputs = stage.body(folder)
+            self._write_stage(folder, stage.name, inputs, fingerprint, outputs, start)
+            self.statuses[stage.name] = f"done in {time.time() - start:.1f} s"
+            print(f"[{stage.name}] done in {time.time() - start:.1f} s")
+        if self.serve_check:
+            self.serve_and_query()
+        self._summary()
+        return 0
+
+    def _write_stage(self, folder, name, inputs, fingerprint, outputs, start):
+        write_json_atomic(os.path.join(folder, STAGE_FILE), {
+            "stage": name, "status": "done", "inputs": inputs, "fingerprint": fingerprint, "outputs": outputs,
+            "config_hash": self.cfg.digest(), "config_source": self.config_source, "code_version": __version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - start, 3)})
+
+    def serve_and_query(self) -> None:
+        """Start the gRPC server on loopback, send one test pair with the stock client, stop the server."""
+        from serving.client import predict
+
+        pushed = self.stage_outputs("pusher").get("pushed")
+        if not pushed:
+            print("[serve] no blessed model was pushed; nothing to serve")
+            return
+        export = Export(**pushed["full" if "full" in pushed else next(iter(pushed))])
+        with _served(export) as address:
+            query, reference = _demo_pair(self.dataset())
+            print(f"[serve] model {export.model_name} at {address}; querying with the stock gRPC client")
+            answer = predict(address, query, reference, export.model_name, timeout=30.0)
+            print(f"[serve] model {answer['model_name']} version {answer['version']}: start {answer['start']}  "
+                  f"end {answer['end']}  (feature indices, end exclusive)  score {answer['score']:.6f}")
+
+    def _summary(self) -> None:
+        from vreloc_tf.metrics import format_table
+
+        print()
+        evaluation = self.stage_outputs("evaluator")
+        for split, rows in (evaluation.get("results") or {}).items():
+            print(f"Results on {split} (mAP@1, %):")
+            print(format_table(list(rows.values())))
+            print()
+        for mode, b in (evaluation.get("blessing") or {}).items():
+            verdict = "blessed" if b["blessed"] else "NOT blessed"
+            print(f"{mode} model: {verdict} (val average {b['val_average']:.1f} vs frame-level "
+                  f"{b['frame_level_val_average']:.1f})")
+        for mode, path in (evaluation.get("figures") or {}).items():
+            print(f"Figure 4 ({mode}): {path}")
+        stages = ", ".join(f"{k}: {v}" for k, v in self.statuses.items())
+        print(f"pipeline summary: {stages}; work folder {self.workdir}")
+
+
+def _demo_pair(dataset: Dataset):
+    """A test-split query (its trimmed ground truth) and a same-class reference from another video."""
+    from vreloc_tf import schema
+
+    recs = schema.read_records(dataset.path, "test")
+    query = recs[0]
+    ref = next((r for r in recs[1:] if r.label == query.label and r.video_id != query.video_id), recs[-1])
+    g0, g1 = query.groundtruth
+    print(f"[serve] query: test entry {query.entry_index} ({query.video_id}, {g1 - g0} features); "
+          f"reference: test entry {ref.entry_index} ({ref.video_id}, {ref.length} features, "
+          f"ground truth {list(ref.groundtruth)})")
+    return query.features[g0:g1], ref.features
+
+
+@contextlib.contextmanager
+def _served(export: Export):
+    """`vreloc serve` of an export as a subprocess on a free loopback port, stopped with SIGTERM afterwards."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "vreloc", "serve", "--model-base-path", export.base_path, "--model-name",
+           export.model_name, "--port", str(port)]
+    proc = subprocess.Popen(cmd)
+    try:
+        _wait_ready(f"127.0.0.1:{port}", export.model_name, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print(f"[serve] server stopped (exit {proc.returncode})")
+
+
+def _wait_ready(address: str, model_name: str, proc, timeout: float = 120.0) -> None:
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    deadline = time.time() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise StageFailed(f"`vreloc serve` exited with {proc.returncode} before it was ready")
+            try:
+                req = get_model_status_pb2.GetModelStatusRequest()
+                req.model_spec.name = model_name
+                stub.GetModelStatus(req, timeout=2)
+                return
+            except grpc.RpcError:
+                time.sleep(0.5)
+    raise StageFailed(f"`vreloc serve` did not become ready on {address} within {timeout:.0f} s")

@@ -1,0 +1,210 @@
+"""Typed artifacts that pass between stages: a dataset, a training run, an export.
+
+Why: a stage hands the next one a folder, and every reader used to re-derive what is in
+it (feature dim from one JSON key here, the run's config from a file there). These small
+frozen dataclasses open a folder once, check it, and carry what later stages need, so a
+wrong folder fails at the door with one line (an :class:`InputError`) and stages call
+library functions with values instead of strings.
+
+Layouts::
+
+    DATA_DIR/   manifest.json, <split>-SSSSS-of-NNNNN.tfrecord, dead_letter/   (the Beam jobs)
+    RUN_DIR/    config.yaml          resolved Config the run trained with (every value, after --set)
+                run.json             RunManifest: data folder, feature dim, data source, pca file,
+                                     best step and score, code version, timings
+                model.keras          the best inference model (loads with keras.saving.load_model)
+                checkpoints/         periodic checkpoints (step-NNNNNN.keras)
+                backup/              BackupAndRestore state, so a killed run resumes
+                logs/                TensorBoard event files
+    BASE/NAME/<version>/             a TF Serving SavedModel (serving/export.py)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from vreloc_tf import __version__, contract, schema
+from vreloc_tf.config import Config, load_config, save_config
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import read_json, write_json_atomic
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "run.json"
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoints"
+BACKUP_DIR = "backup"
+LOG_DIR = "logs"
+TRAINING_SPLITS = ("train", "val")  # what `vreloc train` reads: its data source is theirs
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A data folder written by a Beam job: TFRecord shards per split and ``manifest.json``."""
+
+    path: str
+    feature_dim: int
+    manifest: Dict[str, Any] = dataclasses.field(compare=False, repr=False)
+
+    @classmethod
+    def open(cls, path: str) -> "Dataset":
+        if not os.path.isdir(path):
+            raise InputError(f"{path}: no such data folder; write one with `vreloc ingest-activitynet` "
+                             f"or `vreloc extract-video`")
+        manifest_path = os.path.join(path, schema.MANIFEST_NAME)
+        if not os.path.exists(manifest_path):
+            raise InputError(f"{path}: not a data folder (no {schema.MANIFEST_NAME}); write one with "
+                             f"`vreloc ingest-activitynet` or `vreloc extract-video`")
+        manifest = schema.read_manifest(path)
+        dim = manifest.get("feature_dim") if isinstance(manifest, dict) else None
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InputError(f"{manifest_path}: no valid 'feature_dim' (got {dim!r}); rewrite the folder "
+                             f"with its Beam job")
+        return cls(os.path.abspath(path), dim, manifest)
+
+    @property
+    def frames_per_feature(self) -> int:
+        return int(self.manifest.get("frames_per_feature") or contract.FRAMES_PER_FEATURE)
+
+    @property
+    def pca_file(self) -> Optional[str]:
+        """The PCA that made raw-video features (extract-video), for locate and export."""
+        return self.manifest.get("pca_file")
+
+    @property
+    def splits(self) -> Sequence[str]:
+        return tuple(self.manifest.get("splits") or ())
+
+    def source(self, split: str) -> Any:
+        """Where ``split`` came from: the split's own ``source`` (newer manifests), else the folder's.
+
+        A folder whose manifest names no source at all is identified by its own path.
+        """
+        entry = (self.manifest.get("splits") or {}).get(split) or {}
+        if isinstance(entry, dict) and entry.get("source") is not None:
+            return entry["source"]
+        if self.manifest.get("source") is not None:
+            return self.manifest["source"]
+        return {"data_dir": self.path}
+
+    def training_source(self) -> Dict[str, Any]:
+        """The sources of the splits training reads (recorded in run.json, compared on resume)."""
+        return {split: self.source(split) for split in TRAINING_SPLITS}
+
+    def check_feature_dim(self, expected: Optional[int], what: str = "data.feature_dim") -> int:
+        """The data's feature dim; InputError if ``expected`` (a config value, None = any) differs."""
+        if expected is not None and int(expected) != self.feature_dim:
+            raise InputError(f"{what} is {expected} but {self.path} holds {self.feature_dim}-d features; "
+                             f"use --set data.feature_dim={self.feature_dim} (or null to take the data's)")
+        return self.feature_dim
+
+
+@dataclasses.dataclass
+class RunManifest:
+    """run.json: what a run was trained on and how it went."""
+
+    data_dir: str
+    feature_dim: int
+    supervision: str
+    pca_file: Optional[str] = None  # PCA artifact of the training data (raw videos), for locate
+    frames_per_feature: int = contract.FRAMES_PER_FEATURE
+    data_source: Optional[dict] = None  # Dataset.training_source() of the data it was trained on
+    steps: int = 0
+    best_step: Optional[int] = None
+    best_val_average: Optional[float] = None  # val mAP@1 of the selected checkpoint (logged, not a criterion for weak)
+    selection: Optional[str] = None  # the checkpoint-selection rule used: last | val_map | label_free
+    decode: Optional[str] = None  # the decoding rule of the run (Config.decode_rule): full (Eq. 20) | weak
+    train_seconds: Optional[float] = None
+    code_version: str = __version__
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def write(self, run_dir: str) -> str:
+        return write_json_atomic(os.path.join(run_dir, MANIFEST_FILE), dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, run_dir: str) -> "RunManifest":
+        path = os.path.join(run_dir, MANIFEST_FILE)
+        if not os.path.exists(path):
+            raise InputError(f"{run_dir}: not a finished training run folder (no {MANIFEST_FILE}); "
+                             f"train one with `vreloc train`")
+        data = read_json(path, "run manifest")
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: not a run manifest (expected a JSON object)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A training run folder (see the module docstring for its layout)."""
+
+    path: str
+    config: Config
+    manifest: RunManifest
+
+    @classmethod
+    def open(cls, path: str) -> "Run":
+        manifest = RunManifest.read(path)
+        config_path = os.path.join(path, CONFIG_FILE)
+        if not os.path.exists(config_path):
+            raise InputError(f"{path}: no {CONFIG_FILE}; the run folder is incomplete, train it again")
+        return cls(path, load_config(config_path), manifest)
+
+    @classmethod
+    def create(cls, path: str, config: Config, manifest: RunManifest, model=None) -> "Run":
+        """Write a run folder from its parts (tools and tests that build a model without training)."""
+        os.makedirs(path, exist_ok=True)
+        save_config(config, os.path.join(path, CONFIG_FILE))
+        if model is not None:
+            model.save(os.path.join(path, MODEL_FILE))
+        manifest.write(path)
+        return cls(path, config, manifest)
+
+    @property
+    def model_file(self) -> str:
+        return os.path.join(self.path, MODEL_FILE)
+
+    def checkpoint_file(self, checkpoint: Optional[str] = None) -> str:
+        """``model.keras`` (None: the selected model), ``checkpoints/step-N.keras`` (a step number),
+        or the last checkpoint (``"last"``)."""
+        if checkpoint is None:
+            if not os.path.exists(self.model_file):
+                raise InputError(f"{self.path}: no {MODEL_FILE}; has the run finished?")
+            return self.model_file
+        folder = os.path.join(self.path, CHECKPOINT_DIR)
+        steps = sorted(int(n[5:-6]) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                       if n.startswith("step-") and n.endswith(".keras") and n[5:-6].isdigit())
+        if str(checkpoint) == "last":
+            if not steps:
+                raise InputError(f"{self.path}: no checkpoints in {folder}")
+            checkpoint = steps[-1]
+        if not str(checkpoint).isdigit() or int(checkpoint) not in steps:
+            raise InputError(f"{self.path}: no checkpoint of step {checkpoint!r} (steps: {steps}); "
+                             f"use 'last' or one of them")
+        return os.path.join(folder, f"step-{int(checkpoint):06d}.keras")
+
+    def load_model(self, compile: bool = False, checkpoint: Optional[str] = None):
+        """The selected inference model of the run (or a checkpoint, see :meth:`checkpoint_file`)."""
+        import keras
+
+        import vreloc_tf.model  # noqa: F401  (registers the custom layers)
+
+        return keras.saving.load_model(self.checkpoint_file(checkpoint), compile=compile)
+
+    def dataset(self, data_dir: Optional[str] = None) -> Dataset:
+        """The data to score this run on (default: its own), checked to have the run's feature dim."""
+        dataset = Dataset.open(data_dir or self.manifest.data_dir)
+        if dataset.feature_dim != self.manifest.feature_dim:
+            raise InputError(f"{dataset.path} holds {dataset.feature_dim}-d features but the run in {self.path} "
+                             f"was trained on {self.manifest.feature_dim}-d features ({self.manifest.data_dir})")
+        return dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """One exported SavedModel version, as TF Serving sees it."""
+
+    base_path: str  # BASE/NAME
+    model_name: str  # NAME, the served model name
+    version: int
+    path: str  # BASE/NAME/<version>
