@@ -84,6 +84,7 @@ class Study:
     dim: int = 32
     geometry: str = "default"
     benchmark_splits: Optional[str] = None  # the folder with length.json and the split files
+    finished_only: bool = False  # report what earlier runs finished; train nothing
     timings: Dict[str, float] = field(default_factory=dict)
 
     # -- data ------------------------------------------------------------------------
@@ -158,15 +159,21 @@ class Study:
                 raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
         summary = {}
         for family in self.families:
+            if self.finished_only and not os.path.exists(self.result_path(family, "frame-level")):
+                progress(f"[quality] {family}: nothing finished, left out")
+                continue
             data = self.prepare_data(family)
             pairs = os.path.join(self.data_dir(family), "pairs_test.json")
             rows = {name: summarize([r]) for name, r in self.baselines(family, data, pairs).items()}
             for name in self.methods:
                 results = []
                 for seed in self.seeds:
+                    if self.finished_only and not os.path.exists(self.result_path(family, name, seed)):
+                        continue
                     progress(f"[quality] {family}: {name}, seed {seed}")
                     results.append(self.score(family, METHODS[name], seed, data, pairs))
-                rows[name] = summarize(results)
+                if results:
+                    rows[name] = summarize(results)
             summary[family] = {"rows": rows, "checks": targets(rows)}
             write_json_atomic(os.path.join(self.out, "results", family, "summary.json"), summary[family])
             progress(format_family(family, summary[family]))

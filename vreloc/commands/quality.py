@@ -1,7 +1,7 @@
 """`vreloc quality`: every model and baseline row of docs/QUALITY.md, per data family, over seeds.
 
     vreloc quality --out runs/quality [--families demo,substates,periodic,shots,benchmark]
-                   [--seeds 0,1,2] [--methods full,weak-ours,weak-paper] [--config tiny] [--report FILE]
+                   [--seeds 0,1,2] [--methods full,weak-ours,weak-paper] [--config tiny] [--finished-only] [--report FILE]
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--geometry", default="default", help="vreloc synth --geometry of the families")
     parser.add_argument("--benchmark-splits", default=default_splits if os.path.isdir(default_splits) else None,
                         help="folder with the benchmark's length.json and split files (default ../shared/...)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: report the seeds and methods earlier runs finished (rows say how many seeds)")
     parser.add_argument("--report", metavar="FILE", help="write the tables as markdown")
 
 
@@ -39,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     from vreloc.quality import Study, write_report
 
     study = Study(args.out, args.families, args.seeds, args.methods, args.config, args.set, args.dim,
-                  args.geometry, args.benchmark_splits)
+                  args.geometry, args.benchmark_splits,
+                  finished_only=args.finished_only)
     summary = study.run()
     if args.report:
         write_report(study, summary, args.report, "vreloc quality " + " ".join(sys.argv[2:]))
