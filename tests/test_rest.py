@@ -73,7 +73,7 @@ def test_metadata_lists_the_signature(served):
 def test_predict_with_inputs_gives_the_grpc_segment(served):
     _, url, target = served
     query, reference = _pair(1)
-    want = predict(target, query, reference, H.MODEL_NAME)
+    want = predict(target, query, reference, H.MODEL_NAME, timeout=120)
     status, body = call(f"{url}/v1/models/{H.MODEL_NAME}:predict", {"inputs": {
         "query": query[None].tolist(), "query_length": [len(query)],
         "reference": reference[None].tolist(), "reference_length": [len(reference)]}})
@@ -99,7 +99,7 @@ def test_predict_with_instances_of_different_lengths(served):
     assert status == 200, body
     assert len(body["predictions"]) == 3
     for (q, r), row in zip(pairs, body["predictions"]):
-        want = predict(target, q, r, H.MODEL_NAME)
+        want = predict(target, q, r, H.MODEL_NAME, timeout=120)
         assert (row["start"], row["end"]) == (want["start"], want["end"])
         assert np.array(row["probabilities"]).shape == (len(r), 4)
         np.testing.assert_allclose(np.array(row["probabilities"]), want["probabilities"], atol=1e-5)
