@@ -116,7 +116,10 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
 
 
 def method_name(cfg) -> str:
-    """The table name of a run's method: ours full, ours weak, or ours weak (paper) for the paper's objective."""
+    """The table name of a run's method: ours full, ours weak, or ours weak (paper) for the paper's objective;
+    CGBM (Feng et al.'s model, the paper's Table 4 name) for model.architecture = cgbm."""
+    if cfg.model.architecture == "cgbm":
+        return "CGBM" if cfg.supervision == "full" else f"CGBM {cfg.supervision}"
     if cfg.supervision == "weak" and cfg.loss.weak_variant == "paper":
         return "ours weak (paper)"
     return f"ours {cfg.supervision}"
