@@ -1,6 +1,6 @@
 """Ingest throughput: ``python -m pipeline.bench_ingest [--synth DIR] [--dim 500] [--tmp DIR]``.
 
-Runs ``vreloc ingest-activitynet`` (default DirectRunner settings, i.e. the
+Runs the ingest job (``pipeline.ingest_activitynet.run``, default DirectRunner settings, i.e. the
 multi-process mode at this size) on the synthetic dataset with the benchmark's
 exact geometry (9,400 entries of 4,729 videos) and prints records/s. Without
 ``--synth`` the dataset is generated first under ``--tmp`` and deleted
@@ -37,9 +37,10 @@ def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500
             generate_seconds = time.perf_counter() - t0
         out = os.path.join(work, "data")
         t0 = time.perf_counter()
-        counts = ingest_activitynet.run(os.path.join(synth_dir, synth.HDF5_NAME), synth_dir, out, runner, list(beam_args))
+        summary = ingest_activitynet.run(os.path.join(synth_dir, synth.HDF5_NAME), synth_dir, out, runner,
+                                         list(beam_args))
         seconds = time.perf_counter() - t0
-        written = sum(c.written for c in counts.values())
+        written = summary.written
         nbytes = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".tfrecord"))
         return {"records": written, "seconds": seconds, "records_per_s": written / seconds,
                 "mb_per_s": nbytes / 1e6 / seconds, "tfrecord_mb": nbytes / 1e6,

@@ -72,12 +72,15 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE
+from vreloc_tf.errors import InputError
+
 log = logging.getLogger("vreloc.c3d")
 
-CLIP_LEN = 16
+CLIP_LEN = FRAMES_PER_FEATURE  # one feature per clip, no overlap
 CROP_SIZE = 112
 INPUT_SHAPE = (CLIP_LEN, CROP_SIZE, CROP_SIZE, 3)
-FEATURE_DIM = 4096
+FEATURE_DIM = FC7_DIM
 GFLOPS_PER_CLIP = 38.5
 # Per-channel BGR mean of mmaction2's Sports-1M C3D config (used when no mean cube is given).
 DEFAULT_BGR_MEAN = (104.0, 117.0, 128.0)
@@ -100,16 +103,14 @@ _in = 3
 for _name, _filters, _ in _CONVS:
     EXPECTED_SHAPES[_name] = ((3, 3, 3, _in, _filters), (_filters,))
     _in = _filters
-EXPECTED_SHAPES["fc6"] = ((8192, 4096), (4096,))
-EXPECTED_SHAPES["fc7"] = ((4096, 4096), (4096,))
+EXPECTED_SHAPES["fc6"] = ((8192, FC7_DIM), (FC7_DIM,))
+EXPECTED_SHAPES["fc7"] = ((FC7_DIM, FC7_DIM), (FC7_DIM,))
 del _in, _name, _filters
-# Present in the distributed files but not part of the feature extractor.
-OPTIONAL_SHAPES = {"fc8": ((4096, 487), (487,))}
 
 PathLike = Union[str, os.PathLike]
 
 
-class C3DWeightsError(ValueError):
+class C3DWeightsError(InputError):
     """The weights file does not match the documented C3D layout."""
 
 
@@ -137,7 +138,7 @@ def build_c3d(seed: Optional[int] = None, name: str = "c3d"):
         elif pool is not None:
             x = layers.MaxPooling3D(pool, strides=pool, name=f"pool{conv_name[4]}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(4096, activation="relu", name="fc6", kernel_initializer=init(i))(x)
+    x = layers.Dense(FC7_DIM, activation="relu", name="fc6", kernel_initializer=init(i))(x)
     x = layers.Dense(FEATURE_DIM, activation="relu", name="fc7", kernel_initializer=init(i + 1))(x)
     return keras.Model(inputs, x, name=name)
 

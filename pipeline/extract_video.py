@@ -4,7 +4,10 @@ So that any folder of annotated videos becomes a dataset in the same contract
 as the benchmark (``vreloc_tf.schema``). Composed of the library pieces
 ``pipeline.video`` (PyAV decode into 16-frame 112x112 clips),
 ``pipeline.c3d`` (Keras C3D, fc7 per clip) and ``pipeline.pca`` (mergeable PCA
-statistics), plus the shared Beam plumbing of ``pipeline.beam_common``.
+statistics), plus the shared Beam plumbing of ``pipeline.options`` and
+``pipeline.staged_sink``. :func:`run` is the launcher (the command line and the
+orchestrator call it); bad inputs it can see before the job starts raise
+``InputError``.
 
 The graph::
 
@@ -45,7 +48,6 @@ outside the video or longer than the window.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -55,18 +57,20 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from pipeline import options, staged_sink  # options first: it quiets Beam's import-time warning
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import beam_common
+from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
+from vreloc_tf.errors import InputError
 
 LOG = logging.getLogger(__name__)
 
-FRAMES_PER_FEATURE = 16
-MAX_WINDOW = 300
+JOB = "extract-video"
 UNANNOTATED = "unannotated"
 SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
 PCA_NAME = "pca.npz"
@@ -98,14 +102,16 @@ class VideoTask:
 
 
 def load_annotations(path: str) -> Tuple[dict, Dict[str, int]]:
-    """(database, label name -> id) of an ActivityNet-style annotation JSON."""
+    """(database, label name -> id) of an ActivityNet-style annotation JSON; InputError naming the file otherwise."""
+    if not FileSystems.exists(path):
+        raise InputError(f"--annotations {path}: no such file")
     with FileSystems.open(path) as fh:
         try:
             doc = json.loads(fh.read().decode("utf-8"))
         except ValueError as exc:
-            raise ValueError(f"--annotations {path}: not valid JSON ({exc})") from None
+            raise InputError(f"--annotations {path}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("database"), dict):
-        raise ValueError(f"--annotations {path}: expected an object with a 'database' mapping (ActivityNet format)")
+        raise InputError(f"--annotations {path}: expected an object with a 'database' mapping (ActivityNet format)")
     database = doc["database"]
     taxonomy = {t["nodeName"]: int(t["nodeId"]) for t in doc.get("taxonomy", []) if "nodeName" in t and "nodeId" in t}
     names = sorted({str(a.get("label")) for v in database.values() if isinstance(v, dict)
@@ -113,7 +119,7 @@ def load_annotations(path: str) -> Tuple[dict, Dict[str, int]]:
     if taxonomy:
         missing = [n for n in names if n not in taxonomy]
         if missing:
-            raise ValueError(f"--annotations {path}: labels {missing[:5]} are not in the file's taxonomy")
+            raise InputError(f"--annotations {path}: labels {missing[:5]} are not in the file's taxonomy")
         labels = {n: taxonomy[n] for n in names}
     else:
         labels = {n: i for i, n in enumerate(names)}
@@ -199,7 +205,8 @@ def instance_problem(segment: Tuple[float, float], start: int, end: int, n_featu
     if not (math.isfinite(s) and math.isfinite(e)) or e <= s:
         return f"segment {list(segment)} is not a [start, end] pair of seconds with end > start"
     if end <= start:
-        return f"segment {list(segment)} s lies outside the video's {n_features} whole 16-frame clips"
+        return (f"segment {list(segment)} s lies outside the video's {n_features} whole "
+                f"{FRAMES_PER_FEATURE}-frame clips")
     if end - start > MAX_WINDOW:
         return f"segment {list(segment)} s spans {end - start} features, more than the {MAX_WINDOW}-feature window"
     return ""
@@ -213,7 +220,7 @@ class VideoFeatures:
     """fc7 features of every whole clip of a video, with what maps them back to seconds."""
 
     task: VideoTask
-    features: np.ndarray  # float32 [n_clips, 4096]
+    features: np.ndarray  # float32 [n_clips, FC7_DIM]
     fps: float
     n_frames: int
 
@@ -263,7 +270,7 @@ class DecodeAndExtractC3DFn(beam.DoFn):
 
         if task.problem:
             for inst in task.instances:
-                yield beam_common.dead_letter(task.split, task.problem, _entry(task, inst), inst.entry_index, task.path)
+                yield staged_sink.dead_letter(task.split, task.problem, _entry(task, inst), inst.entry_index, task.path)
             return
         if self._extractor is None:
             self.setup()
@@ -274,7 +281,7 @@ class DecodeAndExtractC3DFn(beam.DoFn):
         except VideoError as exc:
             LOG.warning("extract-video: %s: %s", task.video_id, exc.reason)
             for inst in task.instances:
-                yield beam_common.dead_letter(task.split, exc.reason, _entry(task, inst), inst.entry_index, task.path)
+                yield staged_sink.dead_letter(task.split, exc.reason, _entry(task, inst), inst.entry_index, task.path)
             return
         LOG.info("extract-video: %s (%s): %d clips of %d frames at %.3f fps in %.1f s",
                  task.video_id, task.split, len(feats), info.n_frames, info.fps, time.time() - t0)
@@ -317,7 +324,7 @@ class ToRecordsFn(beam.DoFn):
             start, end = segment_to_features(inst.segment, video.fps, n)
             reason = instance_problem(inst.segment, start, end, n)
             if reason:
-                yield beam_common.dead_letter(task.split, reason, _entry(task, inst), inst.entry_index, task.path)
+                yield staged_sink.dead_letter(task.split, reason, _entry(task, inst), inst.entry_index, task.path)
                 continue
             lo, hi = window_around(start, end, n)
             record = Record(video_id=task.video_id, split=task.split, entry_index=inst.entry_index,
@@ -327,7 +334,7 @@ class ToRecordsFn(beam.DoFn):
             try:
                 record.validate()
             except SchemaError as exc:
-                yield beam_common.dead_letter(task.split, f"invalid record: {exc}", _entry(task, inst),
+                yield staged_sink.dead_letter(task.split, f"invalid record: {exc}", _entry(task, inst),
                                               inst.entry_index, task.path)
                 continue
             yield record
@@ -368,22 +375,22 @@ def build(pipeline: beam.Pipeline, staging_dir: str, tasks: List[VideoTask], c3d
     outputs = (pipeline
                | "VideoTasks" >> beam.Create(tasks)
                | "DecodeAndExtractC3D" >> beam.ParDo(DecodeAndExtractC3DFn(c3d_weights, random_seed, c3d_batch))
-               .with_outputs(beam_common.DEAD_LETTER))
-    videos, bad_videos = beam_common.split_dead_letters(outputs, "DecodeAndExtractC3D")
+               .with_outputs(staged_sink.DEAD_LETTER))
+    videos, bad_videos = staged_sink.split_dead_letters(outputs, "DecodeAndExtractC3D")
     tokens = []
     if pca_path:
-        records_out = videos | "ToRecords" >> beam.ParDo(ToRecordsFn(pca_path)).with_outputs(beam_common.DEAD_LETTER)
+        records_out = videos | "ToRecords" >> beam.ParDo(ToRecordsFn(pca_path)).with_outputs(staged_sink.DEAD_LETTER)
     else:
         pca = videos | "FitPCA" >> FitPCA(n_components)
         tokens.append(pca | "SavePCA" >> beam.Map(_save_pca, FileSystems.join(staging_dir, PCA_NAME)))
         records_out = videos | "ToRecords" >> beam.ParDo(ToRecordsFn(), pca=beam.pvalue.AsSingleton(pca)).with_outputs(
-            beam_common.DEAD_LETTER)
-    records, bad_instances = beam_common.split_dead_letters(records_out, "ToRecords")
+            staged_sink.DEAD_LETTER)
+    records, bad_instances = staged_sink.split_dead_letters(records_out, "ToRecords")
     dead = (bad_videos, bad_instances) | "AllDeadLetters" >> beam.Flatten()
-    tokens += [records | "WriteRecords" >> beam_common.WriteRecords(staging_dir),
-               dead | "WriteDeadLetters" >> beam_common.WriteDeadLetters(staging_dir),
+    tokens += [records | "WriteRecords" >> staged_sink.WriteRecords(staging_dir),
+               dead | "WriteDeadLetters" >> staged_sink.WriteDeadLetters(staging_dir),
                videos | "VideoInfo" >> beam.Map(_video_info_line)
-               | "WriteVideoInfo" >> beam.ParDo(beam_common.WriteBundleFilesFn(staging_dir, VIDEO_INFO, ".jsonl", "lines"))]
+               | "WriteVideoInfo" >> beam.ParDo(staged_sink.WriteBundleFilesFn(staging_dir, VIDEO_INFO, ".jsonl", "lines"))]
     return tokens
 
 
@@ -396,18 +403,29 @@ def match_videos(pattern: str) -> List[str]:
     except Exception:  # BeamIOError: nothing matched on some file systems
         paths = []
     if not paths:
-        raise FileNotFoundError(f"--videos {pattern}: no file matches")
+        raise InputError(f"--videos {pattern}: no file matches")
     return paths
 
 
 def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = None, random_c3d: bool = False,
         pca: Optional[str] = None, n_components: int = 500, c3d_seed: int = 0, c3d_batch: int = 8,
-        runner: str = "DirectRunner", beam_args=()) -> Dict[str, beam_common.SplitCounts]:
+        runner: str = options.DEFAULT_RUNNER, beam_args: Sequence[str] = (),
+        overwrite: bool = False) -> staged_sink.JobSummary:
+    """Extract the videos matching ``videos`` (annotated in ``annotations``) into the data folder ``out``.
+
+    Exactly one of ``c3d_weights`` (Sports-1M C3D, HDF5) or ``random_c3d``;
+    ``pca``: reuse a fitted ``pca.npz`` instead of fitting ``n_components``
+    dims on the training split. ``runner``/``beam_args``: see
+    ``pipeline.options``; ``overwrite``: see ``pipeline.staged_sink``.
+    Returns the per-split counts and the manifest written.
+    """
     if bool(c3d_weights) == bool(random_c3d):
-        raise ValueError("give exactly one of --c3d-weights FILE or --random-c3d")
+        raise InputError("give exactly one of --c3d-weights FILE or --random-c3d")
     if random_c3d:
-        LOG.warning("extract-video: --random-c3d: C3D has RANDOM weights (seed %d); the features are meaningless "
-                    "(for tests and demos only)", c3d_seed)
+        LOG.warning("%s: --random-c3d: C3D has RANDOM weights (seed %d); the features are meaningless "
+                    "(for tests and demos only)", JOB, c3d_seed)
+    elif not FileSystems.exists(c3d_weights):
+        raise InputError(f"--c3d-weights {c3d_weights}: no such file")
     paths = match_videos(videos)
     database, labels = load_annotations(annotations)
     tasks = plan_tasks(paths, database, labels, annotations)
@@ -415,27 +433,29 @@ def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = No
     if pca:
         from pipeline.pca import PCA
 
+        if not FileSystems.exists(pca):
+            raise InputError(f"--pca {pca}: no such file")
         loaded = PCA.load(pca)
-        if loaded.dim != 4096:
-            raise ValueError(f"--pca {pca}: fitted on {loaded.dim}-d inputs, C3D fc7 is 4096-d")
+        if loaded.dim != FC7_DIM:
+            raise InputError(f"--pca {pca}: fitted on {loaded.dim}-d inputs, C3D fc7 is {FC7_DIM}-d")
         feature_dim = loaded.n_components
     else:
         if not any(t.split == "train" and not t.problem for t in tasks):
-            raise ValueError(f"--videos {videos}: no annotated training video to fit the PCA on; "
+            raise InputError(f"--videos {videos}: no annotated training video to fit the PCA on; "
                              "pass --pca FILE (e.g. OUT/pca.npz of an earlier run)")
         feature_dim = n_components
-    LOG.info("extract-video: %d videos, entries per split %s, %d labels", len(tasks), read_counts, len(labels))
-    options = beam_common.pipeline_options(runner, beam_args, multiprocess=False)
+    LOG.info("%s: %d videos, entries per split %s, %d labels", JOB, len(tasks), read_counts, len(labels))
+    pipeline_options = options.pipeline_options(runner, beam_args, multiprocess=False)
+    pca_file = pca or FileSystems.join(out, PCA_NAME)
+    source = {"job": JOB, "videos": videos, "annotations": annotations,
+              "c3d_weights": c3d_weights or f"RANDOM (seed {c3d_seed})", "pca": pca_file}
     manifest_fields = {
         "feature_dim": feature_dim,
         "frames_per_feature": FRAMES_PER_FEATURE,
-        "source": {"job": "extract-video", "videos": videos, "annotations": annotations,
-                   "c3d_weights": c3d_weights or f"RANDOM (seed {c3d_seed})",
-                   "pca": pca or FileSystems.join(out, PCA_NAME)},
         "labels": labels,
         "max_window": MAX_WINDOW,
         # Read by `vreloc train` into the run's manifest, so export and `vreloc locate` find the PCA.
-        "pca_file": pca or FileSystems.join(out, PCA_NAME),
+        "pca_file": pca_file,
     }
 
     def on_success(staging_dir: str) -> dict:
@@ -446,7 +466,7 @@ def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = No
                 FileSystems.delete([final])
             FileSystems.rename([staged_pca], [final])
         infos = {}
-        for part in beam_common.match_files(FileSystems.join(staging_dir, VIDEO_INFO, "*", "*.jsonl")):
+        for part in staged_sink.match_files(FileSystems.join(staging_dir, VIDEO_INFO, "*", "*.jsonl")):
             with FileSystems.open(part) as fh:
                 for line in fh.read().decode("utf-8").splitlines():
                     if line.strip():
@@ -455,31 +475,8 @@ def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = No
         rates = {round(v["fps"], 6) for v in infos.values()}
         return {"fps": rates.pop() if len(rates) == 1 else None, "videos": infos}
 
-    return beam_common.run_and_publish(
-        "extract-video", options, out, read_counts,
+    return staged_sink.run_and_publish(
+        JOB, pipeline_options, out, read_counts,
         lambda p, staging: build(p, staging, tasks, c3d_weights, c3d_seed if random_c3d else None, pca,
                                  n_components, c3d_batch),
-        manifest_fields, shardless=(UNANNOTATED,), on_success=on_success)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--videos", required=True, help="glob of video files (local or gs://...), e.g. 'videos/*.mp4'")
-    parser.add_argument("--annotations", required=True, help="ActivityNet-style annotation JSON")
-    parser.add_argument("--out", required=True, help="data folder for the shards, dead_letter/, pca.npz, manifest.json")
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--c3d-weights", default=None, help="Sports-1M C3D weights (HDF5, see pipeline.c3d)")
-    weights.add_argument("--random-c3d", action="store_true",
-                         help="RANDOM C3D weights: meaningless features, for tests and demos only (logged)")
-    parser.add_argument("--c3d-seed", type=int, default=0, help="seed of --random-c3d")
-    parser.add_argument("--pca", default=None, help="reuse a fitted pca.npz instead of fitting on the training split")
-    parser.add_argument("--pca-components", type=int, default=500, help="PCA output dims when fitting (default 500)")
-    parser.add_argument("--c3d-batch", type=int, default=8, help="clips per C3D forward pass")
-    beam_common.add_beam_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    beam_common.enable_progress_logging()
-    counts = run(args.videos, args.annotations, args.out, c3d_weights=args.c3d_weights, random_c3d=args.random_c3d,
-                 pca=args.pca, n_components=args.pca_components, c3d_seed=args.c3d_seed, c3d_batch=args.c3d_batch,
-                 runner=args.runner, beam_args=args.beam_args)
-    return 0 if all(c.reconciles() for c in counts.values()) else 1
+        manifest_fields, source, shardless=(UNANNOTATED,), on_success=on_success, overwrite=overwrite)

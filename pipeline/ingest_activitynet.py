@@ -1,4 +1,4 @@
-"""``vreloc ingest-activitynet``: the ActivityNet C3D HDF5 file + split JSONs -> sharded TFRecords.
+"""The ingest job: the ActivityNet C3D HDF5 file + split JSONs -> sharded TFRecords (``vreloc ingest-activitynet``).
 
 One record per split entry: the entry's window ``features[::2][location[0]:location[1]]``
 (the benchmark's subsampled index space, see
@@ -9,26 +9,31 @@ once per worker (``setup``), not per element. A video missing from the file, a
 window past the end of the video's features, an empty window, a ground truth
 outside its window or a malformed entry go to the dead-letter output with the
 reason (so does a video whose feature dim differs from the file's first one);
-the job continues and reconciles its counts (``pipeline.beam_common``).
+the job continues and reconciles its counts (``pipeline.staged_sink``).
+
+:func:`run` is the launcher (the command line and the orchestrator call it);
+bad inputs it can see before the job starts raise ``InputError``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
+
+from pipeline import options, staged_sink  # options first: it quiets Beam's import-time warning
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import beam_common
+from vreloc_tf.contract import FRAMES_PER_FEATURE, HDF5_ROW_STRIDE
+from vreloc_tf.errors import InputError
 
 LOG = logging.getLogger(__name__)
 
+JOB = "ingest-activitynet"
 DATASET_NAME = "c3d_features"
-FRAMES_PER_FEATURE = 16  # one subsampled feature per 16 frames, no overlap
 SPLIT_NAMES = ("train", "val", "test")
 MULTIPROCESS_MIN_VIDEOS = 1000  # below this, worker start-up costs more than parallel encoding saves
 
@@ -41,19 +46,21 @@ def split_files(splits_dir: str) -> Dict[str, str]:
     found = {s: FileSystems.join(splits_dir, f"{s}.json") for s in SPLIT_NAMES}
     found = {s: p for s, p in found.items() if FileSystems.exists(p)}
     if not found:
-        raise FileNotFoundError(f"{splits_dir}: none of {[s + '.json' for s in SPLIT_NAMES]} found")
+        raise InputError(f"--splits {splits_dir}: none of {', '.join(s + '.json' for s in SPLIT_NAMES)} found; "
+                         f"give the folder of Feng et al.'s split files (e.g. ../shared/data/activitynet_reloc)")
     return found
 
 
 def load_entries(path: str) -> list:
-    """The entry list of one split file (Feng's schema); an error naming the file otherwise."""
+    """The entry list of one split file (Feng's schema); InputError naming the file otherwise."""
     with FileSystems.open(path) as fh:
         try:
             entries = json.loads(fh.read().decode("utf-8"))
         except ValueError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+            raise InputError(f"{path}: not a valid split file: not JSON ({exc})") from None
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+        raise InputError(f"{path}: not a valid split file: expected a JSON list of entries, "
+                         f"got {type(entries).__name__}")
     return entries
 
 
@@ -61,13 +68,18 @@ def open_hdf5(path: str):
     """h5py handle on a local path or, through Beam's FileSystems, a remote one (gs://...)."""
     import h5py
 
-    if "://" not in path:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--features {path}: no such file")
-        return h5py.File(path, "r")
-    from apache_beam.io.filesystem import CompressionTypes
+    try:
+        if "://" not in path:
+            if not os.path.isfile(path):
+                raise InputError(f"--features {path}: no such file; give the C3D features file "
+                                 f"(sub_activitynet_v1-3.c3d.hdf5, or `vreloc synth` output)")
+            return h5py.File(path, "r")
+        from apache_beam.io.filesystem import CompressionTypes
 
-    return h5py.File(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), "r")
+        return h5py.File(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), "r")
+    except OSError as exc:  # h5py: "file signature not found" and friends
+        raise InputError(f"--features {path}: not an HDF5 file ({exc}); give the C3D features file "
+                         f"(sub_activitynet_v1-3.c3d.hdf5, or `vreloc synth` output)") from None
 
 
 def feature_dim_of_file(path: str) -> int:
@@ -79,7 +91,8 @@ def feature_dim_of_file(path: str) -> int:
             group = h5[name]
             if isinstance(group, h5py.Group) and DATASET_NAME in group and len(group[DATASET_NAME].shape) == 2:
                 return int(group[DATASET_NAME].shape[1])
-    raise ValueError(f"--features {path}: no group holds a 2-D '{DATASET_NAME}' dataset")
+    raise InputError(f"--features {path}: no group holds a 2-D '{DATASET_NAME}' dataset; "
+                     f"expected ActivityNet's layout v_<id>/{DATASET_NAME} [rows, D]")
 
 
 # --------------------------------------------------------------------------- transforms
@@ -112,7 +125,7 @@ class ReadSplitEntriesFn(beam.DoFn):
             try:
                 video_id = check_entry(entry)[0]
             except ValueError as exc:
-                yield beam_common.dead_letter(split, str(exc), entry, index, path)
+                yield staged_sink.dead_letter(split, str(exc), entry, index, path)
                 continue
             yield video_id, (split, index, entry)
 
@@ -148,23 +161,24 @@ class ExtractWindowsFn(beam.DoFn):
         group = f"v_{video_id}"
         if group not in self._h5 or DATASET_NAME not in self._h5[group]:
             for split, index, entry in items:
-                yield beam_common.dead_letter(split, f"video {group} not in the features file (no {group}/{DATASET_NAME})",
+                yield staged_sink.dead_letter(split, f"video {group} not in the features file (no {group}/{DATASET_NAME})",
                                               entry, index, self.features_path)
             return
         dataset = self._h5[group][DATASET_NAME]
         if len(dataset.shape) != 2 or (self.feature_dim is not None and dataset.shape[1] != self.feature_dim):
             for split, index, entry in items:
-                yield beam_common.dead_letter(split, f"{group}/{DATASET_NAME} has shape {tuple(dataset.shape)}, "
+                yield staged_sink.dead_letter(split, f"{group}/{DATASET_NAME} has shape {tuple(dataset.shape)}, "
                                               f"expected [rows, {self.feature_dim}]", entry, index, self.features_path)
             return
-        n_feat = (int(dataset.shape[0]) + 1) // 2  # rows after [::2]
+        n_feat = -(-int(dataset.shape[0]) // HDF5_ROW_STRIDE)  # rows after [::2]
         parsed = [(split, index, entry) + check_entry(entry)[1:] for split, index, entry in items]
         furthest = max([min(w[1], n_feat) for *_, w, _, _ in parsed] + [0])
-        rows = dataset[: max(0, 2 * furthest - 1)][::2] if furthest > 0 else np.zeros((0, dataset.shape[1]), np.float32)
+        rows = (dataset[: HDF5_ROW_STRIDE * (furthest - 1) + 1][::HDF5_ROW_STRIDE] if furthest > 0
+                else np.zeros((0, dataset.shape[1]), np.float32))
         for split, index, entry, window, gt, label in parsed:
             reason = window_problem(window, gt, n_feat)
             if reason:
-                yield beam_common.dead_letter(split, reason, entry, index, self.features_path)
+                yield staged_sink.dead_letter(split, reason, entry, index, self.features_path)
                 continue
             record = Record(video_id=video_id, split=split, entry_index=index, label=label, window=window,
                             groundtruth=gt, features=np.ascontiguousarray(rows[window[0]:window[1]], np.float32),
@@ -172,7 +186,7 @@ class ExtractWindowsFn(beam.DoFn):
             try:
                 record.validate()
             except SchemaError as exc:
-                yield beam_common.dead_letter(split, f"invalid record: {exc}", entry, index, self.features_path)
+                yield staged_sink.dead_letter(split, f"invalid record: {exc}", entry, index, self.features_path)
                 continue
             yield record
 
@@ -201,8 +215,8 @@ class ReadSplitEntries(beam.PTransform):
     def expand(self, pbegin):
         outputs = (pbegin
                    | "SplitFiles" >> beam.Create(sorted(self.files.items()))
-                   | "ReadEntries" >> beam.ParDo(ReadSplitEntriesFn()).with_outputs(beam_common.DEAD_LETTER))
-        return beam_common.split_dead_letters(outputs, "ReadEntries")
+                   | "ReadEntries" >> beam.ParDo(ReadSplitEntriesFn()).with_outputs(staged_sink.DEAD_LETTER))
+        return staged_sink.split_dead_letters(outputs, "ReadEntries")
 
 
 class EntriesToRecords(beam.PTransform):
@@ -216,8 +230,8 @@ class EntriesToRecords(beam.PTransform):
         outputs = (keyed_entries
                    | "GroupByVideo" >> beam.GroupByKey()
                    | "ExtractWindows" >> beam.ParDo(ExtractWindowsFn(self.features_path, self.feature_dim)).with_outputs(
-                       beam_common.DEAD_LETTER))
-        return beam_common.split_dead_letters(outputs, "ExtractWindows")
+                       staged_sink.DEAD_LETTER))
+        return staged_sink.split_dead_letters(outputs, "ExtractWindows")
 
 
 def build(pipeline: beam.Pipeline, staging_dir: str, features_path: str, files: Dict[str, str],
@@ -226,38 +240,34 @@ def build(pipeline: beam.Pipeline, staging_dir: str, features_path: str, files: 
     entries, bad_entries = pipeline | "ReadSplitEntries" >> ReadSplitEntries(files)
     records, bad_windows = entries | "EntriesToRecords" >> EntriesToRecords(features_path, feature_dim)
     dead = (bad_entries, bad_windows) | "AllDeadLetters" >> beam.Flatten()
-    return [records | "WriteRecords" >> beam_common.WriteRecords(staging_dir),
-            dead | "WriteDeadLetters" >> beam_common.WriteDeadLetters(staging_dir)]
+    return [records | "WriteRecords" >> staged_sink.WriteRecords(staging_dir),
+            dead | "WriteDeadLetters" >> staged_sink.WriteDeadLetters(staging_dir)]
 
 
-def run(features: str, splits_dir: str, out: str, runner: str = "DirectRunner", beam_args=()) -> Dict[str, beam_common.SplitCounts]:
+def run(features: str, splits_dir: str, out: str, runner: str = options.DEFAULT_RUNNER,
+        beam_args: Sequence[str] = (), overwrite: bool = False) -> staged_sink.JobSummary:
+    """Ingest ``features`` (HDF5) with the split files of ``splits_dir`` into the data folder ``out``.
+
+    ``runner``/``beam_args``: the Beam runner and pass-through pipeline options
+    (``pipeline.options``). ``overwrite``: replace a dataset of another source or
+    feature dim in ``out`` instead of refusing (``pipeline.staged_sink``).
+    Returns the per-split counts and the manifest written.
+    """
     files = split_files(splits_dir)
     entries = {s: load_entries(p) for s, p in files.items()}
     read_counts = {s: len(e) for s, e in entries.items()}
     n_videos = len({e.get("id") for es in entries.values() for e in es if isinstance(e, dict)})
     dim = feature_dim_of_file(features)
-    options = beam_common.pipeline_options(runner, beam_args, multiprocess=n_videos >= MULTIPROCESS_MIN_VIDEOS)
-    LOG.info("ingest-activitynet: %d entries of %d videos from %s, D=%d, runner %s",
-             sum(read_counts.values()), n_videos, features, dim, runner)
+    pipeline_options = options.pipeline_options(runner, beam_args, multiprocess=n_videos >= MULTIPROCESS_MIN_VIDEOS)
+    LOG.info("%s: %d entries of %d videos from %s, D=%d, runner %s",
+             JOB, sum(read_counts.values()), n_videos, features, dim, runner)
     manifest_fields = {
         "feature_dim": dim,
         "frames_per_feature": FRAMES_PER_FEATURE,
         "fps": None,  # unknown for the ActivityNet file; per record fps = -1
-        "source": {"job": "ingest-activitynet", "features": features, "splits": {s: p for s, p in files.items()}},
+        "split_files": dict(files),
     }
-    return beam_common.run_and_publish(
-        "ingest-activitynet", options, out, read_counts,
-        lambda p, staging: build(p, staging, features, files, dim), manifest_fields)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--features", required=True, help="the C3D HDF5 file (sub_activitynet_v1-3.c3d.hdf5)")
-    parser.add_argument("--splits", required=True, help="folder with train.json, val.json, test.json (Feng's schema)")
-    parser.add_argument("--out", required=True, help="data folder for the shards, dead_letter/ and manifest.json")
-    beam_common.add_beam_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    beam_common.enable_progress_logging()
-    counts = run(args.features, args.splits, args.out, args.runner, args.beam_args)
-    return 0 if all(c.reconciles() for c in counts.values()) else 1
+    source = {"job": JOB, "features": features}
+    return staged_sink.run_and_publish(
+        JOB, pipeline_options, out, read_counts,
+        lambda p, staging: build(p, staging, features, files, dim), manifest_fields, source, overwrite=overwrite)

@@ -32,6 +32,8 @@ from typing import Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
+from vreloc_tf.errors import InputError
+
 log = logging.getLogger("vreloc.pca")
 
 DEFAULT_COMPONENTS = 500
@@ -173,10 +175,10 @@ class PCA:
             with FileSystems.create(path) as fh:
                 fh.write(data)
             return
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
+        from vreloc_tf.files import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "PCA":
@@ -192,15 +194,15 @@ class PCA:
             with np.load(data, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"PCA file {path} is unreadable as .npz: {e}") from e
+            raise InputError(f"PCA file {path} is unreadable as .npz: {e}") from e
         missing = {"mean", "components", "explained_variance"} - set(arrays)
         if missing:
-            raise ValueError(f"PCA file {path} lacks {sorted(missing)} (has {sorted(arrays)})")
+            raise InputError(f"PCA file {path} lacks {sorted(missing)} (has {sorted(arrays)})")
         try:
             return cls(mean=arrays["mean"], components=arrays["components"],
                        explained_variance=arrays["explained_variance"])
         except ValueError as e:
-            raise ValueError(f"PCA file {path}: {e}") from e
+            raise InputError(f"PCA file {path}: {e}") from e
 
 
 def _fix_signs(components: np.ndarray) -> np.ndarray:

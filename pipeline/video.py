@@ -13,7 +13,7 @@ NOT preserved) and center-cropped to 112x112; the paper we implement feeds it cl
 * clips come out as uint8 RGB arrays ``[n, 16, 112, 112, 3]`` in batches of at most
   ``batch_clips`` clips, so memory stays bounded however long the video is.
 
-Every failure to read a file is a :class:`VideoError` (a ``ValueError``) whose
+Every failure to read a file is a :class:`VideoError` (an ``InputError``) whose
 ``reason`` says what is wrong, so Beam jobs can route the file to a dead-letter output
 with that reason.
 """
@@ -27,7 +27,10 @@ from typing import Iterator, Tuple
 import av
 import numpy as np
 
-CLIP_LEN = 16
+from vreloc_tf.contract import FRAMES_PER_FEATURE
+from vreloc_tf.errors import InputError
+
+CLIP_LEN = FRAMES_PER_FEATURE  # one C3D feature per clip, no overlap
 RESIZE_HW = (128, 171)
 CROP_SIZE = 112
 # Integer center of the 128x171 frame, as Caffe computes it: (128-112)//2, (171-112)//2.
@@ -38,7 +41,7 @@ DEFAULT_BATCH_CLIPS = 32
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError)
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video that cannot become C3D clips; ``reason`` is the short human explanation."""
 
     def __init__(self, path: str, reason: str):

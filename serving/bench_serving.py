@@ -1,13 +1,17 @@
-"""Serving latency and throughput: what gRPC adds to a Predict, and requests/s under concurrency.
+"""Serving latency and throughput: the compiled model, the exported signature, gRPC, and 8 concurrent clients.
 
 Why interleaved samples: this runs on shared machines whose load changes by the
-second. Each sample times one in-process call of the SavedModel signature and
-then one gRPC Predict of the same pair, so both figures see the same load and
-their p50 difference is the cost of the RPC path (proto encode/decode, request
-validation, loopback transport, thread hand-off).
+second. Each sample times one call of the compiled Keras model (XLA, what
+``vreloc bench`` calls ``inference``), one in-process call of the exported
+SavedModel signature and one gRPC Predict of the same pair, so the three
+figures see the same load and their ratios are what serving costs over the
+model. Then requests/s with concurrent clients (after an untimed warm-up of
+the same load, so the batch shapes are compiled).
 
 ``python -m serving.bench_serving`` prints the figures; ``vreloc bench`` calls
-:func:`run_benchmark`. The model has random weights: latency does not depend on them.
+:func:`run_benchmark`, whose ``figures`` hold ``inference.p50_ms``,
+``grpc.p50_ms`` and ``grpc.requests_per_s_8_clients`` of one run. The model
+has random weights: latency does not depend on them.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ from typing import Dict, Optional
 import numpy as np
 
 from serving import signature as sig
+from vreloc_tf.contract import MAX_WINDOW
+
+QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
 
 
 def _percentiles(seconds) -> Dict[str, float]:
@@ -30,7 +37,7 @@ def _percentiles(seconds) -> Dict[str, float]:
             "mean_ms": float(ms.mean()), "n": int(ms.size)}
 
 
-def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] = None) -> str:
+def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] = None, jit_compile: bool = True) -> str:
     """A run folder with a freshly built (untrained) model of ``config`` and its export; the version path."""
     from serving.export import export_model
     from vreloc_tf.artifacts import Run, RunManifest
@@ -41,18 +48,28 @@ def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] =
     feature_dim = feature_dim or cfg.data.feature_dim
     manifest = RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim, supervision=cfg.supervision)
     run = Run.create(os.path.join(workdir, "run"), cfg, manifest, model=build_model(cfg, feature_dim))
-    return export_model(run.path, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME)).path
+    return export_model(run.path, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME), jit_compile=jit_compile).path
 
 
-def random_pair(feature_dim: int, lq: int = 16, lr: int = 300, seed: int = 0):
+def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, seed: int = 0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((lq, feature_dim)).astype(np.float32),
             rng.standard_normal((lr, feature_dim)).astype(np.float32))
 
 
+def compiled_model(version_path: str):
+    """The XLA-compiled predict function of the Keras model behind an export (what ``vreloc bench`` times)."""
+    from vreloc_tf.artifacts import Run
+    from vreloc_tf.files import read_json
+    from vreloc_tf.model_bench import make_predict_function
+
+    info = read_json(os.path.join(version_path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE), "export metadata file")
+    return make_predict_function(Run.open(info["run_dir"]).load_model(), jit_compile=True)
+
+
 def bench_latency(version_path: str, target: str, query, reference, requests: int = 100, warmup: int = 5,
-                  model_name: str = sig.DEFAULT_MODEL_NAME) -> Dict[str, Dict[str, float]]:
-    """p50/p99 of one pair: in process (SavedModel signature) and over gRPC (stock stub), interleaved."""
+                  model_name: str = sig.DEFAULT_MODEL_NAME, predict_fn=None) -> Dict[str, Dict[str, float]]:
+    """p50/p99 of one pair: the compiled model (``predict_fn``), the SavedModel signature in process and gRPC, interleaved."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -65,23 +82,30 @@ def bench_latency(version_path: str, target: str, query, reference, requests: in
     request = make_request(query, reference, model_name)
     channel = open_channel(target)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    local, remote = [], []
+    model, local, remote = [], [], []
     try:
         for i in range(warmup + requests):
             started = time.perf_counter()
+            if predict_fn is not None:
+                _ = predict_fn(inputs)["probabilities"].numpy()
+            first = time.perf_counter()
             out = fn(**inputs)
             _ = out[sig.START].numpy()
             middle = time.perf_counter()
             stub.Predict(request, timeout=60)
             done = time.perf_counter()
             if i >= warmup:
-                local.append(middle - started)
+                model.append(first - started)
+                local.append(middle - first)
                 remote.append(done - middle)
     except grpc.RpcError as exc:
         raise RuntimeError(f"benchmark Predict failed: {exc.code().name}: {exc.details()}") from None
     finally:
         channel.close()
-    return {"in_process": _percentiles(local), "grpc": _percentiles(remote)}
+    out = {"in_process": _percentiles(local), "grpc": _percentiles(remote)}
+    if predict_fn is not None:
+        out["inference"] = _percentiles(model)
+    return out
 
 
 def bench_throughput(target: str, query, reference, clients: int = 8, duration: float = 5.0,
@@ -131,52 +155,83 @@ def bench_throughput(target: str, query, reference, clients: int = 8, duration: 
     return out
 
 
-def run_benchmark(config: str = "tiny", lq: int = 16, lr: int = 300, requests: int = 100, clients: int = 8,
-                  duration: float = 5.0, version_path: Optional[str] = None, workdir: Optional[str] = None) -> dict:
+def warm_batch_shapes(target: str, query, reference, clients: int, model_name: str = sig.DEFAULT_MODEL_NAME) -> None:
+    """One request per batch size the server may form from ``clients`` requests, so none compiles while timed."""
+    from serving.batching import allowed_batch_size
+    from serving.client import predict
+
+    sizes = sorted({allowed_batch_size(n, sig.MAX_BATCH_SIZE) for n in range(1, clients + 1)})
+    for size in sizes:
+        predict(target, np.repeat(query[None], size, 0), np.repeat(reference[None], size, 0), model_name, timeout=300)
+
+
+def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, requests: int = 100,
+                  clients: int = 8, duration: float = 5.0, version_path: Optional[str] = None,
+                  workdir: Optional[str] = None, batching: Optional[bool] = None, jit_compile: bool = True,
+                  warmup_seconds: Optional[float] = None, batch_threads: int = 0) -> dict:
     """Export (unless ``version_path`` is given), serve on loopback in process, and measure.
 
-    Returns {"config", "feature_dim", "lq", "lr", "in_process": {p50_ms, p99_ms, ...},
-    "grpc": {...}, "grpc_overhead_p50_ms", "throughput": {requests_per_s, ...}}.
+    Returns {"config", "feature_dim", "lq", "lr", "batching", "jit_compile", "inference": {p50_ms, p99_ms, ...}
+    (the compiled model), "in_process": {...} (the exported signature), "grpc": {...},
+    "grpc_overhead_p50_ms", "throughput": {requests_per_s, ...} (after an untimed warm-up of
+    ``warmup_seconds``, default ``duration`` / 2), "figures": the issue's three figures and their ratios}.
     """
     import tensorflow as tf
 
+    from serving.batching import BatchingOptions
     from serving.server import start_server
 
     owned = None
     if version_path is None:
         owned = tempfile.TemporaryDirectory(prefix="vreloc-bench-serving-", dir=workdir)
-        version_path = make_export(owned.name, config)
+        version_path = make_export(owned.name, config, jit_compile=jit_compile)
     base = os.path.dirname(os.path.normpath(version_path))
     version = int(os.path.basename(os.path.normpath(version_path)))
     feature_dim = int(tf.saved_model.load(version_path).signatures[sig.SIGNATURE_NAME]
                       .structured_input_signature[1][sig.QUERY].shape[-1])
     handle = start_server(base, sig.DEFAULT_MODEL_NAME, port=0, poll_interval=0, version_policy=f"specific:{version}",
-                          max_workers=max(8, clients))
+                          max_workers=max(8, clients),
+                          batching=BatchingOptions(enabled=batching, num_batch_threads=batch_threads))
     target = f"127.0.0.1:{handle.port}"
+    batching = handle.models[sig.DEFAULT_MODEL_NAME].versions_loaded()[0].batching.enabled
     try:
         query, reference = random_pair(feature_dim, lq, lr)
-        latency = bench_latency(version_path, target, query, reference, requests)
+        latency = bench_latency(version_path, target, query, reference, requests,
+                                predict_fn=compiled_model(version_path))
+        warm_batch_shapes(target, query, reference, clients)
+        bench_throughput(target, query, reference, clients, duration / 2 if warmup_seconds is None else warmup_seconds)
         throughput = bench_throughput(target, query, reference, clients, duration)
     finally:
         handle.stop(grace=1)
         if owned is not None:
             owned.cleanup()
-    return {"config": config, "feature_dim": feature_dim, "lq": lq, "lr": lr, **latency,
-            "grpc_overhead_p50_ms": latency["grpc"]["p50_ms"] - latency["in_process"]["p50_ms"],
-            "throughput": throughput}
+    grpc_p50, inference_p50 = latency["grpc"]["p50_ms"], latency["inference"]["p50_ms"]
+    figures = {"inference.p50_ms": inference_p50, "grpc.p50_ms": grpc_p50,
+               f"grpc.requests_per_s_{clients}_clients": throughput["requests_per_s"],
+               "grpc_p50_over_inference_p50": grpc_p50 / inference_p50,
+               "requests_per_s_over_one_at_a_time": throughput["requests_per_s"] / (1000.0 / grpc_p50)}
+    return {"config": config, "feature_dim": feature_dim, "lq": lq, "lr": lr, "batching": batching,
+            "jit_compile": jit_compile, **latency,
+            "grpc_overhead_p50_ms": grpc_p50 - latency["in_process"]["p50_ms"],
+            "throughput": throughput, "figures": figures}
 
 
 def format_report(result: dict) -> str:
     lines = [f"serving benchmark: config {result['config']} (D={result['feature_dim']}), one pair Lq={result['lq']} "
-             f"Lr={result['lr']}, {result['in_process']['n']} interleaved samples"]
-    for key, label in (("in_process", "in process (SavedModel signature)"), ("grpc", "over gRPC (loopback, stock stub)")):
+             f"Lr={result['lr']}, {result['in_process']['n']} interleaved samples, export "
+             f"{'with' if result['jit_compile'] else 'without'} XLA, batching {'on' if result['batching'] else 'off'}"]
+    for key, label in (("inference", "compiled model (XLA, no decoding)"),
+                       ("in_process", "in process (SavedModel signature)"), ("grpc", "over gRPC (loopback, stock stub)")):
         r = result[key]
         lines.append(f"  {label:36s} p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms")
-    lines.append(f"  gRPC adds {result['grpc_overhead_p50_ms']:.2f} ms to p50 (target <= 2 ms)")
+    f = result["figures"]
+    lines.append(f"  gRPC adds {result['grpc_overhead_p50_ms']:.2f} ms to the signature's p50; "
+                 f"gRPC p50 = {f['grpc_p50_over_inference_p50']:.2f} x the compiled model's (target <= 1.5)")
     t = result["throughput"]
     lines.append(f"  {t['clients']} concurrent clients: {t['requests_per_s']:.1f} requests/s "
                  f"({t['requests']} in {t['seconds']:.1f} s, {t['errors']} errors; "
-                 f"latency p50 {t['latency_p50_ms']:.1f} ms, p99 {t['latency_p99_ms']:.1f} ms)")
+                 f"latency p50 {t['latency_p50_ms']:.1f} ms, p99 {t['latency_p99_ms']:.1f} ms) = "
+                 f"{f['requests_per_s_over_one_at_a_time']:.2f} x one at a time (target >= 2)")
     return "\n".join(lines)
 
 
@@ -184,14 +239,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.bench_serving", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="tiny", help="model config to build and export (tiny | paper_full | ...)")
     parser.add_argument("--export", default=None, metavar="BASE/NAME/VERSION", help="benchmark this export instead")
-    parser.add_argument("--lq", type=int, default=16)
-    parser.add_argument("--lr", type=int, default=300)
+    parser.add_argument("--lq", type=int, default=QUERY_STEPS)
+    parser.add_argument("--lr", type=int, default=MAX_WINDOW)
     parser.add_argument("--requests", type=int, default=100, help="latency samples (default %(default)s)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for requests/s (default %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of the throughput run (default %(default)s)")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
+                        help="server-side batching on/off (default: the server's choice for the export)")
+    parser.add_argument("--batch-threads", type=int, default=0, help="model calls at once when batching (0: one per core)")
+    parser.add_argument("--no-xla", action="store_true", help="export without XLA (the signature before issue #12)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    result = run_benchmark(args.config, args.lq, args.lr, args.requests, args.clients, args.duration, args.export)
+    result = run_benchmark(args.config, args.lq, args.lr, args.requests, args.clients, args.duration, args.export,
+                           batching=args.batching, jit_compile=not args.no_xla, batch_threads=args.batch_threads)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -9,8 +9,6 @@ shows every field a client in another language must fill (serving/signature.py).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Dict, Optional
 
 import numpy as np
@@ -70,7 +68,10 @@ def open_channel(server: str, tls_ca: Optional[str] = None, tls_server_name: Opt
         options.append(("grpc.ssl_target_name_override", tls_server_name))
     if tls_ca is None and not tls_server_name:
         return grpc.insecure_channel(server, options=options)
-    roots = open(tls_ca, "rb").read() if tls_ca else None
+    roots = None
+    if tls_ca:
+        with open(tls_ca, "rb") as fh:
+            roots = fh.read()
     return grpc.secure_channel(server, grpc.ssl_channel_credentials(root_certificates=roots), options=options)
 
 
@@ -116,54 +117,3 @@ def predict(server: str, query, reference, model_name: str = sig.DEFAULT_MODEL_N
 def seconds(index: int, frames_per_feature: int, fps: float) -> float:
     """Feature index -> seconds from the start of the reference (index * frames per feature / fps)."""
     return index * frames_per_feature / fps
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=f"127.0.0.1:{sig.GRPC_PORT}", help="HOST:PORT (default %(default)s)")
-    parser.add_argument("--query", required=True, help=".npy file, [Lq, D] float32 query features")
-    parser.add_argument("--reference", required=True, help=".npy file, [Lr, D] float32 reference features")
-    parser.add_argument("--model-name", default=sig.DEFAULT_MODEL_NAME, help="model_spec.name (default %(default)s)")
-    parser.add_argument("--version", type=int, default=None, help="model_spec.version (default: the highest served)")
-    parser.add_argument("--version-label", default=None, help="model_spec.version_label, e.g. stable or canary")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
-    parser.add_argument("--frames-per-feature", type=int, default=None,
-                        help="frames per feature (16 for C3D); with --fps, also print seconds")
-    parser.add_argument("--fps", type=float, default=None, help="frame rate of the reference video")
-    parser.add_argument("--tls-ca", default=None, help="PEM file of the CA (or self-signed cert) to trust: use TLS")
-    parser.add_argument("--tls-server-name", default=None, help="expected TLS server name if not the host in --server")
-
-
-def main(args: argparse.Namespace) -> int:
-    import grpc
-
-    if (args.frames_per_feature is None) != (args.fps is None):
-        print("error: give both --frames-per-feature and --fps to print seconds", file=sys.stderr)
-        return 2
-    if args.fps is not None and (args.fps <= 0 or args.frames_per_feature <= 0):
-        print("error: --fps and --frames-per-feature must be positive", file=sys.stderr)
-        return 2
-    arrays = {}
-    for name, path in ((sig.QUERY, args.query), (sig.REFERENCE, args.reference)):
-        try:
-            array = np.load(path)
-        except (OSError, ValueError) as exc:
-            print(f"error: --{name} {path}: cannot read a .npy array ({exc})", file=sys.stderr)
-            return 2
-        if array.ndim != 2:
-            print(f"error: --{name} {path}: expected [L, D] features, got shape {list(array.shape)}", file=sys.stderr)
-            return 2
-        arrays[name] = array
-    try:
-        result = predict(args.server, arrays[sig.QUERY], arrays[sig.REFERENCE], args.model_name, args.timeout,
-                         version=args.version, version_label=args.version_label, tls_ca=args.tls_ca,
-                         tls_server_name=args.tls_server_name)
-    except grpc.RpcError as exc:
-        print(f"error: {args.server} answered {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    print(f"model {result['model_name']} version {result['version']}")
-    print(f"start {result['start']}  end {result['end']}  (feature indices, end exclusive)")
-    if args.fps is not None:
-        print(f"start {seconds(result['start'], args.frames_per_feature, args.fps):.2f} s  "
-              f"end {seconds(result['end'], args.frames_per_feature, args.fps):.2f} s")
-    print(f"score {result['score']:.6f}")
-    return 0

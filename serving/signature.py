@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from vreloc_tf.contract import MAX_WINDOW
+
 # -- SignatureDef ---------------------------------------------------------------
 SIGNATURE_NAME = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 METHOD_NAME = "tensorflow/serving/predict"  # tf.saved_model.PREDICT_METHOD_NAME
@@ -31,7 +33,9 @@ class TensorSpec:
     @property
     def datatype(self) -> str:
         """The TensorProto DataType enum name, as saved_model_cli prints it (DT_FLOAT, DT_INT32)."""
-        return {"float32": "DT_FLOAT", "int32": "DT_INT32"}[self.dtype]
+        from serving.tensor_codec import DTYPES  # the one home of the dtype codes
+
+        return DTYPES[self.dtype][1]
 
 
 # Inputs: batch B, query length Lq, reference length Lr, feature dim D.
@@ -64,10 +68,6 @@ INPUT_NAMES = tuple(s.name for s in INPUTS)
 OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)
 
 
-def input_spec(name: str) -> TensorSpec:
-    return {s.name: s for s in INPUTS}[name]
-
-
 def output_spec(name: str) -> TensorSpec:
     return {s.name: s for s in OUTPUTS}[name]
 
@@ -94,8 +94,20 @@ def container_base_path(model_name: str = DEFAULT_MODEL_NAME) -> str:
 
 
 # -- request limits (server defaults; `vreloc serve --max-*` changes them) ---------
-MAX_QUERY_LENGTH = 512  # features; the paper's queries are <= 32, so 16x headroom
-MAX_REFERENCE_LENGTH = 4096  # features = 65,536 frames (~36 min at 30 fps, 16 frames/feature)
-MAX_BATCH_SIZE = 16  # pairs per request
-# gRPC receive limit: a request at every limit (16 x (512 + 4096) x 500 float32 = 147 MB) fits.
+# Sized so that one request at every limit takes at most a few seconds and a fraction of
+# a 2-core, 24 GB machine (serving/README.md, "Limits", has the measurements and how to raise them).
+MAX_QUERY_LENGTH = 128  # features; the paper's queries are <= 32, so 4x headroom
+MAX_REFERENCE_LENGTH = 1024  # features = 16,384 frames (~9 min at 30 fps, 16 frames/feature)
+MAX_BATCH_SIZE = 16  # pairs per request, and per model call when batching
+# gRPC receive limit: a request at every limit for D = 500 (16 x (128 + 1024) x 500 float32 = 37 MB) fits,
+# and so does one with raised limits up to 256 MB; declared shapes are checked before any conversion.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+REST_TIMEOUT_SECONDS = 30.0  # a REST predict stops after this long (TF Serving's --rest_api_timeout_in_ms)
+
+# -- how requests run (serving/batching.py) --------------------------------------------
+BATCH_TIMEOUT_MICROS = 0  # wait for more requests once one is queued (0: batch what is already queued)
+MAX_BATCH_STEPS = 4800  # padded pairs x Lr per model call (16 pairs at Lr 300): the unit between deadline checks
+# Shapes a model call is padded to (an XLA signature compiles once per shape): the smallest that fits.
+QUERY_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
+REFERENCE_BUCKETS = (64, 128, 192, MAX_WINDOW, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)  # the splits' window

@@ -6,15 +6,23 @@ INTERNAL error from deep in a kernel; and some bad requests would not fail at
 all (a length beyond the tensor reads padding, NaN poisons the softmax, a huge
 Lr exhausts memory for every other client). The checks are plain NumPy so they
 cost microseconds and are testable without a server.
+
+Cost first: :func:`check_shapes` needs only the shapes, so the transports call
+it on the shapes a request *declares* before converting anything
+(``serving.tensor_codec.check_declared``, ``serving.rest``); the value checks
+(lengths, NaN/Inf) follow on the converted arrays.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from serving import signature as sig
+
+
+_SPECS = {spec.name: spec for spec in sig.INPUTS}
 
 
 class InvalidRequest(ValueError):
@@ -30,54 +38,9 @@ class RequestLimits:
     max_batch_size: int = sig.MAX_BATCH_SIZE
 
 
-# TensorProto dtype enum -> NumPy dtype for the signature's inputs (tensorflow/core/framework/types.proto).
-_DT_FLOAT, _DT_INT32 = 1, 3
-_PACKED_DTYPES = {_DT_FLOAT: np.dtype(np.float32), _DT_INT32: np.dtype(np.int32)}
-
-
-def _packed_array(proto) -> "np.ndarray | None":
-    """A read-only view of ``tensor_content`` for float32/int32 protos, as tf.make_ndarray reads it; else None.
-
-    Why: a 632 KB request is the common case (tf.make_tensor_proto packs arrays
-    into ``tensor_content``); viewing the bytes skips make_ndarray's Python
-    dispatch and a copy. Anything else (values in ``float_val``/``int_val``,
-    other dtypes, unknown rank) goes the general way.
-    """
-    dtype = _PACKED_DTYPES.get(proto.dtype)
-    if dtype is None or proto.tensor_shape.unknown_rank:
-        return None
-    content = proto.tensor_content  # each read of a bytes field makes a new bytes object: read it once
-    if not content:
-        return None
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if any(d < 0 for d in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
-    needed = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if len(content) != needed:
-        raise ValueError(f"tensor_content holds {len(content)} bytes; shape {shape} of {dtype.name} needs {needed}")
-    return np.frombuffer(content, dtype).reshape(shape)
-
-
-def decode_inputs(inputs: Mapping[str, "object"]) -> Dict[str, np.ndarray]:
-    """TensorProto map of a PredictRequest -> NumPy arrays; a proto that does not decode is an InvalidRequest.
-
-    Packed float32/int32 inputs come back as read-only views of the request's bytes.
-    """
-    import tensorflow as tf
-
-    arrays = {}
-    for name, proto in inputs.items():
-        try:
-            array = _packed_array(proto)
-            arrays[name] = tf.make_ndarray(proto) if array is None else array
-        except Exception as exc:  # malformed content/shape, unsupported dtype
-            raise InvalidRequest(f"input '{name}': not a valid TensorProto ({exc})") from None
-    return arrays
-
-
-def validate_inputs(arrays: Mapping[str, np.ndarray], feature_dim: int, limits: RequestLimits = RequestLimits()) -> None:
-    """Raise InvalidRequest naming the first input at fault; return None for a servable request."""
-    names = set(arrays)
+def check_names(names) -> None:
+    """Every input of the signature and nothing else."""
+    names = set(names)
     missing = [n for n in sig.INPUT_NAMES if n not in names]
     if missing:
         raise InvalidRequest(f"missing input(s) {', '.join(repr(n) for n in missing)}; "
@@ -87,33 +50,56 @@ def validate_inputs(arrays: Mapping[str, np.ndarray], feature_dim: int, limits: 
         raise InvalidRequest(f"unknown input(s) {', '.join(repr(n) for n in extra)}; "
                              f"the signature '{sig.SIGNATURE_NAME}' takes only {', '.join(sig.INPUT_NAMES)}")
 
-    for spec in sig.INPUTS:
-        array = arrays[spec.name]
-        if array.dtype != np.dtype(spec.dtype):
-            raise InvalidRequest(f"input '{spec.name}': dtype must be {spec.dtype} ({spec.datatype}), got {array.dtype}")
-        if array.ndim != spec.rank:
-            raise InvalidRequest(f"input '{spec.name}': rank must be {spec.rank} (shape {_shape_text(spec.shape)}), "
-                                 f"got shape {list(array.shape)}")
-        if spec.shape[-1] == "D" and array.shape[-1] != feature_dim:
-            raise InvalidRequest(f"input '{spec.name}': feature dim (last axis) must be {feature_dim}, got {array.shape[-1]}")
 
-    batch = arrays[sig.QUERY].shape[0]
+def check_dtype(name: str, dtype_name: str) -> None:
+    """An input's dtype (a NumPy dtype name) is the signature's."""
+    spec = _SPECS.get(name)
+    if spec is not None and dtype_name != spec.dtype:
+        raise InvalidRequest(f"input '{name}': dtype must be {spec.dtype} ({spec.datatype}), got {dtype_name}")
+
+
+def check_shapes(shapes: Mapping[str, Sequence[int]], feature_dim: int, limits: RequestLimits = RequestLimits()) -> None:
+    """Shapes against the signature and the limits: what a request costs, known before any value is read.
+
+    Called on the shapes a request *declares* (TensorProto dims, JSON nesting)
+    before anything is converted, so a 13 KB request declaring a billion
+    elements is refused without allocating them.
+    """
+    check_names(shapes)
+    for spec in sig.INPUTS:
+        shape = list(shapes[spec.name])
+        if len(shape) != spec.rank:
+            raise InvalidRequest(f"input '{spec.name}': rank must be {spec.rank} (shape {_shape_text(spec.shape)}), "
+                                 f"got shape {shape}")
+        if spec.shape[-1] == "D" and shape[-1] != feature_dim:
+            raise InvalidRequest(f"input '{spec.name}': feature dim (last axis) must be {feature_dim}, got {shape[-1]}")
+
+    batch = shapes[sig.QUERY][0]
     for name in sig.INPUT_NAMES:
-        if arrays[name].shape[0] != batch:
-            raise InvalidRequest(f"input '{name}': batch size {arrays[name].shape[0]} differs from "
+        if shapes[name][0] != batch:
+            raise InvalidRequest(f"input '{name}': batch size {shapes[name][0]} differs from "
                                  f"'{sig.QUERY}' batch size {batch}; every input needs one row per pair")
     if batch < 1:
         raise InvalidRequest(f"input '{sig.QUERY}': empty batch (batch size 0)")
     if batch > limits.max_batch_size:
-        raise InvalidRequest(f"input '{sig.QUERY}': batch size {batch} is above the server limit {limits.max_batch_size}")
-
-    for tensor_name, length_name, limit in (
-        (sig.QUERY, sig.QUERY_LENGTH, limits.max_query_length),
-        (sig.REFERENCE, sig.REFERENCE_LENGTH, limits.max_reference_length),
-    ):
-        steps = arrays[tensor_name].shape[1]
+        raise InvalidRequest(f"input '{sig.QUERY}': batch size {batch} is above the server limit "
+                             f"{limits.max_batch_size} (--max-batch-size)")
+    for name, limit, flag in ((sig.QUERY, limits.max_query_length, "--max-query-length"),
+                              (sig.REFERENCE, limits.max_reference_length, "--max-reference-length")):
+        steps = shapes[name][1]
         if steps > limit:
-            raise InvalidRequest(f"input '{tensor_name}': {steps} steps is above the server limit {limit}")
+            raise InvalidRequest(f"input '{name}': {steps} steps is above the server limit {limit} ({flag})")
+
+
+def validate_inputs(arrays: Mapping[str, np.ndarray], feature_dim: int, limits: RequestLimits = RequestLimits()) -> None:
+    """Raise InvalidRequest naming the first input at fault; return None for a servable request."""
+    check_names(arrays)
+    for name, array in arrays.items():
+        check_dtype(name, array.dtype.name)
+    check_shapes({name: array.shape for name, array in arrays.items()}, feature_dim, limits)
+
+    for tensor_name, length_name in ((sig.QUERY, sig.QUERY_LENGTH), (sig.REFERENCE, sig.REFERENCE_LENGTH)):
+        steps = arrays[tensor_name].shape[1]
         lengths = arrays[length_name]
         bad = np.flatnonzero(lengths <= 0)
         if bad.size:

@@ -14,11 +14,16 @@ from typing import List
 from serving import signature as sig
 
 
+def is_version_name(name: str) -> bool:
+    """An integer folder name: ASCII digits only (``str.isdigit`` also accepts '²', which ``int`` refuses)."""
+    return name.isascii() and name.isdigit()
+
+
 def existing_versions(base_path: str) -> List[int]:
     """Integer version folders under BASE/NAME (complete or not), ascending."""
     if not os.path.isdir(base_path):
         return []
-    return sorted(int(n) for n in os.listdir(base_path) if n.isdigit())
+    return sorted(int(n) for n in os.listdir(base_path) if is_version_name(n))
 
 
 def list_versions(base_path: str) -> List[int]:
@@ -33,7 +38,7 @@ def list_versions(base_path: str) -> List[int]:
         return []
     versions = []
     for name in names:
-        if name.isdigit() and os.path.isfile(os.path.join(base_path, name, sig.SAVED_MODEL_FILE)):
+        if is_version_name(name) and os.path.isfile(os.path.join(base_path, name, sig.SAVED_MODEL_FILE)):
             versions.append(int(name))
     return sorted(versions)
 

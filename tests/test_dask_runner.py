@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline import beam_common, ingest_activitynet as ingest, synth
+from pipeline import ingest_activitynet as ingest, staged_sink, synth
 from vreloc_tf.schema import read_manifest, read_records
 
 from helpers.synth_data import make_synth_with_bad
@@ -35,13 +35,14 @@ def outputs(data_dir):
     return records, dead
 
 
-def test_dask_runner_output_equals_direct_runner(cluster, source, tmp_path, capsys):
+def test_dask_runner_output_equals_direct_runner(cluster, source, tmp_path):
     src, expected_dead = source
     h5 = os.path.join(src, synth.HDF5_NAME)
     direct_dir, dask_dir = str(tmp_path / "direct"), str(tmp_path / "dask")
-    direct = ingest.run(h5, src, direct_dir, "DirectRunner", ["--direct_num_workers=1"])
-    dask = ingest.run(h5, src, dask_dir, "DaskRunner",
-                      [f"--dask_client_address={cluster.scheduler_address}", "--dask_npartitions=4"])
+    direct = ingest.run(h5, src, direct_dir, "DirectRunner", ["--direct_num_workers=1"]).counts
+    summary = ingest.run(h5, src, dask_dir, "DaskRunner",
+                         [f"--dask_client_address={cluster.scheduler_address}", "--dask_npartitions=4"])
+    dask = summary.counts
     assert dask == direct
     assert sum(c.dead_lettered for c in dask.values()) == len(expected_dead) > 0
     assert all(c.reconciles() for c in dask.values())
@@ -59,7 +60,7 @@ def test_dask_runner_output_equals_direct_runner(cluster, source, tmp_path, caps
     m = read_manifest(dask_dir)
     assert {s: (v["read"], v["written"], v["dead_lettered"]) for s, v in m["splits"].items()} == {
         s: (c.read, c.written, c.dead_lettered) for s, c in direct.items()}
-    assert "ingest-activitynet: train: read" in capsys.readouterr().out
+    assert "ingest-activitynet: train: read" in summary.report()
 
 
 @pytest.mark.slow
@@ -83,10 +84,10 @@ def test_extract_video_on_dask_equals_direct_runner(cluster, tmp_path):
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     args = (str(videos / "*"), str(tmp_path / "ann.json"))
     direct = ev.run(*args, str(tmp_path / "direct"), random_c3d=True, n_components=8,
-                    beam_args=["--direct_num_workers=1"])
+                    beam_args=["--direct_num_workers=1"]).counts
     dask = ev.run(*args, str(tmp_path / "dask"), random_c3d=True, n_components=8, runner="DaskRunner",
-                  beam_args=[f"--dask_client_address={cluster.scheduler_address}"])
-    assert dask == direct == {"train": beam_common.SplitCounts(3, 2, 1), "val": beam_common.SplitCounts(1, 1, 0)}
+                  beam_args=[f"--dask_client_address={cluster.scheduler_address}"]).counts
+    assert dask == direct == {"train": staged_sink.SplitCounts(3, 2, 1), "val": staged_sink.SplitCounts(1, 1, 0)}
     assert outputs_of(str(tmp_path / "dask"), ("train", "val")) == outputs_of(str(tmp_path / "direct"), ("train", "val"))
     assert "unreadable video file" in open(tmp_path / "dask" / "dead_letter" / "train.jsonl").read()
     assert sorted(os.listdir(tmp_path / "dask")) == sorted(os.listdir(tmp_path / "direct"))  # pca.npz, no leftovers

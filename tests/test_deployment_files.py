@@ -4,9 +4,13 @@ Names, ports and paths are compared across docker-compose.yaml, models.config
 (parsed as a ModelServerConfig), k8s/deployment.yaml, the layout `vreloc export`
 writes, and the saved_model_cli output pasted in serving/README.md.
 """
+import json
 import os
 import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import yaml
 from google.protobuf import text_format
@@ -85,6 +89,7 @@ def test_compose_runs_the_official_image_on_the_export(compose, models_config):
     config_path = flags["model_config_file"]
     assert config_path in mounts and os.path.basename(mounts[config_path]["source"]) == "models.config"
     assert flags["allow_version_labels_for_unavailable_models"] == "true"
+    assert flags["xla_cpu_compilation_enabled"] == "true"  # the export's model call is an XLA function
     assert service["environment"]["MODEL_NAME"] == NAME
     assert models_config.model_config_list.config[0].base_path == export_mount["target"]
 
@@ -105,6 +110,7 @@ def test_kubernetes_deployment_and_service_agree(k8s, models_config):
     assert mounts[BASE_IN_CONTAINER]["readOnly"] is True
     assert "persistentVolumeClaim" in volumes[mounts[BASE_IN_CONTAINER]["name"]]
     flags = _flags(container["args"])
+    assert flags["xla_cpu_compilation_enabled"] == "true"
     config_dir, config_file = os.path.split(flags["model_config_file"])
     assert config_file == "models.config"
     assert volumes[mounts[config_dir]["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
@@ -125,6 +131,38 @@ def test_export_layout_is_what_the_files_mount(tmp_path, models_config):
     # TF Serving reads its warm-up file from exactly this path.
     assert os.path.isfile(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
     assert sig.ASSETS_EXTRA_DIR == "assets.extra" and sig.WARMUP_FILE == "tf_serving_warmup_requests"
+
+
+PLAIN_LOAD = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+arrays = {k: np.array(v, dtype=np.float32 if k in ("query", "reference") else np.int32)
+          for k, v in json.loads(sys.stdin.read()).items()}
+fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+out = {k: v.numpy().tolist() for k, v in fn(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
+ours = sorted(m for m in sys.modules if m.split(".")[0] in ("vreloc_tf", "vreloc", "serving", "pipeline"))
+print(json.dumps({"outputs": out, "imported": ours}))
+"""
+
+
+def test_the_export_runs_with_plain_tensorflow(tmp_path):
+    """The contract with the real TF Serving: tf.saved_model.load alone runs the (XLA) signature."""
+    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    rng = np.random.default_rng(2)
+    arrays = H.random_batch(rng, lq=(5, 3), lr=(40, 23))
+    proc = subprocess.run([sys.executable, "-c", PLAIN_LOAD, os.path.join(base, "1")],
+                          input=json.dumps({k: v.tolist() for k, v in arrays.items()}), capture_output=True,
+                          text=True, cwd=str(tmp_path), timeout=600,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=""))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["imported"] == []  # none of this project's packages: TensorFlow alone
+    want = H.saved_model_outputs(os.path.join(base, "1"), arrays)
+    assert result["outputs"]["start"] == want["start"].tolist() and result["outputs"]["end"] == want["end"].tolist()
+    np.testing.assert_allclose(np.array(result["outputs"]["probabilities"]), want["probabilities"], atol=1e-6)
+    info = json.load(open(os.path.join(base, "1", sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)))
+    assert info["jit_compile"] is True
 
 
 def test_readme_saved_model_cli_output_shows_the_signature():

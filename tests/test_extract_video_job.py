@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from helpers.videos import colour_video
-from pipeline import beam_common, extract_video as ev
+from pipeline import extract_video as ev, staged_sink
 from pipeline.pca import PCA
 from vreloc_tf.schema import read_manifest, read_records
 
@@ -87,8 +87,8 @@ def test_to_records_windows_ground_truth_and_dead_letters():
     reduced = pca.transform(feats)
     with TestPipeline(options=PipelineOptions(DIRECT)) as p:
         out = (p | beam.Create([video]) | beam.ParDo(ev.ToRecordsFn(), pca=beam.pvalue.AsSingleton(p | "pca" >> beam.Create([pca])))
-               .with_outputs(beam_common.DEAD_LETTER))
-        records, dead = beam_common.split_dead_letters(out, "t")
+               .with_outputs(staged_sink.DEAD_LETTER))
+        records, dead = staged_sink.split_dead_letters(out, "t")
         assert_that(records | beam.Map(lambda r: (r.entry_index, r.window, r.groundtruth, r.fps, r.features.tobytes())),
                     equal_to([(0, (0, 10), (1, 3), 20.0, reduced.tobytes()),
                               (1, (0, 10), (9, 10), 20.0, reduced.tobytes())]), label="records")
@@ -149,8 +149,8 @@ def test_decode_and_extract_routes_unreadable_and_short_videos_to_dead_letters(v
              ev.VideoTask(str(video_folder / "stray.mkv"), "stray", "unannotated",
                           (ev.Instance(0, -1, "", (math.nan, math.nan)),), "no annotation for video id 'stray'")]
     with TestPipeline(options=PipelineOptions(DIRECT)) as p:
-        out = (p | beam.Create(tasks) | beam.ParDo(ev.DecodeAndExtractC3DFn(None, 0)).with_outputs(beam_common.DEAD_LETTER))
-        videos, dead = beam_common.split_dead_letters(out, "x")
+        out = (p | beam.Create(tasks) | beam.ParDo(ev.DecodeAndExtractC3DFn(None, 0)).with_outputs(staged_sink.DEAD_LETTER))
+        videos, dead = staged_sink.split_dead_letters(out, "x")
         assert_that(videos, equal_to([]), label="videos")
         assert_that(dead | beam.Map(lambda d: (d.split, d.entry_index, d.reason.split(" (")[0], d.entry["segment"])),
                     equal_to([("train", 0, "unreadable video file", [0, 1]), ("train", 1, "unreadable video file", [1, 2]),
@@ -171,15 +171,15 @@ def reference_fc7(video_folder):
 @pytest.fixture(scope="module")
 def job_output(video_folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("out"))
-    counts = ev.run(str(video_folder / "*"), annotations(video_folder), out, random_c3d=True, runner="DirectRunner",
-                    beam_args=DIRECT)
-    return out, counts
+    summary = ev.run(str(video_folder / "*"), annotations(video_folder), out, random_c3d=True, runner="DirectRunner",
+                     beam_args=DIRECT)
+    return out, summary.counts
 
 
 def test_counts_reconcile_and_every_bad_input_is_dead_lettered_with_its_reason(job_output, video_folder):
     out, counts = job_output
-    assert counts == {"train": beam_common.SplitCounts(6, 3, 3), "val": beam_common.SplitCounts(1, 1, 0),
-                      "test": beam_common.SplitCounts(1, 0, 1), "unannotated": beam_common.SplitCounts(1, 0, 1)}
+    assert counts == {"train": staged_sink.SplitCounts(6, 3, 3), "val": staged_sink.SplitCounts(1, 1, 0),
+                      "test": staged_sink.SplitCounts(1, 0, 1), "unannotated": staged_sink.SplitCounts(1, 0, 1)}
     dead = {}
     for f in glob.glob(os.path.join(out, "dead_letter", "*.jsonl")):
         for line in open(f):
@@ -233,8 +233,8 @@ def test_saved_pca_is_reused_for_new_videos(job_output, video_folder, tmp_path):
     out, _ = job_output
     out2 = str(tmp_path / "val_only")
     counts = ev.run(str(video_folder / "ccc.mkv"), annotations(video_folder), out2, random_c3d=True,
-                    pca=os.path.join(out, "pca.npz"), beam_args=DIRECT)
-    assert counts == {"val": beam_common.SplitCounts(1, 1, 0)}
+                    pca=os.path.join(out, "pca.npz"), beam_args=DIRECT).counts
+    assert counts == {"val": staged_sink.SplitCounts(1, 1, 0)}
     first, again = read_records(out, "val"), read_records(out2, "val")
     assert len(again) == 1 and again[0].window == first[0].window
     np.testing.assert_array_equal(again[0].features, first[0].features)
@@ -242,16 +242,31 @@ def test_saved_pca_is_reused_for_new_videos(job_output, video_folder, tmp_path):
     assert read_manifest(out2)["source"]["pca"] == os.path.join(out, "pca.npz") and read_manifest(out2)["fps"] == 25.0
 
 
+def test_a_rerun_with_other_videos_into_the_folder_is_refused(job_output, video_folder):
+    out, _ = job_output
+    before = sorted(os.listdir(out)), open(os.path.join(out, "manifest.json")).read()
+    with pytest.raises(staged_sink.DatasetMixError, match=r"splits \['test', 'train'\] from another source"):
+        ev.run(str(video_folder / "ccc.mkv"), annotations(video_folder), out, random_c3d=True,
+               pca=os.path.join(out, "pca.npz"), beam_args=DIRECT)
+    assert (sorted(os.listdir(out)), open(os.path.join(out, "manifest.json")).read()) == before
+
+
 def test_clear_errors_before_any_work(video_folder, tmp_path):
+    from vreloc_tf.errors import InputError
+
     ann = annotations(video_folder)
-    with pytest.raises(ValueError, match="exactly one of --c3d-weights FILE or --random-c3d"):
+    with pytest.raises(InputError, match="exactly one of --c3d-weights FILE or --random-c3d"):
         ev.run(str(video_folder / "*.mkv"), ann, str(tmp_path / "o"))
-    with pytest.raises(FileNotFoundError, match="no file matches"):
+    with pytest.raises(InputError, match="--c3d-weights .*missing.h5: no such file"):
+        ev.run(str(video_folder / "*.mkv"), ann, str(tmp_path / "o"), c3d_weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(InputError, match="--annotations .*absent.json: no such file"):
+        ev.run(str(video_folder / "*.mkv"), str(tmp_path / "absent.json"), str(tmp_path / "o"), random_c3d=True)
+    with pytest.raises(InputError, match="no file matches"):
         ev.run(str(video_folder / "*.webm"), ann, str(tmp_path / "o"), random_c3d=True)
-    with pytest.raises(ValueError, match="no annotated training video to fit the PCA"):
+    with pytest.raises(InputError, match="no annotated training video to fit the PCA"):
         ev.run(str(video_folder / "ccc.mkv"), ann, str(tmp_path / "o"), random_c3d=True)
     (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="expected an object with a 'database' mapping"):
+    with pytest.raises(InputError, match="expected an object with a 'database' mapping"):
         ev.run(str(video_folder / "*.mkv"), str(tmp_path / "bad.json"), str(tmp_path / "o"), random_c3d=True)
 
 

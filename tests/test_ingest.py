@@ -3,6 +3,8 @@ import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import h5py
@@ -14,7 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from helpers.synth_data import make_synth_with_bad
-from pipeline import beam_common, ingest_activitynet as ingest, synth
+from pipeline import ingest_activitynet as ingest, options, staged_sink, synth
 from vreloc_tf import __version__
 from vreloc_tf.schema import decode_record, read_manifest, read_records
 
@@ -70,8 +72,8 @@ def expected_records(splits_dir, h5_path):
     return out
 
 
-def run_ingest(src, out, runner="DirectRunner", extra=DIRECT):
-    return ingest.run(os.path.join(src, synth.HDF5_NAME), src, out, runner, list(extra))
+def run_ingest(src, out, runner="DirectRunner", extra=DIRECT, overwrite=False):
+    return ingest.run(os.path.join(src, synth.HDF5_NAME), src, out, runner, list(extra), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- transforms
@@ -133,15 +135,15 @@ def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5
     rng = np.random.default_rng(0)
     recs = [Record(f"v{i}", ["train", "val"][i % 2], i, i, (0, 3), (0, 1), rng.standard_normal((3, 4)).astype(np.float32))
             for i in range(6)]
-    deads = [beam_common.DeadLetter("val", f"reason {i}", {"k": i}, i, "src") for i in range(3)]
+    deads = [staged_sink.DeadLetter("val", f"reason {i}", {"k": i}, i, "src") for i in range(3)]
     staging = str(tmp_path / "staging")
     with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(DIRECT)) as p:
-        tokens = p | "recs" >> beam.Create(recs) | beam_common.WriteRecords(staging, max_file_bytes=300)
-        dtokens = p | "deads" >> beam.Create(deads) | beam_common.WriteDeadLetters(staging)
+        tokens = p | "recs" >> beam.Create(recs) | staged_sink.WriteRecords(staging, max_file_bytes=300)
+        dtokens = p | "deads" >> beam.Create(deads) | staged_sink.WriteDeadLetters(staging)
         assert_that(tokens, equal_to([("train", 1)] * 3 + [("val", 1)] * 3), label="tokens")
         assert_that(dtokens, equal_to([("val", 1)] * 3), label="dtokens")
-    counts = beam_common.count_staged(staging, {"train": 3, "val": 6})
-    assert counts == {"train": beam_common.SplitCounts(3, 3, 0), "val": beam_common.SplitCounts(6, 3, 3)}
+    counts = staged_sink.count_staged(staging, {"train": 3, "val": 6})
+    assert counts == {"train": staged_sink.SplitCounts(3, 3, 0), "val": staged_sink.SplitCounts(6, 3, 3)}
     assert not glob.glob(f"{staging}/**/*.inprogress", recursive=True)
     # each file is closed once it passes 300 bytes: 3 records of ~200 bytes per split -> 2 files
     assert len(glob.glob(f"{staging}/records/train/*.tfrecord")) == len(glob.glob(f"{staging}/records/val/*.tfrecord")) == 2
@@ -161,16 +163,16 @@ def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5
 
 
 def test_runner_names_and_pass_through_options():
-    assert beam_common.resolve_runner("DaskRunner") == "apache_beam.runners.dask.dask_runner.DaskRunner"
-    assert beam_common.resolve_runner("DataflowRunner") == "DataflowRunner"
-    opts = beam_common.pipeline_options("DirectRunner", ["--project=p"], multiprocess=True, cores=8).get_all_options()
+    assert options.resolve_runner("DaskRunner") == "apache_beam.runners.dask.dask_runner.DaskRunner"
+    assert options.resolve_runner("DataflowRunner") == "DataflowRunner"
+    opts = options.pipeline_options("DirectRunner", ["--project=p"], multiprocess=True, cores=8).get_all_options()
     assert opts["direct_running_mode"] == "multi_processing" and opts["direct_num_workers"] == 7
     assert opts["project"] == "p"
-    opts = beam_common.pipeline_options("DirectRunner", [], multiprocess=True, cores=2).get_all_options()
+    opts = options.pipeline_options("DirectRunner", [], multiprocess=True, cores=2).get_all_options()
     assert opts["direct_running_mode"] != "multi_processing"
-    opts = beam_common.pipeline_options("DirectRunner", ["--direct_num_workers=1"], multiprocess=True, cores=8).get_all_options()
+    opts = options.pipeline_options("DirectRunner", ["--direct_num_workers=1"], multiprocess=True, cores=8).get_all_options()
     assert opts["direct_running_mode"] != "multi_processing" and opts["direct_num_workers"] == 1
-    opts = beam_common.pipeline_options("DaskRunner", [], multiprocess=True, cores=8).get_all_options()
+    opts = options.pipeline_options("DaskRunner", [], multiprocess=True, cores=8).get_all_options()
     assert opts["runner"].endswith("dask_runner.DaskRunner") and opts["direct_running_mode"] != "multi_processing"
 
 
@@ -179,8 +181,9 @@ def test_cli_passes_unknown_options_to_beam(capsys):
 
     parser = cli.build_parser("ingest-activitynet")
     args = parser.parse_args(["ingest-activitynet", "--features", "f.h5", "--splits", "d", "--out", "o",
-                              "--runner", "DaskRunner", "--dask_client_address=tcp://h:1", "--project", "p"])
-    assert args.runner == "DaskRunner"
+                              "--runner", "DaskRunner", "--dask_client_address=tcp://h:1", "--project", "p",
+                              "--overwrite"])
+    assert args.runner == "DaskRunner" and args.overwrite
     assert args.beam_args == ["--dask_client_address=tcp://h:1", "--project", "p"]
     with pytest.raises(SystemExit):
         cli.build_parser("ingest-activitynet").parse_args(["ingest-activitynet", "--help"])
@@ -190,17 +193,17 @@ def test_cli_passes_unknown_options_to_beam(capsys):
 # --------------------------------------------------------------------------- end to end
 
 
-def test_ingest_end_to_end_reconciles_and_reports_every_bad_entry(synth_with_bad, tmp_path, capsys):
+def test_ingest_end_to_end_reconciles_and_reports_every_bad_entry(synth_with_bad, tmp_path):
     src, expected_dead = synth_with_bad
     out = str(tmp_path / "data")
-    counts = run_ingest(src, out)
-    printed = capsys.readouterr().out
+    summary = run_ingest(src, out)
+    counts, printed = summary.counts, summary.report()
     want = expected_records(src, os.path.join(src, synth.HDF5_NAME))
     for split in ("train", "val", "test"):
         with open(os.path.join(src, f"{split}.json")) as fh:
             n_read = len(json.load(fh))
         n_dead = sum(1 for s, _, _ in expected_dead if s == split)
-        assert counts[split] == beam_common.SplitCounts(n_read, n_read - n_dead, n_dead)
+        assert counts[split] == staged_sink.SplitCounts(n_read, n_read - n_dead, n_dead)
         assert f"ingest-activitynet: {split}: read {n_read}, written {n_read - n_dead}, dead-lettered {n_dead}" in printed
         got = read_records(out, split)
         assert len(got) == n_read - n_dead
@@ -221,6 +224,9 @@ def test_ingest_end_to_end_reconciles_and_reports_every_bad_entry(synth_with_bad
     m = read_manifest(out)
     assert m["feature_dim"] == 8 and m["frames_per_feature"] == 16 and m["code_version"] == __version__
     assert m["source"]["features"].endswith(synth.HDF5_NAME) and m["created"]
+    assert all(m["splits"][s]["source"] == m["source"] for s in ("train", "val", "test"))
+    assert summary.manifest == m and summary.feature_dim == 8
+    assert dict(summary) == counts and summary["train"] is counts["train"]  # reads as split -> counts too
     for split, c in counts.items():
         assert {k: m["splits"][split][k] for k in ("read", "written", "dead_lettered")} == {
             "read": c.read, "written": c.written, "dead_lettered": c.dead_lettered}
@@ -250,11 +256,11 @@ def test_failed_reconciliation_leaves_previous_outputs(synth_with_bad, tmp_path,
     out = str(tmp_path / "data")
     run_ingest(src, out)
     before = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "*.tfrecord"))}
-    real = beam_common.count_staged
-    monkeypatch.setattr(beam_common, "count_staged",
-                        lambda staging, read: {s: beam_common.SplitCounts(c.read + 1, c.written, c.dead_lettered)
+    real = staged_sink.count_staged
+    monkeypatch.setattr(staged_sink, "count_staged",
+                        lambda staging, read: {s: staged_sink.SplitCounts(c.read + 1, c.written, c.dead_lettered)
                                                for s, c in real(staging, read).items()})
-    with pytest.raises(beam_common.ReconciliationError, match="do not reconcile"):
+    with pytest.raises(staged_sink.ReconciliationError, match="do not reconcile"):
         run_ingest(src, out)
     after = {f: open(f, "rb").read() for f in glob.glob(os.path.join(out, "*.tfrecord"))}
     assert after == before
@@ -271,13 +277,73 @@ def test_refuses_to_mix_feature_dims_in_one_folder(synth_with_bad, tmp_path):
     assert sorted(os.listdir(out)) == ["manifest.json"]
 
 
+def _snapshot(folder):
+    return {os.path.relpath(p, folder): open(p, "rb").read()
+            for p in glob.glob(os.path.join(folder, "**"), recursive=True) if os.path.isfile(p)}
+
+
+def test_a_rerun_from_another_source_is_refused_unless_overwrite(synth_with_bad, tmp_path):
+    """Bug of #11: a re-run with only train.json of another source kept the old val/test beside it."""
+    src_a, _ = synth_with_bad
+    out = str(tmp_path / "data")
+    run_ingest(src_a, out)
+    src_b = str(tmp_path / "other")
+    synth.generate(src_b, seed=5, dim=8)
+    for split in ("val", "test"):
+        os.remove(os.path.join(src_b, f"{split}.json"))
+    before = _snapshot(out)
+    with pytest.raises(staged_sink.DatasetMixError, match=r"splits \['test', 'val'\] from another source.*--overwrite"):
+        run_ingest(src_b, out)
+    assert _snapshot(out) == before  # refused before any work: nothing written, nothing removed
+
+    summary = run_ingest(src_b, out, overwrite=True)
+    m = read_manifest(out)
+    assert set(m["splits"]) == set(summary.counts) == {"train"}
+    assert m["splits"]["train"]["source"] == m["source"] == {"job": "ingest-activitynet",
+                                                            "features": os.path.join(src_b, synth.HDF5_NAME)}
+    assert sorted(f for f in os.listdir(out) if f.endswith(".tfrecord")) == m["splits"]["train"]["shards"]
+    assert os.listdir(os.path.join(out, "dead_letter")) == ["train.jsonl"]
+    assert {r.video_id for r in read_records(out, "train")} <= set(json.load(open(os.path.join(src_b, "length.json"))))
+
+
+def test_a_rerun_of_one_split_from_the_same_source_keeps_the_others(synth_with_bad, tmp_path):
+    src, _ = synth_with_bad
+    out = str(tmp_path / "data")
+    run_ingest(src, out)
+    val_before = sorted((r.entry_index, r.features.tobytes()) for r in read_records(out, "val"))
+    train_only = tmp_path / "train_only"
+    train_only.mkdir()
+    shutil.copy(os.path.join(src, "train.json"), train_only / "train.json")
+    summary = ingest.run(os.path.join(src, synth.HDF5_NAME), str(train_only), out, "DirectRunner", DIRECT)
+    assert set(summary.counts) == {"train"}
+    m = read_manifest(out)
+    assert set(m["splits"]) == {"train", "val", "test"}
+    assert {s: m["splits"][s]["source"] for s in m["splits"]} == {s: m["source"] for s in ("train", "val", "test")}
+    assert sorted((r.entry_index, r.features.tobytes()) for r in read_records(out, "val")) == val_before
+
+
+def test_cli_non_hdf5_features_is_one_line_exit_2(synth_with_bad, tmp_path):
+    src, _ = synth_with_bad
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an HDF5 file\n")
+    proc = subprocess.run([sys.executable, "-m", "vreloc", "ingest-activitynet", "--features", str(notes),
+                           "--splits", src, "--out", str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"vreloc ingest-activitynet: error: --features {notes}: not an HDF5 file ("), lines
+    assert lines[0].endswith("give the C3D features file (sub_activitynet_v1-3.c3d.hdf5, or `vreloc synth` output)")
+    assert not os.path.exists(tmp_path / "data")
+
+
 def test_benchmark_geometry_every_entry_reproduced(shared_splits_dir, tmp_path):
     """All 9,400 benchmark entries at D=8: features == HDF5 rows [::2][location], labels, windows, ground truth."""
     src = str(tmp_path / "synth")
     synth.generate(src, seed=0, dim=8, lengths=os.path.join(shared_splits_dir, "length.json"),
                    splits_dir=shared_splits_dir)
     out = str(tmp_path / "data")
-    counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", [])
+    counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", []).counts
     check_every_entry(shared_splits_dir, os.path.join(src, synth.HDF5_NAME), out, counts)
 
 
@@ -299,7 +365,7 @@ def check_every_entry(splits_dir, h5_path, out, counts):
         for split in ("train", "val", "test"):
             with open(os.path.join(splits_dir, f"{split}.json")) as fh:
                 entries = json.load(fh)
-            assert counts[split] == beam_common.SplitCounts(len(entries), len(entries), 0)
+            assert counts[split] == staged_sink.SplitCounts(len(entries), len(entries), 0)
             seen = []
             for r in iter_records(out, split):
                 e = entries[r.entry_index]
@@ -329,7 +395,7 @@ def test_full_size_benchmark_ingest(shared_splits_dir, tmp_path):
                        splits_dir=shared_splits_dir)
     out = str(tmp_path / "data")
     t0 = time.time()
-    counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", [])
+    counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", []).counts
     seconds = time.time() - t0
     print(f"full-size ingest: 9400 records in {seconds:.1f} s ({9400 / seconds:.1f} records/s)")
     assert read_manifest(out)["feature_dim"] == 500

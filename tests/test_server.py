@@ -8,6 +8,7 @@ the loopback-only default.
 import datetime
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from helpers import runs as H
 from serving import signature as sig
 from serving.client import make_request, open_channel, parse_response, predict
 from serving.export import export_model
-from serving.server import _fill_tensor_proto, start_server
-from serving.validation import InvalidRequest, RequestLimits, decode_inputs, validate_inputs
+from serving.server import start_server
+from serving.tensor_codec import decode_inputs, fill_tensor_proto
+from serving.validation import InvalidRequest, RequestLimits, validate_inputs
 
 LIMITS = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
 
@@ -216,7 +218,7 @@ def test_output_protos_read_back_bit_for_bit():
     rng = np.random.default_rng(4)
     for value in _protos_of_every_kind(rng):
         proto = type(tf.make_tensor_proto(0.0))()
-        _fill_tensor_proto(proto, value)
+        fill_tensor_proto(proto, value)
         got = tf.make_ndarray(proto)
         assert got.dtype == np.asarray(value).dtype and got.shape == np.shape(value)
         assert got.tobytes() == np.asarray(value).tobytes()
@@ -269,13 +271,13 @@ def test_versions_labels_and_a_broken_version(tmp_path):
         cases = [({}, 2), ({"version": 1}, 1), ({"version": 2}, 2), ({"version_label": "stable"}, 1),
                  ({"version_label": "canary"}, 2)]
         for kwargs, version in cases:
-            out = predict(target, query, reference, H.MODEL_NAME, **kwargs)
+            out = predict(target, query, reference, H.MODEL_NAME, timeout=120, **kwargs)
             assert out["version"] == version, kwargs
             np.testing.assert_allclose(out["probabilities"], want[version], atol=1e-6, err_msg=str(kwargs))
         for kwargs, code in (({"version": 3}, grpc.StatusCode.NOT_FOUND),
                              ({"version_label": "next"}, grpc.StatusCode.NOT_FOUND)):
             with pytest.raises(grpc.RpcError) as info:
-                predict(target, query, reference, H.MODEL_NAME, **kwargs)
+                predict(target, query, reference, H.MODEL_NAME, timeout=120, **kwargs)
             assert info.value.code() == code, kwargs
 
         with grpc.insecure_channel(target) as channel:
@@ -366,12 +368,285 @@ def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path):
         assert (2, "END") in [(v, s) for v, s, _ in model.status()]
         assert model.versions == [1]
         query, reference = _pair()
-        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME)["version"] == 1
+        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME, timeout=120)["version"] == 1
+    finally:
+        handle.stop(grace=1)
+
+
+# -- version loading ------------------------------------------------------------------------
+
+def test_a_version_copied_non_atomically_is_served_once_the_copy_ends(tmp_path):
+    """Issue #12: cp -r writes saved_model.pb first; the failed load is retried when the folder changes."""
+    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    source = os.path.join(H.export_copy(str(tmp_path / "src"), seed=1, version=2), "2")
+    loads = []  # seconds each successful load took (loading + warm-up compilation)
+
+    class Loads(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith(f"model {H.MODEL_NAME}: loaded version 2 "):
+                loads.append(float(record.getMessage().split(" in ")[1].split()[0]))
+
+    handler, logger = Loads(), logging.getLogger("serving.model_manager")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    handle = start_server(base, port=0, poll_interval=1.0)
+    model = handle.models[H.MODEL_NAME]
+    try:
+        target = os.path.join(base, "2")
+        os.makedirs(target)
+        shutil.copy(os.path.join(source, sig.SAVED_MODEL_FILE), target)  # the graph first ...
+        deadline = time.monotonic() + 60
+        while not any(v == 2 for v, _, _ in model.status()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (2, "END") in [(v, s) for v, s, _ in model.status()], "the half-copied version was not tried"
+        time.sleep(1.5)  # ... more polls fail on the same half-copied tree (and are not retried) ...
+        for name in sorted(os.listdir(source)):  # ... the rest seconds later
+            if name != sig.SAVED_MODEL_FILE:
+                copy = shutil.copytree if os.path.isdir(os.path.join(source, name)) else shutil.copy
+                copy(os.path.join(source, name), os.path.join(target, name))
+        copied = time.monotonic()
+        while model.versions != [2] and time.monotonic() < copied + 60:
+            time.sleep(0.05)
+        served_after = time.monotonic() - copied
+        assert model.versions == [2], model.status()
+        # Within 10 s: the retry starts at the next poll (1 s) and loading takes a few seconds. On a
+        # machine so loaded that the load alone takes longer, at least the retry must come at once.
+        assert served_after < max(10.0, loads[0] + 3.0), (served_after, loads)
+        assert [(v, s) for v, s, _ in model.status()] == [(2, "AVAILABLE")]
+        query, reference = _pair()
+        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME, timeout=120)["version"] == 2
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handle.stop(grace=1)
+
+
+def test_odd_folder_names_are_ignored_with_one_warning(tmp_path, caplog):
+    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    for name in ("\u00b2", "abc", "1.5"):  # '²' passes str.isdigit() but not int()
+        os.makedirs(os.path.join(base, name))
+    open(os.path.join(base, "README.txt"), "w").close()
+    with caplog.at_level(logging.WARNING, logger="serving.model_manager"):
+        handle = start_server(base, port=0, poll_interval=0.1)
+        try:
+            model = handle.models[H.MODEL_NAME]
+            H.export_copy(str(tmp_path), seed=1, version=2)  # rescans go on and pick up a new version
+            deadline = time.monotonic() + 60
+            while model.versions != [2] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert model.versions == [2]
+        finally:
+            handle.stop(grace=1)
+    warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert sorted(w.split("'")[1] for w in warnings) == sorted(["\u00b2", "abc", "1.5", "README.txt"]), warnings
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_tls_files_are_checked_before_the_model_loads(tmp_path, monkeypatch):
+    from serving.model_manager import ServedModel
+    from vreloc_tf.errors import InputError
+
+    cert, key = _self_signed(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_key = _self_signed(other_dir)
+    base = H.export_copy(str(tmp_path), seed=0)
+
+    def no_load(self):
+        raise AssertionError("the model was loaded before the TLS files were checked")
+
+    monkeypatch.setattr(ServedModel, "scan", no_load)
+    (tmp_path / "notes.txt").write_text("hello")
+    for kwargs, message in (
+            ({"tls_cert": cert, "tls_key": str(tmp_path / "missing.pem")}, r"--tls-key .*missing.pem: no such file"),
+            ({"tls_cert": str(tmp_path / "notes.txt"), "tls_key": key}, r"--tls-cert .*notes.txt: not a PEM file "
+                                                                         r"holding a certificate"),
+            ({"tls_cert": cert, "tls_key": cert}, r"--tls-key .*cert.pem: not a PEM file holding a private key"),
+            ({"tls_cert": cert, "tls_key": other_key}, r"--tls-key .*other/key.pem does not belong to the "
+                                                       r"certificate in --tls-cert .*cert.pem")):
+        with pytest.raises(InputError, match=message):
+            start_server(base, port=0, poll_interval=0, **kwargs)
+
+
+# -- batching -------------------------------------------------------------------------------
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(tmp_path):
+    from serving.batching import BatchingOptions
+
+    base = H.export_copy(str(tmp_path), seed=0)
+    handle = start_server(base, port=0, poll_interval=0,
+                          batching=BatchingOptions(enabled=True, batch_timeout_micros=300_000, num_batch_threads=1))
+    servable = handle.models[H.MODEL_NAME]._served[1]
+    calls = []
+    real = servable.executor.call
+    servable.executor.call = lambda arrays: calls.append(
+        (len(arrays[sig.QUERY]), arrays[sig.QUERY].shape[1], arrays[sig.REFERENCE].shape[1])) or real(arrays)
+    target = f"127.0.0.1:{handle.port}"
+    pairs = [_pair(20 + i) for i in range(6)]
+    pairs[3] = (pairs[3][0][:4], pairs[3][1][:41])  # other lengths, same buckets
+    results = [None] * len(pairs)
+
+    def client(i):
+        results[i] = predict(target, *pairs[i], H.MODEL_NAME, timeout=120)
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(pairs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) < len(pairs), calls  # at least two requests shared a model call
+        assert {c[1:] for c in calls} == {(8, 64)} and all(c[0] in (1, 2, 4, 8) for c in calls), calls  # buckets
+        for (query, reference), out in zip(pairs, results):
+            want = _expected(os.path.join(base, "1"), query, reference)
+            np.testing.assert_allclose(out["probabilities"], want, atol=1e-5)
+            alone = H.saved_model_outputs(os.path.join(base, "1"), {
+                "query": query[None], "query_length": np.array([len(query)], np.int32),
+                "reference": reference[None], "reference_length": np.array([len(reference)], np.int32)})
+            assert (out["start"], out["end"]) == (int(alone["start"][0]), int(alone["end"][0]))
     finally:
         handle.stop(grace=1)
 
 
 # -- process-level behaviour ------------------------------------------------------------
+
+def _spawn_server(base, log_path, *extra):
+    """`vreloc -vv serve` in a subprocess; (process, gRPC target)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "vreloc", "-vv", "serve", "--model-base-path", base,
+                                 "--port", "0", "--poll-interval", "0", *extra],
+                                stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+    line = proc.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), (line, open(log_path).read())
+    return proc, line.split()[2].rstrip(",")
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory):
+    """A served process whose limits allow a request of many seconds (B 16 x Lq 512 x Lr 4096), --grace 1."""
+    root = tmp_path_factory.mktemp("long")
+    base = H.export_copy(str(root), seed=0)
+    proc, target = _spawn_server(base, str(root / "server.log"), "--max-query-length", "512",
+                                 "--max-reference-length", "4096", "--grace", "1",
+                                 "--xla-cache-dir", str(tmp_path_factory.getbasetemp() / "xla-cache"))
+    try:
+        with _channel(target) as channel:  # compile the one-pair shape the long request runs in (uninterruptible)
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_long_request(1), timeout=300)
+        yield proc, target, root / "server.log"
+    finally:
+        _stop(proc)
+
+
+def _long_request(batch=16):
+    """B x Lq 512 x Lr 4096: one pair per model call (MAX_BATCH_STEPS), so it runs as ``batch`` chunks."""
+    rng = np.random.default_rng(9)
+    return make_request(rng.standard_normal((batch, 512, H.FEATURE_DIM)).astype(np.float32),
+                        rng.standard_normal((batch, 4096, H.FEATURE_DIM)).astype(np.float32), H.MODEL_NAME)
+
+
+def _channel(target):
+    return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", sig.MAX_MESSAGE_BYTES),
+                                                  ("grpc.max_receive_message_length", sig.MAX_MESSAGE_BYTES)])
+
+
+def test_huge_declared_shape_is_refused_before_allocation(long_server):
+    """Issue #12: 13 KB declaring query [1, 31250000, D] with float_val=[0.5] made the server allocate GBs."""
+    proc, target, _ = long_server
+    rng = np.random.default_rng(1)
+    request = make_request(rng.standard_normal((16, H.FEATURE_DIM)).astype(np.float32),
+                           rng.standard_normal((300, H.FEATURE_DIM)).astype(np.float32), H.MODEL_NAME)
+    request.inputs["query"].CopyFrom(tf.make_tensor_proto(0.5, shape=[1, 16, H.FEATURE_DIM]))
+    del request.inputs["query"].tensor_shape.dim[:]
+    for size in (1, 31_250_000, H.FEATURE_DIM):
+        request.inputs["query"].tensor_shape.dim.add().size = size
+    assert list(request.inputs["query"].float_val) == [0.5] and request.ByteSize() < 13_000
+    server = psutil.Process(proc.pid)
+    with _channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(make_request(*_pair(), H.MODEL_NAME), timeout=120)  # warm: the server is idle and loaded
+        samples, done = [server.memory_info().rss], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                samples.append(server.memory_info().rss)
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        details = []
+        try:
+            for declared in ([1, 31_250_000, H.FEATURE_DIM], [1, 250, H.FEATURE_DIM]):  # too long; short field
+                del request.inputs["query"].tensor_shape.dim[:]
+                for size in declared:
+                    request.inputs["query"].tensor_shape.dim.add().size = size
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Predict(request, timeout=30)
+                seconds = time.monotonic() - started
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+                assert seconds < 0.5, seconds
+                details.append(info.value.details())
+        finally:
+            done.set()
+            sampler.join()
+    assert details[0] == "input 'query': 31250000 steps is above the server limit 512 (--max-query-length)"
+    assert details[1] == (f"input 'query': not a valid TensorProto: float_val holds 1 value(s); shape "
+                          f"[1, 250, {H.FEATURE_DIM}] needs {250 * H.FEATURE_DIM} (one per element)")
+    growth_mb = (max(samples) - samples[0]) / 2**20
+    assert growth_mb < 50, growth_mb
+
+
+def test_work_stops_at_the_clients_deadline(long_server):
+    """Issue #12: after a 1 s deadline the server computed 14 more CPU-seconds; now it stops within a chunk."""
+    proc, target, log_path = long_server
+    server = psutil.Process(proc.pid)
+    with _channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(_long_request(), timeout=2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(max(0.0, started + 2.5 - time.monotonic()))  # the chunk running at the deadline ends
+        cpu = sum(server.cpu_times()[:2])
+        time.sleep(3)
+        after = sum(server.cpu_times()[:2]) - cpu
+    assert after < 0.5, f"the server computed {after:.2f} CPU-s more after the deadline"
+    deadline = time.monotonic() + 10
+    while "B=16 Lq=512 Lr=4096 status=CANCELLED" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "B=16 Lq=512 Lr=4096 status=CANCELLED" in log_path.read_text()
+
+
+def test_sigterm_honours_grace(long_server):
+    """Issue #12: SIGTERM with --grace 10 took 18 s; the request still running after --grace (1 s) is stopped."""
+    proc, target, log_path = long_server
+    server = psutil.Process(proc.pid)
+    with _channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        future = stub.Predict.future(_long_request(), timeout=300)
+        cpu_before = sum(server.cpu_times()[:2])
+        deadline = time.monotonic() + 60
+        while sum(server.cpu_times()[:2]) - cpu_before < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server is computing the request
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        took = time.monotonic() - signalled
+        with pytest.raises(grpc.RpcError):
+            future.result()
+    assert took < 1 + 3, f"stopping took {took:.1f} s with --grace 1"
+    assert "SIGTERM: stopping; waiting up to 1 s for 1 request(s) in flight" in log_path.read_text()
+
+
 
 def test_sigterm_finishes_the_request_in_flight(tmp_path):
     base = H.export_copy(str(tmp_path), seed=0)
@@ -380,16 +655,16 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vreloc", "-vv", "serve", "--model-base-path", base, "--port", "0",
-             "--poll-interval", "0", "--grace", "60"],
+             "--poll-interval", "0", "--grace", "60", "--xla-cache-dir", ""],
             stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
     try:
         line = proc.stdout.readline()
         assert line.startswith("listening on 127.0.0.1:"), (line, log_path.read_text())
         target = line.split()[-1]
-        # A request that runs for seconds: batch 16 x 4,096 reference steps.
+        # A request that runs for a while: batch 16 x 1,024 reference steps (the default limits), in chunks.
         rng = np.random.default_rng(3)
         query = rng.standard_normal((16, 16, H.FEATURE_DIM)).astype(np.float32)
-        reference = rng.standard_normal((16, 4096, H.FEATURE_DIM)).astype(np.float32)
+        reference = rng.standard_normal((16, 1024, H.FEATURE_DIM)).astype(np.float32)
         channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", sig.MAX_MESSAGE_BYTES),
                                                          ("grpc.max_receive_message_length", sig.MAX_MESSAGE_BYTES)])
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -402,11 +677,11 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
         proc.send_signal(signal.SIGTERM)
         response = future.result()  # finished, not cut off
         out = parse_response(response, single=False)
-        assert out["probabilities"].shape == (16, 4096, 4)
+        assert out["probabilities"].shape == (16, 1024, 4)
         assert proc.wait(timeout=60) == 0
         log = log_path.read_text()
         assert "SIGTERM: stopping" in log and "for 1 request(s) in flight" in log, log
-        assert "Predict model=vreloc version=1 B=16 Lq=16 Lr=4096 status=OK" in log  # the debug line
+        assert "Predict model=vreloc version=1 B=16 Lq=16 Lr=1024 status=OK" in log  # the debug line
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(make_request(query[:1, :4], reference[:1, :30], H.MODEL_NAME), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -449,7 +724,7 @@ def test_tls_round_trip(tmp_path):
     handle = start_server(base, port=0, poll_interval=0, tls_cert=cert, tls_key=key)
     try:
         query, reference = _pair()
-        out = predict(f"localhost:{handle.port}", query, reference, H.MODEL_NAME, tls_ca=cert)
+        out = predict(f"localhost:{handle.port}", query, reference, H.MODEL_NAME, tls_ca=cert, timeout=120)
         np.testing.assert_allclose(out["probabilities"], _expected(os.path.join(base, "1"), query, reference),
                                    atol=1e-6)
         with pytest.raises(grpc.RpcError) as info:  # plaintext to a TLS port fails
@@ -470,7 +745,7 @@ def test_non_loopback_bind_needs_the_flag_and_warns(tmp_path, caplog):
     try:
         assert any("non-loopback" in r.message and "WITHOUT TLS" in r.message for r in caplog.records)
         query, reference = _pair()
-        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME)["version"] == 1
+        assert predict(f"127.0.0.1:{handle.port}", query, reference, H.MODEL_NAME, timeout=120)["version"] == 1
     finally:
         handle.stop(grace=1)
 

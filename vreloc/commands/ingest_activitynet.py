@@ -1,2 +1,30 @@
-"""`vreloc ingest-activitynet` (transitional: the command still lives in pipeline.ingest_activitynet)."""
-from pipeline.ingest_activitynet import add_arguments, main  # noqa: F401
+"""`vreloc ingest-activitynet`: the ActivityNet C3D HDF5 file + split JSONs -> sharded TFRecords (a Beam job).
+
+The job is :func:`pipeline.ingest_activitynet.run`; this module only turns the
+arguments into that call and prints the per-split summary.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.options import add_beam_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features", required=True, help="the C3D HDF5 file (sub_activitynet_v1-3.c3d.hdf5)")
+    parser.add_argument("--splits", required=True, help="folder with train.json, val.json, test.json (Feng's schema)")
+    parser.add_argument("--out", required=True, help="data folder for the shards, dead_letter/ and manifest.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset of another source or feature dim in --out (default: refuse)")
+    add_beam_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline import ingest_activitynet
+    from pipeline.options import enable_progress_logging
+
+    enable_progress_logging()
+    summary = ingest_activitynet.run(args.features, args.splits, args.out, runner=args.runner,
+                                     beam_args=args.beam_args, overwrite=args.overwrite)
+    print(summary.report())
+    return 0

@@ -1,14 +1,14 @@
-"""Plumbing shared by the Beam jobs: options, runners, dead letters, atomic shards, manifest.
+"""How a Beam job's outputs reach a data folder: dead letters, staged shards, reconciled counts, one manifest.
 
 Why a module of its own: every job (``ingest-activitynet``, ``extract-video``)
 must write the same contract (``vreloc_tf.schema``) the same way, on every
-runner, and prove its counts. The jobs only compose their own transforms and
-hand the outputs to :func:`run_and_publish`.
+runner, and prove its counts. A job composes its own transforms and hands
+its writers' outputs to :func:`run_and_publish`.
 
 How outputs are written, and why not with ``WriteToTFRecord``
 -------------------------------------------------------------
 Records are encoded with ``vreloc_tf.schema.encode_record`` and written by
-:class:`WriteBundleFiles`: one file per bundle and split, first under a
+:class:`WriteBundleFilesFn`: one file per bundle and split, first under a
 per-run staging folder ``DATA_DIR/.staging-<uuid>/``. Only after the pipeline
 finished does the launcher count what is there, check that
 ``read = written + dead_lettered`` for every split, replace the split's old
@@ -29,57 +29,44 @@ element, the tokens of all writers are flattened into one final transform, and
 the consumers of tagged outputs select their element type explicitly
 (:func:`split_dead_letters`), which is a no-op on correct runners.
 
-Runners
--------
-``--runner`` defaults to the DirectRunner; jobs with a lot of data switch it to
-multi-process mode (``--direct_running_mode=multi_processing
---direct_num_workers=<cores - 1>``) on machines with at least 4 cores, unless
-those options are given (on 2 cores it measured no faster, see
-:func:`pipeline_options`).
-``--runner DaskRunner`` is mapped to
-``apache_beam.runners.dask.dask_runner.DaskRunner`` (pass
-``--dask_client_address=tcp://HOST:8786`` for an existing cluster). Every other
-argument that a job does not know is passed to Beam as a pipeline option, e.g.
-on Dataflow (``--setup_file`` ships ``vreloc_tf`` and ``pipeline`` to the
-workers; the input files must be on GCS)::
-
-    vreloc ingest-activitynet \\
-        --features gs://BUCKET/activitynet/sub_activitynet_v1-3.c3d.hdf5 \\
-        --splits gs://BUCKET/activitynet/splits \\
-        --out gs://BUCKET/vreloc/data \\
-        --runner DataflowRunner --project PROJECT --region us-central1 \\
-        --temp_location gs://BUCKET/tmp --staging_location gs://BUCKET/staging \\
-        --setup_file ./setup.py --machine_type n2-standard-4 --max_num_workers 8
-
-    vreloc extract-video --videos 'gs://BUCKET/videos/*.mp4' \\
-        --annotations gs://BUCKET/videos/annotations.json \\
-        --c3d-weights gs://BUCKET/models/c3d_sports1m.h5 --out gs://BUCKET/vreloc/videos \\
-        --runner DataflowRunner --project PROJECT --region us-central1 \\
-        --temp_location gs://BUCKET/tmp --setup_file ./setup.py
+One dataset per folder
+----------------------
+The manifest records the source of every split (``splits.<split>.source``).
+A run that would leave splits of another source or another feature dim beside
+its own (say, a re-run with only ``train.json`` into a folder whose val/test
+came from another file) is refused before any work with a
+:class:`DatasetMixError`, unless ``overwrite``: then the folder's old shards,
+dead letters and manifest entries are removed when the new outputs are
+published (a failed run still leaves them untouched).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from pipeline import options as _options  # noqa: F401  (quiets Beam's import-time warning first)
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from vreloc_tf.errors import InputError
+from vreloc_tf.schema import MANIFEST_NAME, read_manifest
+
 LOG = logging.getLogger(__name__)
 
-DEAD_LETTER = "dead_letter"
-DEAD_LETTER_DIR = "dead_letter"
-RUNNER_ALIASES = {
-    "DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
-}
+DEAD_LETTER = "dead_letter"  # the tag of dead-letter outputs
+DEAD_LETTER_DIR = "dead_letter"  # DATA_DIR/dead_letter/<split>.jsonl
+SHARD_PATTERN = "*-*-of-*.tfrecord"
 _RECORDS = "records"
 
 
@@ -87,74 +74,8 @@ class ReconciliationError(RuntimeError):
     """The outputs do not add up: read != written + dead-lettered for some split."""
 
 
-# --------------------------------------------------------------------------- options
-
-
-def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--runner`` plus a catch-all: every argument the job does not know goes to Beam.
-
-    The ``vreloc`` CLI parses with ``parse_args``, which rejects unknown options;
-    the subcommand's parser therefore keeps its unknown arguments in
-    ``args.beam_args`` instead of handing them back as errors.
-    """
-    parser.add_argument("--runner", default="DirectRunner",
-                        help="Beam runner: DirectRunner (default), DaskRunner, DataflowRunner, FlinkRunner, ... "
-                             "Any other unknown option is passed to Beam as a pipeline option.")
-    parser.set_defaults(beam_args=[])
-    original = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        ns, extras = original(args, namespace)
-        ns.beam_args = list(getattr(ns, "beam_args", []) or []) + list(extras)
-        return ns, []
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-
-def enable_progress_logging() -> None:
-    """Show the jobs' INFO progress lines (per video, per phase).
-
-    Importing Beam logs a warning through the root logger before the CLI sets
-    up logging, which leaves the root at WARNING; the ``pipeline`` loggers get
-    their own level so their records still reach the root's handlers.
-    """
-    logger = logging.getLogger("pipeline")
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-
-
-def resolve_runner(name: str) -> str:
-    """Map short runner names Beam cannot resolve on its own to their full import path."""
-    return RUNNER_ALIASES.get(name, name)
-
-
-def is_direct_runner(runner: str) -> bool:
-    return resolve_runner(runner).split(".")[-1] in ("DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
-
-
-MULTIPROCESS_MIN_CORES = 4
-
-
-def pipeline_options(runner: str, beam_args: Sequence[str], multiprocess: bool = False, cores: Optional[int] = None):
-    """PipelineOptions from ``--runner`` and the pass-through args.
-
-    ``multiprocess``: the job has enough data for the DirectRunner's
-    multi-process mode to pay for its workers' start-up (each imports Beam,
-    h5py and TensorFlow). Applied only with at least 4 cores (one worker per
-    core but one, which the runner process itself keeps busy) and only when the
-    user did not choose the DirectRunner's mode or worker count. Measured on
-    the 2-core development machine (shared with other work), 4,500 full-size
-    entries: 29.4 s with 2 worker processes vs 27.6 s in process, so 2 cores
-    stay in process.
-    """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    cores = (os.cpu_count() or 1) if cores is None else cores
-    args = [f"--runner={resolve_runner(runner)}"] + list(beam_args)
-    if multiprocess and cores >= MULTIPROCESS_MIN_CORES and is_direct_runner(runner) and not any(
-            a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args):
-        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores - 1}"]
-    return PipelineOptions(args)
+class DatasetMixError(InputError):
+    """The output folder holds splits of another source or feature dim that this run would keep."""
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -239,7 +160,7 @@ class WriteBundleFilesFn(beam.DoFn):
             from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
 
             _TFRecordUtil.write_record(entry[0], payload)
-            entry[3] += len(payload) + 16
+            entry[3] += len(payload) + 16  # 8-byte length, 4-byte length CRC, 4-byte data CRC
         else:
             data = payload.encode("utf-8") + b"\n"
             entry[0].write(data)
@@ -326,9 +247,6 @@ def match_files(pattern: str) -> List[str]:
         return []
 
 
-# --------------------------------------------------------------------------- publishing
-
-
 @dataclasses.dataclass
 class SplitCounts:
     read: int
@@ -339,18 +257,117 @@ class SplitCounts:
         return self.read == self.written + self.dead_lettered
 
 
-def shard_name(split: str, index: int, total: int) -> str:
-    return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
-
-
 def count_staged(staging_dir: str, read_counts: Dict[str, int]) -> Dict[str, SplitCounts]:
     """Count the staged outputs of every split (not Beam metrics: some runners report none)."""
     counts = {}
     for split, read in read_counts.items():
-        written = sum(count_tfrecords(p) for p in match_files(FileSystems.join(staging_path(staging_dir, _RECORDS, split), "*.tfrecord")))
-        dead = sum(count_lines(p) for p in match_files(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl")))
+        written = sum(count_tfrecords(p) for p in match_files(
+            FileSystems.join(staging_path(staging_dir, _RECORDS, split), "*.tfrecord")))
+        dead = sum(count_lines(p) for p in match_files(
+            FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl")))
         counts[split] = SplitCounts(read, written, dead)
     return counts
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def read_existing_manifest(data_dir: str) -> Optional[dict]:
+    """The manifest of ``data_dir`` if it has one, else None.
+
+    ``vreloc_tf.schema.read_manifest`` is the one reader; it reads plain paths.
+    A remote folder's (gs://...) manifest is first copied to a local temporary
+    folder through Beam's FileSystems, so the parsing still happens there only.
+    """
+    path = FileSystems.join(data_dir, MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        return None
+    if FileSystems.get_scheme(data_dir) is None:
+        return read_manifest(data_dir)
+    with tempfile.TemporaryDirectory(prefix="vreloc-manifest-") as local:
+        with FileSystems.open(path) as src, open(os.path.join(local, MANIFEST_NAME), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return read_manifest(local)
+
+
+def split_source(manifest: dict, split: str) -> Optional[dict]:
+    """Where a split of an existing manifest came from (older manifests: the folder-wide ``source``)."""
+    return manifest.get("splits", {}).get(split, {}).get("source", manifest.get("source"))
+
+
+def check_no_mixing(data_dir: str, feature_dim: int, source: dict, splits: Iterable[str],
+                    overwrite: bool = False) -> None:
+    """Refuse to publish beside kept splits of another feature dim or another source (unless ``overwrite``)."""
+    previous = read_existing_manifest(data_dir)
+    if overwrite or not previous:
+        return
+    kept = sorted(set(previous.get("splits", {})) - set(splits))
+    if not kept:
+        return  # every split of the folder is rewritten: nothing old stays beside the new
+    old_dim = int(previous.get("feature_dim", feature_dim))
+    if old_dim != int(feature_dim):
+        raise DatasetMixError(
+            f"{data_dir}: already holds splits {kept} with feature_dim {old_dim}; writing feature_dim "
+            f"{feature_dim} there would mix dims (use another --out folder, or --overwrite to replace them)")
+    other = [s for s in kept if split_source(previous, s) != source]
+    if other:
+        theirs = split_source(previous, other[0]) or {}
+        raise DatasetMixError(
+            f"{data_dir}: already holds splits {other} from another source "
+            f"({theirs.get('job', '?')} of {_source_text(theirs)}, not {_source_text(source)}); "
+            f"this run would leave them beside its own (use another --out folder, or --overwrite to replace them)")
+
+
+def _source_text(source: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(source.items()) if k != "job") or "unknown inputs"
+
+
+def write_manifest(data_dir: str, fields: dict, source: dict, counts: Dict[str, SplitCounts],
+                   shards: Dict[str, List[str]], previous: Optional[dict]) -> dict:
+    """Write ``manifest.json``: this run's splits, each with its source, plus ``previous``'s other splits."""
+    from vreloc_tf import __version__
+
+    splits = dict((previous or {}).get("splits", {}))
+    for split, old in list(splits.items()):
+        splits[split] = {"source": split_source(previous, split), **old}  # older manifests name no source per split
+    splits.update({s: {**dataclasses.asdict(c), "shards": shards.get(s, []), "source": source}
+                   for s, c in counts.items()})
+    manifest = {
+        **fields,
+        "source": source,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "splits": splits,
+    }
+    _write_atomically(FileSystems.join(data_dir, MANIFEST_NAME),
+                      json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+    return manifest
+
+
+def _write_atomically(path: str, body: bytes) -> None:
+    """tmp-then-rename through FileSystems (vreloc_tf.files does it for plain paths; these may be gs://)."""
+    tmp = path + ".inprogress"
+    with FileSystems.create(tmp) as fh:
+        fh.write(body)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
+
+
+def remove_dataset(data_dir: str) -> None:
+    """Delete a data folder's shards, dead letters and manifest (what ``overwrite`` replaces)."""
+    old = match_files(FileSystems.join(data_dir, SHARD_PATTERN))
+    old += match_files(FileSystems.join(data_dir, DEAD_LETTER_DIR, "*.jsonl"))
+    old += [p for p in [FileSystems.join(data_dir, MANIFEST_NAME)] if FileSystems.exists(p)]
+    if old:
+        FileSystems.delete(old)
 
 
 def publish(staging_dir: str, data_dir: str, splits: Iterable[str]) -> Dict[str, List[str]]:
@@ -375,65 +392,11 @@ def publish(staging_dir: str, data_dir: str, splits: Iterable[str]) -> Dict[str,
 def publish_dead_letters(staging_dir: str, data_dir: str, splits: Iterable[str]) -> None:
     """Merge each split's staged dead letters into ``DATA_DIR/dead_letter/<split>.jsonl`` (even when empty)."""
     for split in splits:
-        parts = match_files(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl"))
         body = b""
-        for part in parts:
+        for part in match_files(FileSystems.join(staging_path(staging_dir, DEAD_LETTER_DIR, split), "*.jsonl")):
             with FileSystems.open(part) as fh:
                 body += fh.read()
-        final = FileSystems.join(data_dir, DEAD_LETTER_DIR, f"{split}.jsonl")
-        tmp = final + ".inprogress"
-        with FileSystems.create(tmp) as fh:
-            fh.write(body)
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([tmp], [final])
-
-
-def write_manifest(data_dir: str, fields: dict, counts: Dict[str, SplitCounts], shards: Dict[str, List[str]]) -> dict:
-    """Write ``manifest.json`` (merged with an existing one's other splits of the same feature dim)."""
-    from vreloc_tf import __version__
-    from vreloc_tf.schema import MANIFEST_NAME
-
-    path = FileSystems.join(data_dir, MANIFEST_NAME)
-    previous = read_manifest_if_any(data_dir)
-    splits = {}
-    if previous and int(previous.get("feature_dim", -1)) == int(fields["feature_dim"]):
-        splits.update(previous.get("splits", {}))
-    splits.update({s: dataclasses.asdict(c) | {"shards": shards.get(s, [])} for s, c in counts.items()})
-    manifest = {
-        **fields,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": __version__,
-        "splits": splits,
-    }
-    tmp = path + ".inprogress"
-    with FileSystems.create(tmp) as fh:
-        fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
-    return manifest
-
-
-def read_manifest_if_any(data_dir: str) -> Optional[dict]:
-    from vreloc_tf.schema import MANIFEST_NAME
-
-    path = FileSystems.join(data_dir, MANIFEST_NAME)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as fh:
-        return json.loads(fh.read().decode("utf-8"))
-
-
-def check_no_mixing(data_dir: str, feature_dim: int, splits: Iterable[str]) -> None:
-    """Refuse to add splits of another feature dim next to splits this run does not rewrite."""
-    previous = read_manifest_if_any(data_dir)
-    if not previous or int(previous.get("feature_dim", feature_dim)) == int(feature_dim):
-        return
-    kept = sorted(set(previous.get("splits", {})) - set(splits))
-    if kept:
-        raise ValueError(f"{data_dir}: already holds splits {kept} with feature_dim {previous['feature_dim']}; "
-                         f"writing feature_dim {feature_dim} there would mix dims (use another --out folder)")
+        _write_atomically(FileSystems.join(data_dir, DEAD_LETTER_DIR, f"{split}.jsonl"), body)
 
 
 def compare_with_metrics(job: str, result, counts: Dict[str, SplitCounts]) -> None:
@@ -461,23 +424,73 @@ def compare_with_metrics(job: str, result, counts: Dict[str, SplitCounts]) -> No
                         job, split, metric[0], metric[1], c.written, c.dead_lettered)
 
 
+# --------------------------------------------------------------------------- one run
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSummary(Mapping):
+    """What a job published: per-split counts (pseudo-splits included), the manifest, the time it took.
+
+    It reads as the mapping split -> :class:`SplitCounts` too (``summary["train"]``,
+    ``summary.items()``), which is what callers of the launchers mostly need.
+    """
+
+    job: str
+    data_dir: str
+    feature_dim: int
+    counts: Dict[str, SplitCounts]
+    manifest: dict
+    seconds: float
+
+    def __getitem__(self, split: str) -> SplitCounts:
+        return self.counts[split]
+
+    def __iter__(self):
+        return iter(self.counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @property
+    def written(self) -> int:
+        return sum(c.written for c in self.counts.values())
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(c.dead_lettered for c in self.counts.values())
+
+    def report(self) -> str:
+        """One line per split and a total line: what ``vreloc ingest-activitynet``/``extract-video`` print."""
+        lines = [f"{self.job}: {split}: read {c.read}, written {c.written}, dead-lettered {c.dead_lettered}"
+                 + (f" (see {FileSystems.join(self.data_dir, DEAD_LETTER_DIR, split + '.jsonl')})"
+                    if c.dead_lettered else "")
+                 for split, c in self.counts.items()]
+        lines.append(f"{self.job}: {self.written} records in {self.seconds:.1f} s "
+                     f"({self.written / max(self.seconds, 1e-9):.1f} records/s) -> {self.data_dir}")
+        return "\n".join(lines)
+
+
 def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int],
                     build: Callable[[beam.Pipeline, str], Sequence[beam.PCollection]],
-                    manifest_fields: dict, shardless: Sequence[str] = (),
-                    on_success: Optional[Callable[[str], dict]] = None) -> Dict[str, SplitCounts]:
-    """Build, run, count, reconcile, publish, write the manifest; print one summary line per split.
+                    manifest_fields: dict, source: dict, shardless: Sequence[str] = (),
+                    on_success: Optional[Callable[[str], dict]] = None, overwrite: bool = False) -> JobSummary:
+    """Build, run, count, reconcile, publish, write the manifest; the :class:`JobSummary`.
 
     ``build(pipeline, staging_dir)`` composes the job and returns the token
-    PCollections of its writers. ``shardless``: pseudo-splits that only ever
-    hold dead letters (e.g. videos without annotations): counted and
-    reconciled, their dead letters published, but no shards and no entry
-    under the manifest's ``splits`` (they go under ``unassigned``).
-    ``on_success(staging_dir)`` publishes a job's extra artifacts once the
-    counts reconcile and returns extra manifest fields. Raises
-    :class:`ReconciliationError` (leaving the previous outputs in place) when
-    the counts do not add up.
+    PCollections of its writers. ``manifest_fields`` must hold ``feature_dim``;
+    ``source`` (the job and its inputs) is recorded for every split written and
+    checked against the splits the folder keeps (:func:`check_no_mixing`).
+    ``shardless``: pseudo-splits that only ever hold dead letters (e.g. videos
+    without annotations): counted and reconciled, their dead letters
+    published, but no shards and no entry under the manifest's ``splits``
+    (they go under ``unassigned``). ``on_success(staging_dir)`` publishes a
+    job's extra artifacts once the counts reconcile and returns extra manifest
+    fields. ``overwrite``: replace whatever dataset the folder holds.
+    Raises :class:`ReconciliationError` (leaving the previous outputs in place)
+    when the counts do not add up.
     """
-    check_no_mixing(data_dir, manifest_fields["feature_dim"], read_counts)
+    record_names = [s for s in read_counts if s not in shardless]
+    check_no_mixing(data_dir, manifest_fields["feature_dim"], source, record_names, overwrite)
     if not FileSystems.exists(data_dir):
         FileSystems.mkdirs(data_dir)
     staging_dir = FileSystems.join(data_dir, f".staging-{uuid.uuid4().hex[:12]}")
@@ -505,20 +518,20 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
                                       + "; ".join(f"{s}: {dataclasses.asdict(c)}" for s, c in bad.items())
                                       + f"; previous outputs in {data_dir} left unchanged")
         extra = on_success(staging_dir) if on_success else {}
+        previous = None if overwrite else read_existing_manifest(data_dir)
+        if overwrite:
+            remove_dataset(data_dir)
+        elif previous and int(previous.get("feature_dim", -1)) != int(manifest_fields["feature_dim"]):
+            previous = None  # every old split is rewritten (check_no_mixing): keep none of their entries
         record_splits = {s: c for s, c in counts.items() if s not in shardless}
         shards = publish(staging_dir, data_dir, record_splits)
         publish_dead_letters(staging_dir, data_dir, [s for s in counts if s in shardless])
         unassigned = {s: dataclasses.asdict(c) for s, c in counts.items() if s in shardless}
-        write_manifest(data_dir, {**manifest_fields, **extra, **({"unassigned": unassigned} if unassigned else {})},
-                       record_splits, shards)
+        manifest = write_manifest(
+            data_dir, {**manifest_fields, **extra, **({"unassigned": unassigned} if unassigned else {})},
+            source, record_splits, shards, previous)
         LOG.info("%s: counted, published and wrote the manifest at %.1f s", job, time.time() - t0)
     finally:
         if FileSystems.exists(staging_dir):
             FileSystems.delete([staging_dir])
-    seconds = time.time() - t0
-    for split, c in counts.items():
-        print(f"{job}: {split}: read {c.read}, written {c.written}, dead-lettered {c.dead_lettered}"
-              + (f" (see {FileSystems.join(data_dir, DEAD_LETTER_DIR, split + '.jsonl')})" if c.dead_lettered else ""))
-    written = sum(c.written for c in counts.values())
-    print(f"{job}: {written} records in {seconds:.1f} s ({written / max(seconds, 1e-9):.1f} records/s) -> {data_dir}")
-    return counts
+    return JobSummary(job, data_dir, int(manifest_fields["feature_dim"]), counts, manifest, time.time() - t0)

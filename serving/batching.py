@@ -1,0 +1,264 @@
+"""Running requests on a version: chunks, length buckets and server-side batching like TF Serving's.
+
+Why: (1) concurrent requests merged into one model call cost less than run one
+by one (TF Serving's ``--enable_batching``); (2) an XLA-compiled signature
+compiles once per input shape (seconds each), so shapes are padded to a small
+set of buckets and the set of shapes stays bounded; (3) a request is run in
+chunks and the client's deadline or cancel is checked before each one, so
+abandoned work stops within a chunk, and so does the server after ``--grace``.
+
+Shapes: a model call gets (batch, Lq, Lr) padded up to an allowed batch size
+(powers of two up to ``max_batch_size``) and to the smallest of
+``signature.QUERY_BUCKETS`` / ``signature.REFERENCE_BUCKETS`` that holds it.
+Padded steps lie beyond each row's length and padded rows have length 1, so
+no valid output changes (vreloc_tf/layers.py: padding never changes a valid
+step); outputs are cut back to each request's own shape.
+
+Chunks: at most ``max_batch_size`` pairs and ``max_batch_steps`` padded
+reference steps (batch x Lr) per model call; a larger request is split.
+With batching, chunks of concurrent requests that share a length bucket are
+merged (FIFO) into one call; a batch thread waits up to
+``batch_timeout_micros`` for more once a first chunk is queued (0: take what is
+queued, which under load is already a full batch). ``num_batch_threads`` calls
+run at once (one per core by default), so one batch runs while the next forms.
+By default batching is on where it measured faster (:func:`resolve`).
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from serving import signature as sig
+
+log = logging.getLogger("serving.batching")
+Arrays = Dict[str, np.ndarray]
+
+
+class Abandoned(Exception):
+    """The client gave up (deadline, cancel) or the server is stopping: the rest of the request is not run."""
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How requests are run (defaults in serving/signature.py, flags of ``vreloc serve``)."""
+
+    enabled: Optional[bool] = None  # None: on for a signature without XLA, off for an XLA one (measured)
+    max_batch_size: int = sig.MAX_BATCH_SIZE
+    batch_timeout_micros: int = sig.BATCH_TIMEOUT_MICROS
+    max_batch_steps: int = sig.MAX_BATCH_STEPS
+    num_batch_threads: int = 0  # model calls running at once (TF Serving's num_batch_threads); 0 = one per CPU core
+
+
+def resolve(options: BatchingOptions, xla: bool) -> BatchingOptions:
+    """``enabled=None`` made concrete for one signature.
+
+    Measured on 2 cores, paper_full, 8 clients (serving/README.md): a signature
+    without XLA served 1.3-1.8x more requests/s with batching; an XLA signature
+    served more without it (54-56 vs 39-52 requests/s): one XLA call leaves
+    the second core idle, and calls running side by side use it.
+    """
+    if options.enabled is not None:
+        return options
+    return dataclasses.replace(options, enabled=not xla)
+
+
+def bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``length``; past the last one, the next multiple of the last."""
+    i = bisect.bisect_left(buckets, length)
+    if i < len(buckets):
+        return buckets[i]
+    return -(-length // buckets[-1]) * buckets[-1]
+
+
+def allowed_batch_size(size: int, max_batch_size: int) -> int:
+    """The next power of two, or ``max_batch_size`` itself: the batch sizes a model call may have."""
+    return min(1 << max(0, size - 1).bit_length(), max(max_batch_size, size))
+
+
+def length_key(arrays: Arrays) -> Tuple[int, int]:
+    """(Lq bucket, Lr bucket) of a request: chunks with one key can share a model call."""
+    return (bucket(arrays[sig.QUERY].shape[1], sig.QUERY_BUCKETS),
+            bucket(arrays[sig.REFERENCE].shape[1], sig.REFERENCE_BUCKETS))
+
+
+def pairs_per_call(key: Tuple[int, int], options: BatchingOptions) -> int:
+    """The most pairs of this length bucket one model call may take."""
+    return max(1, min(options.max_batch_size, options.max_batch_steps // key[1]))
+
+
+def split(arrays: Arrays, per_call: int) -> List[Arrays]:
+    """A request -> chunks of at most ``per_call`` pairs (views, no copy)."""
+    batch = len(arrays[sig.QUERY_LENGTH])
+    return [{name: value[i:i + per_call] for name, value in arrays.items()} for i in range(0, batch, per_call)]
+
+
+def stack(chunks: Sequence[Arrays], shape: Optional[Tuple[int, int, int]]) -> Arrays:
+    """Chunks -> one zero-padded batch of ``shape`` (batch, Lq, Lr), or of the chunks' largest shape (None)."""
+    size = sum(len(c[sig.QUERY_LENGTH]) for c in chunks)
+    if shape is None:
+        shape = (size, max(c[sig.QUERY].shape[1] for c in chunks), max(c[sig.REFERENCE].shape[1] for c in chunks))
+    if len(chunks) == 1 and (size,) + chunks[0][sig.QUERY].shape[1:2] + chunks[0][sig.REFERENCE].shape[1:2] == shape:
+        return chunks[0]  # already the call's shape: nothing to copy
+    batch, lq, lr = shape
+    dim = chunks[0][sig.QUERY].shape[2]
+    out = {sig.QUERY: np.zeros((batch, lq, dim), np.float32), sig.QUERY_LENGTH: np.ones((batch,), np.int32),
+           sig.REFERENCE: np.zeros((batch, lr, dim), np.float32), sig.REFERENCE_LENGTH: np.ones((batch,), np.int32)}
+    row = 0
+    for c in chunks:
+        n = len(c[sig.QUERY_LENGTH])
+        out[sig.QUERY][row:row + n, :c[sig.QUERY].shape[1]] = c[sig.QUERY]
+        out[sig.REFERENCE][row:row + n, :c[sig.REFERENCE].shape[1]] = c[sig.REFERENCE]
+        out[sig.QUERY_LENGTH][row:row + n] = c[sig.QUERY_LENGTH]
+        out[sig.REFERENCE_LENGTH][row:row + n] = c[sig.REFERENCE_LENGTH]
+        row += n
+    return out
+
+
+def unstack(outputs: Arrays, chunks: Sequence[Arrays]) -> List[Arrays]:
+    """A batch's outputs -> each chunk's rows, probabilities cut back to the chunk's own reference steps."""
+    parts, row = [], 0
+    for c in chunks:
+        n, lr = len(c[sig.QUERY_LENGTH]), c[sig.REFERENCE].shape[1]
+        parts.append({name: (value[row:row + n, :lr] if name == sig.PROBABILITIES else value[row:row + n])
+                      for name, value in outputs.items()})
+        row += n
+    return parts
+
+
+def concat(parts: Sequence[Arrays]) -> Arrays:
+    return parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+class _Task:
+    """One chunk waiting for the batch thread."""
+
+    __slots__ = ("arrays", "key", "size", "is_active", "done", "outputs", "error")
+
+    def __init__(self, arrays: Arrays, key: Tuple[int, int], is_active: Callable[[], bool]):
+        self.arrays, self.key, self.is_active = arrays, key, is_active
+        self.size = len(arrays[sig.QUERY_LENGTH])
+        self.done = threading.Event()
+        self.outputs: Optional[Arrays] = None
+        self.error: Optional[BaseException] = None
+
+
+class Executor:
+    """Runs requests on one signature: chunked, padded to buckets, batched across requests when enabled.
+
+    ``call(arrays) -> outputs`` runs the signature on one padded batch (NumPy in
+    and out). ``pad_to_buckets``: pad every call to the bucket shapes (for XLA);
+    otherwise a call is padded only to its largest chunk.
+    """
+
+    def __init__(self, call: Callable[[Arrays], Arrays], options: BatchingOptions = BatchingOptions(enabled=False),
+                 pad_to_buckets: bool = True, name: str = "vreloc"):
+        self.call, self.options, self.pad_to_buckets = call, options, pad_to_buckets
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads: List[threading.Thread] = []
+        if options.enabled is None:
+            raise ValueError("Executor needs batching on or off (BatchingOptions.resolve)")
+        if options.enabled:
+            for i in range(options.num_batch_threads or os.cpu_count() or 1):
+                thread = threading.Thread(target=self._loop, name=f"{name}-batching-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    # -- one request -------------------------------------------------------------
+    def run(self, arrays: Arrays, is_active: Callable[[], bool] = lambda: True) -> Arrays:
+        """The outputs of a validated request; :class:`Abandoned` once ``is_active()`` turns False."""
+        key = length_key(arrays)
+        chunks = split(arrays, pairs_per_call(key, self.options))
+        if not self._threads:
+            parts = []
+            for chunk in chunks:
+                if not is_active():
+                    raise Abandoned()
+                parts.append(self._run_batch([chunk], key)[0])
+            return concat(parts)
+        tasks = [_Task(chunk, key, is_active) for chunk in chunks]
+        with self._cond:
+            if self._closed:
+                raise Abandoned()
+            self._queue.extend(tasks)
+            self._cond.notify()
+        for task in tasks:
+            while not task.done.wait(0.05):
+                if not is_active():
+                    raise Abandoned()  # the batch thread skips the tasks left in the queue
+            if task.error is not None:
+                raise task.error
+        return concat([t.outputs for t in tasks])
+
+    def _run_batch(self, chunks: Sequence[Arrays], key: Tuple[int, int]) -> List[Arrays]:
+        size = sum(len(c[sig.QUERY_LENGTH]) for c in chunks)
+        shape = (allowed_batch_size(size, self.options.max_batch_size),) + key if self.pad_to_buckets else None
+        return unstack(self.call(stack(chunks, shape)), chunks)
+
+    # -- the batch thread ----------------------------------------------------------
+    def _take_batch(self) -> List[_Task]:
+        """Wait for a first task, then take the queued tasks of its bucket that fit one call (FIFO)."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return []
+            first = self._queue[0]
+            limit = pairs_per_call(first.key, self.options)
+            deadline = time.monotonic() + self.options.batch_timeout_micros / 1e6
+            while True:
+                batch, size = [], 0
+                for task in self._queue:
+                    if task.key == first.key and size + task.size <= limit:
+                        batch.append(task)
+                        size += task.size
+                left = deadline - time.monotonic()
+                if size >= limit or left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)
+            for task in batch:
+                self._queue.remove(task)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            live = []
+            for task in batch:
+                if task.is_active():
+                    live.append(task)
+                else:
+                    task.error = Abandoned()
+                    task.done.set()
+            if not live:
+                continue
+            try:
+                for task, outputs in zip(live, self._run_batch([t.arrays for t in live], live[0].key)):
+                    task.outputs = outputs
+            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                for task in live:
+                    task.error = exc
+            for task in live:
+                task.done.set()
+
+    def close(self) -> None:
+        """Stop the batch threads; requests still queued are abandoned."""
+        with self._cond:
+            self._closed = True
+            left, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for task in left:
+            task.error = Abandoned()
+            task.done.set()
