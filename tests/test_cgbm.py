@@ -211,7 +211,10 @@ def test_cgbm_yaml_holds_fengs_settings_and_the_method_overrides_match_it():
     on_paper = load_config("paper_full", list(CGBM_METHOD))
     for section in ("model", "loss", "decode"):
         assert getattr(on_paper, section) == getattr(cfg, section), section
-    assert load_config("tiny", ["model.architecture=cgbm"]).decode_rule == "full"  # each choice is separate
+    architecture_only = load_config("tiny", ["model.architecture=cgbm"])
+    assert architecture_only.decode_rule == "full"  # each choice is separate
+    assert method_name(architecture_only) == "CGBM (weighted_ce+coattention loss, full decoding)"
+    assert method_name(load_config("tiny", list(CGBM_METHOD))) == "CGBM"
 
 
 def test_feng_loss_is_fengs_batch_mean_and_equals_eq19_only_for_equal_lengths():
@@ -262,3 +265,17 @@ def test_feng_decoding_differs_from_eq20_as_documented():
     flat = np.full((1, 3, 4), 0.25, np.float32)  # every segment of a length ties: the shortest wins
     start, end, _ = decode_feng_np(flat, np.array([3]), None)
     assert (int(start[0]), int(end[0])) == (0, 1)
+
+
+def test_the_quality_study_and_the_pipeline_name_the_same_cgbm_method():
+    from vreloc import orchestrator, quality
+    from vreloc_tf.errors import InputError
+
+    method = quality.METHODS["cgbm"]
+    cfg = load_config("tiny", [f"supervision={method.supervision}", *method.overrides])
+    assert method_name(cfg) == quality.ROW_NAMES["cgbm"] == "CGBM" and cfg.model.architecture == "cgbm"
+    assert orchestrator.model_config(load_config("tiny", ["supervision=weak"]), "cgbm") == cfg
+    assert orchestrator.parse_models(" full, cgbm,full ") == ("full", "cgbm")
+    assert orchestrator.DEFAULT_MODELS == ("full", "weak")  # make demo keeps its time
+    with pytest.raises(InputError, match="--models"):
+        orchestrator.parse_models("full,cgbn")
