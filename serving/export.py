@@ -14,9 +14,9 @@ serving/server.py loads) --
 The signature takes padded batches (query [B, Lq, D], query_length [B],
 reference [B, Lr, D], reference_length [B]) and returns the probabilities and
 the decoded segment (start, end exclusive, score): decoding runs inside the
-graph, so a client needs nothing of this package. The rule is the one of the
-run's training mode (``cfg.supervision``, limit ``cfg.decode.max_length(mode)``);
-``decode="weak"`` / ``"full"`` exports the other rule instead. `vreloc export` runs
+graph, so a client needs nothing of this package. The rule is the run's own
+(``cfg.decode_rule``, limit ``cfg.decode.max_length(rule)``); ``decode="full"`` /
+``"weak"`` / ``"feng"`` exports that rule instead. `vreloc export` runs
 :func:`export_model` and gets an :class:`vreloc_tf.artifacts.Export` back.
 
 The version appears atomically: it is written into a hidden ``.tmp-<version>-<uuid>``
@@ -36,7 +36,7 @@ import numpy as np
 from serving import signature as sig
 from serving.versions import existing_versions, next_version
 from vreloc_tf.artifacts import Export, Run
-from vreloc_tf.contract import MAX_GROUNDTRUTH, MAX_WINDOW, SUPERVISIONS
+from vreloc_tf.contract import DECODE_RULES, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import write_json_atomic
 
@@ -122,7 +122,7 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
                  max_length: Optional[int] = CONFIG_LIMIT, model=None, jit_compile: bool = True) -> Export:
     """Export run ``run_dir`` as version ``version`` (default: next free) of model folder ``out`` (BASE/NAME).
 
-    ``decode``: 'full' | 'weak' (default: the run's supervision); ``max_length``:
+    ``decode``: 'full' | 'weak' | 'feng' (default: the run's own rule); ``max_length``:
     the rule's segment-length limit (default CONFIG_LIMIT = the config's limit for that
     rule; None = unlimited). ``model``: an already loaded Keras model of this run (else
     loaded from ``run_dir``). ``jit_compile``: see :func:`serving_module`.
@@ -134,9 +134,9 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
     cfg, manifest = run.config, run.manifest
     if model is None:
         model = run.load_model()
-    decode = decode or cfg.supervision
-    if decode not in SUPERVISIONS:
-        raise InputError(f"--decode must be 'full' or 'weak', got {decode!r}")
+    decode = decode or cfg.decode_rule
+    if decode not in DECODE_RULES:
+        raise InputError(f"--decode must be one of {', '.join(DECODE_RULES)}, got {decode!r}")
     if max_length == CONFIG_LIMIT:
         max_length = cfg.decode.max_length(decode)
     feature_dim = int(manifest.feature_dim)

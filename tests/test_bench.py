@@ -7,7 +7,8 @@ from vreloc import bench
 PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "inference.p50_ms",
             "inference.p99_ms", "grpc.p50_ms", "grpc.p99_ms", "grpc.requests_per_s_8_clients", "latency_ms_by_lr",
             "decode_ms_lr1000", "ingest.records_per_s", "c3d.clips_per_s", "peak_rss_mb.train",
-            "peak_rss_mb.serve"]
+            "peak_rss_mb.serve", "cgbm.train.pairs_per_s", "cgbm.inference.p50_ms", "cgbm.inference.p99_ms",
+            "cgbm.parameters"]
 
 
 def _get(doc, dotted):
@@ -28,8 +29,10 @@ def test_cheap_parts_measure_and_every_promised_key_exists(tmp_path, capsys):
     assert doc["matmul_gflops"] > 0.5
     assert 0 < doc["decode_ms_lr1000"] < 1000 and doc["decode_graph_ms_lr1000"] > 0
     assert doc["train"]["pairs_per_s"] is None  # not run: reported as missing, never invented
+    assert doc["cgbm"]["train"]["pairs_per_s"] is None and doc["cgbm"]["inference"]["p50_ms"] is None
     text = capsys.readouterr().out
     assert "dense matmul (yardstick)" in text and "Eq. 20 decoding, Lr 1000" in text and "n/a pairs/s" in text
+    assert "CGBM (Feng et al.), training" in text and "CGBM inference, one pair" in text
 
 
 def test_a_failing_part_is_reported_not_hidden(monkeypatch):

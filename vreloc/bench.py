@@ -19,6 +19,9 @@ grpc           Predict p50/p99 in process and over gRPC, requests/s with 8 clien
 ingest         ingest-activitynet records/s (full: the benchmark geometry at D = 500;
                --quick: the small synthetic dataset)
 c3d            C3D fc7 clips/s on the CPU
+cgbm_train     Feng et al.'s CGBM (the config + vreloc_tf.config.CGBM_METHOD: model.cgbm's
+               sizes, Feng's loss): training pairs/s as train1, beside ours
+cgbm_inference CGBM single-pair p50/p99 as inference (Lq 16, Lr 300)
 =============  =====================================================================
 """
 from __future__ import annotations
@@ -37,7 +40,8 @@ import numpy as np
 
 from vreloc_tf.model_bench import PAPER_SHAPES as SHAPES
 
-PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "c3d")
+PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "c3d", "cgbm_train",
+         "cgbm_inference")
 LR_SWEEP = (100, 300, 1000, 3000)
 
 
@@ -172,6 +176,28 @@ def part_ingest(cfg, quick: bool, config: str) -> dict:
         return out
 
 
+def _cgbm(cfg):
+    """The config's CGBM twin: Feng et al.'s model, loss and decoding at the config's model.cgbm sizes."""
+    from vreloc_tf.config import CGBM_METHOD, apply_overrides
+
+    return apply_overrides(cfg, CGBM_METHOD)
+
+
+def part_cgbm_train(cfg, quick: bool, config: str) -> dict:
+    from vreloc_tf.model_bench import count_parameters
+
+    cgbm = _cgbm(cfg)
+    return {**_train_pairs_per_s(cgbm, quick, 1), "parameters": count_parameters(cgbm, _dim(cfg))}
+
+
+def part_cgbm_inference(cfg, quick: bool, config: str) -> dict:
+    from vreloc_tf.model_bench import inference_latency_ms
+
+    out = inference_latency_ms(_cgbm(cfg), SHAPES["query_steps"], SHAPES["reference_steps"], _dim(cfg),
+                               runs=30 if quick else 100)
+    return {**out, "peak_rss_mb": _peak_rss_mb()}
+
+
 def part_c3d(cfg, quick: bool, config: str) -> dict:
     from pipeline.bench_c3d import measure_c3d_clips_per_s
 
@@ -224,6 +250,10 @@ def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
         "ingest": {"records_per_s": get("ingest", "records_per_s"), "records": get("ingest", "records"),
                    "seconds": get("ingest", "seconds")},
         "c3d": {"clips_per_s": get("c3d", "clips_per_s")},
+        "cgbm": {"parameters": get("cgbm_train", "parameters"),
+                 "train": {"pairs_per_s": get("cgbm_train", "pairs_per_s"),
+                           "gflop_per_pair": get("cgbm_train", "gflop_per_pair")},
+                 "inference": {"p50_ms": get("cgbm_inference", "p50_ms"), "p99_ms": get("cgbm_inference", "p99_ms")}},
         "peak_rss_mb": {"train": max(filter(None, [train1.get("peak_rss_mb"), get("train2", "peak_rss_mb")]),
                                      default=None),
                         "serve": get("grpc", "peak_rss_mb")},
@@ -260,6 +290,10 @@ def format_report(r: dict) -> str:
         f"  ingest-activitynet              {f(r['ingest']['records_per_s'])} records/s "
         f"({r['ingest']['records']} records in {f(r['ingest']['seconds'])} s)",
         f"  C3D fc7                         {f(r['c3d']['clips_per_s'], '{:.2f}')} clips/s",
+        f"  CGBM (Feng et al.), training    {f(r['cgbm']['train']['pairs_per_s'])} pairs/s  (1 device; ours "
+        f"{f(t['pairs_per_s'])})",
+        f"  CGBM inference, one pair        p50 {f(r['cgbm']['inference']['p50_ms'], '{:.2f}')} ms  "
+        f"p99 {f(r['cgbm']['inference']['p99_ms'], '{:.2f}')} ms  (ours p50 {f(r['inference']['p50_ms'], '{:.2f}')} ms)",
         f"  peak memory                     train {f(r['peak_rss_mb']['train'], '{:.0f}')} MB, "
         f"serve {f(r['peak_rss_mb']['serve'], '{:.0f}')} MB (server and load clients in one process)",
     ]

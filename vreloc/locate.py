@@ -81,7 +81,7 @@ def keras_run_matcher(run_dir: str) -> Matcher:
 
     run = Run.open(run_dir)
     model, cfg = run.load_model(), run.config
-    decode, limit = decoder(cfg.supervision, numpy=True), cfg.decode_max_length
+    decode, limit = decoder(cfg.decode_rule, numpy=True), cfg.decode_max_length
 
     def match(query, reference):
         out = model({"query": query[None].astype(np.float32), "query_length": np.array([len(query)], np.int32),

@@ -15,10 +15,14 @@ Beam launchers, ``vreloc_tf.train.train``, the evaluation and baseline functions
     WORKDIR/
       featuregen/  stage.json, raw/ (synthetic ActivityNet-format input), data/ (TFRecords + manifest;
                    from ingest-activitynet, or from extract-video for a folder of videos)
-      trainer/     stage.json, full/ and weak/ (training run folders)
+      trainer/     stage.json, full/ and weak/ (training run folders; cgbm/ with --models ...,cgbm)
       evaluator/   stage.json, pairs_<split>.json, results_<split>.json, table_<split>.txt, blessing.json,
-                   figure4_<mode>_test_pair0.png
-      pusher/      stage.json, serving/<model name>_<mode>/<version>/ (SavedModels for TF Serving)
+                   figure4_<model>_test_pair0.png
+      pusher/      stage.json, serving/<model name>_<model>/<version>/ (SavedModels for TF Serving)
+
+The models (``--models``, default ``full,weak``): ``full`` and ``weak`` are the config in either
+supervision, ``cgbm`` is Feng et al.'s CGBM on the same config (``vreloc_tf.config.CGBM_METHOD``:
+their model at the config's ``model.cgbm`` sizes, their loss and decoding), the "CGBM" row.
 
 Blessing is decided by name: a model is blessed when its val average beats the
 frame-level baseline's (results are keyed by method id, ``model:full``,
@@ -40,8 +44,7 @@ from typing import Callable, Dict, List, Optional
 
 from vreloc_tf import __version__
 from vreloc_tf.artifacts import Dataset, Export, Run
-from vreloc_tf.config import Config
-from vreloc_tf.contract import SUPERVISIONS as MODES
+from vreloc_tf.config import CGBM_METHOD, Config, apply_overrides
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import atomic_path, clear_folder, read_json, write_json_atomic
 
@@ -49,6 +52,8 @@ log = logging.getLogger("vreloc.pipeline")
 
 STAGES = ("featuregen", "trainer", "evaluator", "pusher")
 SPLITS = ("val", "test")
+MODELS = ("full", "weak", "cgbm")  # what --models may name
+DEFAULT_MODELS = ("full", "weak")
 BASELINES = ("random", "prior", "frame-level")
 BLESSING_YARDSTICK = "baseline:frame-level"  # a model is blessed if its val average beats this method's
 STAGE_FILE = "stage.json"
@@ -131,15 +136,33 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
     return Dataset.open(data_dir)
 
 
-def trainer(folder: str, cfg: Config, dataset: Dataset) -> Dict[str, Run]:
-    """A full and a weak run of ``cfg`` on ``dataset``, in ``folder/<mode>``."""
+def model_config(cfg: Config, model: str) -> Config:
+    """The config of one of MODELS: ``cfg`` in full or weak supervision, or Feng et al.'s CGBM on it."""
+    if model == "cgbm":
+        return apply_overrides(dataclasses.replace(cfg, supervision="full"), CGBM_METHOD)
+    if model not in MODELS:
+        raise InputError(f"--models: unknown model {model!r}; known: {', '.join(MODELS)}")
+    return dataclasses.replace(cfg, supervision=model)
+
+
+def parse_models(text: str) -> tuple:
+    """``--models full,weak,cgbm`` -> ('full', 'weak', 'cgbm'): known names, each once, in the given order."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise InputError(f"--models {text!r}: expected a comma-separated list of {', '.join(MODELS)}")
+    return names
+
+
+def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -> Dict[str, Run]:
+    """One run per model of ``models`` (default: full and weak) on ``dataset``, in ``folder/<model>``."""
     from vreloc_tf.train import train
 
     runs = {}
-    for mode in MODES:
-        path = os.path.join(folder, mode)
-        train(dataclasses.replace(cfg, supervision=mode), dataset.path, path)
-        runs[mode] = Run.open(path)
+    for model in models:
+        path = os.path.join(folder, model)
+        train(model_config(cfg, model), dataset.path, path)
+        runs[model] = Run.open(path)
     return runs
 
 
@@ -203,8 +226,9 @@ class Stage:
 
 class PipelineRun:
     def __init__(self, workdir: str, cfg: Config, config_source: str, source: FeatureSource, force: List[str],
-                 model_name: str = "vreloc", serve_check: bool = True):
+                 model_name: str = "vreloc", serve_check: bool = True, models=DEFAULT_MODELS):
         self.workdir = os.path.abspath(workdir)
+        self.models = tuple(models)
         self.cfg = cfg
         self.config_source = config_source
         self.source = source
@@ -243,7 +267,7 @@ class PipelineRun:
 
         def trainer_body(folder):
             return {mode: {"run_dir": run.path, **dataclasses.asdict(run.manifest)}
-                    for mode, run in trainer(folder, self.cfg, self.dataset()).items()}
+                    for mode, run in trainer(folder, self.cfg, self.dataset(), self.models).items()}
 
         def pusher_body(folder):
             pushed = pusher(folder, self.runs(), self.stage_outputs("evaluator")["blessing"], self.model_name)
@@ -252,8 +276,8 @@ class PipelineRun:
         return [
             Stage("featuregen", lambda: {"seed": self.cfg.seed, "feature_dim": self.cfg.data.feature_dim,
                                          **self.source.fingerprint()}, featuregen_body),
-            Stage("trainer", lambda: {"config": self.cfg.digest(), "data": self._output_hash("featuregen")},
-                  trainer_body),
+            Stage("trainer", lambda: {"config": self.cfg.digest(), "data": self._output_hash("featuregen"),
+                                      "models": list(self.models)}, trainer_body),
             Stage("evaluator", lambda: {"models": self._output_hash("trainer"), "data": self._output_hash("featuregen"),
                                         "seed": self.cfg.seed},
                   lambda folder: evaluator(folder, self.cfg.seed, self.dataset(), self.runs())),

@@ -7,7 +7,7 @@ One command makes every number of docs/QUALITY.md from scratch, the same way eac
   at the real benchmark geometry, 978 test pairs) one data folder (synth -> ingest, data
   seed 0) and one fixed test pair list;
 * the baselines on it (random, statistical prior, frame-level);
-* every method (full, weak "ours", weak "paper", and the ablations) trained with each of the
+* every method (full, weak "ours", weak "paper", Feng et al.'s CGBM, and the ablations) trained with each of the
   training seeds, scored on the test pairs with the model its selection rule picked (for
   weak runs a label-free rule: labels never pick a weak model);
 * per method: mean +- std over the seeds of every mAP@1 number, and a 95 % bootstrap
@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vreloc_tf.config import CGBM_METHOD
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json, write_json_atomic
 
@@ -56,6 +57,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("weak-ours", "weak", about="ours weak: Eq. 19 on the label-free teacher's segments, Eq. 20 decoding"),
     Method("weak-paper", "weak", ("loss.weak_variant=paper",),
            about="the paper's weak objective: co-attention loss with masks, threshold decoding"),
+    Method("cgbm", "full", CGBM_METHOD,
+           about="Feng et al.'s CGBM (the paper's Table 4 competitor): their model at the config's model.cgbm "
+                 "sizes, their loss (Eq. 10) and decoding, full supervision"),
     # ablations: each change of "ours" removed on its own
     Method("full-no-similarity", "full", ("model.similarity_features=false",),
            about="full without the similarity features (the paper's model)"),
@@ -220,9 +224,9 @@ def targets(rows: Dict[str, dict]) -> Dict[str, dict]:
     return checks
 
 
-ROW_ORDER = ("full", "weak-ours", "weak-paper", "frame-level", "prior", "random")
+ROW_ORDER = ("full", "weak-ours", "weak-paper", "cgbm", "frame-level", "prior", "random")
 ROW_NAMES = {"full": "ours full", "weak-ours": "ours weak (ours)", "weak-paper": "ours weak (paper)",
-             "frame-level": "FL Baseline", "prior": "Stat. prior", "random": "Random"}
+             "cgbm": "CGBM", "frame-level": "FL Baseline", "prior": "Stat. prior", "random": "Random"}
 
 
 def format_family(family: str, summary: dict, markdown: bool = False) -> str:

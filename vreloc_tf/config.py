@@ -59,7 +59,22 @@ class DataConfig:
 
 
 @dataclass
+class CGBMConfig:
+    """Feng et al.'s CGBM (``model.architecture: cgbm``, vreloc_tf.cgbm). The defaults are the flags and
+    constants of their code (fengyang0317/video_reloc); configs/cgbm.yaml names the line of each."""
+
+    memory_dim: int = 128  # mem_dim: the video LSTM shared by query and reference (match.py flag mem_dim)
+    attention_dim: int = 128  # att_dim: attention, matching LSTMs and localization LSTM (match.py flag att_dim)
+    bilinear_factors: int = 8  # k of the factorized bilinear matching (match_cell_wrapper.py, bilinear(k=8))
+    dropout: float = 0.4  # 1 - keep_prob on the video LSTM outputs (match.py flag keep_prob = 0.6)
+    matching_dropout: float = 0.2  # 1 - (keep_prob + 0.2) on the matching outputs (match.py)
+
+
+@dataclass
 class ModelConfig:
+    # multiscale_attention = the paper's model (vreloc_tf.model); cgbm = Feng et al.'s CGBM, the paper's
+    # Table 4 competitor (vreloc_tf.cgbm; configs/cgbm.yaml). Both keep the same inputs and outputs.
+    architecture: Literal["multiscale_attention", "cgbm"] = "multiscale_attention"
     hidden_dim: int = 128  # d_h (Implementation Details)
     lstm_dim: int = 128  # d_l (Implementation Details)
     encoder_kernel_size: int = 3  # Eq. 7 1-D conv; the paper gives no size (our choice)
@@ -74,6 +89,7 @@ class ModelConfig:
     # (vreloc_tf.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY.md has the ablation.
     similarity_features: bool = False
     similarity_temperature: float = 0.2  # tau of their soft maximum over query frames (ours)
+    cgbm: CGBMConfig = field(default_factory=CGBMConfig)  # read only when architecture = cgbm
 
 
 @dataclass
@@ -89,7 +105,10 @@ class LossConfig:
     # Weak "paper" only: masks on p3/p4 after 100 iterations (Implementation Details; the paper
     # describes them for the weak setting, so full supervision trains without them).
     coattention_mask_after_steps: int = 100
-    full_losses: Literal["weighted_ce", "weighted_ce+coattention"] = "weighted_ce+coattention"  # Table 4 best row
+    # Full supervision: Eq. 19 ("weighted_ce"), Eq. 19 + loss^c (Table 4's best row, the default), or
+    # "feng": Feng et al.'s Eq. 10 as their code computes it (Eq. 19's labels and weights, normalised by
+    # all valid steps of the batch instead of per example; vreloc_tf.losses.feng_cross_entropy).
+    full_losses: Literal["weighted_ce", "weighted_ce+coattention", "feng"] = "weighted_ce+coattention"
     coattention_weight: float = 1.0  # weight of loss^c when added to loss^w (Table 4 uses a plain sum)
 
 
@@ -116,12 +135,17 @@ class DecodeConfig:
     # 1,024 frames / 16 frames per feature = 64 (Implementation Details)
     full_max_length: Optional[int] = contract.FULL_DECODE_MAX_FRAMES // contract.FRAMES_PER_FEATURE
     weak_max_length: Optional[int] = None  # not limited for weak supervision (Implementation Details)
+    # The decoding rule (vreloc_tf.decoding): null = the training mode's (Config.decode_rule), or one of
+    # full (Eq. 20), weak (the threshold rule), feng (Feng et al.'s decoding loop; limit full_max_length).
+    rule: Optional[Literal["full", "weak", "feng"]] = None
 
     def max_length(self, mode: str) -> Optional[int]:
-        """The segment-length limit of decoding rule ``mode`` ('full' | 'weak'); None = unlimited."""
-        if mode not in contract.SUPERVISIONS:
-            raise ConfigError(f"decode mode must be one of {', '.join(contract.SUPERVISIONS)}, got {mode!r}")
-        return self.full_max_length if mode == "full" else self.weak_max_length
+        """The segment-length limit of decoding rule ``mode`` ('full' | 'weak' | 'feng'); None = unlimited.
+
+        Feng et al.'s loop has the same 64-step (1,024-frame) limit as Eq. 20, so it shares full_max_length."""
+        if mode not in contract.DECODE_RULES:
+            raise ConfigError(f"decode mode must be one of {', '.join(contract.DECODE_RULES)}, got {mode!r}")
+        return self.weak_max_length if mode == "weak" else self.full_max_length
 
 
 @dataclass
@@ -137,8 +161,11 @@ class Config:
     # -- derived views -------------------------------------------------
     @property
     def decode_rule(self) -> str:
-        """The decoding rule of this run: Eq. 20 ('full') wherever p1/p2 are trained -- full
-        supervision, and weak "ours", whose pseudo segments train them -- else the weak threshold rule."""
+        """The decoding rule of this run: ``decode.rule`` if set, else Eq. 20 ('full') wherever p1/p2 are
+        trained -- full supervision, and weak "ours", whose pseudo segments train them -- else the weak
+        threshold rule."""
+        if self.decode.rule is not None:
+            return self.decode.rule
         if self.supervision == "weak" and self.loss.weak_variant == "paper":
             return "weak"
         return "full"
@@ -164,6 +191,12 @@ class Config:
     def digest(self) -> str:
         """A stable hash of every value, for manifests and stage caching."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Feng et al.'s method on top of any config: their model, their loss and their decoding (the sizes
+# come from that config's model.cgbm; configs/cgbm.yaml has all of Feng's settings). The "CGBM" row
+# of `vreloc pipeline run --models ...,cgbm`, `vreloc quality --methods cgbm` and `vreloc bench`.
+CGBM_METHOD = ("model.architecture=cgbm", "loss.full_losses=feng", "decode.rule=feng")
 
 
 # ---------------------------------------------------------------------------

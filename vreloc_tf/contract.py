@@ -15,3 +15,5 @@ MAX_GROUNDTRUTH = 32  # a ground-truth segment is at most 32 features (Feng et a
 FULL_DECODE_MAX_FRAMES = 1024  # longest predicted segment under full supervision (paper, Implementation Details)
 FC7_DIM = 4096  # C3D fc7 width, before PCA
 SUPERVISIONS = ("full", "weak")
+# Decoding rules (vreloc_tf.decoding): Eq. 20, the weak threshold rule, Feng et al. 2018's decoding loop
+DECODE_RULES = ("full", "weak", "feng")

@@ -1,7 +1,8 @@
 """Decoding rules: from per-step probabilities to one segment [start, end) per example.
 
-Two rules (paper, "Inference"), each in ``keras.ops`` (compiles into an exported graph; no
-Python loop over data-dependent sizes) and as a NumPy twin with the same signature:
+Three rules (the paper's two, "Inference", and Feng et al.'s), each in ``keras.ops`` (compiles
+into an exported graph; no Python loop over data-dependent sizes) and as a NumPy twin with the
+same signature:
 
 * **full** (Eq. 20): (s, e) = argmax p1_s * p2_e * (prod_{i=s..e} p3_i)^(1/(e-s+1)) over
   s <= e < length with e - s + 1 <= max_length (None = no limit). Computed in log space
@@ -14,6 +15,13 @@ Python loop over data-dependent sizes) and as a NumPy twin with the same signatu
   so every run longer than the limit ties and the earliest wins. score = mean p3 inside
   the segment. If no step is strictly above the mean (p3 constant), the whole valid
   reference is returned.
+* **feng**: the decoding loop of Feng et al.'s code (video_reloc, match.py ``map_body``, which
+  its comment calls their Eq. 11, the same formula as Eq. 20). It differs from Eq. 20 in two
+  ways: for e > s the geometric mean of p3 runs over [s, e - 1], the END STEP LEFT OUT (for
+  e = s it is p3_s); and ties go to the SHORTEST segment, then the earliest start (the loop
+  keeps the first maximum over starts for each length, then the first maximum over lengths).
+  The same limit (e - s + 1 <= max_length, 64 in the code). score = exp of the chosen log
+  score. (Feng takes log_softmax of the logits, i.e. the log of these probabilities.)
 
 Every function returns (start int32 [B], end int32 [B] EXCLUSIVE, score float32 [B]);
 end = e + 1 for Eq. 20's inclusive e. An example of length 0 gives (0, 0, 0.0).
@@ -25,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 from keras import ops
 
-from vreloc_tf.contract import SUPERVISIONS as MODES
+from vreloc_tf.contract import DECODE_RULES as MODES
 
 _LOG_FLOOR = 1e-30  # probabilities are clipped here before the log, so a 0 never gives NaN
 _NEG = -1e300  # score of an impossible (s, e) in float64
@@ -151,8 +159,57 @@ def decode_weak(probabilities, reference_length, max_length: Optional[int] = Non
     return start, end, ops.cast(score, "float32")
 
 
+def decode_feng(probabilities, reference_length, max_length: Optional[int] = 64):
+    """Feng et al.'s decoding loop in keras.ops; see the module docstring.
+
+    Scores every (s, offset) pair on an [W, Lr] grid, offset-major, so that the first maximum
+    of the flattened grid is the shortest segment and then the earliest start, as in the loop.
+    """
+    max_length = _check_max_length(max_length, "decode_feng")
+    probabilities = ops.convert_to_tensor(probabilities)
+    _check_probabilities(probabilities, "decode_feng")
+    p = ops.cast(probabilities, "float64")
+    lengths = ops.cast(reference_length, "int32")
+    steps = ops.shape(p)[1]
+    static_steps = p.shape[1]
+    if max_length is None:
+        width = steps
+    elif static_steps is not None:
+        width = min(max_length, int(static_steps))
+    else:
+        width = max_length
+
+    logp = ops.log(ops.maximum(p, _LOG_FLOOR))
+    log_start, log_end, log_action = logp[:, :, 0], logp[:, :, 1], logp[:, :, 2]
+    cum = ops.concatenate([ops.zeros_like(log_action[:, :1]), ops.cumsum(log_action, axis=1)], axis=1)
+
+    offset = ops.arange(width, dtype="int32")[:, None]  # [W, 1]
+    start_idx = ops.arange(steps, dtype="int32")[None, :]  # [1, Lr]
+    end_idx = start_idx + offset  # inclusive e, [W, Lr]
+    flat_start = ops.reshape(ops.broadcast_to(start_idx, ops.shape(end_idx)), (-1,))
+    flat_end = ops.reshape(ops.minimum(end_idx, steps - 1), (-1,))
+    flat_offset = ops.reshape(ops.broadcast_to(offset, ops.shape(end_idx)), (-1,))
+    # mean of log p3 over [s, e - 1] for e > s (c[e] - c[s] over e - s steps); log p3_s for e = s
+    before_end = (ops.take(cum, flat_end, axis=1) - ops.take(cum, flat_start, axis=1)) / ops.cast(
+        ops.maximum(flat_offset, 1), "float64")
+    inside = ops.where(ops.equal(flat_offset, 0)[None, :], ops.take(log_action, flat_start, axis=1), before_end)
+    score = ops.take(log_start, flat_start, axis=1) + ops.take(log_end, flat_end, axis=1) + inside
+    valid = ops.less(ops.reshape(end_idx, (1, -1)), lengths[:, None])
+    score = ops.where(valid, score, _NEG)
+
+    best = ops.cast(ops.argmax(score, axis=1), "int32")  # first maximum: shortest, then earliest start
+    best_score = ops.max(score, axis=1)
+    start = best % steps
+    end = start + best // steps + 1
+    has_any = ops.greater(lengths, 0)
+    start = ops.where(has_any, start, 0)
+    end = ops.where(has_any, end, 0)
+    out_score = ops.where(has_any, ops.exp(best_score), 0.0)
+    return ops.cast(start, "int32"), ops.cast(end, "int32"), ops.cast(out_score, "float32")
+
+
 def decode(probabilities, reference_length, mode: str, max_length: Optional[int]):
-    """Decode with the rule of a training mode ('full' | 'weak'), in keras.ops."""
+    """Decode with a rule ('full' | 'weak' | 'feng'), in keras.ops."""
     return decoder(mode)(probabilities, reference_length, max_length)
 
 
@@ -219,13 +276,39 @@ def decode_weak_np(probabilities, reference_length, max_length: Optional[int] = 
     return start.astype(np.int32), end.astype(np.int32), score.astype(np.float32)
 
 
-def decoder(mode: str, numpy: bool = False) -> Callable:
-    """The decoding rule of a training mode: full -> Eq. 20, weak -> the threshold rule.
+def decode_feng_np(probabilities, reference_length, max_length: Optional[int] = 64):
+    """NumPy twin of :func:`decode_feng`."""
+    max_length = _check_max_length(max_length, "decode_feng_np")
+    p, lengths = _np_inputs(probabilities, reference_length, "decode_feng_np")
+    batch, steps = p.shape[:2]
+    width = steps if max_length is None else min(max_length, steps)
+    logp = np.log(np.maximum(p, _LOG_FLOOR))
+    cum = np.concatenate([np.zeros((batch, 1)), np.cumsum(logp[:, :, 2], axis=1)], axis=1)
+    offset = np.arange(width)[:, None]
+    s = np.arange(steps)[None, :]
+    e = s + offset
+    ec = np.minimum(e, steps - 1)
+    ss = np.broadcast_to(s, e.shape)
+    before_end = (cum[:, ec] - cum[:, ss]) / np.maximum(offset, 1)
+    inside = np.where(offset == 0, logp[:, ss, 2], before_end)
+    score = (logp[:, ss, 0] + logp[:, ec, 1] + inside).reshape(batch, -1)
+    score = np.where(e.reshape(1, -1) < lengths[:, None], score, _NEG)
+    best = score.argmax(axis=1)
+    start, end = best % steps, best % steps + best // steps + 1
+    out = np.exp(score[np.arange(batch), best])
+    empty = lengths == 0
+    start[empty], end[empty], out[empty] = 0, 0, 0.0
+    return start.astype(np.int32), end.astype(np.int32), out.astype(np.float32)
 
-    The one place where a mode picks its decoder (evaluation, export, locate, figures).
+
+def decoder(mode: str, numpy: bool = False) -> Callable:
+    """A decoding rule: full -> Eq. 20, weak -> the threshold rule, feng -> Feng et al.'s loop.
+
+    The one place where a rule name picks its decoder (evaluation, export, locate, figures).
     ``numpy=True`` gives the NumPy twin, for host-side scoring of model outputs.
     """
-    rules = {"full": (decode_full, decode_full_np), "weak": (decode_weak, decode_weak_np)}
+    rules = {"full": (decode_full, decode_full_np), "weak": (decode_weak, decode_weak_np),
+             "feng": (decode_feng, decode_feng_np)}
     if mode not in rules:
         raise ValueError(f"decode: mode must be one of {MODES}, got {mode!r}")
     return rules[mode][1 if numpy else 0]

@@ -116,7 +116,15 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
 
 
 def method_name(cfg) -> str:
-    """The table name of a run's method: ours full, ours weak, or ours weak (paper) for the paper's objective."""
+    """The table name of a run's method: ours full, ours weak, or ours weak (paper) for the paper's objective;
+    CGBM (Feng et al.'s model, loss and decoding: the paper's Table 4 name) for model.architecture = cgbm,
+    with the loss and decoding named when they are not Feng's (so the "CGBM" row is only ever Feng's method)."""
+    if cfg.model.architecture == "cgbm":
+        if cfg.supervision != "full":
+            return f"CGBM {cfg.supervision}"
+        if (cfg.loss.full_losses, cfg.decode_rule) == ("feng", "feng"):
+            return "CGBM"
+        return f"CGBM ({cfg.loss.full_losses} loss, {cfg.decode_rule} decoding)"
     if cfg.supervision == "weak" and cfg.loss.weak_variant == "paper":
         return "ours weak (paper)"
     return f"ours {cfg.supervision}"

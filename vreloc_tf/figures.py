@@ -13,13 +13,13 @@ PROBABILITY_NAMES = ("start", "end", "action", "background")
 PROBABILITY_COLORS = ("tab:green", "tab:red", "tab:blue", "tab:gray")
 
 
-def head_group_labels(head_groups: Sequence) -> List[Tuple[int, int, str]]:
-    """[(first head, last head exclusive, 'k=3 d=2'), ...] from the model's (heads, kernel, dilation, filters)
-    groups (``vreloc_tf.model.head_groups``), in the order of the attention output."""
+def head_group_labels(groups: Sequence) -> List[Tuple[int, int, str]]:
+    """[(first row, last row exclusive, label), ...] from the model's (count, label) groups of the
+    attention output (``vreloc_tf.model.attention_groups``), in their order."""
     out, start = [], 0
-    for heads, kernel, dilation, _ in head_groups:
-        out.append((start, start + heads, f"k={kernel} d={dilation}"))
-        start += heads
+    for count, label in groups:
+        out.append((start, start + count, label))
+        start += count
     return out
 
 
@@ -65,13 +65,15 @@ def plot_probabilities(ax, probabilities: np.ndarray, predicted: Optional[Tuple[
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=6, frameon=False)
 
 
-def figure4(attention: np.ndarray, probabilities: np.ndarray, head_groups: Sequence, out_path: str,
+def figure4(attention: np.ndarray, probabilities: np.ndarray, groups: Sequence, out_path: str,
             groundtruth: Optional[Tuple[int, int]] = None, predicted: Optional[Tuple[int, int]] = None,
-            title: str = "") -> str:
+            title: str = "", row_label: str = "multiscale attention head") -> str:
     """Heads × reference steps heat map (like the paper's Figure 4) above the probability curves.
 
-    ``attention``: [Lr, k] for one pair (valid steps only); ``probabilities``: [Lr, 4].
-    The ground-truth segment is framed in red; heads are grouped by kernel/dilation.
+    ``attention``: [Lr, k] for one pair (valid steps only); ``probabilities``: [Lr, 4]; ``groups``:
+    (count, label) rows of the attention output (``vreloc_tf.model.attention_groups``: heads grouped by
+    kernel/dilation, or CGBM's forward and backward gates), ``row_label`` what a row is.
+    The ground-truth segment is framed in red.
     """
     from matplotlib.patches import Rectangle
 
@@ -85,12 +87,13 @@ def figure4(attention: np.ndarray, probabilities: np.ndarray, head_groups: Seque
     ax_p.sharex(ax_map)
     im = ax_map.imshow(attention.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
                        extent=(-0.5, lr - 0.5, -0.5, k - 0.5))
-    groups = head_group_labels(head_groups)
+    groups = head_group_labels(groups)
     for first, last, _ in groups[1:]:
         ax_map.axhline(first - 0.5, color="white", lw=0.8)
     ax_map.set_yticks([(a + b - 1) / 2 for a, b, _ in groups])
-    ax_map.set_yticklabels([f"heads {a + 1}-{b}\n{name}" for a, b, name in groups], fontsize=8)
-    ax_map.set_ylabel("multiscale attention head")
+    ax_map.set_yticklabels([(f"heads {a + 1}-{b}\n{name}" if b - a > 1 else name) for a, b, name in groups],
+                           fontsize=8)
+    ax_map.set_ylabel(row_label)
     if groundtruth is not None and groundtruth[0] >= 0:
         g0, g1 = groundtruth
         ax_map.add_patch(Rectangle((g0 - 0.5, -0.5), g1 - g0, k, fill=False, edgecolor="red", lw=2.2,
@@ -99,7 +102,7 @@ def figure4(attention: np.ndarray, probabilities: np.ndarray, head_groups: Seque
     fig.colorbar(im, cax=ax_cbar, label="attention score")
     ax_map.tick_params(labelbottom=False)
     plot_probabilities(ax_p, np.asarray(probabilities), predicted=predicted, groundtruth=groundtruth)
-    ax_map.set_title(title or "Multiscale attention heads over the reference (cf. paper Figure 4)")
+    ax_map.set_title(title or f"{row_label} over the reference (cf. paper Figure 4)")
     fig.savefig(out_path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out_path

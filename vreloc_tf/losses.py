@@ -5,8 +5,18 @@ averages them over the batch and combines them as ``cfg`` says:
 
 * ``cfg.supervision == 'weak'``: loss^c only (``loss.weak_variant = paper``, Table 2), or Eq. 19
   on the label-free teacher's pseudo segments (``ours``, the default; vreloc_tf.teacher);
-* ``cfg.supervision == 'full'``: loss^w (``full_losses = weighted_ce``) or
-  loss^w + ``coattention_weight`` * loss^c (``weighted_ce+coattention``, Table 4).
+* ``cfg.supervision == 'full'``: loss^w (``full_losses = weighted_ce``),
+  loss^w + ``coattention_weight`` * loss^c (``weighted_ce+coattention``, Table 4), or Feng et
+  al.'s Eq. 10 as their code computes it (``feng``, :func:`feng_cross_entropy`).
+
+Eq. 19 (ours) and Feng's Eq. 10 (video_reloc, match.py) share the per-step labels (start at
+gt[0], end at gt[1] - 1, action inside, background outside, a step's labels sharing its mass)
+and the weights (10 at the start and end steps, 1 elsewhere; Feng: ``heavy = 9 * [y1 + y2 >
+0.9] + 1``). They differ in the normalisation only: Eq. 19 averages each example over its own
+valid steps and then the examples; Feng averages over all valid steps of the batch at once
+(``tf.boolean_mask`` then ``reduce_mean``), so a long reference weighs more. (Feng computes the
+cross-entropy from the logits; here it is from the probabilities, clipped at 1e-7 -- the same
+unless a probability falls below 1e-7. Feng's L2 weight decay defaults to 0, so it is left out.)
 """
 from __future__ import annotations
 
@@ -60,6 +70,18 @@ def weighted_cross_entropy(probabilities, groundtruth, reference_length, boundar
     valid = _valid_mask(reference_length, steps)
     count = ops.cast(ops.maximum(ops.cast(reference_length, "int32"), 1), "float32")
     return ops.sum(ops.where(valid, per_step, 0.0), axis=1) / count
+
+
+def feng_cross_entropy(probabilities, groundtruth, reference_length, boundary_weight=10.0):
+    """Feng et al.'s Eq. 10 as coded, per example [B], so that its batch mean is Feng's loss.
+
+    Feng: sum over the batch of sum_i w_i CE_i over the valid steps, divided by the number of
+    valid steps in the batch. Per example: sum_i w_i CE_i / mean_b(l_b) -- the mean over the
+    batch of this is exactly that (see the module docstring for how it differs from Eq. 19).
+    """
+    per_example = weighted_cross_entropy(probabilities, groundtruth, reference_length, boundary_weight)
+    lengths = ops.cast(ops.maximum(ops.cast(reference_length, "int32"), 1), "float32")
+    return per_example * lengths / ops.maximum(ops.mean(ops.cast(reference_length, "float32")), 1.0)
 
 
 def cosine_similarity(x, y):
@@ -133,7 +155,8 @@ def per_example_loss(cfg, batch, probabilities, step):
     """The training objective of ``cfg`` for every example of a batch, [B] (see the module docstring).
 
     * full supervision: Eq. 19 on ``groundtruth`` (+ ``coattention_weight`` x loss^c without
-      masks for ``weighted_ce+coattention``, Table 4; the paper's masks belong to its weak setting);
+      masks for ``weighted_ce+coattention``, Table 4; the paper's masks belong to its weak setting),
+      or Feng et al.'s Eq. 10 (``feng``);
     * weak, ``loss.weak_variant = paper``: loss^c, with the masks from the step
       ``coattention_mask_after_steps`` on (``step`` is an int or a scalar tensor);
     * weak, ``ours``: Eq. 19 on the label-free teacher's ``pseudo_groundtruth`` (vreloc_tf.teacher).
@@ -161,6 +184,11 @@ def per_example_loss(cfg, batch, probabilities, step):
         raise ValueError(f"total_loss: unknown cfg.loss.weak_variant {cfg.loss.weak_variant!r}")
     if cfg.supervision != "full":
         raise ValueError(f"total_loss: cfg.supervision must be 'full' or 'weak', got {cfg.supervision!r}")
+    if cfg.loss.full_losses == "feng":
+        if "groundtruth" not in batch:
+            raise KeyError("total_loss: full supervision needs batch['groundtruth'] ([B, 2] int, [start, end))")
+        return feng_cross_entropy(probabilities, batch["groundtruth"], batch["reference_length"],
+                                  cfg.loss.boundary_weight)
     loss = cross_entropy("groundtruth", "full supervision")
     if cfg.loss.full_losses == "weighted_ce":
         return loss

@@ -1,4 +1,6 @@
-"""The multiscale attention model (Huang et al., AAAI 2020, Fig. 2) as a Keras functional model.
+"""The models as Keras functional models: the multiscale attention model (Huang et al., AAAI 2020,
+Fig. 2; ``model.architecture: multiscale_attention``, the default) and Feng et al.'s CGBM
+(``cgbm``; vreloc_tf.cgbm has its layers and how its outputs fill the contract below).
 
     Q, R --Eq.7 encoders--> H^q, H^r --Eq.8 multiscale attention--> H^matt [B, Lr, k]
                                   H^r --Eq.9 self-attention-------> H^satt [B, Lr, h*d_k]
@@ -10,6 +12,9 @@ inputs ``query`` [B, Lq, D], ``query_length`` [B], ``reference`` [B, Lr, D],
 ``reference_length`` [B]; outputs ``probabilities`` [B, Lr, 4] (start, end, action,
 background), ``attention`` [B, Lr, k] and ``self_attention`` [B, Lr, h*d_k] — a
 [B, Lr, 0] placeholder when ``cfg.model.self_attention`` is off (Table 2 ablations).
+
+The CGBM gives the same inputs and outputs: ``attention`` [B, Lr, 2] (its cross gates, forward and
+backward) and ``self_attention`` a [B, Lr, 0] placeholder.
 
 Importing this module registers every custom layer, so ``keras.saving.load_model``
 needs no ``custom_objects``.
@@ -23,6 +28,7 @@ from typing import List, Tuple
 
 import keras
 
+from vreloc_tf.cgbm import BilinearMatching, CrossGatedMatching, CrossGating  # noqa: F401  (registered)
 from vreloc_tf.config import Config
 from vreloc_tf.layers import (  # noqa: F401  (imported to register them for loading)
     EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention, SequenceMask, SimilarityFeatures,
@@ -48,8 +54,20 @@ def head_groups(cfg: Config) -> List[Tuple[int, int, int, int]]:
     return merge_head_groups(groups)
 
 
+def attention_groups(cfg: Config) -> List[Tuple[int, str]]:
+    """Rows of the ``attention`` output in order, as (count, label) groups, for figures (Figure 4)."""
+    if cfg.model.architecture == "cgbm":
+        return [(1, "forward"), (1, "backward")]
+    return [(heads, f"k={kernel} d={dilation}") for heads, kernel, dilation, _ in head_groups(cfg)]
+
+
+def attention_label(cfg: Config) -> str:
+    """What the rows of the ``attention`` output are (a figure's axis label)."""
+    return "CGBM cross gate (mean)" if cfg.model.architecture == "cgbm" else "multiscale attention head"
+
+
 def build_model(cfg: Config, feature_dim: int) -> keras.Model:
-    """Build the functional model for features of width ``feature_dim`` (D)."""
+    """Build the functional model of ``cfg.model.architecture`` for features of width ``feature_dim`` (D)."""
     if int(feature_dim) < 1:
         raise ValueError(f"build_model: feature_dim must be a positive int, got {feature_dim!r}")
     m = cfg.model
@@ -57,6 +75,12 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
     query_length = keras.Input(shape=(), dtype="int32", name="query_length")
     reference = keras.Input(shape=(None, feature_dim), dtype="float32", name="reference")
     reference_length = keras.Input(shape=(), dtype="int32", name="reference_length")
+    inputs = {"query": query, "query_length": query_length,
+              "reference": reference, "reference_length": reference_length}
+    if m.architecture == "cgbm":
+        return _build_cgbm(cfg, inputs)
+    if m.architecture != "multiscale_attention":
+        raise ValueError(f"build_model: unknown model.architecture {m.architecture!r}")
 
     # Eq. 7: separate encoders for the query and the reference.
     h_q = MaskedConvEncoder(m.hidden_dim, m.encoder_kernel_size, name="query_encoder")(query, query_length)
@@ -88,7 +112,31 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
     x = keras.layers.LSTM(m.lstm_dim, return_sequences=True, name="lstm")(x, mask=mask)
     probabilities = keras.layers.Dense(4, activation="softmax", name="probabilities")(x)
 
-    inputs = {"query": query, "query_length": query_length,
-              "reference": reference, "reference_length": reference_length}
     outputs = {"probabilities": probabilities, "attention": h_matt, "self_attention": h_satt}
     return keras.Model(inputs=inputs, outputs=outputs, name="vreloc_multiscale_attention")
+
+
+def _build_cgbm(cfg: Config, inputs: dict) -> keras.Model:
+    """Feng et al.'s CGBM (vreloc_tf.cgbm; the sources of its sizes are in configs/cgbm.yaml)."""
+    c = cfg.model.cgbm
+    query, reference = inputs["query"], inputs["reference"]
+    query_length, reference_length = inputs["query_length"], inputs["reference_length"]
+    query_mask = SequenceMask(name="query_mask")(query_length, query)
+    reference_mask = SequenceMask(name="reference_mask")(reference_length, reference)
+
+    # Sec. 3.1: one LSTM (the same weights) aggregates the query and the reference.
+    video_lstm = keras.layers.LSTM(c.memory_dim, return_sequences=True, name="video_lstm")
+    h_q = keras.layers.Dropout(c.dropout, name="query_dropout")(video_lstm(query, mask=query_mask))
+    h_r = keras.layers.Dropout(c.dropout, name="reference_dropout")(video_lstm(reference, mask=reference_mask))
+
+    # Sec. 3.2: attention, cross gating, bilinear matching, forward and backward matching LSTMs.
+    matching, gates = CrossGatedMatching(c.attention_dim, c.bilinear_factors, name="matching")(
+        h_r, h_q, reference_length, query_length)
+
+    # Sec. 3.3: localization LSTM and the four per-step probabilities.
+    x = keras.layers.Dropout(c.matching_dropout, name="matching_dropout")(matching)
+    x = keras.layers.LSTM(c.attention_dim, return_sequences=True, name="localization_lstm")(x, mask=reference_mask)
+    probabilities = keras.layers.Dense(4, activation="softmax", name="probabilities")(x)
+    outputs = {"probabilities": probabilities, "attention": gates,
+               "self_attention": EmptyFeatures(name="self_attention")(reference)}
+    return keras.Model(inputs=inputs, outputs=outputs, name="vreloc_cgbm")

@@ -35,8 +35,38 @@ def _groups(cfg: Config):
 SIMILARITY_FEATURES = 6  # width of layers.SimilarityFeatures' output
 
 
+def _cgbm_parameters(cfg: Config, feature_dim: int) -> int:
+    """CGBM (vreloc_tf.cgbm): video LSTM, matching (attention, gates, bilinear, two LSTMs), pointer LSTM, Dense."""
+    c = cfg.model.cgbm
+    m, u, k = c.memory_dim, c.attention_dim, c.bilinear_factors
+    total = 4 * m * (feature_dim + m) + 4 * m  # the video LSTM, shared by query and reference
+    total += m * u + (m + u) * u + u + u  # attention: query keys (no bias), state/input keys + bias, score
+    total += 2 * (m * m + m)  # cross gating: the reference's and the query's gate
+    total += m * m * k + m * k  # bilinear matching: one shared projection
+    total += 2 * (4 * u * (m + u) + 4 * u)  # forward and backward matching LSTMs (input = bilinear output, width m)
+    total += 4 * u * (2 * u + u) + 4 * u  # localization LSTM on [forward, backward]
+    total += u * 4 + 4  # Dense(4)
+    return total
+
+
+def _cgbm_forward_flops(cfg: Config, feature_dim: int, lq: int, lr: int) -> int:
+    c = cfg.model.cgbm
+    m, u, k = c.memory_dim, c.attention_dim, c.bilinear_factors
+    flops = 2 * 4 * m * (feature_dim + m) * (lq + lr)  # video LSTM
+    flops += 2 * lq * m * u + 2 * lr * m * u + 2 * lr * m * m  # query keys, reference keys, query gates (once)
+    per_step = (2 * u * u + 2 * lq * u + 2 * lq * m  # state keys, scores, attended query
+                + 2 * m * m  # the reference gate
+                + 2 * 2 * m * m * k + 2 * m * k  # bilinear: two projections, product and sum
+                + 2 * 4 * u * (m + u))  # matching LSTM
+    flops += 2 * lr * per_step  # forward and backward
+    flops += 2 * lr * 4 * u * (2 * u + u) + 2 * lr * u * 4  # localization LSTM, Dense(4)
+    return int(flops)
+
+
 def count_parameters(cfg: Config, feature_dim: int) -> int:
     """Trainable parameters of ``build_model(cfg, feature_dim)``, from the architecture alone."""
+    if cfg.model.architecture == "cgbm":
+        return _cgbm_parameters(cfg, feature_dim)
     m = cfg.model
     dh, dl, k = m.hidden_dim, m.lstm_dim, m.encoder_kernel_size
     total = 2 * (k * feature_dim * dh + dh + 2 * dh)  # two encoders: conv + bias + layer norm
@@ -56,6 +86,8 @@ def count_parameters(cfg: Config, feature_dim: int) -> int:
 
 def forward_flops(cfg: Config, feature_dim: int, query_steps: int, reference_steps: int) -> int:
     """Matmul-like FLOPs of one forward pass for one (query, reference) pair."""
+    if cfg.model.architecture == "cgbm":
+        return _cgbm_forward_flops(cfg, feature_dim, query_steps, reference_steps)
     m = cfg.model
     dh, dl = m.hidden_dim, m.lstm_dim
     lq, lr = query_steps, reference_steps

@@ -17,11 +17,11 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     from vreloc_tf.artifacts import Run
     from vreloc_tf.decoding import decoder
     from vreloc_tf.errors import InputError
-    from vreloc_tf.evaluate import resolve_pairs
+    from vreloc_tf.evaluate import method_name, resolve_pairs
     from vreloc_tf.figures import figure4
     from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
     from vreloc_tf.metrics import temporal_iou
-    from vreloc_tf.model import head_groups
+    from vreloc_tf.model import attention_groups, attention_label
 
     run = Run.open(run_dir)
     cfg = run.config
@@ -36,14 +36,15 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     length = int(batch["reference_length"][0])
     probs = np.asarray(outputs["probabilities"])[:, :length]
     attention = np.asarray(outputs["attention"])[0, :length]
-    start, end, score = decoder(cfg.supervision, numpy=True)(probs, np.array([length], np.int32),
+    start, end, score = decoder(cfg.decode_rule, numpy=True)(probs, np.array([length], np.int32),
                                                              cfg.decode_max_length)
     gt = (int(plan[0, 6]), int(plan[0, 7]))
     pred = (int(start[0]), int(end[0]))
     iou = float(temporal_iou(start, end, np.array([gt[0]]), np.array([gt[1]]))[0])
-    heads = head_groups(cfg)  # the model's own head order (ablations and merged groups included)
+    groups = attention_groups(cfg)  # the model's own row order (ablations and merged groups included)
     title = (f"{split} pair {pair}: query entry {pairs[pair]['query']}, reference entry {pairs[pair]['reference']} "
-             f"({cfg.supervision} supervision)\npredicted [{pred[0]}, {pred[1]}), ground truth [{gt[0]}, {gt[1]}), "
+             f"({method_name(cfg)})\npredicted [{pred[0]}, {pred[1]}), ground truth [{gt[0]}, {gt[1]}), "
              f"IoU {iou:.2f}")
-    figure4(attention, probs[0], heads, out, groundtruth=gt, predicted=pred, title=title)
+    figure4(attention, probs[0], groups, out, groundtruth=gt, predicted=pred, title=title,
+            row_label=attention_label(cfg))
     return {"out": out, "groundtruth": gt, "predicted": pred, "score": float(score[0]), "iou": iou}

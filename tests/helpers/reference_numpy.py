@@ -152,3 +152,92 @@ def similarity_features(reference, query, temperature):
     raw = np.stack(raw, axis=1)  # [L, 3]: soft max raw query, mean raw query, soft max centred query
     standardized = (raw - raw.mean(axis=0)) / np.sqrt(raw.var(axis=0) + 1e-6)
     return np.concatenate([standardized, raw], axis=1)
+
+
+# --- Feng et al.'s CGBM (vreloc_tf.cgbm), written after their TF1 code one step at a time ----------
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def cross_gating(reference, query, w_r, b_r, w_q, b_q):
+    """One (reference step, query vector) pair: (r * sigmoid(q W_r + b_r), q * sigmoid(r W_q + b_q))."""
+    return reference * sigmoid(query @ w_r + b_r), query * sigmoid(reference @ w_q + b_q)
+
+
+def bilinear_matching(x, y, kernel, bias, factors):
+    """One pair of vectors: out_i = sum_j (xW + b)[i*k + j] * (yW + b)[i*k + j], one W for both sides."""
+    px, py = x @ kernel + bias, y @ kernel + bias
+    units = kernel.shape[1] // factors
+    return np.array([sum(px[i * factors + j] * py[i * factors + j] for j in range(factors)) for i in range(units)])
+
+
+def basic_lstm_cell(x, h, c, kernel, bias, forget_bias=1.0):
+    """TF1's BasicLSTMCell: [x, h] W + b split into i, j, f, o."""
+    i, j, f, o = np.split(np.concatenate([x, h]) @ kernel + bias, 4)
+    c = c * sigmoid(f + forget_bias) + sigmoid(i) * np.tanh(j)
+    return np.tanh(c) * sigmoid(o), c
+
+
+def cgbm_matching(reference, query, w):
+    """CrossGatedMatching on ONE unpadded example (reference [Lr, D], query [Lq, D]), as Feng's
+    MatchCellWrapper runs in dynamic_rnn: forward over the steps, backward over the reversed steps
+    (shared attention/gates/bilinear, own LSTMs). ``w``: the layer's weights by name.
+    Returns ([Lr, 2u] = [forward, backward], [Lr, 2] reference-gate channel means)."""
+    dr = reference.shape[1]
+    u = w["query_kernel"].shape[1]
+    outputs, gates = np.zeros((reference.shape[0], 2 * u)), np.zeros((reference.shape[0], 2))
+    for direction, (kernel, bias) in enumerate([(w["forward_kernel"], w["forward_bias"]),
+                                                (w["backward_kernel"], w["backward_bias"])]):
+        order = range(reference.shape[0]) if direction == 0 else reversed(range(reference.shape[0]))
+        h, c = np.zeros(u), np.zeros(u)
+        for t in order:
+            r = reference[t]
+            hq = query @ w["query_kernel"]  # fc_hq (no bias)
+            hp = np.concatenate([r, h]) @ w["state_kernel"] + w["state_bias"]  # fc_hp
+            g = np.tanh(hq + hp) @ w["score_kernel"][:, 0]  # fc_g (its bias cancels in the softmax)
+            alpha = softmax(g, axis=0)
+            attended = alpha @ query
+            gated_r, gated_q = cross_gating(r, attended, w["reference_gate_kernel"], w["reference_gate_bias"],
+                                            w["query_gate_kernel"], w["query_gate_bias"])
+            x = bilinear_matching(gated_r, gated_q, w["kernel"], w["bias"], w["kernel"].shape[1] // dr)
+            h, c = basic_lstm_cell(x, h, c, kernel, bias)
+            outputs[t, direction * u:(direction + 1) * u] = h
+            gates[t, direction] = sigmoid(attended @ w["reference_gate_kernel"] + w["reference_gate_bias"]).mean()
+    return outputs, gates
+
+
+def feng_decode_loop(p, max_length=64):
+    """Feng et al.'s decoding loop (video_reloc match.py map_body), literally: for each length
+    it = 0 .. min(L, max_length) - 1 the best start (first maximum), then the best length (first
+    maximum). Log scores; the mean of log p3 covers [s, s + it - 1] (the end step left out) for it > 0.
+    Returns (start, end exclusive, exp(score))."""
+    logp = np.log(np.maximum(np.asarray(p, np.float64), 1e-30))
+    n = logp.shape[0]
+    if n == 0:
+        return 0, 0, 0.0
+    limit = n if max_length is None else min(n, max_length)
+    best_idx, best_val = [], []
+    for it in range(limit):
+        total = []
+        for s in range(n - it):
+            inside = logp[s, 2] if it == 0 else np.mean([logp[s + j, 2] for j in range(it)])
+            total.append(logp[s, 0] + logp[s + it, 1] + inside)
+        best_idx.append(int(np.argmax(total)))
+        best_val.append(total[best_idx[-1]])
+    it = int(np.argmax(best_val))
+    return best_idx[it], best_idx[it] + it + 1, float(np.exp(best_val[it]))
+
+
+def feng_loss(p, groundtruth, lengths, boundary_weight=10.0, eps=1e-7):
+    """Feng et al.'s Eq. 10 over a batch (match.py): the weighted per-step CE of every valid step of
+    every example, averaged over all of them at once."""
+    terms = []
+    for b in range(len(lengths)):
+        start, end = int(groundtruth[b][0]), int(groundtruth[b][1])
+        for i in range(int(lengths[b])):
+            y = np.array([i == start, i == end - 1, start <= i < end, not (start <= i < end)], np.float64)
+            w = boundary_weight if y[0] + y[1] > 0.9 else 1.0
+            y = y / y.sum()
+            terms.append(-w * float(np.sum(y * np.log(np.clip(p[b][i], eps, 1.0)))))
+    return float(np.mean(terms))

@@ -32,38 +32,51 @@ def _folder(name: str) -> str:
     return os.path.join(_root, name)
 
 
-def make_run(seed: int = 0, supervision: str = "full") -> str:
-    """A tiny untrained run folder (model.keras, config.yaml, run.json); weights depend on ``seed``."""
-    return _make_run(seed, supervision)
+def _tag(overrides: tuple) -> str:
+    """A short folder-name suffix for a set of config overrides ('' for none)."""
+    import hashlib
+
+    return f"-{hashlib.sha1(repr(overrides).encode()).hexdigest()[:8]}" if overrides else ""
+
+
+def make_run(seed: int = 0, supervision: str = "full", overrides: tuple = ()) -> str:
+    """A tiny untrained run folder (model.keras, config.yaml, run.json); weights depend on ``seed``;
+    ``overrides``: more config overrides (e.g. vreloc_tf.config.CGBM_METHOD for Feng et al.'s CGBM)."""
+    return _make_run(seed, supervision, tuple(overrides))
 
 
 @functools.lru_cache(maxsize=None)
-def _make_run(seed: int, supervision: str) -> str:
+def _make_run(seed: int, supervision: str, overrides: tuple = ()) -> str:
     import keras
 
     from vreloc_tf.artifacts import Run, RunManifest
     from vreloc_tf.config import load_config
     from vreloc_tf.model import build_model
 
-    cfg = load_config("tiny", [f"supervision={supervision}", f"seed={seed}", f"data.feature_dim={FEATURE_DIM}"])
+    cfg = load_config("tiny", [f"supervision={supervision}", f"seed={seed}", f"data.feature_dim={FEATURE_DIM}",
+                               *overrides])
     keras.utils.set_random_seed(seed)
     manifest = RunManifest(data_dir="(built by the test)", feature_dim=FEATURE_DIM, supervision=supervision)
-    return Run.create(_folder(f"run-{supervision}-{seed}"), cfg, manifest,
+    return Run.create(_folder(f"run-{supervision}-{seed}{_tag(overrides)}"), cfg, manifest,
                       model=build_model(cfg, feature_dim=FEATURE_DIM)).path
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_export(seed: int, supervision: str) -> str:
+def _cached_export(seed: int, supervision: str, overrides: tuple = ()) -> str:
     from serving.export import export_model
 
-    return export_model(make_run(seed, supervision), _folder(f"export-{supervision}-{seed}/{MODEL_NAME}")).base_path
+    return export_model(make_run(seed, supervision, overrides),
+                        _folder(f"export-{supervision}-{seed}{_tag(overrides)}/{MODEL_NAME}")).base_path
 
 
-def export_copy(dest_root: str, seed: int = 0, supervision: str = "full", version: int = 1) -> str:
-    """BASE/NAME under ``dest_root`` holding the export of run ``seed`` as ``version``; returns BASE/NAME."""
+def export_copy(dest_root: str, seed: int = 0, supervision: str = "full", version: int = 1,
+                overrides: tuple = ()) -> str:
+    """BASE/NAME under ``dest_root`` holding the export of run ``seed`` (+ ``overrides``) as ``version``;
+    returns BASE/NAME."""
     base = os.path.join(dest_root, MODEL_NAME)
     os.makedirs(base, exist_ok=True)
-    shutil.copytree(os.path.join(_cached_export(seed, supervision), "1"), os.path.join(base, str(version)))
+    shutil.copytree(os.path.join(_cached_export(seed, supervision, tuple(overrides)), "1"),
+                    os.path.join(base, str(version)))
     return base
 
 

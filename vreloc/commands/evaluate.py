@@ -1,6 +1,6 @@
 """`vreloc evaluate`: score a trained run on a fixed pair list, or print saved results as one table.
 
-    vreloc evaluate --model RUN_DIR [--data DIR] --split test [--pairs FILE] [--json OUT] [--decode full|weak]
+    vreloc evaluate --model RUN_DIR [--data DIR] --split test [--pairs FILE] [--json OUT] [--decode full|weak|feng]
     vreloc evaluate --table A.json B.json ...      # report mode: one table of saved results
 
 ``--pairs FILE`` reads the pair list if the file exists (checked against the data) and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc_tf.contract import DECODE_RULES
 from vreloc_tf.errors import InputError
 
 
@@ -20,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", metavar="FILE", help="pair list JSON: read if it exists, else written")
     parser.add_argument("--seed", type=int, default=0, help="seed of a newly made pair list (default 0)")
     parser.add_argument("--json", metavar="OUT", help="write the result JSON here")
-    parser.add_argument("--decode", choices=("full", "weak"), help="decoding rule (default: the run's mode)")
-    parser.add_argument("--name", help="method name in the table (default: 'ours <supervision>')")
+    parser.add_argument("--decode", choices=DECODE_RULES, help="decoding rule (default: the run's own)")
+    parser.add_argument("--name", help="method name in the table (default: 'ours <supervision>', or 'CGBM')")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--checkpoint", metavar="STEP|last",
                         help="score checkpoints/step-STEP.keras (or the last one) instead of model.keras")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc_tf.contract import DECODE_RULES
 from vreloc_tf.errors import InputError
 
 
@@ -11,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="BASE/NAME",
                         help="model folder; the version goes to BASE/NAME/<version>/ (NAME = the served model name)")
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next free one)")
-    parser.add_argument("--decode", choices=("full", "weak"), default=None,
-                        help="decoding rule in the graph (default: the run's training mode)")
+    parser.add_argument("--decode", choices=DECODE_RULES, default=None,
+                        help="decoding rule in the graph (default: the run's own, Config.decode_rule)")
     parser.add_argument("--max-length", default="config", metavar="N|none",
                         help="segment-length limit of the rule (default: the run config's limit for that rule)")
 

@@ -24,17 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--runner", default=None, help="Beam runner for FeatureGen (default DirectRunner)")
     run.add_argument("--force", action="append", default=[], choices=STAGES,
                      help="rerun this stage (and the ones after it) even if its inputs did not change")
+    run.add_argument("--models", default="full,weak", metavar="LIST",
+                     help="models to train, evaluate and push, comma-separated: full, weak, cgbm (Feng et al.'s "
+                          "CGBM, the 'CGBM' row) (default: full,weak)")
     run.add_argument("--model-name", default="vreloc", help="serving model name prefix (default: vreloc)")
     run.add_argument("--no-serve-check", action="store_true",
                      help="do not start the gRPC server and send a test query at the end")
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.orchestrator import FeatureSource, PipelineRun
+    from vreloc.orchestrator import FeatureSource, PipelineRun, parse_models
     from vreloc_tf.config import load_config
 
+    models = parse_models(args.models)
     cfg = load_config(args.config, args.set)
     source = FeatureSource(args.data, family=args.family, runner=args.runner, c3d_weights=args.c3d_weights,
                            random_c3d=args.random_c3d)
     return PipelineRun(args.workdir, cfg, args.config, source, args.force, args.model_name,
-                       serve_check=not args.no_serve_check).run()
+                       serve_check=not args.no_serve_check, models=models).run()
