@@ -67,7 +67,8 @@ def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[
     from vreloc_tf.artifacts import Dataset
 
     dataset = Dataset.open(data_dir)
-    names = list(splits) if splits else list(dataset.splits)
+    names = list(splits) if splits else (list(dataset.splits)
+                                         or [s for s in schema.SPLITS if schema.shard_files(data_dir, s)])
     found = {s: schema.shard_files(data_dir, s) for s in names}
     missing = [s for s, files in found.items() if not files]
     if missing:
