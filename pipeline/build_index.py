@@ -67,13 +67,19 @@ def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[
     from vreloc_tf.artifacts import Dataset
 
     dataset = Dataset.open(data_dir)
-    names = list(splits) if splits else (list(dataset.splits)
-                                         or [s for s in schema.SPLITS if schema.shard_files(data_dir, s)])
-    found = {s: schema.shard_files(data_dir, s) for s in names}
-    missing = [s for s, files in found.items() if not files]
-    if missing:
-        raise InputError(f"--data {data_dir}: no shards of split(s) {', '.join(missing)} "
-                         f"(it holds {', '.join(dataset.splits) or 'none'})")
+
+    def files(split):
+        try:
+            return schema.shard_files(data_dir, split)
+        except (InputError, FileNotFoundError):
+            return []
+
+    names = list(splits) if splits else (list(dataset.splits) or [s for s in schema.SPLITS if files(s)])
+    found = {s: files(s) for s in names}
+    missing = [s for s, paths in found.items() if not paths]
+    if missing or not found:
+        raise InputError(f"--data {data_dir}: no shards of split(s) {', '.join(missing) or 'any'} "
+                         f"(expected <split>-SSSSS-of-NNNNN.tfrecord)")
     return found
 
 
@@ -116,6 +122,8 @@ class EmbedVideoFn(beam.DoFn):
         self._embedder = Embedder(self.spec, self.feature_dim, encoder)
 
     def process(self, element):
+        from google.protobuf.message import DecodeError
+
         from vreloc_tf.schema import SchemaError, decode_record
 
         if self._embedder is None:
@@ -124,7 +132,7 @@ class EmbedVideoFn(beam.DoFn):
         try:
             rec = decode_record(data)
             rec.validate()
-        except (SchemaError, IndexError, ValueError) as exc:
+        except (SchemaError, DecodeError, IndexError, KeyError, ValueError) as exc:
             yield staged_sink.dead_letter(split, f"undecodable record: {exc}", {"bytes": len(data)})
             return
         entry = {"video_id": rec.video_id, "entry_index": rec.entry_index}
