@@ -230,3 +230,27 @@ def test_search_reranks_ann_candidates_by_model_score(tmp_path):
     few = search(index, fake, Embedder(SPEC, DIM), rng.normal(size=(6, DIM)), top_k=3, candidates=500, rerank=2,
                  exclude_video_ids=["v5"])
     assert fake.calls[-1] == 2 and "v5" not in [h.video_id for h in few]
+
+
+# ---------------------------------------------------------------- query files
+
+
+def test_query_file_npy_and_clip_take_locates_feature_path(tmp_path):
+    """A .npy is read as [L, D]; a video clip goes through `vreloc locate`'s extraction (same features)."""
+    from helpers.videos import colour_video
+    from vreloc.library_search import query_features
+    from vreloc.locate import _extractor, extract_features
+
+    np.save(tmp_path / "q.npy", np.ones((4, DIM), np.float64))
+    got = query_features(str(tmp_path / "q.npy"))
+    assert got.dtype == np.float32 and got.shape == (4, DIM)
+    np.save(tmp_path / "bad.npy", np.ones(3))
+    with pytest.raises(InputError, match="expected features"):
+        query_features(str(tmp_path / "bad.npy"))
+    clip = colour_video(str(tmp_path / "clip.mp4"), 48, 25.0, seed=0)
+    with pytest.raises(InputError, match="--c3d-weights"):
+        query_features(clip)
+    feats = query_features(clip, random_c3d=True)
+    want, _ = extract_features(clip, _extractor(None, 0), None)
+    np.testing.assert_array_equal(feats, want)
+    assert feats.shape == (3, 4096)

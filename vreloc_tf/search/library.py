@@ -422,7 +422,7 @@ class LibraryIndex:
             nlist = int(max(1, min(4 * np.sqrt(len(vectors)), len(vectors) // 39)))
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: 256 * nlist]]
+            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: 64 * nlist]]  # k-means cost bound
             index.train(sample)
             index.referenced_objects = [quantizer]  # keep the quantizer alive with the index
             info["nlist"] = nlist
