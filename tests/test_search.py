@@ -254,3 +254,23 @@ def test_query_file_npy_and_clip_take_locates_feature_path(tmp_path):
     want, _ = extract_features(clip, _extractor(None, 0), None)
     np.testing.assert_array_equal(feats, want)
     assert feats.shape == (3, 4096)
+
+
+def test_search_modules_keep_the_layering():
+    """vreloc_tf.search imports no application, pipeline or serving code; the job and the service
+    import the library only (ARCHITECTURE.md, 'Four packages, one direction')."""
+    import ast
+    import glob
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    forbidden = {"vreloc_tf/search": ("vreloc", "pipeline", "serving"), "pipeline/build_index.py": ("vreloc", "serving"),
+                 "serving/search_service.py": ("vreloc", "pipeline")}
+    for where, banned in forbidden.items():
+        files = glob.glob(os.path.join(root, where, "*.py")) if where.endswith("search") else [os.path.join(root, where)]
+        assert files
+        for path in files:
+            for node in ast.walk(ast.parse(open(path).read())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    assert name.split(".")[0] not in banned, f"{path} imports {name}"
