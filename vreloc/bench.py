@@ -22,6 +22,10 @@ c3d            C3D fc7 clips/s on the CPU
 cgbm_train     Feng et al.'s CGBM (the config + vreloc_tf.config.CGBM_METHOD: model.cgbm's
                sizes, Feng's loss): training pairs/s as train1, beside ours
 cgbm_inference CGBM single-pair p50/p99 as inference (Lq 16, Lr 300)
+search         library search (vreloc_tf.search.bench) at 1k/10k/100k generated videos of
+               100-300 steps, 32-d, tiny-config model: p50/p99, memory, latency growth
+               exponent; index build records/s on the DirectRunner (1,000 records);
+               --quick: 300/1k/3k videos. Not part of the default run (`--only search`).
 =============  =====================================================================
 """
 from __future__ import annotations
@@ -41,7 +45,8 @@ import numpy as np
 from vreloc_tf.model_bench import PAPER_SHAPES as SHAPES
 
 PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "c3d", "cgbm_train",
-         "cgbm_inference")
+         "cgbm_inference", "search")
+DEFAULT_PARTS = PARTS[:-1]  # search builds a 100k-video library: only with --only search
 LR_SWEEP = (100, 300, 1000, 3000)
 
 
@@ -206,6 +211,47 @@ def part_c3d(cfg, quick: bool, config: str) -> dict:
 
 # -- the driver ------------------------------------------------------------------------
 
+def part_search(cfg, quick: bool, config: str) -> dict:
+    """Search latency at library sizes and the index job's records/s (see the module docstring)."""
+    from vreloc_tf.config import load_config
+    from vreloc_tf.model import build_model
+    from vreloc_tf.search.bench import QUICK_SIZES, SIZES, search_at_sizes
+    from vreloc_tf.search.relocalize import Relocalizer
+
+    tiny, dim = load_config("tiny"), 32
+    model = build_model(tiny, dim)
+    reloc = Relocalizer(model, tiny.decode_rule, tiny.decode_max_length, tiny.data.max_window, dim, {})
+    with tempfile.TemporaryDirectory() as root:
+        out = search_at_sizes(root, reloc, dim, QUICK_SIZES if quick else SIZES, queries=20 if quick else 50)
+        out["build"] = _index_build_rate(root, tiny, model, dim, 300 if quick else 1000)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
+    """records/s of `vreloc index build` (the Beam job, DirectRunner) over generated TFRecords."""
+    import tensorflow as tf
+
+    from pipeline import build_index
+    from vreloc_tf.artifacts import Run, RunManifest
+    from vreloc_tf.files import write_json_atomic
+    from vreloc_tf.schema import MANIFEST_NAME, Record, encode_record
+
+    data, run_dir = os.path.join(root, "data"), os.path.join(root, "run")
+    os.makedirs(data)
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(os.path.join(data, "test-00000-of-00001.tfrecord")) as w:
+        for i in range(records):
+            n = int(rng.integers(100, 301))
+            w.write(encode_record(Record(f"gen{i}", "test", i, i % 200, (0, n), (0, 1),
+                                         rng.standard_normal((n, dim), dtype=np.float32))))
+    write_json_atomic(os.path.join(data, MANIFEST_NAME), {"feature_dim": dim, "frames_per_feature": 16})
+    Run.create(run_dir, cfg, RunManifest(data, dim, cfg.supervision), model)
+    summary = build_index.run(os.path.join(root, "built"), data, run_dir, ["test"])
+    return {"records": records, "seconds": summary["seconds"], "job_seconds": summary["job_seconds"],
+            "records_per_s": summary["records_per_second"]}
+
+
 def run_part(name: str, config: str, quick: bool, timeout: float = 900) -> dict:
     cmd = [sys.executable, "-m", "vreloc.bench", "--part", name, "--config", config] + (["--quick"] if quick else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -222,7 +268,7 @@ def collect(config: str, quick: bool, parts=PARTS, progress=print) -> dict:
     raw: Dict[str, dict] = {}
     for name in parts:
         progress(f"bench: {name} ...")
-        raw[name] = run_part(name, config, quick)
+        raw[name] = run_part(name, config, quick, timeout=3600) if name == "search" else run_part(name, config, quick)
     return summarize(raw, config, quick)
 
 
@@ -257,6 +303,8 @@ def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
         "peak_rss_mb": {"train": max(filter(None, [train1.get("peak_rss_mb"), get("train2", "peak_rss_mb")]),
                                      default=None),
                         "serve": get("grpc", "peak_rss_mb")},
+        "search": {k: raw["search"].get(k) for k in ("sizes", "latency_growth_exponent", "ann_growth_exponent", "build")}
+        if "search" in raw and "error" not in raw["search"] else None,
         "errors": {k: v["error"] for k, v in raw.items() if "error" in v},
         "raw": raw,
     }
@@ -297,6 +345,17 @@ def format_report(r: dict) -> str:
         f"  peak memory                     train {f(r['peak_rss_mb']['train'], '{:.0f}')} MB, "
         f"serve {f(r['peak_rss_mb']['serve'], '{:.0f}')} MB (server and load clients in one process)",
     ]
+    if r.get("search"):
+        sr = r["search"]
+        for n, v in sr["sizes"].items():
+            lines.append(f"  search, {int(n):>7,} videos        p50 {v['search']['p50_ms']:.1f} ms  p99 "
+                         f"{v['search']['p99_ms']:.1f} ms  (ANN p50 {v['ann']['p50_ms']:.2f} ms; {v['windows']:,} "
+                         f"windows, {v['faiss']}; index {v['index_bytes'] / 2**20:.0f} MB on disk, FAISS "
+                         f"{v['faiss_bytes'] / 2**20:.0f} MB in memory)")
+        lines.append(f"  search latency growth           ~ videos^{sr['latency_growth_exponent']:.2f} "
+                     f"(ANN alone ^{sr['ann_growth_exponent']:.2f})")
+        lines.append(f"  index build (DirectRunner)      {f(sr['build']['records_per_s'])} records/s "
+                     f"({sr['build']['records']} records)")
     for part, err in r["errors"].items():
         lines.append(f"  ERROR in {part}: {err}")
     return "\n".join(lines)

@@ -37,6 +37,9 @@ COMMANDS = {
     "pipeline": "run the whole job: features -> train -> evaluate -> push",
     "bench": "measure throughput and latency of every stage",
     "quality": "train and score every method on every data family over seeds (docs/QUALITY.md)",
+    "index": "library index for search: build (a Beam job), add, remove, info",
+    "search": "find a clip in a library index: ANN proposes, the model re-localizes and ranks",
+    "evaluate-search": "recall@k and latency of library search vs the exhaustive model on a split",
 }
 
 INPUT_ERRORS = (InputError, OSError, ValueError)  # bad paths, files and values: exit 2, one line

@@ -10,18 +10,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and small ingest data (< 3 min)")
     parser.add_argument("--config", default="paper_full", help="model config (default paper_full)")
     parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
-    parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
+    parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable; 'search' runs only when named)")
 
 
 def main(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from vreloc.bench import PARTS, collect, format_report
+    from vreloc.bench import DEFAULT_PARTS, collect, format_report
     from vreloc_tf.files import write_json_atomic
 
     t0 = time.perf_counter()
-    result = collect(args.config, args.quick, args.only or PARTS)
+    result = collect(args.config, args.quick, args.only or DEFAULT_PARTS)
     result["total_seconds"] = time.perf_counter() - t0
     print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
     print(format_report(result))

@@ -14,7 +14,10 @@ def _label(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-base-path", required=True, help="BASE/NAME folder holding integer version folders")
+    parser.add_argument("--model-base-path", help="BASE/NAME folder holding integer version folders")
+    parser.add_argument("--index", help="serve library search of this index instead (serving/search_service.py: "
+                                        "model 'search', PredictRequest query [Lq, D] -> top-k tensors)")
+    parser.add_argument("--search-model", metavar="RUN", help="with --index: run folder (default: the index's model)")
     parser.add_argument("--model-name", default=None, help="name clients use in model_spec (default: base path's last folder)")
     parser.add_argument("--port", type=int, default=sig.GRPC_PORT, help="gRPC port (default %(default)s; 0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
@@ -52,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.index:
+        return _serve_search(args)
+    if not args.model_base_path:
+        from vreloc_tf.errors import InputError
+
+        raise InputError("give --model-base-path BASE/NAME (an export) or --index INDEX (library search)")
     from serving.batching import BatchingOptions
     from serving.server import default_xla_cache_dir, serve_until_signal, start_server
     from serving.validation import RequestLimits
@@ -67,4 +76,25 @@ def main(args: argparse.Namespace) -> int:
                           max_workers=args.max_workers)
     print(f"listening on {handle.address}" + (f", REST on port {handle.rest_port}" if handle.rest else ""), flush=True)
     serve_until_signal(handle, args.grace)
+    return 0
+
+
+def _serve_search(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serving.search_service import MODEL_NAME, start_search_server
+    from serving.server import is_loopback
+    from vreloc_tf.errors import InputError
+
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise InputError(f"--host {args.host} is not a loopback address; add --allow-remote to serve it")
+    server, port = start_search_server(args.index, args.search_model, args.port, args.host,
+                                       args.model_name or MODEL_NAME, args.max_workers)
+    print(f"listening on {args.host}:{port} (library search, model {args.model_name or MODEL_NAME!r})", flush=True)
+    done = threading.Event()
+    for sig_ in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig_, lambda *_: done.set())
+    done.wait()
+    server.stop(args.grace).wait()
     return 0

@@ -1,0 +1,40 @@
+"""`vreloc evaluate-search`: recall@1/5 and latency of library search vs the exhaustive model on a split.
+
+    vreloc evaluate-search --index INDEX [--model RUN] --data DIR --split test --json F
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR
+
+    parser.add_argument("--index", required=True, help="index of the split's videos (`vreloc index build --split`)")
+    parser.add_argument("--model", metavar="RUN", help="run folder (default: the model the index was built with)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder the index was built from")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
+    parser.add_argument("--rerank", type=int, default=DEFAULT_RERANK)
+    parser.add_argument("--max-queries", type=int, help="an evenly spaced subset of the queries (default: all)")
+    parser.add_argument("--exhaustive-queries", type=int,
+                        help="queries for the exhaustive reference, evenly spaced (default: all)")
+    parser.add_argument("--span-factor", type=float, default=SPAN_FACTOR,
+                        help="re-localize in this many query lengths around each candidate (default %(default)s)")
+    parser.add_argument("--json", metavar="F", help="write the result JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+
+    from vreloc_tf.files import write_json_atomic
+    from vreloc_tf.search.evaluate import evaluate_search
+    from vreloc_tf.search.search import open_search
+
+    index, relocalizer, embedder = open_search(args.index, args.model)
+    result = evaluate_search(index, relocalizer, embedder, args.data, args.split, args.candidates, args.rerank,
+                             args.max_queries, args.exhaustive_queries, span_factor=args.span_factor)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 0

@@ -1,0 +1,78 @@
+"""`vreloc index build|add|remove|info`: the library index that `vreloc search` searches.
+
+    vreloc index build --data DIR [--split S ...] --model RUN --out INDEX [--embedding raw|encoder] [--runner R]
+    vreloc index add --index INDEX --data DIR [--split S ...]
+    vreloc index remove --index INDEX --video-id ID [ID ...]
+    vreloc index info --index INDEX
+
+build/add run the Beam job pipeline.build_index; remove and info use vreloc_tf.search.library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.options import add_beam_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, KINDS
+    from vreloc_tf.search.library import INDEX_TYPES
+
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = sub.add_parser("build", help="build an index from TFRecords (a Beam job)")
+    build.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder (ingest or extract-video)")
+    build.add_argument("--split", action="append", metavar="S", help="split(s) to index (default: all of --data)")
+    build.add_argument("--model", required=True, metavar="RUN", help="run folder whose model re-localizes")
+    build.add_argument("--out", required=True, metavar="INDEX", help="index folder")
+    build.add_argument("--embedding", default=DEFAULT_KIND, choices=KINDS,
+                       help="window embeddings: raw features or the model's reference encoder (default %(default)s)")
+    build.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES),
+                       help="window lengths in feature steps (default %(default)s)")
+    build.add_argument("--index-type", default="auto", choices=INDEX_TYPES,
+                       help="FAISS index: flat (exact), ivf, or auto (flat below 200k windows)")
+    build.add_argument("--overwrite", action="store_true", help="replace an index in --out")
+    add_beam_arguments(build)
+    add = sub.add_parser("add", help="append the videos of a data folder to an index (no rebuild)")
+    add.add_argument("--index", required=True)
+    add.add_argument("--data", required=True, metavar="DIR")
+    add.add_argument("--split", action="append", metavar="S")
+    add_beam_arguments(add)
+    remove = sub.add_parser("remove", help="remove videos (every entry of these video ids)")
+    remove.add_argument("--index", required=True)
+    remove.add_argument("--video-id", nargs="+", required=True)
+    info = sub.add_parser("info", help="what an index holds")
+    info.add_argument("--index", required=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    from vreloc_tf.errors import InputError
+    from vreloc_tf.search.library import LibraryIndex, describe
+
+    if args.action in ("build", "add"):
+        from pipeline import build_index
+        from pipeline.options import enable_progress_logging
+
+        enable_progress_logging()
+        if args.action == "build":
+            try:
+                scales = [int(s) for s in args.scales.split(",") if s.strip()]
+            except ValueError:
+                raise InputError(f"--scales {args.scales!r}: expected comma-separated window lengths") from None
+            summary = build_index.run(args.out, args.data, args.model, args.split, add=False, kind=args.embedding,
+                                      scales=scales, index_type=args.index_type, runner=args.runner,
+                                      beam_args=args.beam_args, overwrite=args.overwrite)
+        else:
+            index = LibraryIndex.open(args.index)
+            summary = build_index.run(args.index, args.data, index.manifest["model"]["run"], args.split, add=True,
+                                      runner=args.runner, beam_args=args.beam_args)
+        print(build_index.report(summary))
+        return 0
+    index = LibraryIndex.open(args.index)
+    if args.action == "remove":
+        n = index.remove(args.video_id)
+        print(f"index remove: removed {n} entries of {len(set(args.video_id))} video id(s); "
+              f"{index.live_videos} videos, {index.live_windows} windows left")
+        return 0
+    print(json.dumps(describe(index), indent=2))
+    return 0

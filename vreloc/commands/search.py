@@ -1,0 +1,56 @@
+"""`vreloc search`: find a clip in a library index (ANN proposes, the model re-localizes and ranks).
+
+    vreloc search --index INDEX --query CLIP.mp4|Q.npy [--model RUN] [--top-k K] [--json F]
+
+Prints one line per result; ``--json F`` writes the list of {video_id, start_index, end_index,
+start_seconds, end_seconds, score}, best first. A clip goes through `vreloc locate`'s feature path.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR, DEFAULT_TOP_K
+
+    parser.add_argument("--index", required=True, help="index folder (`vreloc index build`)")
+    parser.add_argument("--query", required=True, metavar="CLIP.mp4|Q.npy", help="query clip or features [L, D]")
+    parser.add_argument("--model", metavar="RUN", help="run folder (default: the model the index was built with)")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES,
+                        help="nearest windows fetched from the ANN index (default %(default)s)")
+    parser.add_argument("--rerank", type=int, default=DEFAULT_RERANK,
+                        help="videos the model re-localizes in (default %(default)s)")
+    parser.add_argument("--span-factor", type=float, default=SPAN_FACTOR,
+                        help="re-localize in this many query lengths around each candidate (default %(default)s)")
+    parser.add_argument("--json", metavar="F", help="write the results as JSON")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video query")
+    weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (tests and demos only)")
+    parser.add_argument("--c3d-seed", type=int, default=0)
+    parser.add_argument("--pca", metavar="FILE", help="PCA of a video query's fc7 (default: the index's)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+
+    from vreloc.library_search import query_features
+    from vreloc_tf.errors import InputError
+    from vreloc_tf.files import write_json_atomic
+    from vreloc_tf.search.search import open_search, search
+
+    for name in ("top_k", "candidates", "rerank"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
+    index, relocalizer, embedder = open_search(args.index, args.model)
+    pca = args.pca or (index.manifest.get("pca") or {}).get("file")
+    query = query_features(args.query, pca, args.c3d_weights, args.random_c3d, args.c3d_seed)
+    hits = [h.to_json() for h in search(index, relocalizer, embedder, query, args.top_k, args.candidates, args.rerank,
+                           span_factor=args.span_factor)]
+    for rank, h in enumerate(hits, 1):
+        print(f"{rank}. {h['video_id']} [{h['start_index']}, {h['end_index']}) score {h['score']:.4f}")
+    if args.json:
+        write_json_atomic(args.json, hits)
+    elif not hits:
+        print(json.dumps(hits))
+    return 0

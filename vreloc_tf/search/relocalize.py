@@ -1,0 +1,99 @@
+"""The trained model run on one query and many reference spans at once: the re-ranking step of search.
+
+Why batched and bucketed: search re-localizes the query in ~10 candidate spans and the exhaustive
+reference in every library video; one model call per span would cost a Python round trip and a
+trace per new shape. Spans are padded to a multiple of ``LENGTH_BUCKET`` steps (the model masks
+padding, so results do not change: vreloc_tf.layers) and run ``batch_size`` at a time through one
+``tf.function``; the NumPy decoder of the run's own rule (Eq. 20, or the weak rule) picks each
+span's segment and score, as ``vreloc evaluate`` does (vreloc_tf.evaluate.predict_segments).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+LENGTH_BUCKET = 32
+
+
+def _bucket(n: int) -> int:
+    return max(LENGTH_BUCKET, -(-int(n) // LENGTH_BUCKET) * LENGTH_BUCKET)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Relocalizer:
+    """A run folder's selected model + its decoding rule (``Relocalizer.from_run``)."""
+
+    def __init__(self, model, decode_mode: str, max_length, max_window: int, feature_dim: int, info: dict,
+                 batch_size: int = 64):
+        import tensorflow as tf
+
+        from vreloc_tf.decoding import decoder
+
+        self.model, self.mode, self.max_length = model, decode_mode, max_length
+        self.max_window, self.feature_dim, self.info, self.batch_size = int(max_window), int(feature_dim), info, batch_size
+        self._decode = decoder(decode_mode, numpy=True)
+        self._probabilities = tf.function(lambda batch: model(batch, training=False)["probabilities"],
+                                          reduce_retracing=True)
+
+    @classmethod
+    def from_run(cls, run_dir: str, batch_size: int = 64) -> "Relocalizer":
+        from vreloc_tf.artifacts import Run
+
+        run = Run.open(run_dir)
+        model, cfg = run.load_model(), run.config
+        info = {"run": os.path.abspath(run_dir), "model_sha256": file_sha256(run.checkpoint_file()),
+                "feature_dim": int(run.manifest.feature_dim), "decode": cfg.decode_rule,
+                "pca_file": run.manifest.pca_file}
+        return cls(model, cfg.decode_rule, cfg.decode_max_length, cfg.data.max_window,
+                   int(run.manifest.feature_dim), info, batch_size)
+
+    def encoder(self):
+        from vreloc_tf.search.embedding import encoder_of
+
+        return encoder_of(self.model)
+
+    def locate(self, query: np.ndarray, spans: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, score) arrays [N]: the decoded segment (relative to each span) and its score."""
+        n = len(spans)
+        start, end, score = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32)
+        if n == 0:
+            return start, end, score
+        lq = len(query)
+        q = np.zeros((_bucket(lq), self.feature_dim), np.float32)
+        q[:lq] = query
+        order = np.argsort([len(s) for s in spans], kind="stable")  # similar lengths share a batch
+        for b0 in range(0, n, self.batch_size):
+            rows = order[b0:b0 + self.batch_size]
+            lengths = np.array([len(spans[r]) for r in rows], np.int32)
+            refs = np.zeros((len(rows), _bucket(lengths.max()), self.feature_dim), np.float32)
+            for i, r in enumerate(rows):
+                refs[i, :lengths[i]] = spans[r]
+            batch = {"query": np.repeat(q[None], len(rows), axis=0),
+                     "query_length": np.full(len(rows), lq, np.int32),
+                     "reference": refs, "reference_length": lengths}
+            probs = self._probabilities(batch).numpy()
+            s, e, sc = self._decode(probs, lengths, self.max_length)
+            start[rows], end[rows], score[rows] = s, e, sc
+        return start, end, score
+
+
+def spans_of(length: int, window: int) -> List[Tuple[int, int]]:
+    """[start, end) spans of at most ``window`` steps, overlapping by half, covering [0, length)
+    (the exhaustive reference cuts a long video the way `vreloc locate` does)."""
+    if length <= window:
+        return [(0, length)]
+    hop = max(1, window // 2)
+    starts = list(range(0, length - window + 1, hop))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return [(s, s + window) for s in starts]

@@ -1,0 +1,141 @@
+"""Search a library for a query: ANN over window vectors proposes, the model re-localizes and ranks.
+
+1. The query's vector (vreloc_tf.search.embedding) meets every window of the library in the FAISS
+   index; the ``candidates`` nearest windows are grouped by video (each video keeps its best window).
+2. For the best ``rerank`` videos, the model runs on the candidate window's surrounding span of its
+   video: ``span_factor`` query lengths (at least ``MIN_SPAN``, at most the model's training window
+   ``max_window``) centred on the window, cut to the video. Why not always ``max_window``: the
+   model's LSTMs run step by step, so a span's cost grows with its length, not with the batch.
+3. Results are ranked by the model's score (the decoded segment's Eq.-20 value), best first.
+
+:func:`exhaustive` is the reference without ANN: the model on every library video (cut into
+``max_window`` spans overlapping by half), ranked the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from vreloc_tf.search.embedding import Embedder
+from vreloc_tf.search.library import IndexError_, LibraryIndex
+from vreloc_tf.search.relocalize import Relocalizer, spans_of
+
+DEFAULT_TOP_K = 5
+DEFAULT_CANDIDATES = 200  # nearest windows fetched from FAISS
+DEFAULT_RERANK = 10  # distinct videos the model re-localizes in
+SPAN_FACTOR = 4  # a candidate's span: this many query lengths around the window ...
+MIN_SPAN = 64  # ... but at least this many steps, and at most the model's max_window
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One result: a segment of a library video. Indices are in the source video's feature steps."""
+
+    video_id: str
+    start_index: int
+    end_index: int  # exclusive
+    start_seconds: Optional[float]
+    end_seconds: Optional[float]
+    score: float
+    video_number: int  # the library's own number of the video (entry), for evaluation
+    window_start: int  # where the library video's features start in the source video
+
+    def to_json(self) -> dict:
+        """The result object of the issue's JSON output."""
+        return {"video_id": self.video_id, "start_index": self.start_index, "end_index": self.end_index,
+                "start_seconds": self.start_seconds, "end_seconds": self.end_seconds,
+                "score": round(float(self.score), 6)}
+
+
+def _hits(index: LibraryIndex, numbers: Sequence[int], offsets: Sequence[int], start, end, score) -> List[Hit]:
+    out = []
+    for number, off, s, e, sc in zip(numbers, offsets, start, end, score):
+        v = index.video(int(number))
+        a, b = v.window_start + int(off) + int(s), v.window_start + int(off) + int(e)
+        out.append(Hit(v.video_id, a, b, v.seconds(a), v.seconds(b), float(sc), v.number, v.window_start))
+    return out
+
+
+def _best_per_video(hits: List[Hit], top_k: int) -> List[Hit]:
+    hits = sorted(hits, key=lambda h: (-h.score, h.video_number, h.start_index))
+    seen, out = set(), []
+    for h in hits:
+        if h.video_number not in seen:
+            seen.add(h.video_number)
+            out.append(h)
+    return out[:top_k]
+
+
+def check_ready(index: LibraryIndex, relocalizer: Relocalizer) -> None:
+    """Refuse a model of another feature dim, and encoder embeddings from another model."""
+    if relocalizer.feature_dim != index.feature_dim:
+        raise IndexError_(f"the model takes {relocalizer.feature_dim}-d features but the index {index.path} "
+                          f"holds {index.feature_dim}-d features")
+    built = index.manifest.get("model") or {}
+    if index.embedding.kind == "encoder" and built.get("model_sha256") != relocalizer.info.get("model_sha256"):
+        raise IndexError_(f"the index {index.path} holds encoder embeddings of the model {built.get('run')}; "
+                          f"search it with that model (or rebuild the index with this one)")
+
+
+def search(index: LibraryIndex, relocalizer: Relocalizer, embedder: Embedder, query: np.ndarray,
+           top_k: int = DEFAULT_TOP_K, candidates: int = DEFAULT_CANDIDATES, rerank: int = DEFAULT_RERANK,
+           exclude_video_ids: Sequence[str] = (), span_factor: float = SPAN_FACTOR) -> List[Hit]:
+    """The ``top_k`` best segments for ``query`` [Lq, D] (see the module docstring)."""
+    vector = embedder.query(query)
+    exclude = index.video_numbers_of(exclude_video_ids) if len(exclude_video_ids) else ()
+    ids, _ = index.nearest_windows(vector, max(candidates, rerank), exclude)
+    rows = index.windows(ids)
+    numbers, centres = [], []
+    for r in rows:  # nearest first: each video keeps its best window
+        if int(r["video"]) not in numbers:
+            numbers.append(int(r["video"]))
+            centres.append((int(r["start"]) + int(r["end"])) // 2)
+            if len(numbers) == rerank:
+                break
+    spans, offsets = [], []
+    for number, centre in zip(numbers, centres):
+        feats = index.video(number).features
+        size = min(len(feats), max(min(relocalizer.max_window, int(span_factor * len(query))), MIN_SPAN, len(query)))
+        s0 = int(np.clip(centre - size // 2, 0, len(feats) - size))
+        spans.append(np.asarray(feats[s0:s0 + size]))
+        offsets.append(s0)
+    start, end, score = relocalizer.locate(query, spans)
+    return _best_per_video(_hits(index, numbers, offsets, start, end, score), top_k)
+
+
+def exhaustive(index: LibraryIndex, relocalizer: Relocalizer, query: np.ndarray, top_k: int = DEFAULT_TOP_K,
+               exclude_video_ids: Sequence[str] = ()) -> List[Hit]:
+    """The model on every live library video (no ANN), ranked by its score; best segment per video."""
+    if index.live_videos == 0:
+        raise IndexError_(f"the index {index.path} holds no videos; add some with `vreloc index add`")
+    numbers = index.live_video_numbers()
+    if len(exclude_video_ids):
+        numbers = numbers[~np.isin(numbers, index.video_numbers_of(exclude_video_ids))]
+    spans, owners, offsets = [], [], []
+    for number in numbers:
+        feats = index.video(int(number)).features
+        for s0, s1 in spans_of(len(feats), max(relocalizer.max_window, len(query))):
+            spans.append(np.asarray(feats[s0:s1]))
+            owners.append(int(number))
+            offsets.append(s0)
+    start, end, score = relocalizer.locate(query, spans)
+    return _best_per_video(_hits(index, owners, offsets, start, end, score), top_k)
+
+
+def open_search(index_dir: str, model: Optional[str] = None, batch_size: int = 64):
+    """(index, relocalizer, embedder) ready to search: the index checked on open, the model
+    (default: the one the index was built with) checked against it."""
+    index = LibraryIndex.open(index_dir)
+    run_dir = model or (index.manifest.get("model") or {}).get("run")
+    if not run_dir:
+        raise IndexError_(f"the index {index_dir} records no model; pass --model RUN")
+    relocalizer = Relocalizer.from_run(run_dir, batch_size)
+    check_ready(index, relocalizer)
+    encoder = relocalizer.encoder() if index.embedding.kind == "encoder" else None
+    embedder = Embedder(index.embedding, index.feature_dim, encoder)
+    if embedder.dim != index.embed_dim:
+        raise IndexError_(f"the model's embeddings are {embedder.dim}-d but the index {index_dir} holds "
+                          f"{index.embed_dim}-d vectors")
+    return index, relocalizer, embedder
