@@ -51,6 +51,7 @@ FAST = ["--set", "train.steps=4", "--set", "train.validate_every=2", "--set", "t
         "--set", "model.cgbm.memory_dim=8", "--set", "model.cgbm.attention_dim=8"]
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_pipeline_table_has_the_cgbm_row(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert cli.main(["pipeline", "run", "--workdir", workdir, "--models", "full,cgbm", "--no-serve-check",

@@ -35,6 +35,7 @@ def outputs(data_dir):
     return records, dead
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_dask_runner_output_equals_direct_runner(cluster, source, tmp_path):
     src, expected_dead = source
     h5 = os.path.join(src, synth.HDF5_NAME)

@@ -55,6 +55,7 @@ def test_every_stage_runs_and_writes_its_manifest(first_run, capsys):
         assert info["model_name"] == f"vreloc_{mode}"
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_rerun_skips_unchanged_stages_and_force_reruns(first_run, capsys):
     workdir, _ = first_run
     before = {n: _stage(workdir, n)["finished"] for n in ("featuregen", "trainer", "evaluator", "pusher")}
@@ -69,6 +70,7 @@ def test_rerun_skips_unchanged_stages_and_force_reruns(first_run, capsys):
     assert "[evaluator] done" in out and "[pusher] done" in out  # the evaluation changed, so push again
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_config_change_reruns_training_not_features(first_run, capsys):
     workdir, _ = first_run
     assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST, "--set", "loss.alpha=0.5",
@@ -77,6 +79,7 @@ def test_config_change_reruns_training_not_features(first_run, capsys):
     assert "[featuregen] skipped" in out and "[trainer] done" in out
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_serve_check_answered_over_grpc(first_run, capsys):
     workdir, _ = first_run
     if not _stage(workdir, "pusher")["outputs"]["pushed"]:
@@ -90,6 +93,7 @@ def test_serve_check_answered_over_grpc(first_run, capsys):
     assert "Results on test (mAP@1, %):" in out and "FL Baseline" in out
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
     """--data DIR with annotations.json + videos/: FeatureGen runs extract-video (PCA to the config's dim)."""
     from helpers.videos import colour_video

@@ -253,6 +253,7 @@ def _expected(version_path, query, reference):
     return H.saved_model_outputs(version_path, arrays)["probabilities"][0]
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_versions_labels_and_a_broken_version(tmp_path):
     base = H.export_copy(str(tmp_path), seed=0, version=1)
     H.export_copy(str(tmp_path), seed=1, version=2)
@@ -291,6 +292,7 @@ def test_versions_labels_and_a_broken_version(tmp_path):
         handle.stop(grace=1)
 
 
+@pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_hot_reload_under_load_fails_no_request(tmp_path):
     base = H.export_copy(str(tmp_path), seed=0, version=1)
     query, reference = _pair(12)
