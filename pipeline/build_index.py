@@ -210,7 +210,7 @@ def run(index_dir: str, data_dir: str, model: str, splits: Optional[Sequence[str
     from the TFRecords of ``data_dir``; returns the summary (counts per split, seconds, records/s)."""
     from vreloc_tf.artifacts import Dataset, RunManifest
     from vreloc_tf.entry_index import iter_framed
-    from vreloc_tf.search.relocalize import file_sha256
+    from vreloc_tf.files import file_sha256
 
     t0 = time.time()
     dataset = Dataset.open(data_dir)

@@ -154,14 +154,14 @@ def test_faiss_reader_failure_is_an_input_error(tmp_path):
     """A file FAISS cannot parse, even with a manifest that matches it, is refused with one line."""
     import json
 
-    from vreloc_tf.search.library import sha256_of
+    from vreloc_tf.files import file_sha256
 
     rng = np.random.default_rng(8)
     _index(tmp_path / "ix", [_video(rng, "a", 30)])
     faiss_file = tmp_path / "ix" / "index.faiss"
     faiss_file.write_bytes(b"not a faiss index at all")
     manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
-    manifest["index"].update(bytes=faiss_file.stat().st_size, sha256=sha256_of(str(faiss_file)))
+    manifest["index"].update(bytes=faiss_file.stat().st_size, sha256=file_sha256(str(faiss_file)))
     (tmp_path / "ix" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexError_, match="FAISS cannot read it"):
         LibraryIndex.open(str(tmp_path / "ix"))

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
+from vreloc_tf.contract import reference_windows as windows
 from vreloc_tf.errors import InputError
 
 log = logging.getLogger("vreloc.locate")
@@ -129,17 +130,6 @@ def saved_model_matcher(base: str) -> Matcher:
 
 
 # -- the search ----------------------------------------------------------------
-
-def windows(length: int, window: int) -> List[Tuple[int, int]]:
-    """[start, end) windows of at most ``window`` steps, overlapping by half, covering [0, length)."""
-    if length <= window:
-        return [(0, length)]
-    hop = max(1, window // 2)
-    starts = list(range(0, length - window + 1, hop))
-    if starts[-1] + window < length:
-        starts.append(length - window)
-    return [(s, s + window) for s in starts]
-
 
 def search(match: Callable, query: np.ndarray, reference: np.ndarray, window: int):
     """Best segment over windows; returns (start, end, score, per-step curves [L, C] averaged over windows)."""

@@ -7,12 +7,22 @@ line naming the file, not a traceback.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 from typing import Any, Iterable, Iterator
 
 from vreloc_tf.errors import InputError
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB chunks (model and index files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: str, what: str = "JSON file") -> Any:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vreloc_tf.errors import InputError
-from vreloc_tf.files import atomic_path, read_json, write_json_atomic
+from vreloc_tf.files import atomic_path, file_sha256, read_json, write_json_atomic
 from vreloc_tf.search.embedding import EmbeddingSpec
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its per-CPU-feature import attempts are noise
@@ -53,14 +52,6 @@ WINDOW_DTYPE = np.dtype([("id", "<i8"), ("video", "<i8"), ("start", "<i4"), ("en
 
 class IndexError_(InputError):
     """A missing, corrupt or mismatched library index; the message names the file and what to do."""
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -210,7 +201,7 @@ class LibraryIndex:
             if size != info["bytes"]:
                 raise IndexError_(f"{faiss_path}: {size} bytes but the manifest says {info['bytes']} "
                                   f"(truncated or overwritten); rebuild the index")
-            if sha256_of(faiss_path) != info["sha256"]:
+            if file_sha256(faiss_path) != info["sha256"]:
                 raise IndexError_(f"{faiss_path}: checksum differs from the manifest's (corrupt); rebuild the index")
             try:
                 faiss_index = faiss.read_index(faiss_path)
@@ -479,7 +470,7 @@ class LibraryIndex:
         faiss_path = os.path.join(self.path, FAISS_FILE)
         with atomic_path(faiss_path) as tmp:
             faiss.write_index(self.faiss, tmp)
-        info.update(bytes=os.path.getsize(faiss_path), sha256=sha256_of(faiss_path), ntotal=int(self.faiss.ntotal))
+        info.update(bytes=os.path.getsize(faiss_path), sha256=file_sha256(faiss_path), ntotal=int(self.faiss.ntotal))
         _save_npy(os.path.join(self.path, REMOVED_FILE), self.removed)
         write_json_atomic(os.path.join(self.path, MANIFEST), self.manifest)
 

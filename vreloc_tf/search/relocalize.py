@@ -9,25 +9,18 @@ span's segment and score, as ``vreloc evaluate`` does (vreloc_tf.evaluate.predic
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
+
+from vreloc_tf.files import file_sha256
 
 LENGTH_BUCKET = 32
 
 
 def _bucket(n: int) -> int:
     return max(LENGTH_BUCKET, -(-int(n) // LENGTH_BUCKET) * LENGTH_BUCKET)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Relocalizer:
@@ -86,14 +79,3 @@ class Relocalizer:
             start[rows], end[rows], score[rows] = s, e, sc
         return start, end, score
 
-
-def spans_of(length: int, window: int) -> List[Tuple[int, int]]:
-    """[start, end) spans of at most ``window`` steps, overlapping by half, covering [0, length)
-    (the exhaustive reference cuts a long video the way `vreloc locate` does)."""
-    if length <= window:
-        return [(0, length)]
-    hop = max(1, window // 2)
-    starts = list(range(0, length - window + 1, hop))
-    if starts[-1] + window < length:
-        starts.append(length - window)
-    return [(s, s + window) for s in starts]

@@ -20,7 +20,8 @@ import numpy as np
 
 from vreloc_tf.search.embedding import Embedder
 from vreloc_tf.search.library import IndexError_, LibraryIndex
-from vreloc_tf.search.relocalize import Relocalizer, spans_of
+from vreloc_tf.contract import reference_windows
+from vreloc_tf.search.relocalize import Relocalizer
 
 DEFAULT_TOP_K = 5
 DEFAULT_CANDIDATES = 200  # nearest windows fetched from FAISS
@@ -116,7 +117,7 @@ def exhaustive(index: LibraryIndex, relocalizer: Relocalizer, query: np.ndarray,
     spans, owners, offsets = [], [], []
     for number in numbers:
         feats = index.video(int(number)).features
-        for s0, s1 in spans_of(len(feats), max(relocalizer.max_window, len(query))):
+        for s0, s1 in reference_windows(len(feats), max(relocalizer.max_window, len(query))):
             spans.append(np.asarray(feats[s0:s1]))
             owners.append(int(number))
             offsets.append(s0)
