@@ -6,7 +6,8 @@ from keras import ops
 
 from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
-from vreloc_tf.losses import coattention_loss, cosine_similarity, total_loss, weighted_cross_entropy
+from vreloc_tf.losses import (coattention_loss, cosine_similarity, total_loss, truncated_mean,
+                              truncation_fraction, weighted_cross_entropy)
 
 
 def random_probabilities(rng, batch, steps):
@@ -150,6 +151,42 @@ def test_weak_ours_is_eq19_on_the_pseudo_segments_and_reads_no_groundtruth():
     del batch["pseudo_groundtruth"]
     with pytest.raises(KeyError, match="pseudo_groundtruth"):
         total_loss(ours, batch, p, 0)
+
+
+def ref_truncated_mean(losses, fraction):
+    """NumPy: the mean of the (1 - fraction) smallest losses, at least one kept."""
+    ordered = np.sort(np.asarray(losses, np.float64))
+    return float(ordered[:max(len(ordered) - int(np.floor(fraction * len(ordered))), 1)].mean())
+
+
+def test_truncated_mean_matches_numpy_and_keeps_one():
+    rng = np.random.default_rng(8)
+    losses = rng.gamma(2.0, size=13).astype("float32")
+    for fraction in (0.0, 0.1, 0.3, 0.5, 0.99):
+        np.testing.assert_allclose(float(truncated_mean(losses, fraction)), ref_truncated_mean(losses, fraction),
+                                   rtol=1e-6)
+    assert float(truncated_mean(np.array([4.0], "float32"), 0.9)) == 4.0
+
+
+def test_weak_ours_truncation_drops_the_highest_losses_after_its_ramp():
+    rng = np.random.default_rng(9)
+    batch, p = make_batch(rng)
+    batch["pseudo_groundtruth"] = np.array([[1, 4], [0, 1], [2, 5], [5, 12]], "int32")
+    plain = np.asarray(weighted_cross_entropy(p, batch["pseudo_groundtruth"], batch["reference_length"], 10.0))
+    truncating = load_config("tiny", ["supervision=weak", "loss.teacher_truncation=0.5",
+                                      "loss.teacher_truncation_ramp_steps=100"])
+    np.testing.assert_allclose(float(total_loss(truncating, batch, p, 0)), plain.mean(), rtol=1e-6)  # ramp at 0
+    np.testing.assert_allclose(float(total_loss(truncating, batch, p, 50)), ref_truncated_mean(plain, 0.25),
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(total_loss(truncating, batch, p, 5_000)), ref_truncated_mean(plain, 0.5),
+                               rtol=1e-6)
+    assert truncation_fraction(truncating) == 0.5
+    # full supervision and the paper's weak objective never truncate
+    assert truncation_fraction(load_config("tiny", ["loss.teacher_truncation=0.5"])) == 0.0
+    assert truncation_fraction(load_config("tiny", ["supervision=weak", "loss.weak_variant=paper",
+                                                    "loss.teacher_truncation=0.5"])) == 0.0
+    with pytest.raises(ValueError, match="teacher_truncation"):
+        total_loss(load_config("tiny", ["supervision=weak", "loss.teacher_truncation=1.5"]), batch, p, 0)
 
 
 def test_bad_shapes_are_named():

@@ -67,6 +67,8 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
            about="weak ours without the similarity features (the paper's model)"),
     Method("weak-ours-mean-teacher", "weak", ("loss.teacher_temperature=100",),
            about="weak ours, teacher pooling the query frames by their mean (tau=100) instead of a soft maximum"),
+    Method("weak-ours-truncate", "weak", ("loss.teacher_truncation=0.3",),
+           about="weak ours, each batch's 30 % highest-loss pairs dropped (ramped up over 200 steps)"),
     Method("weak-ours-threshold-decode", "weak", decode="weak", trains_as="weak-ours",
            about="weak ours scored with the paper's weak threshold rule instead of Eq. 20"),
     Method("weak-ours-last", "weak", checkpoint="last", trains_as="weak-ours",

@@ -100,6 +100,12 @@ class LossConfig:
     weak_variant: Literal["ours", "paper"] = "ours"
     teacher_temperature: float = 0.2  # ours: soft maximum over query frames (vreloc_tf.teacher)
     teacher_threshold_std: float = 0.5  # ours: a step is "action" above mean + 0.5 std of its score
+    # ours: once the student overtakes its teacher it starts to fit the teacher's errors (the drift
+    # measured on `demo`, docs/QUALITY.md). Each batch's highest-loss pairs, this fraction of them, are
+    # left out (the small-loss rule of learning with noisy labels, co-teaching, Han et al. 2018),
+    # ramped up linearly from 0 at step 0 over `teacher_truncation_ramp_steps`; 0 = off.
+    teacher_truncation: float = 0.0
+    teacher_truncation_ramp_steps: int = 200
     alpha: float = 0.3  # co-attention balance, best in Table 3
     boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)
     # Weak "paper" only: masks on p3/p4 after 100 iterations (Implementation Details; the paper

@@ -197,6 +197,43 @@ def per_example_loss(cfg, batch, probabilities, step):
     raise ValueError(f"total_loss: unknown cfg.loss.full_losses {cfg.loss.full_losses!r}")
 
 
+def truncation_fraction(cfg) -> float:
+    """The fraction of highest-loss pairs weak "ours" leaves out (``loss.teacher_truncation``), else 0."""
+    if cfg.supervision != "weak" or cfg.loss.weak_variant != "ours":
+        return 0.0
+    value = float(cfg.loss.teacher_truncation)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"loss.teacher_truncation must be in [0, 1), got {value}")
+    return value
+
+
+def truncated_mean(losses, fraction):
+    """The mean of the (1 - fraction) smallest entries of ``losses`` [B] (at least one kept).
+
+    The small-loss rule of learning with noisy labels (co-teaching, Han et al. 2018): once a
+    model has learnt what is common, the pairs it disagrees with most are the likeliest to
+    carry a wrong label, and fitting them is what makes it drift. ``fraction`` may be a tensor.
+    """
+    losses = ops.convert_to_tensor(losses)
+    count = ops.shape(losses)[0]
+    drop = ops.cast(ops.floor(ops.cast(fraction, "float32") * ops.cast(count, "float32")), "int32")
+    keep = ops.maximum(ops.cast(count, "int32") - drop, 1)
+    threshold = ops.take(ops.sort(losses), keep - 1)
+    kept = ops.cast(ops.less_equal(losses, threshold), losses.dtype)
+    return ops.sum(losses * kept) / ops.maximum(ops.sum(kept), 1.0)
+
+
 def total_loss(cfg, batch, probabilities, step):
-    """The scalar training loss: :func:`per_example_loss` averaged over the batch."""
-    return ops.mean(per_example_loss(cfg, batch, probabilities, step))
+    """The scalar training loss: :func:`per_example_loss` averaged over the batch.
+
+    Weak "ours" with ``loss.teacher_truncation`` > 0 averages only the smallest losses
+    (:func:`truncated_mean`); the dropped fraction ramps up linearly from 0 at step 0 to
+    ``teacher_truncation`` at ``teacher_truncation_ramp_steps``.
+    """
+    losses = per_example_loss(cfg, batch, probabilities, step)
+    fraction = truncation_fraction(cfg)
+    if fraction:
+        ramp = max(int(cfg.loss.teacher_truncation_ramp_steps), 1)
+        progress = ops.minimum(ops.cast(step, "float32") / float(ramp), 1.0)
+        return truncated_mean(losses, fraction * progress)
+    return ops.mean(losses)

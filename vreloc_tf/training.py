@@ -103,19 +103,20 @@ def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Con
     import tensorflow as tf
 
     from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
-    from vreloc_tf.losses import per_example_loss
+    from vreloc_tf.losses import per_example_loss, truncated_mean, truncation_fraction
 
     if cfg.supervision != "weak":
         raise ValueError("objective_on_plan: the label-free criterion exists for weak supervision only")
     ordered, _ = length_sorted(plan)
     probabilities = tf.function(lambda batch: model({k: batch[k] for k in INPUT_NAMES}, training=False)[
         "probabilities"], reduce_retracing=True)
-    total, count = 0.0, 0
-    for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg)):
-        losses = per_example_loss(cfg, batch, probabilities(batch), step)
-        total += float(keras.ops.sum(losses))
-        count += int(losses.shape[0])
-    return total / max(count, 1)
+    losses = [np.asarray(per_example_loss(cfg, batch, probabilities(batch), step))
+              for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg))]
+    if not losses:
+        return 0.0
+    # the objective as trained: with loss.teacher_truncation, the mean of all but the highest-loss
+    # pairs (the full fraction at every step, so that steps compare like with like)
+    return float(truncated_mean(np.concatenate(losses), truncation_fraction(cfg)))
 
 
 class ValidationCallback(keras.callbacks.Callback):
