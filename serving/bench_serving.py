@@ -143,14 +143,17 @@ def bench_throughput(target: str, query, reference, clients: int = 8, duration: 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     deadline[0] = began + duration
     start_gate.wait()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    # CPU time per request (server and clients share this process): the capacity figure that a
+    # neighbour's load on a shared machine disturbs least; cores / it bounds requests/s
     out = {"clients": clients, "seconds": elapsed, "requests": len(latencies), "errors": len(errors),
-           "requests_per_s": len(latencies) / elapsed}
+           "requests_per_s": len(latencies) / elapsed,
+           "cpu_ms_per_request": 1000.0 * cpu / max(len(latencies), 1)}
     out.update({f"latency_{k}": v for k, v in _percentiles(latencies or [0.0]).items() if k != "n"})
     return out
 
@@ -168,18 +171,24 @@ def warm_batch_shapes(target: str, query, reference, clients: int, model_name: s
 def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, requests: int = 100,
                   clients: int = 8, duration: float = 5.0, version_path: Optional[str] = None,
                   workdir: Optional[str] = None, batching: Optional[bool] = None, jit_compile: bool = True,
-                  warmup_seconds: Optional[float] = None, batch_threads: int = 0) -> dict:
+                  warmup_seconds: Optional[float] = None, batch_threads: int = 0,
+                  intra_op_threads: Optional[int] = sig.INTRA_OP_THREADS) -> dict:
     """Export (unless ``version_path`` is given), serve on loopback in process, and measure.
 
     Returns {"config", "feature_dim", "lq", "lr", "batching", "jit_compile", "inference": {p50_ms, p99_ms, ...}
     (the compiled model), "in_process": {...} (the exported signature), "grpc": {...},
     "grpc_overhead_p50_ms", "throughput": {requests_per_s, ...} (after an untimed warm-up of
     ``warmup_seconds``, default ``duration`` / 2), "figures": the issue's three figures and their ratios}.
+    ``intra_op_threads``: TensorFlow's intra-op pool of this process, as ``vreloc serve`` sets it (its
+    default; None: TensorFlow's choice); the in-process figures share it.
     """
     import tensorflow as tf
 
     from serving.batching import BatchingOptions
-    from serving.server import start_server
+    from serving.server import set_tensorflow_threads, start_server
+
+    if intra_op_threads is not None:
+        set_tensorflow_threads(intra_op_threads)
 
     owned = None
     if version_path is None:
@@ -211,6 +220,7 @@ def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WIN
                "grpc_p50_over_inference_p50": grpc_p50 / inference_p50,
                "requests_per_s_over_one_at_a_time": throughput["requests_per_s"] / (1000.0 / grpc_p50)}
     return {"config": config, "feature_dim": feature_dim, "lq": lq, "lr": lr, "batching": batching,
+            "intra_op_threads": intra_op_threads,
             "jit_compile": jit_compile, **latency,
             "grpc_overhead_p50_ms": grpc_p50 - latency["in_process"]["p50_ms"],
             "throughput": throughput, "figures": figures}
@@ -231,7 +241,8 @@ def format_report(result: dict) -> str:
     lines.append(f"  {t['clients']} concurrent clients: {t['requests_per_s']:.1f} requests/s "
                  f"({t['requests']} in {t['seconds']:.1f} s, {t['errors']} errors; "
                  f"latency p50 {t['latency_p50_ms']:.1f} ms, p99 {t['latency_p99_ms']:.1f} ms) = "
-                 f"{f['requests_per_s_over_one_at_a_time']:.2f} x one at a time (target >= 2)")
+                 f"{f['requests_per_s_over_one_at_a_time']:.2f} x one at a time (target >= 2); "
+                 f"{t['cpu_ms_per_request']:.1f} ms of CPU per request")
     return "\n".join(lines)
 
 
@@ -248,10 +259,14 @@ def main(argv=None) -> int:
                         help="server-side batching on/off (default: the server's choice for the export)")
     parser.add_argument("--batch-threads", type=int, default=0, help="model calls at once when batching (0: one per core)")
     parser.add_argument("--no-xla", action="store_true", help="export without XLA (the signature before issue #12)")
+    parser.add_argument("--intra-op-threads", type=int, default=sig.INTRA_OP_THREADS,
+                        help="TensorFlow intra-op threads of the server process (default %(default)s, as vreloc serve; "
+                             "0 = one per core)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     result = run_benchmark(args.config, args.lq, args.lr, args.requests, args.clients, args.duration, args.export,
-                           batching=args.batching, jit_compile=not args.no_xla, batch_threads=args.batch_threads)
+                           batching=args.batching, jit_compile=not args.no_xla, batch_threads=args.batch_threads,
+                           intra_op_threads=args.intra_op_threads)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -103,6 +103,37 @@ def enable_xla_cache(directory: str) -> bool:
     return True
 
 
+def set_tensorflow_threads(intra_op: int, inter_op: int = 0) -> bool:
+    """Size TensorFlow's thread pools for serving (TF Serving's ``--tensorflow_intra_op_parallelism`` and
+    ``--tensorflow_inter_op_parallelism``); 0 leaves a pool at TensorFlow's choice (one thread per core).
+
+    Why 1 intra-op thread is the server's default (measured, serving/README.md): one XLA call of one pair
+    gains nothing from a second thread on a 2-core CPU (paper_full, Lq 16, Lr 300: 25.5 ms with 1 thread,
+    28.3 ms with 2, and 33 instead of 26 ms of CPU, the rest spent waiting in the pool), so calls side
+    by side -- concurrent requests, or the batching threads -- use the cores better than one call over
+    all of them. Works only before the process's first TensorFlow op; returns whether it took effect
+    (a warning says so when it did not, e.g. in a process that already ran a model).
+    """
+    if intra_op < 0 or inter_op < 0:
+        raise InputError(f"TensorFlow thread counts must be >= 0 (0 = TensorFlow's choice), got intra-op {intra_op}, "
+                         f"inter-op {inter_op}")
+    import tensorflow as tf
+
+    threading_config = tf.config.threading
+    wanted = (intra_op, inter_op)
+    current = (threading_config.get_intra_op_parallelism_threads(), threading_config.get_inter_op_parallelism_threads())
+    if current == wanted:
+        return True
+    try:
+        threading_config.set_intra_op_parallelism_threads(intra_op)
+        threading_config.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        log.warning("TensorFlow is already running in this process: its thread pools stay at intra-op %d, "
+                    "inter-op %d (asked for %d, %d)", *current, *wanted)
+        return False
+    return True
+
+
 @dataclass
 class ServerHandle:
     """A running server: ``port`` (gRPC) and ``rest_port`` it listens on; ``stop(grace)`` finishes requests first."""
@@ -159,7 +190,8 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
                  version_labels: Optional[Dict[str, int]] = None, limits: RequestLimits = RequestLimits(),
                  batching: BatchingOptions = BatchingOptions(), rest_port: Optional[int] = None,
                  rest_timeout: float = sig.REST_TIMEOUT_SECONDS, xla_cache_dir: Optional[str] = None,
-                 max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES) -> ServerHandle:
+                 max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES,
+                 tensorflow_threads: Optional[tuple] = None) -> ServerHandle:
     """Load the versions under ``model_base_path`` and serve them over gRPC (and REST); returns once listening.
 
     ``port=0`` picks a free port (``handle.port``); ``rest_port`` (None: no REST
@@ -169,6 +201,8 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
     loads) switch both ports to TLS. ``poll_interval`` <= 0 disables reloading.
     ``batching``: how requests are chunked and batched (serving/batching.py).
     ``xla_cache_dir``: keep compiled XLA programs there (:func:`enable_xla_cache`).
+    ``tensorflow_threads``: (intra-op, inter-op) pool sizes (:func:`set_tensorflow_threads`; None: as
+    they are -- ``vreloc serve`` passes its flags, 1 intra-op thread by default).
     """
     if not is_loopback(host):
         if not allow_remote:
@@ -185,6 +219,8 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
                          f"--batch-timeout-micros >= 0 (got {batching})")
     if xla_cache_dir:
         enable_xla_cache(xla_cache_dir)
+    if tensorflow_threads is not None:
+        set_tensorflow_threads(*tensorflow_threads)
     name = model_name or os.path.basename(os.path.normpath(model_base_path))
     model = ServedModel(name, model_base_path, VersionPolicy.parse(version_policy), version_labels, limits, batching)
     model.scan()

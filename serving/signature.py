@@ -106,6 +106,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 REST_TIMEOUT_SECONDS = 30.0  # a REST predict stops after this long (TF Serving's --rest_api_timeout_in_ms)
 
 # -- how requests run (serving/batching.py) --------------------------------------------
+INTRA_OP_THREADS = 1  # threads one model call uses (vreloc serve; serving.server.set_tensorflow_threads says why)
 BATCH_TIMEOUT_MICROS = 0  # wait for more requests once one is queued (0: batch what is already queued)
 MAX_BATCH_STEPS = 4800  # padded pairs x Lr per model call (16 pairs at Lr 300): the unit between deadline checks
 # Shapes a model call is padded to (an XLA signature compiles once per shape): the smallest that fits.

@@ -161,6 +161,9 @@ def test_benchmark_functions_run_on_tiny_shapes(tiny_cfg):
     assert train["best_pairs_per_s"] > 0
     latency = model_bench.inference_latency_ms(tiny_cfg, 4, 10, DIM, runs=3, jit_compile=False)
     assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+    costs = model_bench.inference_cost_by_batch(tiny_cfg, (1, 2), 4, 10, DIM, pairs=4, jit_compile=False)
+    assert sorted(costs) == sorted(f"batch_{b}_{what}_ms_per_pair" for b in (1, 2) for what in ("wall", "cpu"))
+    assert all(v > 0 for v in costs.values())
 
 
 @pytest.mark.slow

@@ -763,3 +763,50 @@ def test_serve_cli_refuses_bad_settings(tmp_path, capsys):
     assert "absent" in capsys.readouterr().err
     assert cli_main(["serve", "--model-base-path", str(base), "--version-policy", "newest"]) == 2
     assert "--version-policy 'newest'" in capsys.readouterr().err
+
+
+def test_tensorflow_threads_are_set_before_tensorflow_runs_and_refused_after():
+    """`vreloc serve` sizes TensorFlow's pools (1 intra-op thread by default); too late, it says so and goes on."""
+    code = (
+        "import logging, tensorflow as tf\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from serving.server import set_tensorflow_threads\n"
+        "from vreloc_tf.errors import InputError\n"
+        "assert set_tensorflow_threads(1, 2) is True\n"
+        "assert tf.config.threading.get_intra_op_parallelism_threads() == 1\n"
+        "assert tf.config.threading.get_inter_op_parallelism_threads() == 2\n"
+        "tf.constant(1.0) + 1.0\n"
+        "assert set_tensorflow_threads(1, 2) is True  # already so: nothing to change\n"
+        "assert set_tensorflow_threads(3) is False\n"
+        "assert tf.config.threading.get_intra_op_parallelism_threads() == 1\n"
+        "try:\n"
+        "    set_tensorflow_threads(-1)\n"
+        "    raise SystemExit('negative count accepted')\n"
+        "except InputError as exc:\n"
+        "    assert 'intra-op -1' in str(exc), exc\n"
+        "print('THREADS-OK')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and "THREADS-OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "already running in this process" in proc.stderr and "asked for 3, 0" in proc.stderr
+
+
+def test_serve_cli_passes_the_thread_flags(monkeypatch, tmp_path):
+    from vreloc.cli import main as cli_main
+
+    seen = {}
+
+    def fake_start_server(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("serving.server.start_server", fake_start_server)
+    base = tmp_path / "m"
+    base.mkdir()
+    with pytest.raises(SystemExit):
+        cli_main(["serve", "--model-base-path", str(base)])
+    assert seen["tensorflow_threads"] == (sig.INTRA_OP_THREADS, 0) == (1, 0)
+    with pytest.raises(SystemExit):
+        cli_main(["serve", "--model-base-path", str(base), "--tensorflow-intra-op-parallelism", "0",
+                  "--tensorflow-inter-op-parallelism", "4"])
+    assert seen["tensorflow_threads"] == (0, 4)

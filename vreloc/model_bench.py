@@ -10,7 +10,7 @@ import sys
 from typing import Optional
 
 from vreloc_tf.config import load_config
-from vreloc_tf.model_bench import PAPER_SHAPES, run_benchmark
+from vreloc_tf.model_bench import PAPER_SHAPES, inference_cost_by_batch, run_benchmark
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -25,8 +25,25 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--jit-train", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--no-jit-predict", action="store_true", help="run inference without XLA")
+    parser.add_argument("--inference-batches", default=None, metavar="B1,B2,...",
+                        help="only time the compiled predict function at these batch sizes (wall and CPU ms per pair)")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="TensorFlow intra-op threads for this process (default: TensorFlow's choice)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    if args.intra_op_threads is not None:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inference_batches:
+        sizes = [int(b) for b in args.inference_batches.split(",")]
+        costs = inference_cost_by_batch(cfg, sizes, args.query_steps, args.reference_steps, args.feature_dim,
+                                        jit_compile=not args.no_jit_predict)
+        print(f"config {args.config}  Lq={args.query_steps} Lr={args.reference_steps} D={args.feature_dim}  "
+              f"intra-op threads {args.intra_op_threads if args.intra_op_threads is not None else 'auto'}")
+        for key, value in costs.items():
+            print(f"{key:32s} {value:,.2f}")
+        return 0
     results = run_benchmark(cfg, args.batch_size, args.query_steps, args.reference_steps, args.feature_dim,
                             args.train_steps, args.latency_runs, args.jit_train, not args.no_jit_predict)
     print(f"config {args.config}  B={args.batch_size} Lq={args.query_steps} Lr={args.reference_steps} "

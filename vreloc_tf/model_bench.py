@@ -223,6 +223,39 @@ def inference_latency_ms(cfg: Config, query_steps: int = PAPER_SHAPES["query_ste
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
+def inference_cost_by_batch(cfg: Config, batch_sizes=(1, 4), query_steps: int = PAPER_SHAPES["query_steps"],
+                            reference_steps: int = PAPER_SHAPES["reference_steps"],
+                            feature_dim: int = PAPER_SHAPES["feature_dim"], pairs: int = 40,
+                            jit_compile: bool = True) -> Dict[str, float]:
+    """Wall and CPU milliseconds per pair of the compiled predict function at each batch size (medians).
+
+    Why CPU time: on a shared machine it is what a neighbour's load disturbs least, and cores
+    divided by CPU time per pair bounds the pairs/s a server can reach (serving/README.md uses it
+    to choose TensorFlow's thread counts and batching).
+    """
+    import tensorflow as tf
+
+    from vreloc_tf.model import INPUT_NAMES, build_model
+
+    model = build_model(cfg, feature_dim)
+    predict = make_predict_function(model, jit_compile)
+    out: Dict[str, float] = {}
+    for size in batch_sizes:
+        data = random_batch(int(size), query_steps, reference_steps, feature_dim)
+        inputs = {k: tf.constant(data[k]) for k in INPUT_NAMES}
+        for _ in range(3):
+            predict(inputs)["probabilities"].numpy()
+        walls, cpus = [], []
+        for _ in range(max(pairs // int(size), 8)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            predict(inputs)["probabilities"].numpy()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        out[f"batch_{size}_wall_ms_per_pair"] = float(1000 * np.median(walls) / size)
+        out[f"batch_{size}_cpu_ms_per_pair"] = float(1000 * np.median(cpus) / size)
+    return out
+
+
 def run_benchmark(cfg: Config, batch_size: int = PAPER_SHAPES["batch_size"],
                   query_steps: int = PAPER_SHAPES["query_steps"], reference_steps: int = PAPER_SHAPES["reference_steps"],
                   feature_dim: int = PAPER_SHAPES["feature_dim"], train_steps: int = 3, latency_runs: int = 50,

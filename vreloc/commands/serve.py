@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--xla-cache-dir", default=None,
                         help="keep compiled XLA programs here across restarts (default: ~/.cache/vreloc/xla; "
                              "'' = do not keep them)")
+    parser.add_argument("--tensorflow-intra-op-parallelism", type=int, default=sig.INTRA_OP_THREADS,
+                        help="threads one model call may use (TF Serving's flag; default %(default)s: calls side by "
+                             "side use the cores better, serving/README.md; 0 = one per core)")
+    parser.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
+                        help="threads running independent ops and calls (default %(default)s: one per core)")
     parser.add_argument("--max-workers", type=int, default=8, help="gRPC worker threads (default %(default)s)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds SIGTERM/SIGINT lets running requests finish; then they stop (default %(default)s)")
@@ -73,7 +78,9 @@ def main(args: argparse.Namespace) -> int:
                           version_labels=dict(args.version_label), limits=limits, batching=batching,
                           rest_port=args.rest_port, rest_timeout=args.rest_timeout,
                           xla_cache_dir=default_xla_cache_dir() if args.xla_cache_dir is None else args.xla_cache_dir,
-                          max_workers=args.max_workers)
+                          max_workers=args.max_workers,
+                          tensorflow_threads=(args.tensorflow_intra_op_parallelism,
+                                              args.tensorflow_inter_op_parallelism))
     print(f"listening on {handle.address}" + (f", REST on port {handle.rest_port}" if handle.rest else ""), flush=True)
     serve_until_signal(handle, args.grace)
     return 0
