@@ -107,11 +107,10 @@ def set_tensorflow_threads(intra_op: int, inter_op: int = 0) -> bool:
     """Size TensorFlow's thread pools for serving (TF Serving's ``--tensorflow_intra_op_parallelism`` and
     ``--tensorflow_inter_op_parallelism``); 0 leaves a pool at TensorFlow's choice (one thread per core).
 
-    Why 1 intra-op thread is the server's default (measured, serving/README.md): one XLA call of one pair
-    gains nothing from a second thread on a 2-core CPU (paper_full, Lq 16, Lr 300: 25.5 ms with 1 thread,
-    28.3 ms with 2, and 33 instead of 26 ms of CPU, the rest spent waiting in the pool), so calls side
-    by side -- concurrent requests, or the batching threads -- use the cores better than one call over
-    all of them. Works only before the process's first TensorFlow op; returns whether it took effect
+    Why 1 intra-op thread is the server's default (serving/README.md, "TensorFlow threads", has the
+    figures of ``python -m vreloc.model_bench --inference-batches``): one XLA call gains little or no
+    wall time from a second thread on a 2-core CPU and spends more CPU waiting in the pool, so calls
+    side by side -- concurrent requests, or the batching threads -- use the cores better. Works only before the process's first TensorFlow op; returns whether it took effect
     (a warning says so when it did not, e.g. in a process that already ran a model).
     """
     if intra_op < 0 or inter_op < 0:

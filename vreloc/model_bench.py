@@ -32,9 +32,9 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     if args.intra_op_threads is not None:
-        import tensorflow as tf
+        from serving.server import set_tensorflow_threads
 
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+        set_tensorflow_threads(args.intra_op_threads)
     if args.inference_batches:
         sizes = [int(b) for b in args.inference_batches.split(",")]
         costs = inference_cost_by_batch(cfg, sizes, args.query_steps, args.reference_steps, args.feature_dim,
