@@ -8,6 +8,7 @@ from vreloc import cli
 
 FAST = ["--set", "train.steps=4", "--set", "train.validate_every=2", "--set", "train.checkpoint_every=2",
         "--set", "train.batch_size=8", "--set", "train.validation_pairs=16"]
+SMOKE = ["--geometry", "smoke"]  # synthetic data of a few dozen videos (docs/DATA.md)
 
 
 def _stage(workdir, name):
@@ -18,7 +19,7 @@ def _stage(workdir, name):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("pipeline") / "run")
-    code = cli.main(["pipeline", "run", "--workdir", workdir, *FAST])
+    code = cli.main(["pipeline", "run", "--workdir", workdir, *SMOKE, *FAST])
     return workdir, code
 
 
@@ -29,6 +30,9 @@ def test_every_stage_runs_and_writes_its_manifest(first_run, capsys):
         doc = _stage(workdir, name)
         assert doc["status"] == "done" and doc["code_version"] and doc["config_hash"]
         assert doc["seconds"] >= 0 and doc["fingerprint"]
+    featuregen = _stage(workdir, "featuregen")
+    assert featuregen["inputs"]["geometry"] == "smoke"
+    assert {s: c["written"] for s, c in featuregen["outputs"]["splits"].items()} == {"train": 48, "val": 21, "test": 18}
     ev = _stage(workdir, "evaluator")["outputs"]
     for split in ("val", "test"):
         rows = ev["results"][split]  # keyed by method id: blessing picks rows by name, never by position
@@ -55,16 +59,25 @@ def test_every_stage_runs_and_writes_its_manifest(first_run, capsys):
         assert info["model_name"] == f"vreloc_{mode}"
 
 
+@pytest.mark.parametrize("flags", [["--geometry", "smoke"], ["--family", "shots"]])
+def test_synthetic_data_flags_with_a_data_folder_are_refused_not_ignored(tmp_path, capsys, flags):
+    workdir = str(tmp_path / "run")
+    assert cli.main(["pipeline", "run", "--workdir", workdir, "--data", str(tmp_path), *flags]) == 2
+    assert "--family/--geometry describe generated data (--data synth)" in capsys.readouterr().err
+    assert not os.path.exists(workdir)  # refused before anything was written
+
+
 @pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_rerun_skips_unchanged_stages_and_force_reruns(first_run, capsys):
     workdir, _ = first_run
     before = {n: _stage(workdir, n)["finished"] for n in ("featuregen", "trainer", "evaluator", "pusher")}
-    assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST, "--no-serve-check"]) == 0
+    assert cli.main(["pipeline", "run", "--workdir", workdir, *SMOKE, *FAST, "--no-serve-check"]) == 0
     out = capsys.readouterr().out
     for name in ("featuregen", "trainer", "evaluator", "pusher"):
         assert f"[{name}] skipped" in out
         assert _stage(workdir, name)["finished"] == before[name]
-    assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST, "--no-serve-check", "--force", "evaluator"]) == 0
+    assert cli.main(["pipeline", "run", "--workdir", workdir, *SMOKE, *FAST, "--no-serve-check",
+                     "--force", "evaluator"]) == 0
     out = capsys.readouterr().out
     assert "[featuregen] skipped" in out and "[trainer] skipped" in out
     assert "[evaluator] done" in out and "[pusher] done" in out  # the evaluation changed, so push again
@@ -73,7 +86,7 @@ def test_rerun_skips_unchanged_stages_and_force_reruns(first_run, capsys):
 @pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min
 def test_config_change_reruns_training_not_features(first_run, capsys):
     workdir, _ = first_run
-    assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST, "--set", "loss.alpha=0.5",
+    assert cli.main(["pipeline", "run", "--workdir", workdir, *SMOKE, *FAST, "--set", "loss.alpha=0.5",
                      "--no-serve-check"]) == 0
     out = capsys.readouterr().out
     assert "[featuregen] skipped" in out and "[trainer] done" in out
@@ -84,10 +97,10 @@ def test_serve_check_answered_over_grpc(first_run, capsys):
     workdir, _ = first_run
     if not _stage(workdir, "pusher")["outputs"]["pushed"]:
         # Nothing blessed at 4 steps is a legitimate outcome; then the check says so.
-        assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST]) == 0
+        assert cli.main(["pipeline", "run", "--workdir", workdir, *SMOKE, *FAST]) == 0
         assert "no blessed model was pushed" in capsys.readouterr().out
         return
-    assert cli.main(["pipeline", "run", "--workdir", workdir, *FAST]) == 0
+    assert cli.main(["pipeline", "run", "--workdir", workdir, *SMOKE, *FAST]) == 0
     out = capsys.readouterr().out
     assert "querying with the stock gRPC client" in out and "score" in out and "server stopped (exit 0)" in out
     assert "Results on test (mAP@1, %):" in out and "FL Baseline" in out

@@ -87,12 +87,15 @@ class FeatureSource:
 
     data: str = SYNTH
     family: str = "demo"  # feature family of synthetic data (pipeline.families)
+    geometry: str = "default"  # split geometry of synthetic data (pipeline.synth.GEOMETRIES)
     runner: Optional[str] = None  # Beam runner (default DirectRunner)
     c3d_weights: Optional[str] = None  # Sports-1M C3D weights, for a video folder
     random_c3d: bool = False  # random C3D weights (demos and tests only)
 
     def fingerprint(self) -> dict:
+        synth_geometry = {"geometry": self.geometry} if self.data == SYNTH and self.geometry != "default" else {}
         return {"data": self.data, "family": self.family if self.data == SYNTH else None,
+                **synth_geometry,  # only when not the default, so work folders made before it stay valid
                 "source": None if self.data == SYNTH else _tree_fingerprint(self.data),
                 "c3d": self.c3d_weights and _tree_fingerprint(self.c3d_weights), "random_c3d": self.random_c3d}
 
@@ -111,7 +114,8 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
     data_dir = os.path.join(folder, "data")
     if source.data == SYNTH:
         src = os.path.join(folder, "raw")
-        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM, family=source.family)
+        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM, family=source.family,
+                       geometry=source.geometry)
     else:
         src = os.path.abspath(source.data)
     hdf5 = os.path.join(src, synth.HDF5_NAME)

@@ -7,6 +7,8 @@ from vreloc.orchestrator import STAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.synth import GEOMETRIES
+
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run (or resume) the pipeline in a work folder")
     run.add_argument("--workdir", required=True, help="run folder (created; reruns skip unchanged stages)")
@@ -18,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(annotations.json + videos/*, through extract-video)")
     run.add_argument("--family", default="demo",
                      help="feature family of --data synth (demo, substates, periodic, shots; docs/DATA.md)")
+    run.add_argument("--geometry", default="default", choices=list(GEOMETRIES),
+                     help="split geometry of --data synth (default %(default)s: >= 500 test pairs; 'smoke': a few "
+                          "dozen videos, the whole chain in about a minute; docs/DATA.md)")
     weights = run.add_mutually_exclusive_group()
     weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video folder")
     weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (demos and tests only)")
@@ -33,12 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.orchestrator import FeatureSource, PipelineRun, parse_models
+    from vreloc.orchestrator import SYNTH, FeatureSource, PipelineRun, parse_models
     from vreloc_tf.config import load_config
+    from vreloc_tf.errors import InputError
 
+    if args.data != SYNTH and (args.family != "demo" or args.geometry != "default"):
+        raise InputError(f"--family/--geometry describe generated data (--data {SYNTH}); --data {args.data} "
+                         f"brings its own features and splits")
     models = parse_models(args.models)
     cfg = load_config(args.config, args.set)
-    source = FeatureSource(args.data, family=args.family, runner=args.runner, c3d_weights=args.c3d_weights,
-                           random_c3d=args.random_c3d)
+    source = FeatureSource(args.data, family=args.family, geometry=args.geometry, runner=args.runner,
+                           c3d_weights=args.c3d_weights, random_c3d=args.random_c3d)
     return PipelineRun(args.workdir, cfg, args.config, source, args.force, args.model_name,
                        serve_check=not args.no_serve_check, models=models).run()
