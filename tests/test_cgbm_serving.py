@@ -20,7 +20,7 @@ from vreloc_tf.decoding import decode_feng_np
 
 @pytest.fixture(scope="module")
 def served_cgbm(tmp_path_factory):
-    base = H.export_copy(str(tmp_path_factory.mktemp("served_cgbm")), seed=0, overrides=CGBM_METHOD)
+    base = H.export_copy(str(tmp_path_factory.mktemp("served_cgbm")), seed=0, overrides=CGBM_METHOD, xla=False)
     handle = start_server(base, port=0, poll_interval=0)
     channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
     yield base, channel

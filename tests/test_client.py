@@ -15,7 +15,7 @@ from vreloc.cli import main as cli_main
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = H.export_copy(str(tmp_path_factory.mktemp("client")), seed=0)
+    base = H.export_copy(str(tmp_path_factory.mktemp("client")), seed=0, xla=False)
     handle = start_server(base, port=0, poll_interval=0)
     yield f"127.0.0.1:{handle.port}", os.path.join(base, "1")
     handle.stop(grace=1)

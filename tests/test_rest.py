@@ -20,7 +20,7 @@ from serving.validation import InvalidRequest, RequestLimits
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    base = H.export_copy(str(tmp_path_factory.mktemp("rest")), seed=0)
+    base = H.export_copy(str(tmp_path_factory.mktemp("rest")), seed=0, xla=False)
     handle = start_server(base, port=0, rest_port=0, poll_interval=0)
     yield handle, f"http://127.0.0.1:{handle.rest_port}", f"127.0.0.1:{handle.port}"
     handle.stop(grace=1)

@@ -355,7 +355,7 @@ def test_hot_reload_under_load_fails_no_request(tmp_path):
 
 
 def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path):
-    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    base = H.export_copy(str(tmp_path), seed=0, version=1, xla=False)
     handle = start_server(base, port=0, poll_interval=0.1)
     try:
         tmp = os.path.join(base, ".tmp-2-x")
@@ -379,8 +379,8 @@ def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path):
 
 def test_a_version_copied_non_atomically_is_served_once_the_copy_ends(tmp_path):
     """Issue #12: cp -r writes saved_model.pb first; the failed load is retried when the folder changes."""
-    base = H.export_copy(str(tmp_path), seed=0, version=1)
-    source = os.path.join(H.export_copy(str(tmp_path / "src"), seed=1, version=2), "2")
+    base = H.export_copy(str(tmp_path), seed=0, version=1, xla=False)
+    source = os.path.join(H.export_copy(str(tmp_path / "src"), seed=1, version=2, xla=False), "2")
     loads = []  # seconds each successful load took (loading + warm-up compilation)
 
     class Loads(logging.Handler):
@@ -425,7 +425,7 @@ def test_a_version_copied_non_atomically_is_served_once_the_copy_ends(tmp_path):
 
 
 def test_odd_folder_names_are_ignored_with_one_warning(tmp_path, caplog):
-    base = H.export_copy(str(tmp_path), seed=0, version=1)
+    base = H.export_copy(str(tmp_path), seed=0, version=1, xla=False)
     for name in ("\u00b2", "abc", "1.5"):  # '²' passes str.isdigit() but not int()
         os.makedirs(os.path.join(base, name))
     open(os.path.join(base, "README.txt"), "w").close()
@@ -433,7 +433,7 @@ def test_odd_folder_names_are_ignored_with_one_warning(tmp_path, caplog):
         handle = start_server(base, port=0, poll_interval=0.1)
         try:
             model = handle.models[H.MODEL_NAME]
-            H.export_copy(str(tmp_path), seed=1, version=2)  # rescans go on and pick up a new version
+            H.export_copy(str(tmp_path), seed=1, version=2, xla=False)  # rescans go on and pick up a new version
             deadline = time.monotonic() + 60
             while model.versions != [2] and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -722,7 +722,7 @@ def _self_signed(tmp_path):
 
 def test_tls_round_trip(tmp_path):
     cert, key = _self_signed(tmp_path)
-    base = H.export_copy(str(tmp_path), seed=0)
+    base = H.export_copy(str(tmp_path), seed=0, xla=False)
     handle = start_server(base, port=0, poll_interval=0, tls_cert=cert, tls_key=key)
     try:
         query, reference = _pair()
@@ -737,7 +737,7 @@ def test_tls_round_trip(tmp_path):
 
 
 def test_non_loopback_bind_needs_the_flag_and_warns(tmp_path, caplog):
-    base = H.export_copy(str(tmp_path), seed=0)
+    base = H.export_copy(str(tmp_path), seed=0, xla=False)
     with pytest.raises(ValueError, match="--allow-remote"):
         start_server(base, host="0.0.0.0")
     with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):

@@ -62,20 +62,26 @@ def _make_run(seed: int, supervision: str, overrides: tuple = ()) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_export(seed: int, supervision: str, overrides: tuple = ()) -> str:
+def _cached_export(seed: int, supervision: str, overrides: tuple = (), xla: bool = True) -> str:
     from serving.export import export_model
 
-    return export_model(make_run(seed, supervision, overrides),
-                        _folder(f"export-{supervision}-{seed}{_tag(overrides)}/{MODEL_NAME}")).base_path
+    name = f"export-{supervision}-{seed}{_tag(overrides)}{'' if xla else '-noxla'}/{MODEL_NAME}"
+    return export_model(make_run(seed, supervision, overrides), _folder(name), jit_compile=xla).base_path
 
 
 def export_copy(dest_root: str, seed: int = 0, supervision: str = "full", version: int = 1,
-                overrides: tuple = ()) -> str:
+                overrides: tuple = (), xla: bool = True) -> str:
     """BASE/NAME under ``dest_root`` holding the export of run ``seed`` (+ ``overrides``) as ``version``;
-    returns BASE/NAME."""
+    returns BASE/NAME.
+
+    ``xla=False``: the signature without XLA. Loading it takes ~2 s instead of ~9 s (no XLA
+    compilation of the warm-up shapes), so tests of what does not depend on the compiled
+    signature (version loading, TLS, the client, REST, batching) use it; the served-model,
+    export and plain-TensorFlow tests keep the default XLA export the product ships.
+    """
     base = os.path.join(dest_root, MODEL_NAME)
     os.makedirs(base, exist_ok=True)
-    shutil.copytree(os.path.join(_cached_export(seed, supervision, tuple(overrides)), "1"),
+    shutil.copytree(os.path.join(_cached_export(seed, supervision, tuple(overrides), xla), "1"),
                     os.path.join(base, str(version)))
     return base
 
