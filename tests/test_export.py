@@ -149,7 +149,7 @@ def test_versions_are_next_free_explicit_and_never_overwritten(tmp_path, monkeyp
 
 def test_decode_flag_exports_the_other_rule(tmp_path):
     run_dir = H.make_run(0)
-    result = export_model(run_dir, str(tmp_path / "m"), decode="weak")
+    result = export_model(run_dir, str(tmp_path / "m"), decode="weak", jit_compile=False)  # the rule, not XLA
     info = json.load(open(os.path.join(result.path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)))
     assert info["decode"] == "weak" and info["decode_max_length"] is None
     arrays = H.random_batch(np.random.default_rng(2), lq=(4, 7), lr=(33, 60))
