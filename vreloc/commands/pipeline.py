@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="feature family of --data synth (demo, substates, periodic, shots; docs/DATA.md)")
     run.add_argument("--geometry", default="default", choices=list(GEOMETRIES),
                      help="split geometry of --data synth (default %(default)s: >= 500 test pairs; 'smoke': a few "
-                          "dozen videos, the whole chain in about a minute; docs/DATA.md)")
+                          "dozen videos, the whole chain in about two minutes; docs/DATA.md)")
     weights = run.add_mutually_exclusive_group()
     weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video folder")
     weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (demos and tests only)")
