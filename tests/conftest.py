@@ -24,6 +24,17 @@ def shared_splits_dir():
     return SHARED_SPLITS
 
 
+@pytest.fixture(scope="session")
+def benchmark_synth(tmp_path_factory, shared_splits_dir):
+    """`vreloc synth` at the benchmark's split geometry, D = 8 (do not modify: the synth and ingest tests share it)."""
+    from pipeline import synth
+
+    out = str(tmp_path_factory.mktemp("bench"))
+    synth.generate(out, seed=0, dim=8, lengths=os.path.join(shared_splits_dir, "length.json"),
+                   splits_dir=shared_splits_dir)
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _runs_root(tmp_path_factory):
     """helpers.runs makes its run folders and exports under this session's temporary folder."""

@@ -337,11 +337,9 @@ def test_cli_non_hdf5_features_is_one_line_exit_2(synth_with_bad, tmp_path):
     assert not os.path.exists(tmp_path / "data")
 
 
-def test_benchmark_geometry_every_entry_reproduced(shared_splits_dir, tmp_path):
+def test_benchmark_geometry_every_entry_reproduced(shared_splits_dir, benchmark_synth, tmp_path):
     """All 9,400 benchmark entries at D=8: features == HDF5 rows [::2][location], labels, windows, ground truth."""
-    src = str(tmp_path / "synth")
-    synth.generate(src, seed=0, dim=8, lengths=os.path.join(shared_splits_dir, "length.json"),
-                   splits_dir=shared_splits_dir)
+    src = benchmark_synth
     out = str(tmp_path / "data")
     counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", []).counts
     check_every_entry(shared_splits_dir, os.path.join(src, synth.HDF5_NAME), out, counts)

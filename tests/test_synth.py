@@ -17,14 +17,6 @@ def default_synth(tmp_path_factory):
     return out, summary
 
 
-@pytest.fixture(scope="module")
-def benchmark_synth(tmp_path_factory, shared_splits_dir):
-    out = str(tmp_path_factory.mktemp("bench"))
-    synth.generate(out, seed=0, dim=8, lengths=os.path.join(shared_splits_dir, "length.json"),
-                   splits_dir=shared_splits_dir)
-    return out
-
-
 def load(out, name):
     with open(os.path.join(out, name)) as fh:
         return json.load(fh)
