@@ -275,29 +275,47 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
         objective_on_plan(model, index, plan, DIM, load_config("tiny"), step=0)
 
 
-def test_weak_runs_are_selected_without_labels_and_deterministic(data_dir, tmp_path):
-    """A weak run records its label-free selection; the same config trains the same weights twice."""
+WEAK_TINY = ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.batch_size=4",
+             "train.validate_every=2", "train.validation_pairs=6", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def weak_run(data_dir, tmp_path_factory):
+    """A weak run folder trained for 4 steps (do not modify)."""
+    from vreloc_tf.train import train
+
+    run = str(tmp_path_factory.mktemp("weak") / "a")
+    return run, train(load_config("tiny", WEAK_TINY), data_dir, run, verbose=0)
+
+
+@pytest.mark.slow  # one more training (~20 s on 2 cores): `make test` keeps the resume test's bit-for-bit check
+def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
+    """The same weak config trains the same weights twice (the teacher runs inside tf.data)."""
     import keras
     import numpy as np
 
     from vreloc_tf.artifacts import Run
-    from vreloc_tf.evaluate import evaluate_run
     from vreloc_tf.train import train
 
-    cfg = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.batch_size=4",
-                               "train.validate_every=2", "train.validation_pairs=6", "train.checkpoint_every=2"])
-    runs = [str(tmp_path / name) for name in ("a", "b")]
-    manifests = [train(cfg, data_dir, run, verbose=0) for run in runs]
-    assert all(m.selection == "label_free" and m.decode == "full" for m in manifests)
-    history = manifests[0].extra["validation_history"]
-    assert [h["step"] for h in history] == [2, 4] and all("objective" in h for h in history)
-    best = min(history, key=lambda h: h["objective"])["step"]
-    assert manifests[0].best_step == best
-    weights = [keras.saving.load_model(Run.open(r).model_file).get_weights() for r in runs]
+    run, _ = weak_run
+    train(load_config("tiny", WEAK_TINY), data_dir, str(tmp_path / "b"), verbose=0)
+    weights = [keras.saving.load_model(Run.open(r).model_file).get_weights() for r in (run, str(tmp_path / "b"))]
     for x, y in zip(*weights):
         np.testing.assert_array_equal(x, y)
-    result = evaluate_run(runs[0], data_dir, "test")
+
+
+def test_weak_runs_are_selected_without_labels(weak_run, data_dir):
+    """A weak run records its label-free selection; evaluation reports it and can take the last step instead."""
+    from vreloc_tf.evaluate import evaluate_run
+
+    run, manifest = weak_run
+    assert manifest.selection == "label_free" and manifest.decode == "full"
+    history = manifest.extra["validation_history"]
+    assert [h["step"] for h in history] == [2, 4] and all("objective" in h for h in history)
+    best = min(history, key=lambda h: h["objective"])["step"]
+    assert manifest.best_step == best
+    result = evaluate_run(run, data_dir, "test")
     assert result["selection"] == "label_free" and result["selected_step"] == best
     assert result["method"] == "ours weak" and result["decode"] == "full"
-    last = evaluate_run(runs[0], data_dir, "test", checkpoint="last")
+    last = evaluate_run(run, data_dir, "test", checkpoint="last")
     assert last["selection"] == "checkpoint last" and last["selected_step"] == 4
