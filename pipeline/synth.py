@@ -78,7 +78,7 @@ GEOMETRIES = {
     "default": {"classes": (80, 20, 20), "videos": (10, 10, 18)},
     # a train split as small as the first demo's (40 classes x 5 videos): the hard regime
     "small-train": {"classes": (40, 20, 20), "videos": (5, 10, 18)},
-    # a few dozen videos: the whole chain in seconds, to try a set-up or test the plumbing (no quality claim)
+    # a few dozen videos: the whole chain in about two minutes, to try a set-up or test the plumbing (no quality claim)
     "smoke": {"classes": (8, 4, 4), "videos": (4, 3, 3)},
 }
 VIDEO_LENGTHS = (40, 200)  # features per video, log-uniform

@@ -76,8 +76,8 @@ def export_copy(dest_root: str, seed: int = 0, supervision: str = "full", versio
 
     ``xla=False``: the signature without XLA. Loading it takes ~2 s instead of ~9 s (no XLA
     compilation of the warm-up shapes), so tests of what does not depend on the compiled
-    signature (version loading, TLS, the client, REST, batching) use it; the served-model,
-    export and plain-TensorFlow tests keep the default XLA export the product ships.
+    signature (version loading, TLS, binding, the client, REST, CGBM serving) use it; the served-model,
+    batching, export and plain-TensorFlow tests keep the default XLA export the product ships.
     """
     base = os.path.join(dest_root, MODEL_NAME)
     os.makedirs(base, exist_ok=True)
