@@ -110,8 +110,9 @@ def set_tensorflow_threads(intra_op: int, inter_op: int = 0) -> bool:
     Why 1 intra-op thread is the server's default (serving/README.md, "TensorFlow threads", has the
     figures of ``python -m vreloc.model_bench --inference-batches``): one XLA call gains little or no
     wall time from a second thread on a 2-core CPU and spends more CPU waiting in the pool, so calls
-    side by side -- concurrent requests, or the batching threads -- use the cores better. Works only before the process's first TensorFlow op; returns whether it took effect
-    (a warning says so when it did not, e.g. in a process that already ran a model).
+    side by side -- concurrent requests, or the batching threads -- use the cores better. Works only
+    before the process's first TensorFlow op; returns whether it took effect (a warning says so when
+    it did not, e.g. in a process that already ran a model).
     """
     if intra_op < 0 or inter_op < 0:
         raise InputError(f"TensorFlow thread counts must be >= 0 (0 = TensorFlow's choice), got intra-op {intra_op}, "

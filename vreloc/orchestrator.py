@@ -92,6 +92,11 @@ class FeatureSource:
     c3d_weights: Optional[str] = None  # Sports-1M C3D weights, for a video folder
     random_c3d: bool = False  # random C3D weights (demos and tests only)
 
+    def __post_init__(self):
+        if self.data != SYNTH and (self.family != "demo" or self.geometry != "default"):
+            raise InputError(f"--family/--geometry describe generated data (--data {SYNTH}); --data {self.data} "
+                             f"brings its own features and splits")
+
     def fingerprint(self) -> dict:
         synth_geometry = {"geometry": self.geometry} if self.data == SYNTH and self.geometry != "default" else {}
         return {"data": self.data, "family": self.family if self.data == SYNTH else None,

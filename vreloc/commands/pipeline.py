@@ -38,13 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.orchestrator import SYNTH, FeatureSource, PipelineRun, parse_models
+    from vreloc.orchestrator import FeatureSource, PipelineRun, parse_models
     from vreloc_tf.config import load_config
-    from vreloc_tf.errors import InputError
 
-    if args.data != SYNTH and (args.family != "demo" or args.geometry != "default"):
-        raise InputError(f"--family/--geometry describe generated data (--data {SYNTH}); --data {args.data} "
-                         f"brings its own features and splits")
     models = parse_models(args.models)
     cfg = load_config(args.config, args.set)
     source = FeatureSource(args.data, family=args.family, geometry=args.geometry, runner=args.runner,
