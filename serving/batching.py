@@ -21,7 +21,9 @@ merged (FIFO) into one call; a batch thread waits up to
 ``batch_timeout_micros`` for more once a first chunk is queued (0: take what is
 queued, which under load is already a full batch). ``num_batch_threads`` calls
 run at once (one per core by default), so one batch runs while the next forms.
-By default batching is on where it measured faster (:func:`resolve`).
+A due batch is shared out between free batch threads and, with XLA, cut to a
+size that needs no padded rows (``Executor._take_batch``). Batching is on by
+default: it measured faster with and without XLA (serving/README.md).
 """
 from __future__ import annotations
 
@@ -51,24 +53,11 @@ class Abandoned(Exception):
 class BatchingOptions:
     """How requests are run (defaults in serving/signature.py, flags of ``vreloc serve``)."""
 
-    enabled: Optional[bool] = None  # None: on for a signature without XLA, off for an XLA one (measured)
+    enabled: bool = True  # on by default: it measured faster with and without XLA (serving/README.md)
     max_batch_size: int = sig.MAX_BATCH_SIZE
     batch_timeout_micros: int = sig.BATCH_TIMEOUT_MICROS
     max_batch_steps: int = sig.MAX_BATCH_STEPS
     num_batch_threads: int = 0  # model calls running at once (TF Serving's num_batch_threads); 0 = one per CPU core
-
-
-def resolve(options: BatchingOptions, xla: bool) -> BatchingOptions:
-    """``enabled=None`` made concrete for one signature.
-
-    Measured on 2 cores, paper_full, 8 clients (serving/README.md): a signature
-    without XLA served 1.3-1.8x more requests/s with batching; an XLA signature
-    served more without it (54-56 vs 39-52 requests/s): one XLA call leaves
-    the second core idle, and calls running side by side use it.
-    """
-    if options.enabled is not None:
-        return options
-    return dataclasses.replace(options, enabled=not xla)
 
 
 def bucket(length: int, buckets: Sequence[int]) -> int:
@@ -82,6 +71,13 @@ def bucket(length: int, buckets: Sequence[int]) -> int:
 def allowed_batch_size(size: int, max_batch_size: int) -> int:
     """The next power of two, or ``max_batch_size`` itself: the batch sizes a model call may have."""
     return min(1 << max(0, size - 1).bit_length(), max(max_batch_size, size))
+
+
+def filled_batch_size(size: int, max_batch_size: int) -> int:
+    """The largest allowed batch size that ``size`` pairs fill without padding rows (at least 1)."""
+    if size >= max_batch_size:
+        return max_batch_size
+    return 1 << (max(size, 1).bit_length() - 1)
 
 
 def length_key(arrays: Arrays) -> Tuple[int, int]:
@@ -141,7 +137,7 @@ def concat(parts: Sequence[Arrays]) -> Arrays:
 class _Task:
     """One chunk waiting for the batch thread."""
 
-    __slots__ = ("arrays", "key", "size", "is_active", "done", "outputs", "error")
+    __slots__ = ("arrays", "key", "size", "is_active", "done", "outputs", "error", "queued_at", "due")
 
     def __init__(self, arrays: Arrays, key: Tuple[int, int], is_active: Callable[[], bool]):
         self.arrays, self.key, self.is_active = arrays, key, is_active
@@ -149,6 +145,8 @@ class _Task:
         self.done = threading.Event()
         self.outputs: Optional[Arrays] = None
         self.error: Optional[BaseException] = None
+        self.queued_at = time.monotonic()
+        self.due = False  # part of a due batch that another thread took its share of: run it without waiting
 
 
 class Executor:
@@ -165,9 +163,8 @@ class Executor:
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._free = 0  # batch threads waiting for work
         self._threads: List[threading.Thread] = []
-        if options.enabled is None:
-            raise ValueError("Executor needs batching on or off (BatchingOptions.resolve)")
         if options.enabled:
             for i in range(options.num_batch_threads or os.cpu_count() or 1):
                 thread = threading.Thread(target=self._loop, name=f"{name}-batching-{i}", daemon=True)
@@ -207,28 +204,64 @@ class Executor:
 
     # -- the batch thread ----------------------------------------------------------
     def _take_batch(self) -> List[_Task]:
-        """Wait for a first task, then take the queued tasks of its bucket that fit one call (FIFO)."""
+        """Wait for a batch to be due, then take it or this thread's share of it (FIFO).
+
+        A batch is due when the queued tasks of the first task's bucket fill a call, or
+        ``batch_timeout_micros`` after the first task was queued (TF Serving's rule).
+        A due batch is shared out between the batch threads that are free, so that one
+        call does not take every waiting request while another thread (core) idles;
+        with padding to allowed batch sizes a call takes what fills one (a padded row
+        costs as much as a real one). What is left is marked due and goes to the next
+        free thread at once. The first task always goes, so no task waits forever.
+        Empty only once closed.
+        """
         with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return []
-            first = self._queue[0]
-            limit = pairs_per_call(first.key, self.options)
-            deadline = time.monotonic() + self.options.batch_timeout_micros / 1e6
-            while True:
-                batch, size = [], 0
-                for task in self._queue:
-                    if task.key == first.key and size + task.size <= limit:
-                        batch.append(task)
-                        size += task.size
-                left = deadline - time.monotonic()
-                if size >= limit or left <= 0 or self._closed:
-                    break
-                self._cond.wait(left)
-            for task in batch:
-                self._queue.remove(task)
-            return batch
+            self._free += 1
+            try:
+                while True:
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return []
+                    self._drop_abandoned()
+                    if not self._queue:
+                        continue
+                    first = self._queue[0]
+                    limit = pairs_per_call(first.key, self.options)
+                    due, size = self._fitting(first.key, limit)
+                    left = first.queued_at + self.options.batch_timeout_micros / 1e6 - time.monotonic()
+                    if size >= limit or left <= 0 or first.due:
+                        break
+                    self._cond.wait(left)
+                share = -(-size // self._free)
+                if self.pad_to_buckets:
+                    share = filled_batch_size(share, self.options.max_batch_size)
+                batch = self._fitting(first.key, share)[0] or [first] if share < size else due
+                for task in batch:
+                    self._queue.remove(task)
+                if len(batch) < len(due):
+                    for task in due:
+                        task.due = True
+                    self._cond.notify()  # a free thread takes the rest now
+                return batch
+            finally:
+                self._free -= 1
+
+    def _drop_abandoned(self) -> None:
+        """Queued tasks whose client gave up leave the queue now, so they take no place in a batch."""
+        for task in [t for t in self._queue if not t.is_active()]:
+            self._queue.remove(task)
+            task.error = Abandoned()
+            task.done.set()
+
+    def _fitting(self, key: Tuple[int, int], limit: int) -> Tuple[List[_Task], int]:
+        """The queued tasks of ``key`` that fit ``limit`` pairs (FIFO), and their pairs."""
+        batch, size = [], 0
+        for task in self._queue:
+            if task.key == key and size + task.size <= limit:
+                batch.append(task)
+                size += task.size
+        return batch, size
 
     def _loop(self) -> None:
         while True:

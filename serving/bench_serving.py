@@ -170,7 +170,7 @@ def warm_batch_shapes(target: str, query, reference, clients: int, model_name: s
 
 def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, requests: int = 100,
                   clients: int = 8, duration: float = 5.0, version_path: Optional[str] = None,
-                  workdir: Optional[str] = None, batching: Optional[bool] = None, jit_compile: bool = True,
+                  workdir: Optional[str] = None, batching: bool = True, jit_compile: bool = True,
                   warmup_seconds: Optional[float] = None, batch_threads: int = 0,
                   intra_op_threads: Optional[int] = sig.INTRA_OP_THREADS) -> dict:
     """Export (unless ``version_path`` is given), serve on loopback in process, and measure.
@@ -255,8 +255,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="latency samples (default %(default)s)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for requests/s (default %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of the throughput run (default %(default)s)")
-    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
-                        help="server-side batching on/off (default: the server's choice for the export)")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="server-side batching on/off (default on, as vreloc serve)")
     parser.add_argument("--batch-threads", type=int, default=0, help="model calls at once when batching (0: one per core)")
     parser.add_argument("--no-xla", action="store_true", help="export without XLA (the signature before issue #12)")
     parser.add_argument("--intra-op-threads", type=int, default=sig.INTRA_OP_THREADS,

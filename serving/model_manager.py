@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import grpc
 
 from serving import signature as sig
-from serving.batching import BatchingOptions, Executor, resolve
+from serving.batching import BatchingOptions, Executor
 from serving.status import ServingError
 from serving.tensor_codec import decode_inputs
 from serving.validation import RequestLimits, validate_inputs
@@ -96,7 +96,7 @@ class LoadedVersion:
         self.feature_dim = int(query_spec.shape[-1])
         metadata_path = os.path.join(path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
         self.metadata = read_json(metadata_path, "export metadata file") if os.path.exists(metadata_path) else {}
-        self.batching = resolve(batching, self.xla)
+        self.batching = batching
         self.executor = Executor(lambda arrays: self._call(sig.SIGNATURE_NAME, arrays), self.batching,
                                  pad_to_buckets=self.xla, name=f"{model_name}-v{version}")
         self.in_flight = 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from serving import signature as sig
-from serving.batching import (Abandoned, BatchingOptions, Executor, allowed_batch_size, bucket, length_key,
-                              pairs_per_call, resolve, split, stack, unstack)
+from serving.batching import (Abandoned, BatchingOptions, Executor, allowed_batch_size, bucket, filled_batch_size,
+                              length_key, pairs_per_call, split, stack, unstack)
 
 D = 3
 
@@ -41,9 +41,8 @@ def test_buckets_and_batch_sizes():
     opts = BatchingOptions(max_batch_size=16, max_batch_steps=4800)
     assert pairs_per_call((16, 300), opts) == 16 and pairs_per_call((16, 1024), opts) == 4
     assert pairs_per_call((16, 8192), opts) == 1
-    # on by default where it measured faster: without XLA on, with XLA off; an explicit choice stays
-    assert resolve(BatchingOptions(), xla=False).enabled is True and resolve(BatchingOptions(), xla=True).enabled is False
-    assert resolve(BatchingOptions(enabled=True), xla=True).enabled is True
+    assert BatchingOptions().enabled is True  # on by default: it measured faster with and without XLA
+    assert [filled_batch_size(n, 16) for n in (1, 2, 3, 5, 7, 8, 15, 16, 40)] == [1, 2, 2, 4, 4, 8, 8, 16, 16]
 
 
 def test_padding_and_splitting_give_each_row_its_own_answer():
@@ -78,7 +77,7 @@ def test_executor_answers_like_the_model_and_chunks_large_requests(enabled):
         want = fake_model(big)
         for name in sig.OUTPUT_NAMES:
             np.testing.assert_allclose(out[name], want[name], rtol=1e-6, err_msg=name)
-        assert calls == [(4, 128), (4, 128), (1, 128)]  # 9 pairs in chunks of 4, padded to the Lr bucket
+        assert sorted(calls) == [(1, 128), (4, 128), (4, 128)]  # 9 pairs in chunks of 4, padded to the Lr bucket
     finally:
         executor.close()
 
@@ -124,3 +123,88 @@ def test_concurrent_requests_share_calls_and_abandoned_ones_are_skipped():
         executor.close()
     with pytest.raises(Abandoned):
         executor.run(request(1, 5, 50))
+
+
+def test_batch_threads_survive_a_race_for_the_same_requests():
+    """Two batch threads waiting out a timeout for one queue: the one that finds its tasks taken waits again.
+
+    (It used to return an empty batch, which ended its thread for good: a server with
+    ``--batch-timeout-micros`` > 0 then ran one model call at a time.)
+    """
+    executor = Executor(fake_model, BatchingOptions(enabled=True, max_batch_size=8, batch_timeout_micros=20_000,
+                                                    num_batch_threads=2))
+    try:
+        for round_ in range(15):
+            outs = {}
+            threads = [threading.Thread(target=lambda i=i: outs.setdefault(i, executor.run(request(1, 5, 50, i))))
+                       for i in range(3)]
+            for t in threads:
+                t.start()
+                time.sleep(0.005)  # arrivals spread over the timeout: both threads see the first request
+            for t in threads:
+                t.join(10)
+            assert sorted(outs) == [0, 1, 2], f"round {round_}: requests lost"
+            assert all(t.is_alive() for t in executor._threads), f"round {round_}: a batch thread ended"
+    finally:
+        executor.close()
+    for t in executor._threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in executor._threads), "close() ends the batch threads"
+
+
+def _run_together(executor, n, spacing=0.0):
+    """``n`` one-pair requests from ``n`` threads; their scores checked against the model's."""
+    outs = {}
+    threads = [threading.Thread(target=lambda i=i: outs.setdefault(i, executor.run(request(1, 5, 50, 20 + i))))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+        time.sleep(spacing)
+    for t in threads:
+        t.join(10)
+    assert sorted(outs) == list(range(n))
+    for i, out in outs.items():
+        np.testing.assert_allclose(out[sig.SCORE], fake_model(request(1, 5, 50, 20 + i))[sig.SCORE], rtol=1e-6)
+
+
+def test_a_call_takes_what_fills_an_allowed_batch_size_and_free_threads_share_the_queue():
+    calls, gate = [], threading.Event()
+
+    def model(arrays):
+        gate.wait(10)
+        calls.append(len(arrays[sig.QUERY_LENGTH]))
+        return fake_model(arrays)
+
+    # one batch thread, held by a first request while five queue: 4 fill a call of 4, the fifth goes next
+    # (five in one call would be padded to 8 rows, three of them computed for nothing)
+    executor = Executor(model, BatchingOptions(enabled=True, max_batch_size=8, num_batch_threads=1))
+    try:
+        first = threading.Thread(target=_run_together, args=(executor, 1))
+        first.start()
+        time.sleep(0.2)
+        rest = threading.Thread(target=_run_together, args=(executor, 5))
+        rest.start()
+        time.sleep(0.3)
+        gate.set()
+        first.join(10)
+        rest.join(10)
+        assert calls == [1, 4, 1]
+    finally:
+        executor.close()
+
+    # two free batch threads and eight requests within the timeout: four each, not eight in one call
+    # while the other thread idles (a call takes 0.1 s, so the first thread is busy when the second takes
+    # the rest)
+    calls.clear()
+
+    def slow_model(arrays):
+        time.sleep(0.1)
+        return model(arrays)
+
+    executor = Executor(slow_model, BatchingOptions(enabled=True, max_batch_size=8, batch_timeout_micros=2_000_000,
+                                               num_batch_threads=2))
+    try:
+        _run_together(executor, 8, spacing=0.002)
+        assert sorted(calls) == [4, 4]
+    finally:
+        executor.close()

@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest Lr (default %(default)s)")
     parser.add_argument("--max-batch-size", type=int, default=sig.MAX_BATCH_SIZE,
                         help="largest batch of a request, and of a model call when batching (default %(default)s)")
-    parser.add_argument("--enable-batching", action=argparse.BooleanOptionalAction, default=None,
-                        help="merge concurrent requests into one model call (default: on for a signature without "
-                             "XLA, off for an XLA one: what measured faster, see serving/README.md)")
+    parser.add_argument("--enable-batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="merge concurrent requests into one model call (default: on, which measured faster "
+                             "with and without XLA, see serving/README.md)")
     parser.add_argument("--batch-timeout-micros", type=int, default=sig.BATCH_TIMEOUT_MICROS,
                         help="how long a queued request waits for others to batch with (default %(default)s: "
                              "batch only what is already queued)")
