@@ -32,6 +32,18 @@ def fake_model(arrays):
             sig.SCORE: score}
 
 
+def gated_model():
+    """(model, calls, gate): the fake model, held until ``gate`` is set, recording each call's batch size."""
+    calls, gate = [], threading.Event()
+
+    def model(arrays):
+        gate.wait(10)
+        calls.append(len(arrays[sig.QUERY_LENGTH]))
+        return fake_model(arrays)
+
+    return model, calls, gate
+
+
 def test_buckets_and_batch_sizes():
     assert [bucket(n, sig.REFERENCE_BUCKETS) for n in (1, 64, 65, 299, 300, 301, 4096, 4097)] == \
         [64, 64, 128, 300, 300, 384, 4096, 8192]
@@ -83,12 +95,7 @@ def test_executor_answers_like_the_model_and_chunks_large_requests(enabled):
 
 
 def test_concurrent_requests_share_calls_and_abandoned_ones_are_skipped():
-    calls, gate = [], threading.Event()
-
-    def model(arrays):
-        gate.wait(10)
-        calls.append(len(arrays[sig.QUERY_LENGTH]))
-        return fake_model(arrays)
+    model, calls, gate = gated_model()
 
     executor = Executor(model, BatchingOptions(enabled=True, max_batch_size=8, num_batch_threads=1))
     results, errors = {}, {}
@@ -168,12 +175,7 @@ def _run_together(executor, n, spacing=0.0):
 
 
 def test_a_call_takes_what_fills_an_allowed_batch_size_and_free_threads_share_the_queue():
-    calls, gate = [], threading.Event()
-
-    def model(arrays):
-        gate.wait(10)
-        calls.append(len(arrays[sig.QUERY_LENGTH]))
-        return fake_model(arrays)
+    model, calls, gate = gated_model()
 
     # one batch thread, held by a first request while five queue: 4 fill a call of 4, the fifth goes next
     # (five in one call would be padded to 8 rows, three of them computed for nothing)
