@@ -28,7 +28,6 @@ default: it measured faster with and without XLA (serving/README.md).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import os
 import threading
@@ -236,7 +235,7 @@ class Executor:
                 share = -(-size // self._free)
                 if self.pad_to_buckets:
                     share = filled_batch_size(share, self.options.max_batch_size)
-                batch = self._fitting(first.key, share)[0] or [first] if share < size else due
+                batch = due if share >= size else (self._fitting(first.key, share)[0] or [first])
                 for task in batch:
                     self._queue.remove(task)
                 if len(batch) < len(due):

@@ -6,7 +6,8 @@ from vreloc import bench
 
 PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "inference.p50_ms",
             "inference.p99_ms", "grpc.p50_ms", "grpc.p99_ms", "grpc.requests_per_s_8_clients",
-            "grpc.model_p50_ms", "grpc.p50_over_model_p50", "grpc.requests_per_s_over_one_at_a_time", "latency_ms_by_lr",
+            "grpc.model_p50_ms", "grpc.p50_over_model_p50", "grpc.requests_per_s_over_one_at_a_time",
+            "latency_ms_by_lr",
             "decode_ms_lr1000", "ingest.records_per_s", "c3d.clips_per_s", "peak_rss_mb.train",
             "peak_rss_mb.serve", "cgbm.train.pairs_per_s", "cgbm.inference.p50_ms", "cgbm.inference.p99_ms",
             "cgbm.parameters"]
@@ -44,8 +45,8 @@ def test_a_failing_part_is_reported_not_hidden(monkeypatch):
 
 
 def test_grpc_ratios_are_taken_within_the_grpc_part():
-    raw = {"grpc": {"inference": {"p50_ms": 20.0}, "in_process": {"p50_ms": 22.0}, "grpc": {"p50_ms": 30.0, "p99_ms": 41.0},
-                    "grpc_overhead_p50_ms": 8.0, "throughput": {"requests_per_s": 80.0}},
+    raw = {"grpc": {"inference": {"p50_ms": 20.0}, "in_process": {"p50_ms": 22.0},
+                    "grpc": {"p50_ms": 30.0, "p99_ms": 41.0}, "grpc_overhead_p50_ms": 8.0, "throughput": {"requests_per_s": 80.0}},
            "inference": {"p50_ms": 50.0, "p99_ms": 60.0}}  # another process, another load: not in the ratios
     g = bench.summarize(raw, "tiny", True)["grpc"]
     assert g["model_p50_ms"] == 20.0 and abs(g["p50_over_model_p50"] - 1.5) < 1e-12
