@@ -217,13 +217,21 @@ def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WIN
     grpc_p50, inference_p50 = latency["grpc"]["p50_ms"], latency["inference"]["p50_ms"]
     figures = {"inference.p50_ms": inference_p50, "grpc.p50_ms": grpc_p50,
                f"grpc.requests_per_s_{clients}_clients": throughput["requests_per_s"],
-               "grpc_p50_over_inference_p50": grpc_p50 / inference_p50,
-               "requests_per_s_over_one_at_a_time": throughput["requests_per_s"] / (1000.0 / grpc_p50)}
+               **serving_ratios(inference_p50, grpc_p50, throughput["requests_per_s"])}
     return {"config": config, "feature_dim": feature_dim, "lq": lq, "lr": lr, "batching": batching,
             "intra_op_threads": intra_op_threads,
             "jit_compile": jit_compile, **latency,
             "grpc_overhead_p50_ms": grpc_p50 - latency["in_process"]["p50_ms"],
             "throughput": throughput, "figures": figures}
+
+
+def serving_ratios(model_p50_ms: Optional[float], grpc_p50_ms: Optional[float],
+                   requests_per_s: Optional[float]) -> Dict[str, Optional[float]]:
+    """Issue #12's two ratios: gRPC p50 over the compiled model's, and concurrent requests/s over one
+    at a time (1000 / gRPC p50); None where a figure is missing."""
+    return {"grpc_p50_over_inference_p50": grpc_p50_ms / model_p50_ms if grpc_p50_ms and model_p50_ms else None,
+            "requests_per_s_over_one_at_a_time": requests_per_s * grpc_p50_ms / 1000.0
+            if grpc_p50_ms and requests_per_s else None}
 
 
 def format_report(result: dict) -> str:

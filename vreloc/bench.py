@@ -274,6 +274,8 @@ def collect(config: str, quick: bool, parts=PARTS, progress=print) -> dict:
 
 
 def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
+    from serving.bench_serving import serving_ratios
+
     get = lambda part, key, default=None: raw.get(part, {}).get(key, default)  # noqa: E731
     matmul = get("matmul", "matmul_gflops")
     train1 = raw.get("train1", {})
@@ -313,9 +315,9 @@ def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
         "raw": raw,
     }
     g = out["grpc"]
-    g["p50_over_model_p50"] = g["p50_ms"] / g["model_p50_ms"] if g["p50_ms"] and g["model_p50_ms"] else None
-    g["requests_per_s_over_one_at_a_time"] = (g["requests_per_s_8_clients"] * g["p50_ms"] / 1000.0
-                                              if g["p50_ms"] and g["requests_per_s_8_clients"] else None)
+    ratios = serving_ratios(g["model_p50_ms"], g["p50_ms"], g["requests_per_s_8_clients"])
+    g["p50_over_model_p50"] = ratios["grpc_p50_over_inference_p50"]
+    g["requests_per_s_over_one_at_a_time"] = ratios["requests_per_s_over_one_at_a_time"]
     return out
 
 
