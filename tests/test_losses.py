@@ -6,8 +6,8 @@ from keras import ops
 
 from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
-from vreloc_tf.losses import (coattention_loss, cosine_similarity, total_loss, truncated_mean,
-                              truncation_fraction, weighted_cross_entropy)
+from vreloc_tf.losses import (coattention_loss, cosine_similarity, self_target_weight, total_loss, truncated_mean,
+                              truncation_fraction, uses_self_target, weighted_cross_entropy)
 
 
 def random_probabilities(rng, batch, steps):
@@ -187,6 +187,45 @@ def test_weak_ours_truncation_drops_the_highest_losses_after_its_ramp():
                                                     "loss.teacher_truncation=0.5"])) == 0.0
     with pytest.raises(ValueError, match="teacher_truncation"):
         total_loss(load_config("tiny", ["supervision=weak", "loss.teacher_truncation=1.5"]), batch, p, 0)
+
+
+def test_weak_ours_blends_the_self_target_by_its_ramped_weight():
+    """(1 - w) x Eq. 19 on the teacher's segment + w x Eq. 19 on the self target, against NumPy;
+    w is 0 until the start step, then linear up to the weight; padding changes nothing."""
+    rng = np.random.default_rng(21)
+    batch, p = make_batch(rng)
+    batch["pseudo_groundtruth"] = np.array([[1, 4], [0, 1], [2, 5], [5, 12]], "int32")
+    batch["self_target"] = np.array([[2, 9], [0, 1], [0, 9], [6, 8]], "int32")
+    cfg = load_config("tiny", ["supervision=weak", "loss.self_target_weight=0.6", "loss.self_target_start=100",
+                               "loss.self_target_ramp_steps=200"])
+    assert uses_self_target(cfg)
+    for step, w in ((0, 0.0), (100, 0.0), (150, 0.15), (200, 0.3), (300, 0.6), (10_000, 0.6)):
+        assert float(self_target_weight(cfg, step)) == pytest.approx(w, abs=1e-7)
+        expected = np.mean([(1 - w) * ref.weighted_cross_entropy(p[b, :n].astype(np.float64),
+                                                                 batch["pseudo_groundtruth"][b], 10.0)
+                            + w * ref.weighted_cross_entropy(p[b, :n].astype(np.float64), batch["self_target"][b], 10.0)
+                            for b, n in enumerate(batch["reference_length"])])
+        np.testing.assert_allclose(float(total_loss(cfg, batch, p, step)), expected, rtol=1e-5)
+    # no self target in the batch (validation, the label-free criterion): the teacher's part alone
+    teacher_only = dict(batch)
+    del teacher_only["self_target"]
+    plain = np.asarray(weighted_cross_entropy(p, batch["pseudo_groundtruth"], batch["reference_length"], 10.0))
+    np.testing.assert_allclose(float(total_loss(cfg, teacher_only, p, 10_000)), plain.mean(), rtol=1e-6)
+    # a ramp of 0 switches the weight on at the start step
+    sudden = load_config("tiny", ["supervision=weak", "loss.self_target_start=5", "loss.self_target_ramp_steps=0"])
+    assert [float(self_target_weight(sudden, t)) for t in (4, 5)] == [0.0, pytest.approx(0.8)]
+
+
+def test_the_self_target_belongs_to_weak_ours_and_its_settings_are_checked():
+    assert uses_self_target(load_config("tiny", ["supervision=weak"]))  # the default
+    assert not uses_self_target(load_config("tiny", ["supervision=weak", "loss.self_target_weight=0"]))
+    assert not uses_self_target(load_config("tiny", ["supervision=weak", "loss.weak_variant=paper"]))
+    assert not uses_self_target(load_config("tiny"))  # full supervision
+    for bad, name in (("loss.self_target_weight=1.5", "self_target_weight"),
+                      ("loss.self_target_momentum=1.0", "self_target_momentum"),
+                      ("loss.self_target_ramp_steps=-1", "self_target_ramp_steps")):
+        with pytest.raises(ValueError, match=name):
+            uses_self_target(load_config("tiny", ["supervision=weak", bad]))
 
 
 def test_bad_shapes_are_named():

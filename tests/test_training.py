@@ -59,12 +59,36 @@ def test_trainer_loss_is_total_loss_at_the_optimizer_step(data_dir):
     cfg = load_config("tiny", ["train.batch_size=4"])
     trainer = RelocTrainer(cfg, build_model(cfg, DIM))
     trainer.compile(optimizer=make_optimizer(cfg))
+    assert trainer.student_average is None  # full supervision has no self target
     batch = next(iter(training_dataset(cfg, load_training_index(cfg, data_dir), DIM, 1, 0, 1)))
     out = trainer(batch, training=False)
     got = float(trainer.compute_loss(x=batch, y_pred=out))
     want = float(total_loss(cfg, batch, out["probabilities"], 0))
     assert got == pytest.approx(want, rel=1e-6)
     assert set(out) == {"probabilities", "attention", "self_attention"}
+
+
+def test_weak_ours_trainer_targets_the_segments_of_its_running_average(data_dir):
+    """compute_loss = total_loss with batch["self_target"] = the average's Eq. 20 segments."""
+    from vreloc_tf.input_pipeline import load_training_index, training_dataset
+    from vreloc_tf.losses import total_loss
+    from vreloc_tf.model import INPUT_NAMES, build_model
+    from vreloc_tf.training import RelocTrainer
+
+    cfg = load_config("tiny", ["supervision=weak", "train.batch_size=4", "loss.self_target_start=0",
+                               "loss.self_target_ramp_steps=0", "loss.self_target_weight=0.5"])
+    trainer = RelocTrainer(cfg, build_model(cfg, DIM))
+    trainer.compile(optimizer=make_optimizer(cfg))
+    assert trainer.student_average is not None
+    assert len(trainer.non_trainable_weights) == len(trainer.net.non_trainable_weights) + len(
+        trainer.net.trainable_weights)  # the averages travel with the trainer's weights (backups), not the net's
+    batch = next(iter(training_dataset(cfg, load_training_index(cfg, data_dir), DIM, 1, 0, 1)))
+    out = trainer(batch, training=False)
+    segments = trainer.student_average.segments(trainer.net, {k: batch[k] for k in INPUT_NAMES},
+                                                cfg.decode.full_max_length)
+    want = float(total_loss(cfg, dict(batch, self_target=segments), out["probabilities"], 0))
+    assert float(trainer.compute_loss(x=batch, y_pred=out)) == pytest.approx(want, rel=1e-6)
+    assert want != pytest.approx(float(total_loss(cfg, batch, out["probabilities"], 0)), rel=1e-4)
 
 
 TWO_REPLICAS = """
@@ -93,8 +117,26 @@ cfg = load_config("tiny", ["data.feature_dim=null", "train.steps=12", "train.val
                            "train.batch_size=8", "train.learning_rate=0.01", "train.validation_pairs=8"])
 probe = Probe()
 m = train(cfg, sys.argv[1], sys.argv[2], devices=2, callbacks=[probe], verbose=2)
+
+# weak "ours": the student's running average is updated in the replica context; it must stay mirrored
+weak = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.validate_every=4",
+                            "train.checkpoint_every=4", "train.batch_size=8", "train.validation_pairs=8",
+                            "loss.self_target_start=0", "loss.self_target_ramp_steps=0"])
+
+class AverageProbe(keras.callbacks.Callback):
+    spread, moved = None, None
+    def on_train_end(self, logs=None):
+        averages = self.model.student_average.averages
+        self.spread = max(float(np.max(np.abs(x.numpy() - a.value.values[0].numpy())))
+                          for a in averages for x in a.value.values)
+        self.moved = max(float(np.max(np.abs(a.value.values[0].numpy() - v.value.values[0].numpy())))
+                         for a, v in zip(averages, self.model.net.trainable_variables))
+
+average_probe = AverageProbe()
+train(weak, sys.argv[1], sys.argv[2] + "-weak", devices=2, callbacks=[average_probe], verbose=0)
 print(json.dumps({"losses": probe.losses, "spread": probe.spread, "replicas_in_values": probe.n,
-                  "devices": sorted(probe.devices), "replicas": m.extra["replicas"], "steps": m.steps}))
+                  "devices": sorted(probe.devices), "replicas": m.extra["replicas"], "steps": m.steps,
+                  "average_spread": average_probe.spread, "average_moved": average_probe.moved}))
 """
 
 
@@ -105,6 +147,8 @@ def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_pat
     report, stdout = _run_script(TWO_REPLICAS, data_dir, out)
     assert report["replicas"] == 2 and report["replicas_in_values"] == 2 and len(report["devices"]) == 2
     assert report["spread"] == 0.0  # every mirrored variable holds the same value on both replicas
+    assert report["average_spread"] == 0.0  # so does weak "ours"' running average of the student
+    assert report["average_moved"] > 0.0  # which lags behind the student
     assert report["steps"] == 12
     losses = report["losses"]
     assert losses[-1] < losses[0], losses
@@ -129,9 +173,10 @@ from vreloc_tf.config import load_config
 from vreloc_tf.train import train
 
 data, a, b = sys.argv[1:4]
-cfg = load_config("tiny", ["data.feature_dim=8", "train.steps=6", "train.validate_every=2", "train.checkpoint_every=6",
-                           "train.batch_size=8", "train.lr_decay_steps=4", "loss.coattention_mask_after_steps=3",
-                           "train.validation_pairs=8"])
+# weak "ours" holds the most state: the teacher in tf.data and the student's running average
+cfg = load_config("tiny", ["supervision=weak", "data.feature_dim=8", "train.steps=6", "train.validate_every=2",
+                           "train.checkpoint_every=6", "train.batch_size=8", "train.lr_decay_steps=4",
+                           "loss.self_target_start=1", "loss.self_target_ramp_steps=2", "train.validation_pairs=8"])
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
@@ -259,6 +304,7 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
     from vreloc_tf.entry_index import load_index
     from vreloc_tf.input_pipeline import evaluation_plan
     from vreloc_tf.pairs import pairs_from_index
+    from vreloc_tf.student_average import StudentAverage
     from vreloc_tf.training import objective_on_plan
 
     model = Run.open(tiny_run).load_model()
@@ -266,13 +312,16 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
     plan = evaluation_plan(index, pairs_from_index(index, 0)["pairs"])
     garbage = plan.copy()
     garbage[:, 6:8] = np.random.default_rng(0).integers(0, 3, size=(len(plan), 2))
-    for variant in ("ours", "paper"):
-        cfg = load_config("tiny", ["supervision=weak", f"loss.weak_variant={variant}"])
-        clean = objective_on_plan(model, index, plan, DIM, cfg, step=1000)
+    average = StudentAverage(model)  # weak "ours"' default blends in the running average's segments
+    for variant, extra in (("ours", []), ("ours", ["loss.self_target_weight=0"]), ("paper", [])):
+        cfg = load_config("tiny", ["supervision=weak", f"loss.weak_variant={variant}", *extra])
+        clean = objective_on_plan(model, index, plan, DIM, cfg, step=1000, average=average)
         assert np.isfinite(clean) and clean > 0
-        assert objective_on_plan(model, index, garbage, DIM, cfg, step=1000) == clean
+        assert objective_on_plan(model, index, garbage, DIM, cfg, step=1000, average=average) == clean
     with pytest.raises(ValueError, match="weak"):
         objective_on_plan(model, index, plan, DIM, load_config("tiny"), step=0)
+    with pytest.raises(ValueError, match="StudentAverage"):
+        objective_on_plan(model, index, plan, DIM, load_config("tiny", ["supervision=weak"]), step=0)
 
 
 WEAK_TINY = ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.batch_size=4",

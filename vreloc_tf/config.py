@@ -106,6 +106,16 @@ class LossConfig:
     # ramped up linearly from 0 at step 0 over `teacher_truncation_ramp_steps`; 0 = off.
     teacher_truncation: float = 0.0
     teacher_truncation_ramp_steps: int = 200
+    # ours: the remedy for that drift that is the default (docs/QUALITY.md has the ablation). A running
+    # average of the student's weights (momentum `self_target_momentum`; a mean teacher, Tarvainen &
+    # Valpola 2017; vreloc_tf.student_average) decodes a second segment per pair (Eq. 20), and the
+    # target is the teacher's segment with weight 1 - w and the average's with w: w ramps linearly from
+    # 0 at step `self_target_start` to `self_target_weight` at `self_target_start + self_target_ramp_steps`.
+    # 0 = off (the teacher alone).
+    self_target_weight: float = 0.8
+    self_target_momentum: float = 0.99
+    self_target_start: int = 100
+    self_target_ramp_steps: int = 200
     alpha: float = 0.3  # co-attention balance, best in Table 3
     boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)
     # Weak "paper" only: masks on p3/p4 after 100 iterations (Implementation Details; the paper

@@ -4,7 +4,8 @@ All in ``keras.ops`` (backend agnostic). Per-example losses are [B]; :func:`tota
 averages them over the batch and combines them as ``cfg`` says:
 
 * ``cfg.supervision == 'weak'``: loss^c only (``loss.weak_variant = paper``, Table 2), or Eq. 19
-  on the label-free teacher's pseudo segments (``ours``, the default; vreloc_tf.teacher);
+  on the label-free teacher's pseudo segments (``ours``, the default; vreloc_tf.teacher), blended
+  with Eq. 19 on the segments of the student's running average (vreloc_tf.student_average);
 * ``cfg.supervision == 'full'``: loss^w (``full_losses = weighted_ce``),
   loss^w + ``coattention_weight`` * loss^c (``weighted_ce+coattention``, Table 4), or Feng et
   al.'s Eq. 10 as their code computes it (``feng``, :func:`feng_cross_entropy`).
@@ -159,9 +160,13 @@ def per_example_loss(cfg, batch, probabilities, step):
       or Feng et al.'s Eq. 10 (``feng``);
     * weak, ``loss.weak_variant = paper``: loss^c, with the masks from the step
       ``coattention_mask_after_steps`` on (``step`` is an int or a scalar tensor);
-    * weak, ``ours``: Eq. 19 on the label-free teacher's ``pseudo_groundtruth`` (vreloc_tf.teacher).
+    * weak, ``ours``: Eq. 19 on the label-free teacher's ``pseudo_groundtruth`` (vreloc_tf.teacher);
+      with ``batch["self_target"]`` ([B, 2], the segments of the student's running average,
+      vreloc_tf.student_average), (1 - w) x that + w x Eq. 19 on the self target,
+      w = :func:`self_target_weight` at ``step``.
 
-    Also the label-free selection criterion: the mean of this on val pairs reads no labels in weak mode.
+    Also the label-free selection criterion: the mean of this on val pairs reads no labels in weak mode
+    (there without a self target: the teacher's part of the objective).
     """
     for key in ("query", "query_length", "reference", "reference_length"):
         if key not in batch:
@@ -180,7 +185,11 @@ def per_example_loss(cfg, batch, probabilities, step):
         if cfg.loss.weak_variant == "paper":
             return coattention(ops.greater_equal(step, cfg.loss.coattention_mask_after_steps))
         if cfg.loss.weak_variant == "ours":
-            return cross_entropy("pseudo_groundtruth", "weak supervision (ours)")
+            loss = cross_entropy("pseudo_groundtruth", "weak supervision (ours)")
+            if "self_target" not in batch:
+                return loss
+            weight = self_target_weight(cfg, step)
+            return (1.0 - weight) * loss + weight * cross_entropy("self_target", "the self target")
         raise ValueError(f"total_loss: unknown cfg.loss.weak_variant {cfg.loss.weak_variant!r}")
     if cfg.supervision != "full":
         raise ValueError(f"total_loss: cfg.supervision must be 'full' or 'weak', got {cfg.supervision!r}")
@@ -195,6 +204,30 @@ def per_example_loss(cfg, batch, probabilities, step):
     if cfg.loss.full_losses == "weighted_ce+coattention":
         return loss + cfg.loss.coattention_weight * coattention(False)
     raise ValueError(f"total_loss: unknown cfg.loss.full_losses {cfg.loss.full_losses!r}")
+
+
+def uses_self_target(cfg) -> bool:
+    """Whether training blends the student's running average into the target (weak "ours", weight > 0)."""
+    if cfg.supervision != "weak" or cfg.loss.weak_variant != "ours":
+        return False
+    weight, momentum = float(cfg.loss.self_target_weight), float(cfg.loss.self_target_momentum)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"loss.self_target_weight must be in [0, 1], got {weight}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"loss.self_target_momentum must be in [0, 1), got {momentum}")
+    for key in ("self_target_start", "self_target_ramp_steps"):
+        if int(getattr(cfg.loss, key)) < 0:
+            raise ValueError(f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
+    return weight > 0.0
+
+
+def self_target_weight(cfg, step):
+    """w at ``step`` (int or scalar tensor): 0 until ``self_target_start``, then linear up to
+    ``self_target_weight`` over ``self_target_ramp_steps`` (at once if 0), then constant."""
+    start, ramp = float(cfg.loss.self_target_start), float(cfg.loss.self_target_ramp_steps)
+    t = ops.cast(step, "float32")
+    progress = ops.cast(ops.greater_equal(t, start), "float32") if ramp == 0 else ops.clip((t - start) / ramp, 0.0, 1.0)
+    return float(cfg.loss.self_target_weight) * progress
 
 
 def truncation_fraction(cfg) -> float:

@@ -2,10 +2,12 @@
 
 :class:`RelocTrainer` wraps the functional inference model of
 :func:`vreloc_tf.model.build_model` (``self.net``, the model that is saved as
-``model.keras``) and overrides only ``compute_loss``: Keras' own ``train_step`` does the
-forward pass, the gradient tape and the optimizer update, also per replica under a
+``model.keras``) and overrides ``compute_loss`` (and extends ``train_step`` by one update
+after it, below): Keras' own ``train_step`` does the forward pass, the gradient tape and the optimizer update, also per replica under a
 tf.distribute strategy. The loss is :func:`vreloc_tf.losses.total_loss` at the current
-optimizer step (the co-attention masks switch on after the warm-up), divided by the
+optimizer step (the co-attention masks switch on after the warm-up; weak "ours" blends in the
+segments of the student's running average, :class:`vreloc_tf.student_average.StudentAverage`,
+which ``train_step`` updates after each optimizer step), divided by the
 number of replicas as Keras does for its compiled losses (gradients are summed across
 replicas; :func:`vreloc_tf.strategy.scale_loss_for_replicas`). The model is built before
 ``fit()`` (:class:`vreloc_tf.keras_compat.PrebuiltFit` explains why that matters).
@@ -38,12 +40,17 @@ from vreloc_tf.model import INPUT_NAMES
 
 
 class RelocTrainer(PrebuiltFit, keras.Model):
-    """Training wrapper around the inference model; only the loss differs from plain Keras."""
+    """Training wrapper around the inference model: the loss, and for weak "ours" the running average."""
 
     def __init__(self, cfg: Config, net: keras.Model, **kwargs):
+        from vreloc_tf.losses import uses_self_target
+        from vreloc_tf.student_average import StudentAverage
+
         super().__init__(name="vreloc_trainer", **kwargs)
         self.cfg = cfg
         self.net = net
+        # weak "ours": the running average of the student whose segments join the target (None if unused)
+        self.student_average = StudentAverage(net, cfg.loss.self_target_momentum) if uses_self_target(cfg) else None
         self.built = True  # the wrapped functional model is built
 
     def call(self, inputs, training=False):
@@ -53,6 +60,8 @@ class RelocTrainer(PrebuiltFit, keras.Model):
         from vreloc_tf.strategy import is_multi_worker
 
         logs = super().train_step(data)
+        if self.student_average is not None:
+            self.student_average.update(self.net)  # after the optimizer step
         if is_multi_worker(self.distribute_strategy):
             # Keras reduces the step logs across workers with strategy.reduce("MEAN", v, axis=0),
             # which needs an axis that scalar logs do not have: give them one.
@@ -63,6 +72,9 @@ class RelocTrainer(PrebuiltFit, keras.Model):
         from vreloc_tf.losses import total_loss
         from vreloc_tf.strategy import scale_loss_for_replicas
 
+        if self.student_average is not None:
+            inputs = {k: x[k] for k in INPUT_NAMES}
+            x = dict(x, self_target=self.student_average.segments(self.net, inputs, self.cfg.decode.full_max_length))
         loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
         return scale_loss_for_replicas(loss)
 
@@ -93,24 +105,36 @@ BEST_STATE = "best.json"
 
 
 def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Config, step: int,
-                      batch_size: int = 64) -> float:
+                      batch_size: int = 64, average=None) -> float:
     """The mean training objective (:func:`vreloc_tf.losses.per_example_loss`) over an evaluation plan.
 
     For weak supervision this reads no labels: "paper" is the co-attention loss of the raw
-    features, "ours" the cross-entropy against the label-free teacher's segments; it is the
-    ``label_free`` selection criterion.
+    features, "ours" the cross-entropy against the label-free teacher's segments, blended with
+    the segments of ``average`` (the run's :class:`~vreloc_tf.student_average.StudentAverage`)
+    when the config uses a self target; it is the ``label_free`` selection criterion.
     """
     import tensorflow as tf
 
     from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
-    from vreloc_tf.losses import per_example_loss, truncated_mean, truncation_fraction
+    from vreloc_tf.losses import per_example_loss, truncated_mean, truncation_fraction, uses_self_target
 
     if cfg.supervision != "weak":
         raise ValueError("objective_on_plan: the label-free criterion exists for weak supervision only")
+    if uses_self_target(cfg) and average is None:
+        raise ValueError("objective_on_plan: this config blends in the student's running average (loss.self_target_*); "
+                         "pass the run's StudentAverage as average=")
     ordered, _ = length_sorted(plan)
     probabilities = tf.function(lambda batch: model({k: batch[k] for k in INPUT_NAMES}, training=False)[
         "probabilities"], reduce_retracing=True)
-    losses = [np.asarray(per_example_loss(cfg, batch, probabilities(batch), step))
+    if uses_self_target(cfg):
+        # the self target at its full weight at every step, so that steps compare like with like
+        step = max(int(step), int(cfg.loss.self_target_start) + int(cfg.loss.self_target_ramp_steps))
+        segments = tf.function(lambda batch: average.segments(model, {k: batch[k] for k in INPUT_NAMES},
+                                                              cfg.decode.full_max_length), reduce_retracing=True)
+        with_target = lambda batch: dict(batch, self_target=segments(batch))  # noqa: E731
+    else:
+        with_target = lambda batch: batch  # noqa: E731
+    losses = [np.asarray(per_example_loss(cfg, with_target(batch), probabilities(batch), step))
               for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg))]
     if not losses:
         return 0.0
@@ -171,7 +195,8 @@ class ValidationCallback(keras.callbacks.Callback):
         entry = {"step": step, "average": result["average"], "loss": (logs or {}).get("loss")}
         if self.rule == "label_free":
             entry["objective"] = objective_on_plan(self.model.net, self.index, self.plan, self.feature_dim,
-                                                   self.cfg, step, self.batch_size)
+                                                   self.cfg, step, self.batch_size,
+                                                   average=getattr(self.model, "student_average", None))
         criterion = {"val_map": result["average"], "label_free": entry.get("objective"), "last": step}[self.rule]
         if logs is not None:
             logs["val_average"] = result["average"]
