@@ -54,7 +54,8 @@ class Method:
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("full", "full", about="ours full: Eq. 19 + loss^c, similarity features (tiny)"),
-    Method("weak-ours", "weak", about="ours weak: Eq. 19 on the label-free teacher's segments, Eq. 20 decoding"),
+    Method("weak-ours", "weak", about="ours weak: Eq. 19 on the label-free teacher's segments, blended with the "
+                                      "segments of the student's running average, Eq. 20 decoding"),
     Method("weak-paper", "weak", ("loss.weak_variant=paper",),
            about="the paper's weak objective: co-attention loss with masks, threshold decoding"),
     Method("cgbm", "full", CGBM_METHOD,
