@@ -106,7 +106,7 @@ class LossConfig:
     # ramped up linearly from 0 at step 0 over `teacher_truncation_ramp_steps`; 0 = off.
     teacher_truncation: float = 0.0
     teacher_truncation_ramp_steps: int = 200
-    # ours: the remedy for that drift that is the default (docs/QUALITY.md has the ablation). A running
+    # ours: the default remedy for that drift (docs/QUALITY.md has the ablation). A running
     # average of the student's weights (momentum `self_target_momentum`; a mean teacher, Tarvainen &
     # Valpola 2017; vreloc_tf.student_average) decodes a second segment per pair (Eq. 20), and the
     # target is the teacher's segment with weight 1 - w and the average's with w: w ramps linearly from

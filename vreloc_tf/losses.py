@@ -166,7 +166,7 @@ def per_example_loss(cfg, batch, probabilities, step):
       w = :func:`self_target_weight` at ``step``.
 
     Also the label-free selection criterion: the mean of this on val pairs reads no labels in weak mode
-    (there without a self target: the teacher's part of the objective).
+    (vreloc_tf.training.objective_on_plan adds the running average's segments when the config uses them).
     """
     for key in ("query", "query_length", "reference", "reference_length"):
         if key not in batch:

@@ -13,7 +13,8 @@ The averages are the trainer's variables (BackupAndRestore saves and restores th
 run; ``model.keras`` never holds them). They are updated with aggregation "mean" so that the
 update also runs in a tf.distribute replica context: every replica holds the same weights, so
 the mean is the value. The average is evaluated with ``stateless_call`` of the student itself:
-no second copy of the model.
+no second copy of the model. It belongs to training only and is never saved as a model, so the
+layer has no config (it is not registered for serialization).
 """
 from __future__ import annotations
 

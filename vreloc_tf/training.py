@@ -3,8 +3,8 @@
 :class:`RelocTrainer` wraps the functional inference model of
 :func:`vreloc_tf.model.build_model` (``self.net``, the model that is saved as
 ``model.keras``) and overrides ``compute_loss`` (and extends ``train_step`` by one update
-after it, below): Keras' own ``train_step`` does the forward pass, the gradient tape and the optimizer update, also per replica under a
-tf.distribute strategy. The loss is :func:`vreloc_tf.losses.total_loss` at the current
+after it, below): Keras' own ``train_step`` does the forward pass, the gradient tape and the
+optimizer update, also per replica under a tf.distribute strategy. The loss is :func:`vreloc_tf.losses.total_loss` at the current
 optimizer step (the co-attention masks switch on after the warm-up; weak "ours" blends in the
 segments of the student's running average, :class:`vreloc_tf.student_average.StudentAverage`,
 which ``train_step`` updates after each optimizer step), divided by the
@@ -129,8 +129,10 @@ def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Con
     if uses_self_target(cfg):
         # the self target at its full weight at every step, so that steps compare like with like
         step = max(int(step), int(cfg.loss.self_target_start) + int(cfg.loss.self_target_ramp_steps))
+        # autograph=False: plain ops, no Python control flow on tensors to convert
         segments = tf.function(lambda batch: average.segments(model, {k: batch[k] for k in INPUT_NAMES},
-                                                              cfg.decode.full_max_length), reduce_retracing=True)
+                                                              cfg.decode.full_max_length),
+                               reduce_retracing=True, autograph=False)
         with_target = lambda batch: dict(batch, self_target=segments(batch))  # noqa: E731
     else:
         with_target = lambda batch: batch  # noqa: E731
