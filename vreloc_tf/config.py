@@ -116,6 +116,11 @@ class LossConfig:
     self_target_momentum: float = 0.99
     self_target_start: int = 100
     self_target_ramp_steps: int = 200
+    # ours, with a self target: the saved model (validation, the selection criterion, model.keras,
+    # checkpoints/) holds the running average's weights instead of the student's -- the mean-teacher
+    # practice (Tarvainen & Valpola 2017): the average moves less from step to step than the student
+    # it follows. false = the student's weights, as before (docs/QUALITY.md has the comparison).
+    self_target_as_model: bool = True
     alpha: float = 0.3  # co-attention balance, best in Table 3
     boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)
     # Weak "paper" only: masks on p3/p4 after 100 iterations (Implementation Details; the paper

@@ -221,6 +221,12 @@ def uses_self_target(cfg) -> bool:
     return weight > 0.0
 
 
+def average_is_model(cfg) -> bool:
+    """Whether the saved model holds the student's running average (weak "ours" with a self target
+    and ``loss.self_target_as_model``) rather than the student's own weights."""
+    return uses_self_target(cfg) and bool(cfg.loss.self_target_as_model)
+
+
 def self_target_weight(cfg, step):
     """w at ``step`` (int or scalar tensor): 0 until ``self_target_start``, then linear up to
     ``self_target_weight`` over ``self_target_ramp_steps`` (at once if 0), then constant."""

@@ -13,10 +13,14 @@ The averages are the trainer's variables (BackupAndRestore saves and restores th
 run; ``model.keras`` never holds them). They are updated with aggregation "mean" so that the
 update also runs in a tf.distribute replica context: every replica holds the same weights, so
 the mean is the value. The average is evaluated with ``stateless_call`` of the student itself:
-no second copy of the model. It belongs to training only and is never saved as a model, so the
-layer has no config (it is not registered for serialization).
+no second copy of the model. With ``loss.self_target_as_model`` (the default) the saved model is
+the average: :meth:`StudentAverage.swapped_into` lends its weights to the student while the model
+is evaluated and saved. The layer itself is never saved as a model, so it has no config (it is
+not registered for serialization).
 """
 from __future__ import annotations
+
+import contextlib
 
 import keras
 from keras import ops
@@ -53,6 +57,23 @@ class StudentAverage(keras.layers.Layer):
         self._check(student)
         for average, variable in zip(self.averages, student.trainable_variables):
             average.assign(self.momentum * average + (1.0 - self.momentum) * variable)
+
+    @contextlib.contextmanager
+    def swapped_into(self, student: keras.Model):
+        """Inside the block, ``student`` holds the averaged weights; its own come back after it.
+
+        What saves or evaluates "the model" then sees the average (``loss.self_target_as_model``).
+        Assigning in the cross-replica context sets every replica of a mirrored variable.
+        """
+        self._check(student)
+        own = [ops.convert_to_numpy(v.value) for v in student.trainable_variables]
+        try:
+            for variable, average in zip(student.trainable_variables, self.averages):
+                variable.assign(average.value)
+            yield student
+        finally:
+            for variable, value in zip(student.trainable_variables, own):
+                variable.assign(value)
 
     def probabilities(self, student: keras.Model, inputs: dict):
         """The student's inference-mode probabilities [B, Lr, 4] with the averaged weights (no gradient)."""

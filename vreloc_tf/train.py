@@ -1,7 +1,7 @@
 """Training a run: `model.fit` under a tf.distribute strategy (full or weak supervision).
 
 :func:`train` writes the run folder of :mod:`vreloc_tf.artifacts` (config.yaml, run.json,
-model.keras = best by validation average, checkpoints/, backup/, logs/). Calling it again
+model.keras = the checkpoint the selection rule prefers, checkpoints/, backup/, logs/). Calling it again
 on the same folder resumes from the last finished epoch (BackupAndRestore); a finished run
 is left as it is. The data decides the feature dim (:class:`~vreloc_tf.artifacts.Dataset`);
 ``data.feature_dim`` in the config is a checked expectation (null = any).
@@ -72,6 +72,7 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
 
     from vreloc_tf.entry_index import load_index
     from vreloc_tf.input_pipeline import evaluation_plan, load_training_index, training_dataset
+    from vreloc_tf.losses import average_is_model
     from vreloc_tf.model import build_model
     from vreloc_tf.pairs import pairs_from_index, subsample
     from vreloc_tf.strategy import is_chief, make_strategy
@@ -141,6 +142,7 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
         selection=cfg.selection_rule, decode=cfg.decode_rule,
         extra={"config_digest": cfg.digest(), "replicas": replicas, "strategy": type(strategy).__name__,
                "resumed_from_step": start_epoch * steps_per_epoch, "validation_pairs": len(val_pairs),
+               "model_weights": "student_average" if average_is_model(cfg) else "student",
                "validation_history": validation.history})
     if chief:
         manifest.write(out_dir)

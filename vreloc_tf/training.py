@@ -24,6 +24,7 @@ validation), BackupAndRestore (``backup/``, end of every epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -77,6 +78,20 @@ class RelocTrainer(PrebuiltFit, keras.Model):
             x = dict(x, self_target=self.student_average.segments(self.net, inputs, self.cfg.decode.full_max_length))
         loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
         return scale_loss_for_replicas(loss)
+
+
+def saved_weights(trainer: keras.Model):
+    """A context in which ``trainer.net`` holds the weights a run saves and evaluates as its model.
+
+    The student's own, except for weak "ours" with ``loss.self_target_as_model``: there the
+    running average's (:meth:`vreloc_tf.student_average.StudentAverage.swapped_into`).
+    """
+    from vreloc_tf.losses import average_is_model
+
+    average = getattr(trainer, "student_average", None)
+    if average is not None and average_is_model(trainer.cfg):
+        return average.swapped_into(trainer.net)
+    return contextlib.nullcontext(trainer.net)
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
@@ -152,6 +167,8 @@ class ValidationCallback(keras.callbacks.Callback):
     prefers: ``val_map`` the highest labelled val mAP@1, ``label_free`` the lowest training
     objective on val pairs (no labels read; weak supervision), ``last`` the last one. The
     val mAP@1 is still logged for every rule -- to watch a run, never to pick a weak model.
+    What is validated and saved is the model of :func:`saved_weights` (for weak "ours" the
+    student's running average; the student's own val mAP@1 is then logged beside it).
     """
 
     def __init__(self, cfg: Config, index, plan: np.ndarray, feature_dim: int, run_dir: str,
@@ -184,22 +201,37 @@ class ValidationCallback(keras.callbacks.Callback):
             return True
         return criterion > self.best_criterion if self.rule == "val_map" else criterion < self.best_criterion
 
+    def _score(self, net) -> dict:
+        from vreloc_tf.evaluate import predict_segments, score_plan
+
+        start, end = predict_segments(net, self.index, self.plan, self.feature_dim, self.mode, self.max_length,
+                                      self.batch_size)
+        return score_plan(self.plan, start, end, "val", "val")
+
     def on_epoch_end(self, epoch, logs=None):
         from vreloc_tf.artifacts import MODEL_FILE
-        from vreloc_tf.evaluate import predict_segments, score_plan
+        from vreloc_tf.losses import average_is_model
 
         step = (epoch + 1) * self.steps_per_epoch
         if step % self.validate_every and step != self.total_steps:
             return
-        start, end = predict_segments(self.model.net, self.index, self.plan, self.feature_dim, self.mode,
-                                      self.max_length, self.batch_size)
-        result = score_plan(self.plan, start, end, "val", "val")
-        entry = {"step": step, "average": result["average"], "loss": (logs or {}).get("loss")}
-        if self.rule == "label_free":
-            entry["objective"] = objective_on_plan(self.model.net, self.index, self.plan, self.feature_dim,
-                                                   self.cfg, step, self.batch_size,
-                                                   average=getattr(self.model, "student_average", None))
-        criterion = {"val_map": result["average"], "label_free": entry.get("objective"), "last": step}[self.rule]
+        entry = {"step": step, "loss": (logs or {}).get("loss")}
+        average = getattr(self.model, "student_average", None)
+        if average is not None and average_is_model(self.cfg):
+            # the model is the running average; the student's own val mAP@1 is logged beside it (to watch)
+            entry["student_val_average"] = self._score(self.model.net)["average"]
+        with saved_weights(self.model) as net:
+            result = self._score(net)
+            entry["average"] = result["average"]
+            if self.rule == "label_free":
+                entry["objective"] = objective_on_plan(net, self.index, self.plan, self.feature_dim, self.cfg, step,
+                                                       self.batch_size, average=average)
+            criterion = {"val_map": result["average"], "label_free": entry.get("objective"), "last": step}[self.rule]
+            if self._better(criterion):
+                self.best_val, self.best_step, self.best_criterion = result["average"], step, criterion
+                if self.write:
+                    with atomic_path(os.path.join(self.run_dir, MODEL_FILE)) as tmp:
+                        net.save(tmp)
         if logs is not None:
             logs["val_average"] = result["average"]
             for k, v in result["map_at_1"].items():
@@ -207,18 +239,14 @@ class ValidationCallback(keras.callbacks.Callback):
             if "objective" in entry:
                 logs["val_objective"] = entry["objective"]
         self.history.append(entry)
-        if self._better(criterion):
-            self.best_val, self.best_step, self.best_criterion = result["average"], step, criterion
-            if self.write:
-                with atomic_path(os.path.join(self.run_dir, MODEL_FILE)) as tmp:
-                    self.model.net.save(tmp)
         if self.write:
             write_json_atomic(self._state_path, {"best_val": self.best_val, "best_step": self.best_step,
                                                  "best_criterion": self.best_criterion, "history": self.history})
 
 
 class StepCheckpoint(keras.callbacks.Callback):
-    """``checkpoints/step-NNNNNN.keras`` (the inference model) every ``every`` steps and at the end."""
+    """``checkpoints/step-NNNNNN.keras`` (the inference model, :func:`saved_weights`) every ``every`` steps
+    and at the end."""
 
     def __init__(self, directory: str, every: int, steps_per_epoch: int, total_steps: int, write: bool = True):
         super().__init__()
@@ -233,7 +261,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         step = self._epoch * self.steps_per_epoch + batch + 1
         if self.write and (step % self.every == 0 or step == self.total_steps):
             os.makedirs(self.directory, exist_ok=True)
-            self.model.net.save(os.path.join(self.directory, f"step-{step:06d}.keras"))
+            with saved_weights(self.model) as net:
+                net.save(os.path.join(self.directory, f"step-{step:06d}.keras"))
 
 
 def _sublayers(layer) -> list:
