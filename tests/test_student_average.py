@@ -1,4 +1,5 @@
-"""The running average of the student (weak "ours"' second target): its update, forward pass and segments."""
+"""The running average of the student (weak "ours"' second target and saved model): its update, forward pass,
+segments and the swap that saves it."""
 import keras
 import numpy as np
 import pytest
@@ -81,6 +82,34 @@ def test_its_probabilities_and_segments_are_the_student_with_the_averaged_weight
         variable.assign(value)
 
 
+def test_swapped_into_lends_the_averaged_weights_and_gives_the_students_back(student):
+    average = StudentAverage(student, momentum=0.5)
+    rng = np.random.default_rng(2)
+    start = [v.numpy().copy() for v in student.trainable_variables]
+    try:
+        for variable, value in zip(student.trainable_variables, start):
+            variable.assign(value + 0.3 * rng.normal(size=value.shape).astype(value.dtype))
+        average.update(student)
+        own = [v.numpy().copy() for v in student.trainable_variables]
+        inputs = random_inputs(rng)
+        want = np.asarray(average.probabilities(student, inputs))
+        with average.swapped_into(student) as net:
+            assert net is student
+            for variable, a in zip(student.trainable_variables, average.averages, strict=True):
+                np.testing.assert_array_equal(variable.numpy(), a.numpy())
+            np.testing.assert_array_equal(np.asarray(student(inputs, training=False)["probabilities"]), want)
+        for variable, value in zip(student.trainable_variables, own, strict=True):  # bit for bit back
+            np.testing.assert_array_equal(variable.numpy(), value)
+        with pytest.raises(RuntimeError, match="inside"):  # also when the block fails
+            with average.swapped_into(student):
+                raise RuntimeError("inside")
+        for variable, value in zip(student.trainable_variables, own, strict=True):
+            np.testing.assert_array_equal(variable.numpy(), value)
+    finally:
+        for variable, value in zip(student.trainable_variables, start):
+            variable.assign(value)
+
+
 def test_bad_momentum_and_another_model_are_refused(student):
     for bad in (1.0, -0.1, True):
         with pytest.raises(ValueError, match="momentum"):
@@ -89,3 +118,6 @@ def test_bad_momentum_and_another_model_are_refused(student):
     other = build_model(load_config("tiny", ["model.similarity_features=false", "model.self_attention=false"]), DIM)
     with pytest.raises(ValueError, match="not the model it was made for"):
         average.update(other)
+    with pytest.raises(ValueError, match="not the model it was made for"):
+        with average.swapped_into(other):
+            pass

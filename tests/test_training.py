@@ -158,18 +158,24 @@ weak = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.
                             "train.checkpoint_every=4", "train.batch_size=8", "train.validation_pairs=8",
                             "loss.self_target_start=0", "loss.self_target_ramp_steps=0"])
 
+def spread(variables):
+    return max(float(np.max(np.abs(x.numpy() - v.value.values[0].numpy()))) for v in variables for x in v.value.values)
+
 class AverageProbe(keras.callbacks.Callback):
-    spread, moved = None, None
     def on_train_end(self, logs=None):
-        averages = self.model.student_average.averages
-        self.spread = max(float(np.max(np.abs(x.numpy() - a.value.values[0].numpy())))
-                          for a in averages for x in a.value.values)
-        self.moved = max(float(np.max(np.abs(a.value.values[0].numpy() - v.value.values[0].numpy())))
-                         for a, v in zip(averages, self.model.net.trainable_variables))
+        averages, student = self.model.student_average.averages, self.model.net.trainable_variables
+        # the student's weights went into the saved model and back (cross-replica assigns): still mirrored
+        self.spread, self.student_spread = spread(averages), spread(student)
+        self.average = [a.value.values[0].numpy() for a in averages]
+        self.moved = max(float(np.max(np.abs(a - v.value.values[0].numpy()))) for a, v in zip(self.average, student))
 
 average_probe = AverageProbe()
-train(weak, sys.argv[1], sys.argv[2] + "-weak", devices=2, callbacks=[average_probe], verbose=0)
-print(json.dumps({"average_spread": average_probe.spread, "average_moved": average_probe.moved}))
+out = sys.argv[2] + "-weak"
+train(weak, sys.argv[1], out, devices=2, callbacks=[average_probe], verbose=0)
+saved = keras.saving.load_model(out + "/checkpoints/step-000004.keras").trainable_variables
+print(json.dumps({"average_spread": average_probe.spread, "average_moved": average_probe.moved,
+                  "student_spread": average_probe.student_spread,
+                  "saved_diff": max(float(np.max(np.abs(s.numpy() - a))) for s, a in zip(saved, average_probe.average))}))
 """
 
 
@@ -178,6 +184,8 @@ def test_the_running_average_of_weak_ours_stays_mirrored_on_two_replicas(data_di
     report, _ = _run_script(TWO_REPLICAS_WEAK, data_dir, str(tmp_path / "run"))
     assert report["average_spread"] == 0.0  # updated in the replica context, the same on both replicas
     assert report["average_moved"] > 0.0  # and it lags behind the student
+    assert report["student_spread"] == 0.0
+    assert report["saved_diff"] == 0.0  # the saved model is the average (loss.self_target_as_model)
 
 
 RESUME = """
@@ -340,16 +348,30 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
 
 
 WEAK_TINY = ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.batch_size=4",
-             "train.validate_every=2", "train.validation_pairs=6", "train.checkpoint_every=2"]
+             "train.validate_every=2", "train.validation_pairs=6", "train.checkpoint_every=2",
+             "loss.self_target_momentum=0.5"]  # an average far enough from the student to tell them apart
+
+
+def _end_weights_probe():
+    """A callback that keeps the student's and its running average's weights when training ends."""
+    import keras
+
+    class EndWeights(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.student = [v.numpy() for v in self.model.net.trainable_variables]
+            self.average = [a.numpy() for a in self.model.student_average.averages]
+
+    return EndWeights()
 
 
 @pytest.fixture(scope="module")
 def weak_run(data_dir, tmp_path_factory):
-    """A weak run folder trained for 4 steps (do not modify)."""
+    """A weak run folder trained for 4 steps (do not modify), and the weights at its end."""
     from vreloc_tf.train import train
 
-    run = str(tmp_path_factory.mktemp("weak") / "a")
-    return run, train(load_config("tiny", WEAK_TINY), data_dir, run, verbose=0)
+    run, probe = str(tmp_path_factory.mktemp("weak") / "a"), _end_weights_probe()
+    manifest = train(load_config("tiny", WEAK_TINY), data_dir, run, callbacks=[probe], verbose=0)
+    return run, manifest, probe
 
 
 @pytest.mark.slow  # one more training (~20 s on 2 cores): `make test` keeps the resume test's bit-for-bit check
@@ -361,7 +383,7 @@ def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
     from vreloc_tf.artifacts import Run
     from vreloc_tf.train import train
 
-    run, _ = weak_run
+    run, _, _ = weak_run
     train(load_config("tiny", WEAK_TINY), data_dir, str(tmp_path / "b"), verbose=0)
     weights = [keras.saving.load_model(Run.open(r).model_file).get_weights() for r in (run, str(tmp_path / "b"))]
     for x, y in zip(*weights):
@@ -372,7 +394,7 @@ def test_weak_runs_are_selected_without_labels(weak_run, data_dir):
     """A weak run records its label-free selection; evaluation reports it and can take the last step instead."""
     from vreloc_tf.evaluate import evaluate_run
 
-    run, manifest = weak_run
+    run, manifest, _ = weak_run
     assert manifest.selection == "label_free" and manifest.decode == "full"
     history = manifest.extra["validation_history"]
     assert [h["step"] for h in history] == [2, 4] and all("objective" in h for h in history)
@@ -383,3 +405,42 @@ def test_weak_runs_are_selected_without_labels(weak_run, data_dir):
     assert result["method"] == "ours weak" and result["decode"] == "full"
     last = evaluate_run(run, data_dir, "test", checkpoint="last")
     assert last["selection"] == "checkpoint last" and last["selected_step"] == 4
+
+
+def test_weak_ours_saves_and_validates_its_running_average(weak_run):
+    """With loss.self_target_as_model (the default) the saved model is the average, not the student."""
+    import keras
+    import numpy as np
+
+    run, manifest, probe = weak_run
+    saved = keras.saving.load_model(os.path.join(run, "checkpoints", "step-000004.keras"))
+    for variable, average in zip(saved.trainable_variables, probe.average, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), average)
+    assert max(float(np.max(np.abs(s - a))) for s, a in zip(probe.student, probe.average)) > 1e-4
+    assert manifest.extra["model_weights"] == "student_average"
+    assert all("student_val_average" in h for h in manifest.extra["validation_history"])
+
+
+def test_saved_weights_is_the_average_only_for_weak_ours_with_self_target_as_model():
+    import numpy as np
+
+    from vreloc_tf.model import build_model
+    from vreloc_tf.training import RelocTrainer, saved_weights
+
+    for overrides, average_saved in (([], True), (["loss.self_target_as_model=false"], False)):
+        cfg = load_config("tiny", ["supervision=weak", "loss.self_target_momentum=0.5", *overrides])
+        trainer = RelocTrainer(cfg, build_model(cfg, DIM))
+        own = [v.numpy() + 0.5 for v in trainer.net.trainable_variables]
+        for variable, value in zip(trainer.net.trainable_variables, own):
+            variable.assign(value)
+        trainer.student_average.update(trainer.net)  # halfway between the initial and the moved weights
+        with saved_weights(trainer) as net:
+            assert net is trainer.net
+            want = [a.numpy() for a in trainer.student_average.averages] if average_saved else own
+            for variable, value in zip(net.trainable_variables, want, strict=True):
+                np.testing.assert_array_equal(variable.numpy(), value)
+        for variable, value in zip(trainer.net.trainable_variables, own, strict=True):
+            np.testing.assert_array_equal(variable.numpy(), value)
+    full = RelocTrainer(load_config("tiny"), build_model(load_config("tiny"), DIM))
+    with saved_weights(full) as net:  # full supervision: no average, the student
+        assert net is full.net
