@@ -325,10 +325,11 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
 
     from vreloc_tf.artifacts import Run
     from vreloc_tf.entry_index import load_index
+    from vreloc_tf.evaluate import inference_probabilities
     from vreloc_tf.input_pipeline import evaluation_plan
     from vreloc_tf.pairs import pairs_from_index
     from vreloc_tf.student_average import StudentAverage
-    from vreloc_tf.training import objective_on_plan
+    from vreloc_tf.training import _average_segments, objective_on_plan
 
     model = Run.open(tiny_run).load_model()
     index = load_index(data_dir, "val")
@@ -341,6 +342,12 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
         clean = objective_on_plan(model, index, plan, DIM, cfg, step=1000, average=average)
         assert np.isfinite(clean) and clean > 0
         assert objective_on_plan(model, index, garbage, DIM, cfg, step=1000, average=average) == clean
+    # its tf.functions are made once per model: another validation traces nothing new
+    weak = load_config("tiny", ["supervision=weak"])
+    functions = (inference_probabilities(model), _average_segments(average, model, weak.decode.full_max_length))
+    traced = [f.experimental_get_tracing_count() for f in functions]
+    objective_on_plan(model, index, plan, DIM, weak, step=1000, average=average)
+    assert [f.experimental_get_tracing_count() for f in functions] == traced
     with pytest.raises(ValueError, match="weak"):
         objective_on_plan(model, index, plan, DIM, load_config("tiny"), step=0)
     with pytest.raises(ValueError, match="StudentAverage"):

@@ -46,6 +46,18 @@ def resolve_pairs(data_dir: str, split: str, pairs_file: Optional[str] = None, s
 _PREDICT_FNS = weakref.WeakKeyDictionary()  # model -> its traced predict function (traced once per model)
 
 
+def inference_probabilities(model):
+    """The model's inference-mode probabilities [B, Lr, 4] of a dict of its inputs, as a tf.function
+    made once per model (a new one per call would retrace on every validation)."""
+    import tensorflow as tf
+
+    probabilities = _PREDICT_FNS.get(model)
+    if probabilities is None:
+        probabilities = _PREDICT_FNS[model] = tf.function(
+            lambda inputs: model(inputs, training=False)["probabilities"], reduce_retracing=True)
+    return probabilities
+
+
 def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str,
                      max_length: Optional[int], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
     """Decoded (start, end) [N] for the pairs of an evaluation plan, in plan order.
@@ -53,21 +65,17 @@ def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str
     Pairs run in batches of similar reference length (less padding); the NumPy
     decoders of :mod:`vreloc_tf.decoding` read each example's valid steps only.
     """
-    import tensorflow as tf
-
     from vreloc_tf.decoding import decoder
     from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted
+    from vreloc_tf.model import INPUT_NAMES
 
     decode = decoder(mode, numpy=True)
     ordered, inverse = length_sorted(plan)
 
-    probabilities = _PREDICT_FNS.get(model)
-    if probabilities is None:
-        probabilities = _PREDICT_FNS[model] = tf.function(
-            lambda batch: model(batch, training=False)["probabilities"], reduce_retracing=True)
+    probabilities = inference_probabilities(model)
     starts, ends = [], []
     for batch in evaluation_dataset(index, ordered, feature_dim, batch_size):
-        probs = probabilities(batch).numpy()
+        probs = probabilities({k: batch[k] for k in INPUT_NAMES}).numpy()
         s, e, _ = decode(probs, batch["reference_length"].numpy(), max_length)
         starts.append(s)
         ends.append(e)

@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import time
+import weakref
 from typing import Optional
 
 import keras
@@ -119,6 +120,23 @@ def schedule(cfg: Config, steps: Optional[int] = None):
 BEST_STATE = "best.json"
 
 
+_SEGMENT_FNS = weakref.WeakKeyDictionary()  # StudentAverage -> {(id(student), max_length): traced segments}
+
+
+def _average_segments(average, model, max_length):
+    """``average.segments(model, inputs, max_length)`` as a tf.function made once per (average, model),
+    so that validations do not retrace it."""
+    import tensorflow as tf
+
+    functions = _SEGMENT_FNS.setdefault(average, {})
+    key = (id(model), max_length)  # the function holds the model: its id is not reused while cached
+    if key not in functions:
+        # autograph=False: plain ops, no Python control flow on tensors to convert
+        functions[key] = tf.function(lambda inputs: average.segments(model, inputs, max_length),
+                                     reduce_retracing=True, autograph=False)
+    return functions[key]
+
+
 def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Config, step: int,
                       batch_size: int = 64, average=None) -> float:
     """The mean training objective (:func:`vreloc_tf.losses.per_example_loss`) over an evaluation plan.
@@ -128,8 +146,7 @@ def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Con
     the segments of ``average`` (the run's :class:`~vreloc_tf.student_average.StudentAverage`)
     when the config uses a self target; it is the ``label_free`` selection criterion.
     """
-    import tensorflow as tf
-
+    from vreloc_tf.evaluate import inference_probabilities
     from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
     from vreloc_tf.losses import per_example_loss, truncated_mean, truncation_fraction, uses_self_target
 
@@ -139,20 +156,18 @@ def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Con
         raise ValueError("objective_on_plan: this config blends in the student's running average (loss.self_target_*); "
                          "pass the run's StudentAverage as average=")
     ordered, _ = length_sorted(plan)
-    probabilities = tf.function(lambda batch: model({k: batch[k] for k in INPUT_NAMES}, training=False)[
-        "probabilities"], reduce_retracing=True)
+    probabilities = inference_probabilities(model)
     if uses_self_target(cfg):
         # the self target at its full weight at every step, so that steps compare like with like
         step = max(int(step), int(cfg.loss.self_target_start) + int(cfg.loss.self_target_ramp_steps))
-        # autograph=False: plain ops, no Python control flow on tensors to convert
-        segments = tf.function(lambda batch: average.segments(model, {k: batch[k] for k in INPUT_NAMES},
-                                                              cfg.decode.full_max_length),
-                               reduce_retracing=True, autograph=False)
-        with_target = lambda batch: dict(batch, self_target=segments(batch))  # noqa: E731
+        segments = _average_segments(average, model, cfg.decode.full_max_length)
+        with_target = lambda batch, inputs: dict(batch, self_target=segments(inputs))  # noqa: E731
     else:
-        with_target = lambda batch: batch  # noqa: E731
-    losses = [np.asarray(per_example_loss(cfg, with_target(batch), probabilities(batch), step))
-              for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg))]
+        with_target = lambda batch, inputs: batch  # noqa: E731
+    losses = []
+    for batch in evaluation_dataset(index, ordered, feature_dim, batch_size, teacher=teacher_options(cfg)):
+        inputs = {k: batch[k] for k in INPUT_NAMES}
+        losses.append(np.asarray(per_example_loss(cfg, with_target(batch, inputs), probabilities(inputs), step)))
     if not losses:
         return 0.0
     # the objective as trained: with loss.teacher_truncation, the mean of all but the highest-loss
