@@ -55,7 +55,8 @@ class Method:
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("full", "full", about="ours full: Eq. 19 + loss^c, similarity features (tiny)"),
     Method("weak-ours", "weak", about="ours weak: Eq. 19 on the label-free teacher's segments, blended with the "
-                                      "segments of the student's running average, Eq. 20 decoding"),
+                                      "segments of the student's running average (the saved model), Eq. 20 "
+                                      "decoding"),
     Method("weak-paper", "weak", ("loss.weak_variant=paper",),
            about="the paper's weak objective: co-attention loss with masks, threshold decoding"),
     Method("cgbm", "full", CGBM_METHOD,
@@ -70,6 +71,8 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
            about="weak ours, teacher pooling the query frames by their mean (tau=100) instead of a soft maximum"),
     Method("weak-ours-no-self-target", "weak", ("loss.self_target_weight=0",),
            about="weak ours on the teacher's segments alone, without the student's running average"),
+    Method("weak-ours-student", "weak", ("loss.self_target_as_model=false",),
+           about="weak ours saving and validating the student's own weights instead of its running average"),
     Method("weak-ours-truncate", "weak", ("loss.teacher_truncation=0.3", "loss.self_target_weight=0"),
            about="weak ours without the self target, each batch's 30 % highest-loss pairs dropped instead "
                  "(ramped up over 200 steps): the other remedy for the drift that was tried"),

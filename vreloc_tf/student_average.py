@@ -10,7 +10,7 @@ blended into the target (``loss.self_target_*``, vreloc_tf.losses.per_example_lo
 the student near what it has learnt instead of pulling it back to the teacher's mistakes.
 
 The averages are the trainer's variables (BackupAndRestore saves and restores them with the
-run; ``model.keras`` never holds them). They are updated with aggregation "mean" so that the
+run; the student's variables, what ``model.keras`` is saved from, are separate ones). They are updated with aggregation "mean" so that the
 update also runs in a tf.distribute replica context: every replica holds the same weights, so
 the mean is the value. The average is evaluated with ``stateless_call`` of the student itself:
 no second copy of the model. With ``loss.self_target_as_model`` (the default) the saved model is
