@@ -9,14 +9,14 @@ the student is better than its teacher, so is the average. The segment it decode
 blended into the target (``loss.self_target_*``, vreloc_tf.losses.per_example_loss), which holds
 the student near what it has learnt instead of pulling it back to the teacher's mistakes.
 
-The averages are the trainer's variables (BackupAndRestore saves and restores them with the
-run; the student's variables, what ``model.keras`` is saved from, are separate ones). They are updated with aggregation "mean" so that the
-update also runs in a tf.distribute replica context: every replica holds the same weights, so
-the mean is the value. The average is evaluated with ``stateless_call`` of the student itself:
-no second copy of the model. With ``loss.self_target_as_model`` (the default) the saved model is
-the average: :meth:`StudentAverage.swapped_into` lends its weights to the student while the model
-is evaluated and saved. The layer itself is never saved as a model, so it has no config (it is
-not registered for serialization).
+The averages are the trainer's variables, separate from the student's (BackupAndRestore saves
+and restores them with the run). They are updated with aggregation "mean" so that the update
+also runs in a tf.distribute replica context: every replica holds the same weights, so the mean
+is the value. The average is evaluated with ``stateless_call`` of the student itself: no second
+copy of the model. With ``loss.self_target_as_model`` (the default) the saved model is the
+average: :meth:`StudentAverage.swapped_into` lends its weights to the student while the model is
+evaluated and saved. The layer itself is never saved as a model, so it has no config (it is not
+registered for serialization).
 """
 from __future__ import annotations
 
