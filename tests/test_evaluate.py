@@ -57,6 +57,7 @@ def test_evaluate_equals_a_pair_by_pair_computation(run_dir, data_dir, tmp_path,
         assert result["map_at_1"][k] == pytest.approx(want[k], abs=1e-9)
     assert result["decode"] == mode and result["split"] == "test"
     assert result["method"] == ("ours full" if mode == "full" else "ours full (weak decode)")
+    assert result["model_weights"] == "student"  # full supervision saves the model it trains
 
 
 def test_cli_prints_the_paper_row_and_writes_json(run_dir, data_dir, tmp_path, capsys):

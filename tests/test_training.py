@@ -397,8 +397,9 @@ def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-def test_weak_runs_are_selected_without_labels(weak_run, data_dir):
+def test_weak_runs_are_selected_without_labels(weak_run, data_dir, capsys):
     """A weak run records its label-free selection; evaluation reports it and can take the last step instead."""
+    from vreloc.commands.evaluate import print_results
     from vreloc_tf.evaluate import evaluate_run
 
     run, manifest, _ = weak_run
@@ -412,6 +413,11 @@ def test_weak_runs_are_selected_without_labels(weak_run, data_dir):
     assert result["method"] == "ours weak" and result["decode"] == "full"
     last = evaluate_run(run, data_dir, "test", checkpoint="last")
     assert last["selection"] == "checkpoint last" and last["selected_step"] == 4
+    # and says that the weights are the running average (loss.self_target_as_model), checkpoints too
+    assert result["model_weights"] == last["model_weights"] == "student_average"
+    print_results(result)
+    assert f"checkpoint of step {best} (the student's running average), chosen by selection rule 'label_free'" \
+        in capsys.readouterr().out
 
 
 def test_weak_ours_saves_and_validates_its_running_average(weak_run):

@@ -119,8 +119,10 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
         step = run.manifest.best_step
     else:
         selection, step = f"checkpoint {checkpoint}", int(os.path.basename(run.checkpoint_file(checkpoint))[5:-6])
+    # what the saved weights are: the student's, or (weak "ours", loss.self_target_as_model) its running average
+    weights = run.manifest.extra.get("model_weights", "student")  # runs from before it was recorded saved the student
     return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run_dir),
-                      selection=selection, selected_step=step)
+                      selection=selection, selected_step=step, model_weights=weights)
 
 
 def method_name(cfg) -> str:

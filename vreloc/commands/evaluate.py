@@ -40,7 +40,8 @@ def print_results(results, json_path=None) -> None:
     print(format_table(rows))
     for r in rows:
         if r.get("selection"):
-            print(f"{r['method']}: model.keras is the checkpoint of step {r.get('selected_step')}, "
+            weights = " (the student's running average)" if r.get("model_weights") == "student_average" else ""
+            print(f"{r['method']}: model.keras is the checkpoint of step {r.get('selected_step')}{weights}, "
                   f"chosen by selection rule '{r['selection']}'")
     if json_path:
         save_results(results, json_path)
