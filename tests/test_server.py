@@ -532,6 +532,10 @@ def _stop(proc):
     proc.stdout.close()
 
 
+LONG_BATCH = sig.MAX_BATCH_SIZE  # pairs: as many as one request may hold
+LONG_LR = 8192  # 0.4 s a pair, 6.5 s the 16 pairs on a 2-core machine in 2026-12 (4096 ran 16 pairs in < 2 s on CI)
+
+
 @pytest.fixture(scope="module")
 def long_server(tmp_path_factory):
     """A served process whose limits allow a request of many seconds (B 16 x Lq 512 x Lr 8192), --grace 1.
@@ -558,10 +562,7 @@ def long_server(tmp_path_factory):
         _stop(proc)
 
 
-LONG_LR = 8192  # 0.4 s a pair, 6.5 s the 16 pairs on a 2-core machine in 2026-12 (4096 ran 16 pairs in < 2 s on CI)
-
-
-def _long_request(batch=16):
+def _long_request(batch=LONG_BATCH):
     """B x Lq 512 x Lr 8192: one pair per model call (MAX_BATCH_STEPS), so it runs as ``batch`` chunks."""
     rng = np.random.default_rng(9)
     return make_request(rng.standard_normal((batch, 512, H.FEATURE_DIM)).astype(np.float32),
@@ -623,8 +624,7 @@ def test_huge_declared_shape_is_refused_before_allocation(long_server):
 def test_work_stops_at_the_clients_deadline(long_server):
     """Issue #12: after a 1 s deadline the server computed 14 more CPU-seconds; now it stops within a chunk."""
     proc, target, log_path, pair_seconds = long_server
-    request_seconds = 16 * pair_seconds
-    timeout = min(2.0, max(0.25, request_seconds / 3))  # well inside the request on any machine
+    timeout = min(2.0, max(0.25, LONG_BATCH * pair_seconds / 3))  # well inside the request on any machine
     server = psutil.Process(proc.pid)
     with _channel(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -638,7 +638,7 @@ def test_work_stops_at_the_clients_deadline(long_server):
         time.sleep(3)
         after = sum(server.cpu_times()[:2]) - cpu
     assert after < 0.5, f"the server computed {after:.2f} CPU-s more after the deadline"
-    logged = f"B=16 Lq=512 Lr={LONG_LR} status=CANCELLED"
+    logged = f"B={LONG_BATCH} Lq=512 Lr={LONG_LR} status=CANCELLED"
     deadline = time.monotonic() + 10
     while logged not in log_path.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
