@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Sequence
 from vreloc_tf import __version__, contract, schema
 from vreloc_tf.config import Config, load_config, save_config
 from vreloc_tf.errors import InputError
+from vreloc_tf.feature_spec import FeatureSpec
 from vreloc_tf.files import read_json, write_json_atomic
 
 CONFIG_FILE = "config.yaml"
@@ -68,8 +69,21 @@ class Dataset:
 
     @property
     def pca_file(self) -> Optional[str]:
-        """The PCA that made raw-video features (extract-video), for locate and export."""
-        return self.manifest.get("pca_file")
+        """The PCA that made raw-video features (extract-video), for locate and export.
+
+        A relative path in the manifest is relative to the data folder, so the folder can move.
+        """
+        path = self.manifest.get("pca_file")
+        if path and "://" not in path and not os.path.isabs(path):
+            return os.path.normpath(os.path.join(self.path, path))
+        return path
+
+    @property
+    def feature_spec(self) -> Optional[FeatureSpec]:
+        """What made the features (backbone, weights, frame rate, PCA); None for folders written before
+        specs were recorded. Its PCA path is resolved against the data folder."""
+        spec = FeatureSpec.of_manifest(self.manifest, os.path.join(self.path, schema.MANIFEST_NAME))
+        return spec.with_pca_path(spec.resolved_pca(self.path)) if spec else None
 
     @property
     def splits(self) -> Sequence[str]:
