@@ -123,6 +123,7 @@ class RunManifest:
     pca_file: Optional[str] = None  # PCA artifact of the training data (raw videos), for locate
     frames_per_feature: int = contract.FRAMES_PER_FEATURE
     data_source: Optional[dict] = None  # Dataset.training_source() of the data it was trained on
+    features: Optional[dict] = None  # FeatureSpec.to_json() of the training features (PCA path absolute)
     steps: int = 0
     best_step: Optional[int] = None
     best_val_average: Optional[float] = None  # val mAP@1 of the selected checkpoint (logged, not a criterion for weak)
@@ -173,6 +174,13 @@ class Run:
             model.save(os.path.join(path, MODEL_FILE))
         manifest.write(path)
         return cls(path, config, manifest)
+
+    @property
+    def feature_spec(self) -> Optional[FeatureSpec]:
+        """What made the features the run was trained on; None for runs from before specs were recorded."""
+        if self.manifest.features is None:
+            return None
+        return FeatureSpec.from_json(self.manifest.features, f"{os.path.join(self.path, MANIFEST_FILE)}: 'features'")
 
     @property
     def model_file(self) -> str:

@@ -137,6 +137,7 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
         data_dir=dataset.path, feature_dim=feature_dim, supervision=cfg.supervision,
         pca_file=dataset.pca_file, frames_per_feature=dataset.frames_per_feature,
         data_source=dataset.training_source(),
+        features=dataset.feature_spec.to_json() if dataset.feature_spec else None,
         steps=int(trainer.optimizer.iterations.numpy()) if start_epoch < epochs else cfg.train.steps,
         best_step=validation.best_step, best_val_average=validation.best_val, train_seconds=seconds,
         selection=cfg.selection_rule, decode=cfg.decode_rule,
