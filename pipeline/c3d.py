@@ -15,7 +15,9 @@ padding of the Keras 2 conversion (``ZeroPadding3D(((0,0),(0,1),(0,1)))``); the 
 Keras 1 conversion pads both sides, which shifts the pool5 windows by one pixel. Both give
 the same 8192-d flatten, so either weights file loads. Dropout and fc8 (487 Sports-1M
 classes) are not built: we only extract fc7 activations, the ActivityNet Challenge
-features. About 38.5 GFLOPs (multiply-adds x2) per clip.
+features. 38.5 G multiply-adds per clip, i.e. 77.0 GFLOP counting a multiply-add as two
+floating-point operations, the convention of every FLOP figure here (:func:`flops_per_clip`;
+the "38.5 GFLOPs" often quoted for C3D counts multiply-adds).
 
 Preprocessing (:func:`preprocess_clips`, as in the Caffe model and its conversions):
 RGB uint8 frames -> BGR float32 in [0, 255] minus a mean; no scaling. The mean is either
@@ -81,7 +83,6 @@ CLIP_LEN = FRAMES_PER_FEATURE  # one feature per clip, no overlap
 CROP_SIZE = 112
 INPUT_SHAPE = (CLIP_LEN, CROP_SIZE, CROP_SIZE, 3)
 FEATURE_DIM = FC7_DIM
-GFLOPS_PER_CLIP = 38.5
 # Per-channel BGR mean of mmaction2's Sports-1M C3D config (used when no mean cube is given).
 DEFAULT_BGR_MEAN = (104.0, 117.0, 128.0)
 
@@ -108,6 +109,23 @@ EXPECTED_SHAPES["fc7"] = ((FC7_DIM, FC7_DIM), (FC7_DIM,))
 del _in, _name, _filters
 
 PathLike = Union[str, os.PathLike]
+
+
+def flops_per_clip() -> float:
+    """Floating-point operations (2 per multiply-add) of one clip through conv1 ... fc7, from the layer table."""
+    macs, t, hw, c_in = 0, CLIP_LEN, CROP_SIZE, 3
+    for _name, filters, pool in _CONVS:
+        macs += t * hw * hw * filters * 27 * c_in  # 3x3x3 'same' convolution
+        c_in = filters
+        if pool == "pool5":
+            t, hw = max(1, t // 2), (hw + 1) // 2  # the zero pad makes the 7x7 maps pool to 4x4
+        elif pool is not None:
+            t, hw = t // pool[0], hw // pool[1]
+    macs += 8192 * FC7_DIM + FC7_DIM * FEATURE_DIM
+    return 2.0 * macs
+
+
+GFLOPS_PER_CLIP = flops_per_clip() / 1e9  # 77.0
 
 
 class C3DWeightsError(InputError):

@@ -1,50 +1,62 @@
-"""``vreloc extract-video``: raw annotated videos -> C3D fc7 -> PCA -> sharded TFRecords.
+"""``vreloc extract-video``: raw videos -> a backbone -> PCA -> sharded TFRecords.
 
-So that any folder of annotated videos becomes a dataset in the same contract
-as the benchmark (``vreloc_tf.schema``). Composed of the library pieces
-``pipeline.video`` (PyAV decode into 16-frame 112x112 clips),
-``pipeline.c3d`` (Keras C3D, fc7 per clip) and ``pipeline.pca`` (mergeable PCA
+So that any folder of videos becomes a dataset in the same contract as the benchmark
+(``vreloc_tf.schema``): with annotations, a training set; without, a library to search.
+Composed of the library pieces ``pipeline.video`` (PyAV decode), ``pipeline.backbones``
+(``c3d``: Sports-1M C3D fc7 per 16-frame clip, the paper's; ``clip``: a keras-hub CLIP
+image encoder on one frame every ``1 / fps`` seconds) and ``pipeline.pca`` (mergeable PCA
 statistics), plus the shared Beam plumbing of ``pipeline.options`` and
 ``pipeline.staged_sink``. :func:`run` is the launcher (the command line and the
-orchestrator call it); bad inputs it can see before the job starts raise
-``InputError``.
+orchestrator call it); bad inputs it can see before the job starts raise ``InputError``.
 
 The graph::
 
-    video tasks (launcher: file -> id -> annotation) --DecodeAndExtractC3D--> fc7 per video | dead letters
-      train fc7 --CombineGlobally(PCAStatsCombineFn)--> fit_pca --> pca.npz   (unless --pca FILE)
-      fc7 + PCA (side input) --ToRecords--> one record per annotated action instance | dead letters
+    video tasks (launcher: file -> id -> annotation) --ExtractFeatures--> raw features per video | dead letters
+      fitting videos' features --CombineGlobally(PCAStatsCombineFn)--> fit_pca --> pca.npz   (unless --pca FILE)
+      features + PCA (side input) --ToRecords--> records | dead letters
 
 Rules (documented here because they define the data):
 
 * Video id: the file name without extension; ``v_<id>`` files match the
   annotation id ``<id>`` too (ActivityNet's naming).
-* Annotations: ActivityNet JSON, ``database.<id>.annotations[].segment``
+* Annotations (optional): ActivityNet JSON, ``database.<id>.annotations[].segment``
   ([start, end] seconds) and ``.label``, ``.subset`` (``training`` -> train,
   ``validation`` -> val, ``testing`` -> test; other names are used as is).
   Labels map to ints through the file's ``taxonomy`` (``nodeName`` ->
   ``nodeId``) when it has one, else to their index in the sorted list of all
   label names of the file (stable across runs on the same file); the manifest
   records the mapping.
-* Seconds -> features with the video's real frame rate: feature ``k`` covers
-  frames ``[16k, 16k + 16)``, i.e. seconds ``[16k / fps, 16(k+1) / fps)``; a
-  segment ``[s, e]`` becomes ``[floor(s fps / 16), ceil(e fps / 16))`` clipped
-  to the video's ``n_frames // 16`` whole clips.
+* Library: every video without annotated action instances (all of them when no
+  annotation file is given; with one, those it does not list or lists without
+  instances) becomes one entry of split ``library``: the whole video, label -1,
+  no ground truth, its frame rate recorded. ``vreloc index build --split library``
+  makes it searchable.
+* Index space: feature ``k`` covers seconds ``[k * frames_per_feature / fps,
+  (k + 1) * frames_per_feature / fps)``, where for ``c3d`` ``fps`` is the video's
+  real frame rate and ``frames_per_feature`` 16 (clip ``k`` = frames ``[16k, 16k + 16)``),
+  and for ``clip`` ``fps`` is the sampling rate and ``frames_per_feature`` 1 (feature
+  ``k`` = the frame shown at ``(k + 0.5) / fps`` s). A segment ``[s, e]`` becomes
+  ``[floor(s fps / fpf), ceil(e fps / fpf))`` clipped to the video's features.
 * Window: the whole video when it has at most 300 features, else the 300
   features centred on the instance (shifted to stay inside the video);
-  instances longer than 300 features are dead-lettered.
+  instances longer than 300 features are dead-lettered. Library entries are
+  never cut.
 * Entry indices: per split, in the order (video id, instance position in the
   annotation file), over the videos matched by ``--videos``.
-* PCA: fitted over the training split's clips (all of them, not only the
-  windows) unless ``--pca FILE`` is given; saved as ``OUT/pca.npz``. With
-  fewer training clips than components, the components beyond the data's rank
-  are zero (``pipeline.pca`` warns), so even a small folder runs end to end.
+* PCA: fitted over the training split's features (all of them, not only the
+  windows), or over every video when no annotation file is given, unless
+  ``--pca FILE`` is given (our ``pca.npz`` or ActivityNet's published PCA);
+  saved as ``OUT/pca.npz``. With fewer samples than components, the components
+  beyond the data's rank are zero (``pipeline.pca`` warns), so even a small
+  folder runs end to end.
+* The manifest records the :class:`vreloc_tf.feature_spec.FeatureSpec` (backbone,
+  weights SHA-256, sampling rate, PCA SHA-256) under ``features``; every consumer
+  (train, locate, features, index, search) checks it.
 
 Dead letters (with the reason; the job continues, counts reconcile per split):
-unreadable or corrupt files and videos shorter than 16 frames (each of the
-video's instances), videos without an annotation (pseudo-split
-``unannotated``), annotated videos without action instances, and instances
-outside the video or longer than the window.
+unreadable or corrupt files, videos too short for one feature (each of the
+video's instances), duplicate video ids, and instances outside the video or
+longer than the window.
 """
 from __future__ import annotations
 
@@ -65,13 +77,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
+from pipeline.backbones import BackboneOptions
+from vreloc_tf.contract import FRAMES_PER_FEATURE, MAX_WINDOW
 from vreloc_tf.errors import InputError
+from vreloc_tf.feature_spec import MANIFEST_KEY
 
 LOG = logging.getLogger(__name__)
 
 JOB = "extract-video"
-UNANNOTATED = "unannotated"
+LIBRARY = "library"  # the split of videos without annotated action instances (a plain folder: all of them)
 SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
 PCA_NAME = "pca.npz"
 VIDEO_INFO = "video_info"
@@ -82,12 +96,12 @@ VIDEO_INFO = "video_info"
 
 @dataclasses.dataclass(frozen=True)
 class Instance:
-    """One annotated action instance: where it sits in its split and in the video (seconds)."""
+    """One entry: an annotated action instance (seconds), or a whole library video (``segment`` None)."""
 
     entry_index: int
     label: int
     label_name: str
-    segment: Tuple[float, float]  # seconds
+    segment: Optional[Tuple[float, float]]  # seconds; None: the whole video, no ground truth (library)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +110,11 @@ class VideoTask:
 
     path: str
     video_id: str
-    split: str  # UNANNOTATED when the annotation file has no entry for it
+    split: str  # LIBRARY for videos without annotated instances
     instances: Tuple[Instance, ...]
     problem: str = ""  # non-empty: dead-letter the video without decoding it
+    number: int = 0  # 1-based position among the job's videos (progress)
+    total: int = 0
 
 
 def load_annotations(path: str) -> Tuple[dict, Dict[str, int]]:
@@ -133,34 +149,38 @@ def video_id_of(path: str, database: dict) -> str:
     return name
 
 
-def plan_tasks(paths: List[str], database: dict, labels: Dict[str, int], annotations_path: str) -> List[VideoTask]:
-    """One task per video file, with per-split entry indices (see the module docstring)."""
+def plan_tasks(paths: List[str], database: dict, labels: Dict[str, int]) -> List[VideoTask]:
+    """One task per video file, with per-split entry indices (see the module docstring).
+
+    ``database`` is the annotation file's (empty without one): videos it does not list, or
+    lists without action instances, go to :data:`LIBRARY` as one whole-video entry each.
+    """
     per_video, seen = [], {}
     for path in sorted(paths):
         vid = video_id_of(path, database)
         item = database.get(vid)
         if vid in seen:
-            per_video.append((vid, path, UNANNOTATED, [], f"duplicate video id '{vid}' (also {seen[vid]})"))
+            per_video.append((vid, path, LIBRARY, None, f"duplicate video id '{vid}' (also {seen[vid]})"))
             continue
         seen[vid] = path
-        if not isinstance(item, dict):
-            per_video.append((vid, path, UNANNOTATED, [], f"no annotation for video id '{vid}' in {annotations_path}"))
+        anns = [a for a in item.get("annotations", []) if isinstance(a, dict)] if isinstance(item, dict) else []
+        if not anns:
+            per_video.append((vid, path, LIBRARY, None, ""))
             continue
-        split = SUBSETS.get(str(item.get("subset", "")), str(item.get("subset") or UNANNOTATED))
-        anns = [a for a in item.get("annotations", []) if isinstance(a, dict)]
-        per_video.append((vid, path, split, anns, "" if anns else "no annotated action instances"))
+        split = SUBSETS.get(str(item.get("subset", "")), str(item.get("subset") or LIBRARY))
+        per_video.append((vid, path, split, anns, ""))
     next_index: Dict[str, int] = {}
     tasks = []
-    for vid, path, split, anns, problem in sorted(per_video):
+    for number, (vid, path, split, anns, problem) in enumerate(sorted(per_video, key=lambda t: t[:3]), 1):
         instances = []
-        for a in anns:
-            name = str(a.get("label"))
-            instances.append(Instance(next_index.get(split, 0), labels.get(name, -1), name, _segment(a)))
+        for a in anns if anns is not None else [None]:
+            if a is None:  # the whole video is the one entry
+                instances.append(Instance(next_index.get(split, 0), -1, "", None))
+            else:
+                name = str(a.get("label"))
+                instances.append(Instance(next_index.get(split, 0), labels.get(name, -1), name, _segment(a)))
             next_index[split] = next_index.get(split, 0) + 1
-        if not anns:  # the video itself is the unit that is read and dead-lettered
-            instances.append(Instance(next_index.get(split, 0), -1, "", (math.nan, math.nan)))
-            next_index[split] = next_index.get(split, 0) + 1
-        tasks.append(VideoTask(path, vid, split, tuple(instances), problem))
+        tasks.append(VideoTask(path, vid, split, tuple(instances), problem, number, len(per_video)))
     return tasks
 
 
@@ -183,11 +203,12 @@ def read_counts_of(tasks: List[VideoTask]) -> Dict[str, int]:
 # --------------------------------------------------------------------------- geometry
 
 
-def segment_to_features(segment: Tuple[float, float], fps: float, n_features: int) -> Tuple[int, int]:
+def segment_to_features(segment: Tuple[float, float], fps: float, n_features: int,
+                        frames_per_feature: int = FRAMES_PER_FEATURE) -> Tuple[int, int]:
     """Seconds [s, e] -> feature indices [start, end) (module docstring), clipped to the video."""
     s, e = segment
-    start = max(0, int(math.floor(s * fps / FRAMES_PER_FEATURE)))
-    end = min(n_features, int(math.ceil(e * fps / FRAMES_PER_FEATURE)))
+    start = max(0, int(math.floor(s * fps / frames_per_feature)))
+    end = min(n_features, int(math.ceil(e * fps / frames_per_feature)))
     return start, end
 
 
@@ -200,13 +221,13 @@ def window_around(start: int, end: int, n_features: int, max_window: int = MAX_W
     return lo, lo + max_window
 
 
-def instance_problem(segment: Tuple[float, float], start: int, end: int, n_features: int) -> str:
+def instance_problem(segment: Tuple[float, float], start: int, end: int, n_features: int,
+                     unit: str = f"whole {FRAMES_PER_FEATURE}-frame clips") -> str:
     s, e = segment
     if not (math.isfinite(s) and math.isfinite(e)) or e <= s:
         return f"segment {list(segment)} is not a [start, end] pair of seconds with end > start"
     if end <= start:
-        return (f"segment {list(segment)} s lies outside the video's {n_features} whole "
-                f"{FRAMES_PER_FEATURE}-frame clips")
+        return f"segment {list(segment)} s lies outside the video's {n_features} {unit}"
     if end - start > MAX_WINDOW:
         return f"segment {list(segment)} s spans {end - start} features, more than the {MAX_WINDOW}-feature window"
     return ""
@@ -217,12 +238,19 @@ def instance_problem(segment: Tuple[float, float], start: int, end: int, n_featu
 
 @dataclasses.dataclass
 class VideoFeatures:
-    """fc7 features of every whole clip of a video, with what maps them back to seconds."""
+    """Raw backbone features of a whole video, with what maps them back to seconds."""
 
     task: VideoTask
-    features: np.ndarray  # float32 [n_clips, FC7_DIM]
-    fps: float
+    features: np.ndarray  # float32 [n, raw_dim]
+    fps: float  # rate of the index space (module docstring)
     n_frames: int
+    frames_per_feature: int = FRAMES_PER_FEATURE
+    video_fps: Optional[float] = None  # the file's own frame rate (= fps for c3d)
+
+    @property
+    def unit(self) -> str:
+        return (f"whole {self.frames_per_feature}-frame clips" if self.frames_per_feature > 1
+                else f"frames sampled at {self.fps:g} per second")
 
 
 @contextlib.contextmanager
@@ -241,29 +269,32 @@ def local_copy(path: str):
         os.unlink(tmp.name)
 
 
-class DecodeAndExtractC3DFn(beam.DoFn):
-    """VideoTask -> VideoFeatures (fc7 of every clip), or a dead letter per instance with the reason.
+@contextlib.contextmanager
+def local_options(opts: BackboneOptions):
+    """The options with remote weight files (gs://...) copied to this worker for the time of the build."""
+    if opts.weights and "://" in opts.weights and not opts.weights.startswith("kaggle://"):
+        with local_copy(opts.weights) as path:
+            yield dataclasses.replace(opts, weights=path)
+    else:
+        yield opts
 
-    The C3D network is built once per worker (``setup``); clips are decoded
-    and pushed through it batch by batch, so memory stays bounded.
+
+class ExtractFeaturesFn(beam.DoFn):
+    """VideoTask -> VideoFeatures (raw features of the whole video), or a dead letter per entry with the reason.
+
+    The backbone is built once per worker (``setup``); frames are decoded and pushed
+    through it batch by batch, so memory stays bounded.
     """
 
-    def __init__(self, c3d_weights: Optional[str], random_seed: Optional[int], c3d_batch: int = 8,
-                 batch_clips: int = 32):
-        if (c3d_weights is None) == (random_seed is None):
-            raise ValueError("exactly one of c3d_weights or random_seed (--random-c3d) is needed")
-        self.c3d_weights, self.random_seed = c3d_weights, random_seed
-        self.c3d_batch, self.batch_clips = c3d_batch, batch_clips
-        self._extractor = None
+    def __init__(self, backbone: BackboneOptions):
+        self.backbone = backbone
+        self._net = None
 
     def setup(self):
-        from pipeline import c3d
+        from pipeline.backbones import open_backbone
 
-        if self.random_seed is not None:
-            self._extractor = c3d.C3DExtractor.random(seed=self.random_seed, batch_size=self.c3d_batch)
-        else:
-            with local_copy(self.c3d_weights) as path:
-                self._extractor = c3d.C3DExtractor.from_weights(path, batch_size=self.c3d_batch)
+        with local_options(self.backbone) as opts:
+            self._net = open_backbone(opts)
 
     def process(self, task: VideoTask):
         from pipeline.video import VideoError
@@ -272,32 +303,36 @@ class DecodeAndExtractC3DFn(beam.DoFn):
             for inst in task.instances:
                 yield staged_sink.dead_letter(task.split, task.problem, _entry(task, inst), inst.entry_index, task.path)
             return
-        if self._extractor is None:
+        if self._net is None:
             self.setup()
         t0 = time.time()
         try:
             with local_copy(task.path) as path:
-                feats, info = self._extractor.extract_video(path, batch_clips=self.batch_clips)
+                got = self._net.extract(path, desc=f"[{task.number}/{task.total}] {task.video_id}")
         except VideoError as exc:
-            LOG.warning("extract-video: %s: %s", task.video_id, exc.reason)
+            LOG.warning("%s: [%d/%d] %s: %s", JOB, task.number, task.total, task.video_id, exc.reason)
             for inst in task.instances:
                 yield staged_sink.dead_letter(task.split, exc.reason, _entry(task, inst), inst.entry_index, task.path)
             return
-        LOG.info("extract-video: %s (%s): %d clips of %d frames at %.3f fps in %.1f s",
-                 task.video_id, task.split, len(feats), info.n_frames, info.fps, time.time() - t0)
+        seconds = time.time() - t0
+        LOG.info("%s: [%d/%d] %s (%s): %d features from %d frames at %.3f fps (%.1f s of video) in %.1f s",
+                 JOB, task.number, task.total, task.video_id, task.split, len(got.features), got.n_frames,
+                 got.video_fps, got.n_frames / got.video_fps, seconds)
         beam.metrics.Metrics.counter("vreloc", "videos_decoded").inc()
-        yield VideoFeatures(task, feats, float(info.fps), int(info.n_frames))
+        yield VideoFeatures(task, got.features, float(got.fps), int(got.n_frames), int(got.frames_per_feature),
+                            float(got.video_fps))
 
 
 def _entry(task: VideoTask, inst: Instance) -> dict:
-    return {"video_id": task.video_id, "path": task.path, "label": inst.label_name,
-            "segment": [None if math.isnan(v) else v for v in inst.segment]}
+    segment = None if inst.segment is None else [None if math.isnan(v) else v for v in inst.segment]
+    return {"video_id": task.video_id, "path": task.path, "label": inst.label_name, "segment": segment}
 
 
 class ToRecordsFn(beam.DoFn):
-    """VideoFeatures -> PCA-reduced features -> one Record per instance, or dead letters.
+    """VideoFeatures -> PCA-reduced features -> one Record per entry, or dead letters.
 
-    The PCA comes as a side input (fitted in this job) or from a file loaded once per worker.
+    The PCA comes as a side input (fitted in this job) or from a file loaded once per
+    worker; ``pca_path=""`` with no side input keeps the raw features.
     """
 
     def __init__(self, pca_path: Optional[str] = None):
@@ -308,29 +343,34 @@ class ToRecordsFn(beam.DoFn):
         if self.pca_path:
             from pipeline.pca import PCA
 
-            self._pca = PCA.load(self.pca_path)
+            with local_copy(self.pca_path) as path:
+                self._pca = PCA.load(path)
 
     def process(self, video: VideoFeatures, pca=None):
-        from vreloc_tf.schema import Record, SchemaError
+        from vreloc_tf.schema import UNKNOWN, Record, SchemaError
 
         pca = pca if pca is not None else self._pca
-        if pca is None:
+        if pca is None and self.pca_path:
             self.setup()
             pca = self._pca
         task = video.task
-        reduced = pca.transform(video.features)
+        reduced = pca.transform(video.features) if pca is not None else np.asarray(video.features, np.float32)
         n = len(reduced)
         for inst in task.instances:
-            start, end = segment_to_features(inst.segment, video.fps, n)
-            reason = instance_problem(inst.segment, start, end, n)
-            if reason:
-                yield staged_sink.dead_letter(task.split, reason, _entry(task, inst), inst.entry_index, task.path)
-                continue
-            lo, hi = window_around(start, end, n)
+            if inst.segment is None:  # a library video: the whole of it, no ground truth
+                lo, hi, gt = 0, n, (UNKNOWN, UNKNOWN)
+            else:
+                start, end = segment_to_features(inst.segment, video.fps, n, video.frames_per_feature)
+                reason = instance_problem(inst.segment, start, end, n, video.unit)
+                if reason:
+                    yield staged_sink.dead_letter(task.split, reason, _entry(task, inst), inst.entry_index, task.path)
+                    continue
+                lo, hi = window_around(start, end, n)
+                gt = (start - lo, end - lo)
             record = Record(video_id=task.video_id, split=task.split, entry_index=inst.entry_index,
-                            label=inst.label, window=(lo, hi), groundtruth=(start - lo, end - lo),
+                            label=inst.label, window=(lo, hi), groundtruth=gt,
                             features=np.ascontiguousarray(reduced[lo:hi]), fps=video.fps,
-                            frames_per_feature=FRAMES_PER_FEATURE)
+                            frames_per_feature=video.frames_per_feature)
             try:
                 record.validate()
             except SchemaError as exc:
@@ -341,47 +381,51 @@ class ToRecordsFn(beam.DoFn):
 
 
 class FitPCA(beam.PTransform):
-    """Training fc7 -> mergeable statistics (``PCAStatsCombineFn``) -> one PCA, eigen-decomposed once."""
+    """The fitting videos' features -> mergeable statistics (``PCAStatsCombineFn``) -> one PCA, eigen-decomposed once.
 
-    def __init__(self, n_components: int):
+    ``split``: fit on that split's videos (``train``); None: on every video (a plain folder).
+    """
+
+    def __init__(self, n_components: int, split: Optional[str] = "train"):
         super().__init__()
-        self.n_components = n_components
+        self.n_components, self.split = n_components, split
 
     def expand(self, videos):
         from pipeline.pca import PCAStatsCombineFn, fit_pca
 
-        n_components = self.n_components
+        n_components, split = self.n_components, self.split
         return (videos
-                | "TrainingOnly" >> beam.Filter(lambda v: v.task.split == "train")
-                | "Clips" >> beam.Map(lambda v: v.features)
+                | "FittingVideos" >> beam.Filter(lambda v: split is None or v.task.split == split)
+                | "Features" >> beam.Map(lambda v: v.features)
                 | "Statistics" >> beam.CombineGlobally(PCAStatsCombineFn())
                 | "Eigendecompose" >> beam.Map(lambda stats: fit_pca(stats, n_components)))
 
 
 def _save_pca(pca, path: str):
     pca.save(path)
-    LOG.info("extract-video: PCA (%d -> %d dims) saved to %s", pca.dim, pca.n_components, path)
+    LOG.info("%s: PCA (%d -> %d dims) saved to %s", JOB, pca.dim, pca.n_components, path)
     return "pca", 1
 
 
 def _video_info_line(v: VideoFeatures):
-    return v.task.split, json.dumps({"video_id": v.task.video_id, "fps": v.fps, "n_frames": v.n_frames,
-                                     "n_features": int(len(v.features)), "path": v.task.path}, sort_keys=True)
+    return v.task.split, json.dumps({"video_id": v.task.video_id, "fps": v.fps, "video_fps": v.video_fps,
+                                     "n_frames": v.n_frames, "n_features": int(len(v.features)),
+                                     "frames_per_feature": v.frames_per_feature, "path": v.task.path},
+                                    sort_keys=True)
 
 
-def build(pipeline: beam.Pipeline, staging_dir: str, tasks: List[VideoTask], c3d_weights: Optional[str],
-          random_seed: Optional[int], pca_path: Optional[str], n_components: int, c3d_batch: int):
+def build(pipeline: beam.Pipeline, staging_dir: str, tasks: List[VideoTask], backbone: BackboneOptions,
+          pca_path: Optional[str], n_components: int, pca_split: Optional[str] = "train"):
     """The extract-video graph; returns the writers' token PCollections."""
     outputs = (pipeline
                | "VideoTasks" >> beam.Create(tasks)
-               | "DecodeAndExtractC3D" >> beam.ParDo(DecodeAndExtractC3DFn(c3d_weights, random_seed, c3d_batch))
-               .with_outputs(staged_sink.DEAD_LETTER))
-    videos, bad_videos = staged_sink.split_dead_letters(outputs, "DecodeAndExtractC3D")
+               | "ExtractFeatures" >> beam.ParDo(ExtractFeaturesFn(backbone)).with_outputs(staged_sink.DEAD_LETTER))
+    videos, bad_videos = staged_sink.split_dead_letters(outputs, "ExtractFeatures")
     tokens = []
     if pca_path:
         records_out = videos | "ToRecords" >> beam.ParDo(ToRecordsFn(pca_path)).with_outputs(staged_sink.DEAD_LETTER)
     else:
-        pca = videos | "FitPCA" >> FitPCA(n_components)
+        pca = videos | "FitPCA" >> FitPCA(n_components, pca_split)
         tokens.append(pca | "SavePCA" >> beam.Map(_save_pca, FileSystems.join(staging_dir, PCA_NAME)))
         records_out = videos | "ToRecords" >> beam.ParDo(ToRecordsFn(), pca=beam.pvalue.AsSingleton(pca)).with_outputs(
             staged_sink.DEAD_LETTER)
@@ -399,7 +443,7 @@ def build(pipeline: beam.Pipeline, staging_dir: str, tasks: List[VideoTask], c3d
 
 def match_videos(pattern: str) -> List[str]:
     try:
-        paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        paths = sorted(_local_abs(m.path) for m in FileSystems.match([pattern])[0].metadata_list)
     except Exception:  # BeamIOError: nothing matched on some file systems
         paths = []
     if not paths:
@@ -407,61 +451,77 @@ def match_videos(pattern: str) -> List[str]:
     return paths
 
 
-def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = None, random_c3d: bool = False,
-        pca: Optional[str] = None, n_components: int = 500, c3d_seed: int = 0, c3d_batch: int = 8,
-        runner: str = options.DEFAULT_RUNNER, beam_args: Sequence[str] = (),
-        overwrite: bool = False) -> staged_sink.JobSummary:
-    """Extract the videos matching ``videos`` (annotated in ``annotations``) into the data folder ``out``.
+def _local_abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
 
-    Exactly one of ``c3d_weights`` (Sports-1M C3D, HDF5) or ``random_c3d``;
-    ``pca``: reuse a fitted ``pca.npz`` instead of fitting ``n_components``
-    dims on the training split. ``runner``/``beam_args``: see
-    ``pipeline.options``; ``overwrite``: see ``pipeline.staged_sink``.
-    Returns the per-split counts and the manifest written.
+
+def run(videos: str, out: str, annotations: Optional[str] = None, backbone: Optional[BackboneOptions] = None,
+        pca: Optional[str] = None, n_components: int = 500, runner: str = options.DEFAULT_RUNNER,
+        beam_args: Sequence[str] = (), overwrite: bool = False) -> staged_sink.JobSummary:
+    """Extract the videos matching ``videos`` into the data folder ``out``.
+
+    ``annotations``: an ActivityNet-style JSON (None: a plain folder, every video goes to
+    the ``library`` split); ``backbone``: how frames become features (default ``c3d``,
+    which needs weights or ``random_seed``); ``pca``: reuse a PCA file (ours or
+    ActivityNet's) instead of fitting ``n_components`` dims. ``runner``/``beam_args``: see
+    ``pipeline.options``; ``overwrite``: see ``pipeline.staged_sink``. Returns the
+    per-split counts and the manifest written.
     """
-    if bool(c3d_weights) == bool(random_c3d):
-        raise InputError("give exactly one of --c3d-weights FILE or --random-c3d")
-    if random_c3d:
-        LOG.warning("%s: --random-c3d: C3D has RANDOM weights (seed %d); the features are meaningless "
-                    "(for tests and demos only)", JOB, c3d_seed)
-    elif not FileSystems.exists(c3d_weights):
-        raise InputError(f"--c3d-weights {c3d_weights}: no such file")
+    from pipeline import backbones
+    from pipeline.pca import PCA
+
+    t_start = time.time()
+    backbone, raw_spec = backbones.resolve(backbone or BackboneOptions())
     paths = match_videos(videos)
-    database, labels = load_annotations(annotations)
-    tasks = plan_tasks(paths, database, labels, annotations)
+    database, labels = load_annotations(annotations) if annotations else ({}, {})
+    tasks = plan_tasks(paths, database, labels)
     read_counts = read_counts_of(tasks)
     if pca:
-        from pipeline.pca import PCA
-
         if not FileSystems.exists(pca):
             raise InputError(f"--pca {pca}: no such file")
-        loaded = PCA.load(pca)
-        if loaded.dim != FC7_DIM:
-            raise InputError(f"--pca {pca}: fitted on {loaded.dim}-d inputs, C3D fc7 is {FC7_DIM}-d")
-        feature_dim = loaded.n_components
+        with local_copy(pca) as local:
+            loaded = PCA.load(local)
+        if raw_spec.raw_dim is not None and loaded.dim != raw_spec.raw_dim:
+            raise InputError(f"--pca {pca}: fitted on {loaded.dim}-d inputs, the {backbone.name} backbone makes "
+                             f"{raw_spec.raw_dim}-d features")
+        feature_dim, pca_split = loaded.n_components, None
     else:
-        if not any(t.split == "train" and not t.problem for t in tasks):
-            raise InputError(f"--videos {videos}: no annotated training video to fit the PCA on; "
-                             "pass --pca FILE (e.g. OUT/pca.npz of an earlier run)")
-        feature_dim = n_components
-    LOG.info("%s: %d videos, entries per split %s, %d labels", JOB, len(tasks), read_counts, len(labels))
+        if n_components < 1:
+            raise InputError(f"--pca-components must be >= 1, got {n_components}")
+        if annotations:
+            pca_split = "train"
+            if not any(t.split == "train" and not t.problem for t in tasks):
+                raise InputError(f"--videos {videos}: no annotated training video to fit the PCA on; "
+                                 "pass --pca FILE (e.g. OUT/pca.npz of an earlier run)")
+        else:
+            pca_split = None  # a plain folder: fit on every video
+        if raw_spec.raw_dim is not None and n_components > raw_spec.raw_dim:
+            raise InputError(f"--pca-components {n_components}: more than the {raw_spec.raw_dim} dims the "
+                             f"{backbone.name} backbone makes")
+        feature_dim, loaded = n_components, None
+    LOG.info("%s: %d videos, entries per split %s, %d labels; backbone %s", JOB, len(tasks), read_counts,
+             len(labels), raw_spec.summary())
     pipeline_options = options.pipeline_options(runner, beam_args, multiprocess=False)
-    pca_file = pca or FileSystems.join(out, PCA_NAME)
-    source = {"job": JOB, "videos": videos, "annotations": annotations,
-              "c3d_weights": c3d_weights or f"RANDOM (seed {c3d_seed})", "pca": pca_file}
+    local_out = "://" not in out
+    pca_file = _local_abs(pca) if pca else (PCA_NAME if local_out else FileSystems.join(out, PCA_NAME))
+    source = {"job": JOB, "videos": videos, "annotations": annotations, "backbone": backbone.name,
+              "weights": "RANDOM (seed %d)" % backbone.random_seed if backbone.random_seed is not None
+              else backbone.weights, "weights_sha256": backbone.weights_sha256, "sample_fps": backbone.sample_fps,
+              "pca": pca_file if pca else "fitted in the job"}
     manifest_fields = {
         "feature_dim": feature_dim,
-        "frames_per_feature": FRAMES_PER_FEATURE,
+        "frames_per_feature": raw_spec.frames_per_feature,
         "labels": labels,
         "max_window": MAX_WINDOW,
-        # Read by `vreloc train` into the run's manifest, so export and `vreloc locate` find the PCA.
+        # Read by `vreloc train` into the run's manifest, so export and `vreloc locate` find the PCA;
+        # relative to the data folder when it lives there.
         "pca_file": pca_file,
     }
 
     def on_success(staging_dir: str) -> dict:
         staged_pca = FileSystems.join(staging_dir, PCA_NAME)
+        final = FileSystems.join(out, PCA_NAME)
         if not pca:
-            final = FileSystems.join(out, PCA_NAME)
             if FileSystems.exists(final):
                 FileSystems.delete([final])
             FileSystems.rename([staged_pca], [final])
@@ -473,10 +533,20 @@ def run(videos: str, annotations: str, out: str, c3d_weights: Optional[str] = No
                         info = json.loads(line)
                         infos[info.pop("video_id")] = info
         rates = {round(v["fps"], 6) for v in infos.values()}
-        return {"fps": rates.pop() if len(rates) == 1 else None, "videos": infos}
+        with local_copy(pca or final) as local:
+            fitted = PCA.load(local)
+            pca_sha = backbones.file_digests(local)[0]
+        spec = backbones.feature_spec(raw_spec, raw_dim=raw_spec.raw_dim or fitted.dim, pca_file=pca_file,
+                                      pca=fitted, pca_sha256=pca_sha)
+        return {"fps": rates.pop() if len(rates) == 1 else None, "videos": infos, MANIFEST_KEY: spec.to_json()}
 
-    return staged_sink.run_and_publish(
+    summary = staged_sink.run_and_publish(
         JOB, pipeline_options, out, read_counts,
-        lambda p, staging: build(p, staging, tasks, c3d_weights, c3d_seed if random_c3d else None, pca,
-                                 n_components, c3d_batch),
-        manifest_fields, source, shardless=(UNANNOTATED,), on_success=on_success, overwrite=overwrite)
+        lambda p, staging: build(p, staging, tasks, backbone, _local_abs(pca) if pca else None, n_components,
+                                 pca_split),
+        manifest_fields, source, on_success=on_success, overwrite=overwrite)
+    decoded = summary.manifest.get("videos") or {}
+    video_seconds = sum(v["n_frames"] / v["video_fps"] for v in decoded.values() if v.get("video_fps"))
+    LOG.info("%s: %d of %d videos decoded (%.1f s of video) in %.1f s", JOB, len(decoded), len(tasks),
+             video_seconds, time.time() - t_start)
+    return summary

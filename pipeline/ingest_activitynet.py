@@ -95,6 +95,25 @@ def feature_dim_of_file(path: str) -> int:
                      f"expected ActivityNet's layout v_<id>/{DATASET_NAME} [rows, D]")
 
 
+def feature_spec_of_file(path: str, dim: int) -> dict:
+    """The FeatureSpec of the file's features: `vreloc synth`'s (marked by a root attribute), or the
+    published ActivityNet C3D features, whose weights and PCA files are not known (None: unchecked)."""
+    from pipeline.synth import SYNTHETIC_ATTR
+    from vreloc_tf.feature_spec import PUBLISHED_C3D, SYNTHETIC, FeatureSpec
+
+    with open_hdf5(path) as h5:
+        family = h5.attrs.get(SYNTHETIC_ATTR)
+    if family is not None:
+        family = family.decode() if isinstance(family, bytes) else str(family)
+        return FeatureSpec(backbone=SYNTHETIC, feature_dim=dim, frames_per_feature=FRAMES_PER_FEATURE,
+                           description=f"vreloc synth, family {family} ({path})").to_json()
+    return FeatureSpec(backbone=PUBLISHED_C3D, feature_dim=dim, raw_dim=4096, frames_per_feature=FRAMES_PER_FEATURE,
+                       pca_components=dim,
+                       description=f"published C3D features ({os.path.basename(path)}): Sports-1M C3D fc7 of every "
+                                   f"16 frames, reduced by ActivityNet's PCA (PCA_activitynet_v1-3.hdf5); for new "
+                                   f"videos give --weights (Sports-1M C3D) and --pca PCA_activitynet_v1-3.hdf5").to_json()
+
+
 # --------------------------------------------------------------------------- transforms
 
 
@@ -266,6 +285,7 @@ def run(features: str, splits_dir: str, out: str, runner: str = options.DEFAULT_
         "frames_per_feature": FRAMES_PER_FEATURE,
         "fps": None,  # unknown for the ActivityNet file; per record fps = -1
         "split_files": dict(files),
+        "features": feature_spec_of_file(features, dim),
     }
     source = {"job": JOB, "features": features}
     return staged_sink.run_and_publish(

@@ -24,6 +24,7 @@ from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 
 LOG = logging.getLogger(__name__)
 
+SYNTHETIC_ATTR = "vreloc_synthetic_family"  # root attribute of the HDF5 files `vreloc synth` writes
 HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
 DATASET_NAME = "c3d_features"
 SPLIT_NAMES = ("train", "val", "test")
@@ -197,6 +198,7 @@ def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optio
     h5_path = os.path.join(out_dir, HDF5_NAME)
     n_rows = 0
     with atomic_path(h5_path) as tmp_path, h5py.File(tmp_path, "w") as h5:
+        h5.attrs[SYNTHETIC_ATTR] = family  # tells ingest these are not C3D features of real videos
         for k, vid in enumerate(sorted(geometry.n_feat)):
             feats = model.video(k, geometry.n_feat[vid], geometry.instances.get(vid, []))
             rows = interleave_rows(feats)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import math
 import os
 from typing import Iterator, Tuple
 
@@ -132,11 +133,14 @@ def _too_short(path: str, n_frames: int, clip_len: int) -> VideoError:
 
 
 def iter_clips(path: str, clip_len: int = CLIP_LEN, batch_clips: int = DEFAULT_BATCH_CLIPS,
-               counts: dict | None = None) -> Iterator[np.ndarray]:
+               counts: dict | None = None, frames: Tuple[int, int | None] = (0, None)) -> Iterator[np.ndarray]:
     """Yield uint8 arrays ``[n, clip_len, 112, 112, 3]`` (n <= batch_clips), in video order.
 
     If ``counts`` is given, ``counts["frames"]`` holds the number of frames decoded so far
     (once exhausted: all of them, the dropped trailing partial clip included).
+    ``frames = (first, stop)``: only frames ``[first, stop)`` of the video make clips (clip 0
+    starts at frame ``first``), for a clip cut out of a longer video; ``counts["frames"]``
+    then counts the frames in that range.
 
     Raises :class:`VideoError` (lazily, once iteration starts) when the file cannot be
     opened or decoded, or has fewer than ``clip_len`` frames. A file that breaks in the
@@ -144,7 +148,10 @@ def iter_clips(path: str, clip_len: int = CLIP_LEN, batch_clips: int = DEFAULT_B
     that need all-or-nothing should use :func:`decode_clips` or collect before emitting.
     """
     _check_sizes(clip_len, batch_clips)
-    return _iter_clips(path, clip_len, batch_clips, {} if counts is None else counts)
+    first, stop = frames
+    if first < 0 or (stop is not None and stop < first):
+        raise ValueError(f"bad frame range [{first}, {stop})")
+    return _iter_clips(path, clip_len, batch_clips, {} if counts is None else counts, first, stop)
 
 
 def _check_sizes(clip_len: int, batch_clips: int) -> None:
@@ -152,7 +159,8 @@ def _check_sizes(clip_len: int, batch_clips: int) -> None:
         raise ValueError(f"clip_len and batch_clips must be >= 1, got {clip_len}, {batch_clips}")
 
 
-def _iter_clips(path: str, clip_len: int, batch_clips: int, counts: dict) -> Iterator[np.ndarray]:
+def _iter_clips(path: str, clip_len: int, batch_clips: int, counts: dict, first: int = 0,
+                stop: int | None = None) -> Iterator[np.ndarray]:
     counts["frames"] = 0
     container = _open(path)
     try:
@@ -162,7 +170,11 @@ def _iter_clips(path: str, clip_len: int, batch_clips: int, counts: dict) -> Ite
         n_frames = 0
         in_batch = 0  # whole clips in ``batch``
         try:
-            for frame in container.decode(stream):
+            for i, frame in enumerate(container.decode(stream)):
+                if i < first:
+                    continue
+                if stop is not None and i >= stop:
+                    break
                 batch[in_batch, n_frames % clip_len] = frame_to_c3d_input(frame)
                 n_frames += 1
                 counts["frames"] = n_frames
@@ -179,6 +191,72 @@ def _iter_clips(path: str, clip_len: int, batch_clips: int, counts: dict) -> Ite
             raise _too_short(path, n_frames, clip_len)
         if in_batch:
             yield batch[:in_batch].copy()
+    finally:
+        container.close()
+
+
+def sample_times(n_frames: int, fps: float, sample_fps: float, start: float = 0.0,
+                 end: float | None = None) -> np.ndarray:
+    """Frame numbers of the frames an image backbone sees: one per ``1 / sample_fps`` seconds.
+
+    Sample ``k`` is the frame shown at the middle of its interval, time
+    ``start + (k + 0.5) / sample_fps`` (frame ``j`` is shown during ``[j / fps, (j + 1) / fps)``);
+    there are ``floor((end - start) * sample_fps)`` whole intervals, where ``end`` defaults to (and
+    is clipped to) the video's length ``n_frames / fps``. Feature ``k`` therefore covers seconds
+    ``[start + k / sample_fps, start + (k + 1) / sample_fps)``: the same index-to-seconds rule as
+    C3D's 16-frame clips, with ``fps = sample_fps`` and one frame per feature.
+    """
+    if fps <= 0 or sample_fps <= 0:
+        raise ValueError(f"frame rates must be positive, got fps={fps}, sample_fps={sample_fps}")
+    length = n_frames / fps
+    end = length if end is None else min(float(end), length)
+    n = int(math.floor((end - start) * sample_fps + 1e-9)) if end > start else 0
+    times = start + (np.arange(n) + 0.5) / sample_fps
+    return np.minimum(np.floor(times * fps + 1e-9).astype(np.int64), max(n_frames - 1, 0))
+
+
+def iter_sampled_frames(path: str, frame_numbers: np.ndarray, batch: int = 16,
+                        counts: dict | None = None) -> Iterator[np.ndarray]:
+    """Yield full-size uint8 RGB frames ``[n, H, W, 3]`` (n <= batch) at ``frame_numbers`` (sorted).
+
+    Every frame is decoded (seeking is not frame-exact in every container) but only the
+    sampled ones are converted to RGB. ``counts["frames"]``: frames decoded so far. Raises
+    :class:`VideoError` when the file cannot be decoded or ends before the last sample.
+    """
+    wanted = np.asarray(frame_numbers, np.int64)
+    counts = {} if counts is None else counts
+    counts["frames"] = 0
+    if len(wanted) == 0:
+        return
+    if batch < 1 or np.any(np.diff(wanted) < 0):
+        raise ValueError("batch must be >= 1 and frame numbers sorted")
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        out, k = [], 0
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                counts["frames"] = i + 1
+                if i < wanted[k]:
+                    continue
+                image = frame.to_ndarray(format="rgb24")
+                while k < len(wanted) and wanted[k] == i:  # a frame may serve two samples (fps > video fps)
+                    out.append(image)
+                    k += 1
+                if len(out) >= batch:
+                    yield np.stack(out)
+                    out = []
+                if k == len(wanted):
+                    break
+        except _AV_ERRORS as e:
+            raise VideoError(path, f"unreadable video file (decoding failed after {counts['frames']} frames: "
+                                   f"{type(e).__name__}: {e})") from e
+        if k < len(wanted):
+            raise VideoError(path, f"video ended after {counts['frames']} frames, before frame {int(wanted[k])} "
+                                   f"(its header promised more)")
+        if out:
+            yield np.stack(out)
     finally:
         container.close()
 

@@ -8,8 +8,10 @@ serving/server.py loads) --
     BASE/NAME/<version>/saved_model.pb          signature serving_default, method tensorflow/serving/predict
                         variables/
                         assets.extra/tf_serving_warmup_requests   PredictionLog TFRecords, replayed at load
-                        assets.extra/vreloc.json                  feature_dim, frames_per_feature, decode rule
-                        assets.extra/pca.npz                      the training data's PCA (raw-video runs only)
+                        assets.extra/vreloc.json                  feature_dim, frames_per_feature, decode rule,
+                                                                  the features' spec (backbone, weights, PCA)
+                        assets.extra/pca.npz                      the training data's PCA (raw-video runs only;
+                                                                  pca.hdf5 for ActivityNet's published PCA)
 
 The signature takes padded batches (query [B, Lq, D], query_length [B],
 reference [B, Lr, D], reference_length [B]) and returns the probabilities and
@@ -44,6 +46,11 @@ from vreloc_tf.files import write_json_atomic
 WARMUP_SHAPES = ((1, MAX_GROUNDTRUTH // 2, MAX_WINDOW), (4, MAX_GROUNDTRUTH, MAX_WINDOW))
 CONFIG_LIMIT = -1  # max_length: the run config's limit for the chosen rule
 PCA_ASSET = "pca.npz"  # in assets.extra/: the training data's PCA, which `vreloc locate` applies to new videos
+
+
+def pca_asset_name(pca_file: str) -> str:
+    """``pca`` + the PCA file's own extension (``pca.npz``, or ``pca.hdf5`` for ActivityNet's)."""
+    return "pca" + (os.path.splitext(pca_file)[1] or ".npz")
 
 
 def serving_module(model, feature_dim: int, decode_mode: str, max_length: Optional[int], jit_compile: bool = True):
@@ -181,11 +188,16 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
             "code_version": manifest.code_version,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        asset = None
         if manifest.pca_file:
             # The PCA of the training features travels with the model, so `vreloc locate` can
-            # turn a new video's fc7 features into the model's input space.
-            shutil.copyfile(manifest.pca_file, os.path.join(extra, PCA_ASSET))
-            info["pca"] = PCA_ASSET
+            # turn a new video's backbone features into the model's input space.
+            asset = pca_asset_name(manifest.pca_file)
+            shutil.copyfile(manifest.pca_file, os.path.join(extra, asset))
+            info["pca"] = asset
+        spec = run.feature_spec
+        if spec is not None:  # what made the training features; the PCA path relative to assets.extra/
+            info["features"] = spec.with_pca_path(asset if spec.pca_file else None).to_json()
         write_json_atomic(os.path.join(extra, sig.METADATA_FILE), info)
         try:
             os.rename(tmp, final)  # atomic; fails if another exporter took this version meanwhile

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from pipeline import ingest_activitynet as ingest, staged_sink, synth
+from pipeline.backbones import BackboneOptions
 from vreloc_tf.schema import read_manifest, read_records
 
 from helpers.synth_data import make_synth_with_bad
@@ -83,10 +84,11 @@ def test_extract_video_on_dask_equals_direct_runner(cluster, tmp_path):
                         for v, s, l in [("aaa", "training", "A"), ("bbb", "training", "A"),
                                         ("ccc", "validation", "B"), ("broken", "training", "B")]}}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    args = (str(videos / "*"), str(tmp_path / "ann.json"))
-    direct = ev.run(*args, str(tmp_path / "direct"), random_c3d=True, n_components=8,
+    videos_glob, ann = str(videos / "*"), str(tmp_path / "ann.json")
+    random = BackboneOptions(random_seed=0)
+    direct = ev.run(videos_glob, str(tmp_path / "direct"), ann, random, n_components=8,
                     beam_args=["--direct_num_workers=1"]).counts
-    dask = ev.run(*args, str(tmp_path / "dask"), random_c3d=True, n_components=8, runner="DaskRunner",
+    dask = ev.run(videos_glob, str(tmp_path / "dask"), ann, random, n_components=8, runner="DaskRunner",
                   beam_args=[f"--dask_client_address={cluster.scheduler_address}"]).counts
     assert dask == direct == {"train": staged_sink.SplitCounts(3, 2, 1), "val": staged_sink.SplitCounts(1, 1, 0)}
     assert outputs_of(str(tmp_path / "dask"), ("train", "val")) == outputs_of(str(tmp_path / "direct"), ("train", "val"))

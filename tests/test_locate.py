@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.backbones import BackboneOptions
 from pipeline.video import packaged_sample_video, read_frames, write_test_video
 from vreloc import cli
 from vreloc.locate import LocateError, locate, search, windows
 from vreloc_tf.metrics import temporal_iou
 
 H, W = 144, 176
+RANDOM = BackboneOptions(random_seed=0)  # C3D with seeded random weights (the features are meaningless)
 
 
 def _resized(frames):
@@ -33,7 +35,7 @@ def spliced(tmp_path_factory):
 def test_frame_level_finds_the_inserted_clip(spliced, capsys):
     folder, q, r, (g0, g1) = spliced
     out_json, out_png = folder / "answer.json", folder / "timeline.png"
-    code = cli.main(["locate", "--query", q, "--reference", r, "--method", "frame-level", "--random-c3d",
+    code = cli.main(["locate", "--query", q, "--reference", r, "--method", "frame-level", "--random-weights",
                      "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     answer = json.loads(out_json.read_text())
@@ -50,14 +52,14 @@ def test_frame_level_finds_the_inserted_clip(spliced, capsys):
 def test_clear_errors(spliced, tmp_path):
     folder, q, r, _ = spliced
     with pytest.raises(LocateError, match="longer than the reference"):
-        locate(r, q, method="frame-level", random_c3d=True)
+        locate(r, q, method="frame-level", backbone=RANDOM)
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00not a video" * 100)
     with pytest.raises(LocateError, match="broken.mp4.*unreadable"):
-        locate(str(bad), r, method="frame-level", random_c3d=True)
+        locate(str(bad), r, method="frame-level", backbone=RANDOM)
     with pytest.raises(LocateError, match="no such file"):
-        locate(str(tmp_path / "missing.mp4"), r, method="frame-level", random_c3d=True)
-    with pytest.raises(LocateError, match="--random-c3d"):
+        locate(str(tmp_path / "missing.mp4"), r, method="frame-level", backbone=RANDOM)
+    with pytest.raises(LocateError, match="needs a backbone: give --weights"):
         locate(q, r, method="frame-level")
 
 
@@ -85,19 +87,18 @@ def test_windows_cover_long_references_and_search_takes_the_best():
 
 @pytest.fixture()
 def cached_features(monkeypatch):
-    """The real extract_features, computed once per (file, pca) for the model tests below."""
-    import vreloc.locate as loc
+    """The real vreloc.features.extract, computed once per (file, PCA) for the model tests below."""
+    import vreloc.features as features
 
-    real, cache = loc.extract_features, {}
+    real, cache = features.extract, {}
 
-    def cached(path, extractor, pca):
-        key = (path, None if pca is None else pca.components.tobytes())
+    def cached(recipe, path, start=None, end=None, desc=None, pca=None):
+        key = (path, recipe.options, None if pca is None else pca.components.tobytes())
         if key not in cache:
-            cache[key] = real(path, extractor, pca)
+            cache[key] = real(recipe, path, start, end, desc, pca)
         return cache[key]
 
-    monkeypatch.setattr(loc, "extract_features", cached)
-    monkeypatch.setattr(loc, "_EXTRACTORS", {}, raising=False)
+    monkeypatch.setattr(features, "extract", cached)
     return cache
 
 
@@ -125,8 +126,8 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
     export_model(run, base, jit_compile=False)  # what travels with the export, not XLA
     assert (tmp_path / "serving" / "vreloc" / "1" / "assets.extra" / "pca.npz").exists()
 
-    from_run = locate(q, r, model=run, random_c3d=True)
-    from_export = locate(q, r, model=base, random_c3d=True)
+    from_run = locate(q, r, model=run, backbone=RANDOM)
+    from_export = locate(q, r, model=base, backbone=RANDOM)
     assert (from_run.start_index, from_run.end_index) == (from_export.start_index, from_export.end_index)
     assert from_run.score == pytest.approx(from_export.score, rel=1e-4)
     assert 0 <= from_run.start_index < from_run.end_index <= from_run.reference_features
@@ -135,7 +136,7 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
     manifest.pca_file = None
     manifest.write(run)
     with pytest.raises(LocateError, match="4096-d but the model takes 8-d.*--pca"):
-        locate(q, r, model=run, random_c3d=True)
+        locate(q, r, model=run, backbone=RANDOM)
 
 
 def test_the_window_is_the_model_configs_max_window(tmp_path):

@@ -124,14 +124,16 @@ def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     args = ["pipeline", "run", "--workdir", workdir, "--data", str(src), *FAST, "--set", "data.feature_dim=6",
             "--no-serve-check"]
-    assert cli.main(args) == 2  # raw videos need C3D weights: a clear one-line error, not a guess
-    assert "--c3d-weights" in capsys.readouterr().err
-    assert cli.main(args + ["--random-c3d"]) == 0
+    assert cli.main(args) == 2  # raw videos need backbone weights: a clear one-line error, not a guess
+    assert "--weights" in capsys.readouterr().err
+    assert cli.main(args + ["--random-weights"]) == 0
     from vreloc_tf.schema import read_manifest
 
     manifest = read_manifest(os.path.join(workdir, "featuregen", "data"))
-    assert manifest["feature_dim"] == 6 and os.path.exists(manifest["pca_file"])
+    pca_file = os.path.join(workdir, "featuregen", "data", manifest["pca_file"])  # relative to the data folder
+    assert manifest["feature_dim"] == 6 and os.path.exists(pca_file) and manifest["features"]["backbone"] == "c3d"
     assert {s: c["written"] for s, c in manifest["splits"].items()} == {"train": 4, "val": 2, "test": 2}
     run = json.load(open(os.path.join(workdir, "trainer", "full", "run.json")))
-    assert run["feature_dim"] == 6 and run["pca_file"] == manifest["pca_file"]
+    assert run["feature_dim"] == 6 and run["pca_file"] == os.path.abspath(pca_file)
+    assert run["features"]["pca_sha256"] == manifest["features"]["pca_sha256"]
     assert _stage(workdir, "evaluator")["status"] == "done"

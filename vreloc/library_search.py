@@ -1,5 +1,5 @@
-"""A search query from a file: a clip (.mp4 and other videos) through the same feature path as
-`vreloc locate` (PyAV, C3D fc7, the index's PCA), or a feature array (.npy, [L, D])."""
+"""A search query from a file: a clip (.mp4 and other videos) made into features exactly like the index's
+(its recorded backbone, weights, frame rate and PCA; vreloc/features.py), or a feature array (.npy, [L, D])."""
 from __future__ import annotations
 
 import os
@@ -7,12 +7,17 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.backbones import BackboneOptions
 from vreloc_tf.errors import InputError
 
 
-def query_features(path: str, pca_file: Optional[str] = None, c3d_weights: Optional[str] = None,
-                   random_c3d: bool = False, c3d_seed: int = 0) -> np.ndarray:
-    """float32 [L, D] features of the query file."""
+def query_features(path: str, index, backbone: Optional[BackboneOptions] = None,
+                   pca_file: Optional[str] = None) -> np.ndarray:
+    """float32 [L, D] features of the query file for ``index`` (a LibraryIndex).
+
+    ``backbone``/``pca_file``: the command line's, for what the index cannot name (an index
+    built before feature specs were recorded); they must describe the index's features.
+    """
     if not os.path.isfile(path):
         raise InputError(f"--query {path}: no such file")
     if path.endswith(".npy"):
@@ -23,10 +28,11 @@ def query_features(path: str, pca_file: Optional[str] = None, c3d_weights: Optio
         if feats.ndim != 2:
             raise InputError(f"--query {path}: expected features [length, dim], got shape {feats.shape}")
         return feats.astype(np.float32)
-    from pipeline.pca import PCA
-    from vreloc.locate import _extractor, extract_features
+    from vreloc.features import extract, recipe_like
 
-    if c3d_weights is None and not random_c3d:
-        raise InputError("a video query needs --c3d-weights FILE (Sports-1M C3D) or, for tests, --random-c3d")
-    feats, _ = extract_features(path, _extractor(c3d_weights, c3d_seed), PCA.load(pca_file) if pca_file else None)
+    spec = index.feature_spec
+    if spec is None and pca_file is None:
+        pca_file = (index.manifest.get("pca") or {}).get("file")
+    recipe = recipe_like(spec, f"the index {index.path}", backbone, pca_file)
+    feats, _ = extract(recipe, path, desc="query")
     return feats

@@ -1,18 +1,20 @@
 """Find a query clip inside a long reference video file (what `vreloc locate` runs).
 
-Both files go through the feature path of ``vreloc extract-video`` (PyAV decode,
-128×171 resize, 112×112 centre crop, 16-frame clips, C3D fc7, then the PCA of the
-model's training data), so a located segment is in the same index space the model
-was trained on: one feature per 16 frames, converted to seconds with the
-reference's real frame rate.
+Both files go through the feature path of ``vreloc extract-video`` (PyAV decode, the
+backbone, then the PCA of the model's training data; vreloc/features.py), with exactly the
+backbone, weights, frame rate and PCA the model was trained on (its recorded
+:class:`FeatureSpec`; a backbone given on the command line must describe the same
+features), so a located segment is in the model's index space, converted to seconds with
+the reference's own rate (one feature per 16 frames for C3D, per sampled frame for CLIP).
 
 Matchers:
 
 * ``--model PATH``: a training run folder (``vreloc train --out``) or an exported
   model folder ``BASE/NAME`` (its highest version). The PCA comes from ``--pca``,
-  else from the export's ``assets.extra/pca.npz``, else from the run's manifest.
+  else from the export's ``assets.extra/``, else from the run's manifest.
 * ``--method frame-level``: the training-free baseline of Feng et al. (see
-  vreloc_tf.baselines); without ``--pca`` it compares fc7 features directly.
+  vreloc_tf.baselines) on the backbone given by the flags; without ``--pca`` it
+  compares the raw backbone features directly.
 
 Long references are cut into windows of ``window`` features (default: the model's
 config's ``data.max_window``; the splits' window length, contract.MAX_WINDOW, for the
@@ -28,9 +30,12 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
+from pipeline.backbones import BackboneOptions
+from vreloc_tf import progress
+from vreloc_tf.contract import MAX_WINDOW
 from vreloc_tf.contract import reference_windows as windows
 from vreloc_tf.errors import InputError
+from vreloc_tf.feature_spec import FeatureSpec
 
 log = logging.getLogger("vreloc.locate")
 
@@ -63,6 +68,7 @@ class Matcher:
     pca_file: Optional[str]  # the PCA of the model's training features, if it has one
     name: str
     window: int  # reference window in features
+    spec: Optional[FeatureSpec] = None  # what made the model's training features (None: not recorded)
 
 
 def frame_level_matcher() -> Matcher:
@@ -93,26 +99,22 @@ def keras_run_matcher(run_dir: str) -> Matcher:
         return int(start[0]), int(end[0]), float(score[0]), probs[0]
 
     return Matcher(match, int(run.manifest.feature_dim), run.manifest.pca_file,
-                   f"model ({cfg.supervision} supervision, {run_dir})", cfg.data.max_window)
+                   f"model ({cfg.supervision} supervision, {run_dir})", cfg.data.max_window, run.feature_spec)
 
 
 def saved_model_matcher(base: str) -> Matcher:
     import tensorflow as tf
 
     from serving import signature as sig
-    from serving.export import PCA_ASSET
-    from serving.versions import list_versions
+    from vreloc.features import export_metadata, export_spec, export_version_dir
     from vreloc_tf.artifacts import MANIFEST_FILE, RunManifest
-    from vreloc_tf.files import read_json
 
-    versions = list_versions(base)  # complete SavedModels only, as a server sees them
-    if not versions:
+    path = export_version_dir(base)  # complete SavedModels only, as a server sees them
+    if path is None:
         raise LocateError(f"--model {base}: no exported versions (expected {base}/<version>/saved_model.pb)")
-    path = os.path.join(base, str(versions[-1]))
-    info_path = os.path.join(path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
-    info = read_json(info_path, "export metadata") if os.path.exists(info_path) else {}
-    pca = os.path.join(path, sig.ASSETS_EXTRA_DIR, PCA_ASSET)
-    if not os.path.exists(pca):
+    info = export_metadata(path)
+    pca = os.path.join(path, sig.ASSETS_EXTRA_DIR, info["pca"]) if info.get("pca") else None
+    if pca is None:
         run_dir = info.get("run_dir") or ""
         pca = RunManifest.read(run_dir).pca_file if os.path.exists(os.path.join(run_dir, MANIFEST_FILE)) else None
     fn = tf.saved_model.load(path).signatures[sig.SIGNATURE_NAME]
@@ -125,8 +127,8 @@ def saved_model_matcher(base: str) -> Matcher:
         return (int(out["start"][0]), int(out["end"][0]), float(out["score"][0]),
                 out["probabilities"].numpy()[0])
 
-    return Matcher(match, dim, pca, f"exported model {base} version {versions[-1]}",
-                   int(info.get("max_window") or MAX_WINDOW))
+    return Matcher(match, dim, pca, f"exported model {os.path.dirname(path)} version {os.path.basename(path)}",
+                   int(info.get("max_window") or MAX_WINDOW), export_spec(path))
 
 
 # -- the search ----------------------------------------------------------------
@@ -139,55 +141,34 @@ def search(match: Callable, query: np.ndarray, reference: np.ndarray, window: in
     best = None
     curves = None
     counts = np.zeros(len(reference), np.float64)
-    for w0, w1 in windows(len(reference), max(window, len(query))):
-        s, e, score, probs = match(query, reference[w0:w1])
-        if curves is None:
-            curves = np.zeros((len(reference), probs.shape[1]), np.float64)
-        curves[w0:w1] += probs[: w1 - w0]
-        counts[w0:w1] += 1
-        if best is None or score > best[2]:
-            best = (w0 + s, w0 + e, score)
+    spans = windows(len(reference), max(window, len(query)))
+    with progress.bar(total=len(spans), desc="matching", unit="window") as bar:
+        for w0, w1 in spans:
+            s, e, score, probs = match(query, reference[w0:w1])
+            bar.update(1)
+            if curves is None:
+                curves = np.zeros((len(reference), probs.shape[1]), np.float64)
+            curves[w0:w1] += probs[: w1 - w0]
+            counts[w0:w1] += 1
+            if best is None or score > best[2]:
+                best = (w0 + s, w0 + e, score)
     return best[0], best[1], best[2], (curves / counts[:, None]).astype(np.float32)
 
 
-def extract_features(path: str, extractor, pca) -> Tuple[np.ndarray, "object"]:
-    from pipeline.video import VideoError
-
-    try:
-        feats, info = extractor.extract_video(path)
-    except VideoError as exc:
-        raise LocateError(str(exc)) from None
-    if pca is not None:
-        feats = pca.transform(feats).astype(np.float32)
-    return feats, info
-
-
-_EXTRACTORS: dict = {}
-
-
-def _extractor(c3d_weights: Optional[str], seed: int):
-    """One C3D extractor per weights file (or random seed) per process: building one costs seconds."""
-    from pipeline.c3d import C3DExtractor
-
-    key = (os.path.abspath(c3d_weights), os.path.getmtime(c3d_weights)) if c3d_weights else ("random", seed)
-    if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = C3DExtractor.from_weights(c3d_weights) if c3d_weights else C3DExtractor.random(seed)
-    return _EXTRACTORS[key]
-
-
 def locate(query_path: str, reference_path: str, model: Optional[str] = None, method: Optional[str] = None,
-           c3d_weights: Optional[str] = None, random_c3d: bool = False, c3d_seed: int = 0,
-           pca_file: Optional[str] = None, window: Optional[int] = None, plot: Optional[str] = None) -> Located:
+           backbone: Optional[BackboneOptions] = None, pca_file: Optional[str] = None, window: Optional[int] = None,
+           plot: Optional[str] = None) -> Located:
     """Locate the query video in the reference video with a model (run or export folder) or a method.
 
-    ``window`` (features) defaults to the matcher's: the model config's ``data.max_window``.
+    ``backbone``: the command line's backbone options (None: the model's own, from its
+    recorded feature spec; required for the frame-level method). ``window`` (features)
+    defaults to the matcher's: the model config's ``data.max_window``.
     """
-    from pipeline.pca import PCA
+    from pipeline.video import VideoError
+    from vreloc.features import extract, recipe_like
 
     if (model is None) == (method is None):
         raise LocateError("give exactly one of --model PATH or --method frame-level")
-    if c3d_weights is None and not random_c3d:
-        raise LocateError("give --c3d-weights FILE (Sports-1M C3D) or, for tests and demos, --random-c3d")
     if window is not None and window < 1:
         raise LocateError(f"--window must be a positive number of features, got {window}")
     for path in (query_path, reference_path):
@@ -202,23 +183,31 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
             matcher = saved_model_matcher(model)
         else:
             raise LocateError(f"--model {model}: neither a run folder (run.json) nor an export folder")
-        pca_file = pca_file or matcher.pca_file
+        spec = matcher.spec
+        if spec is not None and spec.pca_file is None and matcher.pca_file:
+            spec = spec.with_pca_path(matcher.pca_file)
+        recipe = recipe_like(spec, f"the model {model}", backbone, pca_file or matcher.pca_file)
     else:
         if method != "frame-level":
             raise LocateError(f"--method {method!r}: only 'frame-level' is a training-free method")
+        if backbone is None:
+            raise LocateError("--method frame-level needs a backbone: give --weights FILE|HANDLE (or, for tests "
+                              "and demos, --random-weights), and --backbone clip for CLIP")
         matcher = frame_level_matcher()
-    pca = PCA.load(pca_file) if pca_file else None
-    feature_dim = pca.n_components if pca is not None else FC7_DIM
-    if matcher.feature_dim is not None and feature_dim != matcher.feature_dim:
-        hint = "" if pca is not None else f" (fc7 features are {FC7_DIM}-d: pass the PCA of the training data with --pca)"
-        raise LocateError(f"features are {feature_dim}-d but the model takes {matcher.feature_dim}-d{hint}")
-    extractor = _extractor(c3d_weights, c3d_seed)
-    q, q_info = extract_features(query_path, extractor, pca)
-    r, r_info = extract_features(reference_path, extractor, pca)
+        recipe = recipe_like(None, "the command line", backbone, pca_file)
+    if matcher.feature_dim is not None and recipe.spec.feature_dim != matcher.feature_dim:
+        hint = "" if recipe.pca_file else " (pass the PCA of the model's training data with --pca)"
+        raise LocateError(f"features are {recipe.spec.feature_dim}-d but the model takes {matcher.feature_dim}-d{hint}")
+    pca = recipe.pca()
+    try:
+        q, _ = extract(recipe, query_path, desc="query", pca=pca)
+        r, got = extract(recipe, reference_path, desc="reference", pca=pca)
+    except VideoError as exc:
+        raise LocateError(str(exc)) from None
     start, end, score, curves = search(matcher.match, q, r, window or matcher.window)
-    sec = FRAMES_PER_FEATURE / r_info.fps
+    sec = got.seconds_per_feature
     result = Located(start, end, score, round(start * sec, 3), round(end * sec, 3), matcher.name, len(r), len(q),
-                     float(r_info.fps), FRAMES_PER_FEATURE)
+                     float(got.fps), int(got.frames_per_feature))
     if plot:
         from vreloc_tf.figures import timeline
 

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
+from pipeline.backbones import BackboneOptions
 from vreloc_tf import __version__
 from vreloc_tf.artifacts import Dataset, Export, Run
 from vreloc_tf.config import CGBM_METHOD, Config, apply_overrides
@@ -89,8 +90,7 @@ class FeatureSource:
     family: str = "demo"  # feature family of synthetic data (pipeline.families)
     geometry: str = "default"  # split geometry of synthetic data (pipeline.synth.GEOMETRIES)
     runner: Optional[str] = None  # Beam runner (default DirectRunner)
-    c3d_weights: Optional[str] = None  # Sports-1M C3D weights, for a video folder
-    random_c3d: bool = False  # random C3D weights (demos and tests only)
+    backbone: Optional[BackboneOptions] = None  # how a video folder's frames become features (extract-video)
 
     def __post_init__(self):
         if self.data != SYNTH and (self.family != "demo" or self.geometry != "default"):
@@ -102,7 +102,11 @@ class FeatureSource:
         return {"data": self.data, "family": self.family if self.data == SYNTH else None,
                 **synth_geometry,  # only when not the default, so work folders made before it stay valid
                 "source": None if self.data == SYNTH else _tree_fingerprint(self.data),
-                "c3d": self.c3d_weights and _tree_fingerprint(self.c3d_weights), "random_c3d": self.random_c3d}
+                **({"c3d": None, "random_c3d": False} if self.backbone is None else {"backbone": {
+                    **dataclasses.asdict(self.backbone),
+                    "weights": self.backbone.weights and (_tree_fingerprint(self.backbone.weights)
+                                                          if os.path.exists(self.backbone.weights)
+                                                          else self.backbone.weights)}})}
 
 
 def _check_reconciled(job: str, counts: dict) -> None:
@@ -129,13 +133,13 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
 
         _check_reconciled("ingest-activitynet", ingest_activitynet.run(hdf5, src, data_dir, **runner))
     elif os.path.exists(os.path.join(src, VIDEO_ANNOTATIONS)) and os.path.isdir(os.path.join(src, VIDEO_DIR)):
-        if not (source.c3d_weights or source.random_c3d):
-            raise InputError(f"--data {source.data} holds raw videos: give --c3d-weights FILE "
-                             f"(or --random-c3d for a demo)")
+        if source.backbone is None or (source.backbone.weights is None and source.backbone.random_seed is None):
+            raise InputError(f"--data {source.data} holds raw videos: give --weights FILE|HANDLE "
+                             f"(or --random-weights for a demo), and --backbone clip for CLIP")
         from pipeline import extract_video
 
-        counts = extract_video.run(os.path.join(src, VIDEO_DIR, "*"), os.path.join(src, VIDEO_ANNOTATIONS),
-                                   data_dir, c3d_weights=source.c3d_weights, random_c3d=source.random_c3d,
+        counts = extract_video.run(os.path.join(src, VIDEO_DIR, "*"), data_dir,
+                                   annotations=os.path.join(src, VIDEO_ANNOTATIONS), backbone=source.backbone,
                                    n_components=cfg.data.feature_dim or synth.DEFAULT_DIM, **runner)
         _check_reconciled("extract-video", counts)
     else:

@@ -158,5 +158,5 @@ class FeatureSpec:
         diffs = self.differences(other)
         if diffs:
             raise FeatureMismatchError(
-                f"{theirs} holds {other.summary()} but {mine} expects {self.summary()} "
+                f"features made differently: {mine} has {self.summary()}, {theirs} {other.summary()} "
                 f"({'; '.join(diffs)}){'; ' + hint if hint else ''}")

@@ -1,8 +1,17 @@
-"""`vreloc locate`: find a query clip in a long reference video file (see vreloc/locate.py)."""
+"""`vreloc locate`: find a query clip in a long reference video file (see vreloc/locate.py).
+
+    vreloc locate --query CLIP --reference LONG (--model RUN|EXPORT | --method frame-level [backbone flags])
+
+With a model, the features are made with the backbone, weights, frame rate and PCA the
+model was trained on (recorded in its run.json / export); backbone flags are needed only
+where the model cannot name them (the published ActivityNet features' C3D weights and PCA).
+"""
 from __future__ import annotations
 
 import argparse
 import os
+
+from vreloc.backbone_args import add_backbone_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,11 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", metavar="PATH", help="run folder or exported model folder BASE/NAME")
     who.add_argument("--method", choices=("frame-level",), help="training-free matcher instead of a model")
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights (HDF5, see pipeline/c3d.py)")
-    weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (tests and demos only)")
-    parser.add_argument("--c3d-seed", type=int, default=0, help="seed of --random-c3d (default 0)")
-    parser.add_argument("--pca", metavar="FILE", help="pca.npz to apply to the fc7 features")
+    add_backbone_arguments(parser, default_from="--model")
+    parser.add_argument("--pca", metavar="FILE",
+                        help="PCA to apply to the backbone's features (default: the model's; ActivityNet's "
+                             "PCA_activitynet_v1-3.hdf5 for a model trained on the released features)")
     parser.add_argument("--window", type=int, default=None,
                         help="reference window in features (default: the model config's data.max_window)")
     parser.add_argument("--json", metavar="FILE", help="write the answer as JSON")
@@ -24,16 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import dataclasses
+    import time
 
+    from vreloc import backbone_args
     from vreloc.locate import locate
     from vreloc_tf.files import write_json_atomic
 
-    res = locate(args.query, args.reference, model=args.model, method=args.method,
-                 c3d_weights=args.c3d_weights, random_c3d=args.random_c3d, c3d_seed=args.c3d_seed,
+    backbone = None
+    if backbone_args.given(args):
+        default = None
+        if args.model:
+            from vreloc.features import default_options, spec_of
+
+            default = default_options(spec_of(args.model)[0])
+        backbone = backbone_args.options_from_args(args, default)
+    t0 = time.time()
+    res = locate(args.query, args.reference, model=args.model, method=args.method, backbone=backbone,
                  pca_file=args.pca, window=args.window, plot=args.plot)
     print(f"{os.path.basename(args.query)} found in {os.path.basename(args.reference)} at "
           f"{res.start_seconds:.2f} s - {res.end_seconds:.2f} s (features [{res.start_index}, {res.end_index}) of "
-          f"{res.reference_features}), score {res.score:.4f} [{res.method}]")
+          f"{res.reference_features}), score {res.score:.4f} [{res.method}] in {time.time() - t0:.1f} s")
     if args.json:
         write_json_atomic(args.json, dataclasses.asdict(res))
     if args.plot:

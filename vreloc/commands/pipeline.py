@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc.backbone_args import add_backbone_arguments
 from vreloc.orchestrator import STAGES
 
 
@@ -23,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--geometry", default="default", choices=list(GEOMETRIES),
                      help="split geometry of --data synth (default %(default)s: >= 500 test pairs; 'smoke': a few "
                           "dozen videos, the whole chain in about two minutes; docs/DATA.md)")
-    weights = run.add_mutually_exclusive_group()
-    weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video folder")
-    weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (demos and tests only)")
+    add_backbone_arguments(run)  # for a video folder
     run.add_argument("--runner", default=None, help="Beam runner for FeatureGen (default DirectRunner)")
     run.add_argument("--force", action="append", default=[], choices=STAGES,
                      help="rerun this stage (and the ones after it) even if its inputs did not change")
@@ -43,7 +42,10 @@ def main(args: argparse.Namespace) -> int:
 
     models = parse_models(args.models)
     cfg = load_config(args.config, args.set)
+    from vreloc import backbone_args
+
+    backbone = backbone_args.options_from_args(args) if backbone_args.given(args) else None
     source = FeatureSource(args.data, family=args.family, geometry=args.geometry, runner=args.runner,
-                           c3d_weights=args.c3d_weights, random_c3d=args.random_c3d)
+                           backbone=backbone)
     return PipelineRun(args.workdir, cfg, args.config, source, args.force, args.model_name,
                        serve_check=not args.no_serve_check, models=models).run()

@@ -21,18 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version-label", default=None, help="model_spec.version_label, e.g. stable or canary")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
     parser.add_argument("--frames-per-feature", type=int, default=None,
-                        help=f"frames per feature ({FRAMES_PER_FEATURE} for C3D); with --fps, also print seconds")
+                        help=f"frames per feature ({FRAMES_PER_FEATURE} for C3D, 1 for CLIP's sampled frames); "
+                             f"with --fps (CLIP: the sampling rate), also print seconds")
     parser.add_argument("--fps", type=float, default=None, help="frame rate of the reference video")
     parser.add_argument("--tls-ca", default=None, help="PEM file of the CA (or self-signed cert) to trust: use TLS")
     parser.add_argument("--tls-server-name", default=None, help="expected TLS server name if not the host in --server")
 
 
 def load_features(path: str, name: str):
-    """An [L, D] array from a .npy file; InputError naming the file otherwise."""
+    """An [L, D] array from a .npy file; InputError naming the file otherwise (a video file gets the way on)."""
     import numpy as np
 
+    from vreloc.features import looks_like_video
+
+    if looks_like_video(path):
+        raise InputError(f"--{name} {path} is a video file; vreloc query sends features (.npy [L, D]): make them with "
+                         f"`vreloc features --video {path} --like DATA_OR_MODEL --out {name}.npy`, or find a clip in a "
+                         f"video file directly with `vreloc locate`")
     try:
-        array = np.load(path)
+        array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"--{name} {path}: cannot read a .npy array ({exc})") from None
     if array.ndim != 2:
