@@ -219,6 +219,8 @@ class Run:
         if dataset.feature_dim != self.manifest.feature_dim:
             raise InputError(f"{dataset.path} holds {dataset.feature_dim}-d features but the run in {self.path} "
                              f"was trained on {self.manifest.feature_dim}-d features ({self.manifest.data_dir})")
+        if self.feature_spec is not None:  # same dim is not enough: same backbone, weights, rate and PCA
+            self.feature_spec.check_same(dataset.feature_spec, f"the run {self.path}", f"the data {dataset.path}")
         return dataset
 
 
