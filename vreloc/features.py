@@ -138,6 +138,11 @@ def recipe_like(spec: Optional[FeatureSpec], where: str, options: Optional[Backb
         raise InputError(f"{where} does not record how its features were made (an artifact from before "
                          f"feature specs); give --backbone, --weights or --random-weights, and --pca")
     options, raw = backbones.resolve(options if options is not None else backbones.options_like(spec))
+    hint = "use the backbone, weights and PCA it was made with, or make it again with these"
+    if spec is not None:  # backbone, weights, rate first: the PCA would only fail later on the wrong width
+        spec.check_same(dataclasses.replace(raw, feature_dim=spec.feature_dim, pca_file=spec.pca_file,
+                                            pca_sha256=spec.pca_sha256, pca_components=spec.pca_components),
+                        where, "this backbone", hint=hint)
     pca_path = pca_file or (spec.pca_file if spec is not None else None)
     if spec is not None and spec.pca_components and not pca_path:
         raise InputError(f"{where} holds features reduced by a PCA ({spec.summary()}) whose file is not known "
@@ -154,8 +159,7 @@ def recipe_like(spec: Optional[FeatureSpec], where: str, options: Optional[Backb
                              f"{raw.raw_dim}-d features")
     made = backbones.feature_spec(raw, raw.raw_dim or (pca.dim if pca else 0), pca_path, pca)
     if spec is not None:
-        spec.check_same(made, where, "this backbone, weights and PCA",
-                        hint="use the backbone, weights and PCA it was made with, or make it again with these")
+        spec.check_same(made, where, "this backbone, weights and PCA", hint=hint)
     return Recipe(options, pca_path, made)
 
 
