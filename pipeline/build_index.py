@@ -1,29 +1,47 @@
-"""The index job: TFRecords of ingest/extract-video -> window embeddings -> a library index (``vreloc index``).
+"""The index job: TFRecords of ingest/extract-video -> one library item per video -> a library index (``vreloc index``).
 
-Beam does the per-video work (decode the record, check it, embed its windows at every scale; with
-``encoder`` embeddings a model call per video), so the build scales out with the runner; the
-launcher then appends what the job staged to the FAISS index and the metadata parts
-(vreloc_tf.search.library), which FAISS needs in one process anyway.
+Beam does the per-video work (decode the records, check them, merge the records of each video,
+embed the windows of every piece at every scale; with ``encoder`` embeddings a model call per
+piece), so the build scales out with the runner; the launcher then appends what the job staged to
+the FAISS index and the metadata parts (vreloc_tf.search.library), which FAISS needs in one
+process anyway.
 
-    (split, shard path) --ReadShards--> (split, serialized record)
-        --EmbedVideos--> VideoEmbedding, or a dead letter (undecodable record, another feature dim,
-                          empty or non-finite features) with the reason
+    (split, shard path) --ReadRecords--> Record, or a dead letter (truncated shard, undecodable
+                          record, another feature dim) with the reason
+        --MergeVideos--> Piece per contiguous run of a video's features: GroupByKey on the video id
+                          (across the splits read), then the records whose windows overlap or touch are
+                          merged into one feature array (:func:`merge_records`); windows apart stay
+                          separate pieces of the same video. A record whose features disagree with the
+                          piece's on the overlap, or whose frame rate differs, is dead-lettered.
+        --EmbedPieces--> VideoEmbedding (one per piece: its windows at every scale)
         --WriteEmbedded / WriteDeadLetters--> INDEX/.staging-<uuid>/   (pipeline.staged_sink's writers)
 
-The launcher counts the shards' records before the run and the staged outputs after it: read =
-embedded + dead-lettered per split, or nothing is appended (:class:`staged_sink.ReconciliationError`).
-A video already in the index (same video id, split and entry) is dead-lettered at append time, not
-added twice. Dead letters land in ``INDEX/dead_letter/<split>.jsonl``; Beam counters
-``vreloc:written_<split>`` / ``dead_lettered_<split>`` are cross-checked with the counted files.
+Why merge: a video with two annotated instances is two records (two windows, each centred on an
+instance); indexed as two items, search returned the same video (often the same segment) twice.
+
+Counts, per split, before anything is appended: records read = added (a record that starts a
+piece; the piece is staged under its split) + merged (into another record's piece) +
+dead-lettered, or nothing is appended (:class:`staged_sink.ReconciliationError`). At append time
+(``vreloc index add``), a piece of a video already in the index that overlaps one of its live
+pieces is dead-lettered (every record of it), not added twice; a disjoint one becomes one more
+piece of that video. Dead letters land in ``INDEX/dead_letter/<split>.jsonl``; Beam counters
+``vreloc:written_<split>`` (pieces) / ``merged_<split>`` / ``dead_lettered_<split>`` are
+cross-checked with the counted files.
+
+The index records the data's FeatureSpec and a copy of its PCA; ``--model RUN`` is optional
+(without it the index re-localizes with the training-free frame-level method, and embeddings must
+be ``raw``); a run or a data folder whose features were made otherwise is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import struct
 import time
+import typing
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pipeline import options, staged_sink  # options first: it quiets Beam's import-time warning
 
@@ -33,14 +51,19 @@ from apache_beam.metrics import Metrics
 
 from vreloc_tf.errors import InputError
 from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, Embedder, EmbeddingSpec
-from vreloc_tf.search.library import LibraryIndex, VideoEmbedding
+from vreloc_tf.search.library import LibraryIndex, VideoEmbedding, check_pca_file
 
 LOG = logging.getLogger(__name__)
 
 JOB = "index-build"
-EMBEDDED = "embedded"  # staging kind of the embedded videos
-PART_VIDEOS = 50_000  # videos per index part (bounds the launcher's memory while appending)
+EMBEDDED = "embedded"  # staging kind of the embedded pieces
+PART_PIECES = 50_000  # pieces per index part (bounds the launcher's memory while appending)
 PROGRESS_EVERY = 500
+# Records of one video hold copies of the same feature rows where their windows overlap; the
+# tolerance only absorbs float32 round trips (a PCA re-applied, a re-encoded shard).
+MERGE_RTOL = 1e-4
+MERGE_ATOL = 1e-5
+ALREADY_INDEXED = "already in the index (remove it first to replace it)"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -74,13 +97,102 @@ def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[
         except (InputError, FileNotFoundError):
             return []
 
-    names = list(splits) if splits else (list(dataset.splits) or [s for s in schema.SPLITS if files(s)])
+    def found_on_disk():  # splits of the shard names (e.g. `library` of a folder of one's own videos)
+        import glob
+        import re
+
+        pattern = re.compile(r"^(.+)-\d{5}-of-\d{5}" + re.escape(schema.SHARD_SUFFIX) + "$")
+        names = {m.group(1) for m in (pattern.match(os.path.basename(p)) for p in
+                                      glob.glob(os.path.join(data_dir, "*" + schema.SHARD_SUFFIX))) if m}
+        return [s for s in schema.SPLITS if s in names] + sorted(names - set(schema.SPLITS))
+
+    names = list(splits) if splits else (list(dataset.splits) or found_on_disk())
     found = {s: files(s) for s in names}
     missing = [s for s, paths in found.items() if not paths]
     if missing or not found:
         raise InputError(f"--data {data_dir}: no shards of split(s) {', '.join(missing) or 'any'} "
                          f"(expected <split>-SSSSS-of-NNNNN.tfrecord)")
     return found
+
+
+# --------------------------------------------------------------------------- merging a video's records
+
+
+@dataclasses.dataclass
+class Piece:
+    """A contiguous run of one video's features, from one record or several merged (not yet embedded).
+
+    ``split``/``entry_index``: of its base record (the first by window start); ``merged``: (split,
+    entry_index) of the records merged into it; ``label``: -1 where their labels differ.
+    """
+
+    video_id: str
+    split: str
+    entry_index: int
+    label: int
+    window_start: int
+    features: np.ndarray
+    fps: float
+    frames_per_feature: int
+    merged: Tuple[Tuple[str, int], ...] = ()
+
+
+def _same_rate(a: float, b: float) -> bool:
+    return a <= 0 or b <= 0 or abs(a - b) <= 1e-3 * max(a, b)
+
+
+def merge_records(records: Iterable) -> Tuple[List[Piece], List[Tuple[object, str]]]:
+    """(pieces, [(record, reason)] refused) of one video's records (vreloc_tf.schema.Record, same video_id).
+
+    Records in order of window start (then longest first, split, entry): one that overlaps or touches
+    the current piece extends it (its features must equal the piece's on the overlap, within
+    MERGE_RTOL/MERGE_ATOL), one that starts past its end starts a new piece. A record whose frame
+    rate (fps, frames per feature) differs from the video's first record's is refused; so is one
+    whose features disagree on the overlap (it is left out; the piece goes on without it).
+    """
+    order = sorted(records, key=lambda r: (int(r.window[0]), -int(r.window[1]), r.split, int(r.entry_index)))
+    pieces: List[Piece] = []
+    chunks: List[List[np.ndarray]] = []  # per piece: feature arrays to concatenate at the end
+    ends: List[int] = []
+    refused: List[Tuple[object, str]] = []
+    if not order:
+        return pieces, refused
+    first = order[0]
+    fps = next((float(r.fps) for r in order if float(r.fps) > 0), float(first.fps))
+    for rec in order:
+        w0, w1 = int(rec.window[0]), int(rec.window[1])
+        if int(rec.frames_per_feature) != int(first.frames_per_feature) or not _same_rate(float(rec.fps), fps):
+            refused.append((rec, f"frame rate differs from the video's other records ({float(rec.fps):g} fps, "
+                                 f"{int(rec.frames_per_feature)} frames per feature vs {fps:g} fps, "
+                                 f"{int(first.frames_per_feature)} of {first.split} entry {first.entry_index}); "
+                                 f"not merged"))
+            continue
+        if pieces and w0 <= ends[-1]:
+            piece, end = pieces[-1], ends[-1]
+            overlap = min(w1, end) - w0
+            if overlap > 0:
+                held = np.concatenate(chunks[-1])[w0 - piece.window_start:w0 - piece.window_start + overlap]
+                mine = np.asarray(rec.features[:overlap], np.float32)
+                if not np.allclose(held, mine, rtol=MERGE_RTOL, atol=MERGE_ATOL):
+                    diff = float(np.max(np.abs(held - mine)))
+                    refused.append((rec, f"features differ from {piece.split} entry {piece.entry_index} of the same "
+                                         f"video on the overlap [{w0}, {w0 + overlap}) (max |difference| {diff:.3g}, "
+                                         f"tolerance rtol {MERGE_RTOL:g}, atol {MERGE_ATOL:g}); not merged"))
+                    continue
+            if w1 > end:
+                chunks[-1].append(np.asarray(rec.features[end - w0:], np.float32))
+                ends[-1] = w1
+            piece.merged += ((rec.split, int(rec.entry_index)),)
+            if int(rec.label) != piece.label:
+                piece.label = -1
+        else:
+            pieces.append(Piece(rec.video_id, rec.split, int(rec.entry_index), int(rec.label), w0, None, fps,
+                                int(first.frames_per_feature)))
+            chunks.append([np.asarray(rec.features, np.float32)])
+            ends.append(w1)
+    for piece, parts in zip(pieces, chunks):
+        piece.features = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return pieces, refused
 
 
 # --------------------------------------------------------------------------- transforms
@@ -101,8 +213,51 @@ class ReadShardFn(beam.DoFn):
             yield staged_sink.dead_letter(split, f"unreadable shard: {exc}", {"shard": path}, -1, path)
 
 
-class EmbedVideoFn(beam.DoFn):
-    """(split, serialized record) -> VideoEmbedding, or a dead letter with the reason.
+class DecodeRecordFn(beam.DoFn):
+    """(split, serialized record) -> Record, or a dead letter (undecodable, another feature dim)."""
+
+    def __init__(self, feature_dim: int):
+        self.feature_dim = int(feature_dim)
+
+    def process(self, element):
+        from google.protobuf.message import DecodeError
+
+        from vreloc_tf.schema import SchemaError, decode_record
+
+        split, data = element
+        try:
+            rec = decode_record(data)
+            rec.validate()
+        except (SchemaError, DecodeError, IndexError, KeyError, ValueError) as exc:
+            yield staged_sink.dead_letter(split, f"undecodable record: {exc}", {"bytes": len(data)})
+            return
+        if rec.feature_dim != self.feature_dim:
+            yield staged_sink.dead_letter(split, f"{rec.feature_dim}-d features, the index holds "
+                                          f"{self.feature_dim}-d features",
+                                          {"video_id": rec.video_id, "entry_index": rec.entry_index}, rec.entry_index)
+            return
+        if rec.split != split:  # the shard's split is the one counted
+            rec = dataclasses.replace(rec, split=split)
+        yield rec
+
+
+class MergeVideoFn(beam.DoFn):
+    """(video_id, records) -> Piece per contiguous run (:func:`merge_records`), dead letters for refused records."""
+
+    def process(self, element):
+        _, records = element
+        pieces, refused = merge_records(records)
+        for rec, reason in refused:
+            yield staged_sink.dead_letter(rec.split, reason, {"video_id": rec.video_id, "entry_index": rec.entry_index,
+                                                              "window": [int(v) for v in rec.window]}, rec.entry_index)
+        for piece in pieces:
+            for split, _ in piece.merged:
+                Metrics.counter("vreloc", f"merged_{split}").inc()
+            yield piece
+
+
+class EmbedPieceFn(beam.DoFn):
+    """Piece -> VideoEmbedding: its windows at every scale and their vectors.
 
     ``run_dir`` (kind ``encoder`` only): the model is loaded once per worker in ``setup``.
     """
@@ -121,55 +276,62 @@ class EmbedVideoFn(beam.DoFn):
             encoder = encoder_of(Run.open(self.run_dir).load_model())
         self._embedder = Embedder(self.spec, self.feature_dim, encoder)
 
-    def process(self, element):
-        from google.protobuf.message import DecodeError
-
-        from vreloc_tf.schema import SchemaError, decode_record
-
+    def process(self, piece: Piece):
         if self._embedder is None:
             self.setup()
-        split, data = element
-        try:
-            rec = decode_record(data)
-            rec.validate()
-        except (SchemaError, DecodeError, IndexError, KeyError, ValueError) as exc:
-            yield staged_sink.dead_letter(split, f"undecodable record: {exc}", {"bytes": len(data)})
-            return
-        entry = {"video_id": rec.video_id, "entry_index": rec.entry_index}
-        if rec.feature_dim != self.feature_dim:
-            yield staged_sink.dead_letter(split, f"{rec.feature_dim}-d features, the index holds "
-                                          f"{self.feature_dim}-d features", entry, rec.entry_index)
-            return
-        spans, vectors = self._embedder.windows(rec.features)
-        Metrics.counter("vreloc", f"written_{split}").inc()
+        spans, vectors = self._embedder.windows(piece.features)
+        Metrics.counter("vreloc", f"written_{piece.split}").inc()
         self._seen += 1
         if self._seen % PROGRESS_EVERY == 0:
-            LOG.info("%s: embedded %d videos in this worker", JOB, self._seen)
-        yield VideoEmbedding(rec.video_id, split, rec.entry_index, rec.label, int(rec.window[0]),
-                             rec.features, spans, vectors, float(rec.fps), int(rec.frames_per_feature))
+            LOG.info("%s: embedded %d pieces in this worker", JOB, self._seen)
+        yield VideoEmbedding(piece.video_id, piece.split, piece.entry_index, piece.label, piece.window_start,
+                             piece.features, spans, vectors, piece.fps, piece.frames_per_feature, piece.merged)
+
+
+class ReadRecords(beam.PTransform):
+    """(split, shard path) -> (Record, dead letters)."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.feature_dim = feature_dim
+
+    def expand(self, shards):
+        read = shards | "ReadShards" >> beam.ParDo(ReadShardFn()).with_outputs(staged_sink.DEAD_LETTER)
+        serialized, bad_shards = staged_sink.split_dead_letters(read, "ReadShards")
+        decoded = serialized | "Decode" >> beam.ParDo(DecodeRecordFn(self.feature_dim)).with_outputs(
+            staged_sink.DEAD_LETTER)
+        records, bad_records = staged_sink.split_dead_letters(decoded, "Decode")
+        return records, (bad_shards, bad_records) | "ReadDeadLetters" >> beam.Flatten()
+
+
+class MergeVideos(beam.PTransform):
+    """Record -> (Piece, dead letters): one video's records grouped by video id, then merged."""
+
+    def expand(self, records):
+        merged = (records
+                  | "KeyByVideo" >> beam.Map(lambda rec: (rec.video_id, rec)).with_output_types(
+                      beam.typehints.KV[str, typing.Any])
+                  | "GroupByVideo" >> beam.GroupByKey()
+                  | "Merge" >> beam.ParDo(MergeVideoFn()).with_outputs(staged_sink.DEAD_LETTER))
+        return staged_sink.split_dead_letters(merged, "Merge")
 
 
 class EmbedVideos(beam.PTransform):
-    """(split, shard path) -> (VideoEmbedding, dead letters)."""
+    """(split, shard path) -> (VideoEmbedding per piece, dead letters): read, merge per video, embed."""
 
     def __init__(self, feature_dim: int, spec: EmbeddingSpec, run_dir: Optional[str] = None):
         super().__init__()
         self.feature_dim, self.spec, self.run_dir = feature_dim, spec, run_dir
 
     def expand(self, shards):
-        read = (shards | "ReadShards" >> beam.ParDo(ReadShardFn()).with_outputs(staged_sink.DEAD_LETTER))
-        records, bad_shards = staged_sink.split_dead_letters(read, "ReadShards")
-        embedded = (records
-                    | "Reshuffle" >> beam.Reshuffle()
-                    | "Embed" >> beam.ParDo(EmbedVideoFn(self.feature_dim, self.spec, self.run_dir)).with_outputs(
-                        staged_sink.DEAD_LETTER))
-        videos, bad_records = staged_sink.split_dead_letters(embedded, "Embed")
-        dead = (bad_shards, bad_records) | "AllDeadLetters" >> beam.Flatten()
-        return videos, dead
+        records, bad_reads = shards | "ReadRecords" >> ReadRecords(self.feature_dim)
+        pieces, bad_merges = records | "MergeVideos" >> MergeVideos()
+        embedded = pieces | "EmbedPieces" >> beam.ParDo(EmbedPieceFn(self.feature_dim, self.spec, self.run_dir))
+        return embedded, (bad_reads, bad_merges) | "AllDeadLetters" >> beam.Flatten()
 
 
 class WriteEmbedded(beam.PTransform):
-    """VideoEmbedding elements -> staged files (TFRecord framing, .npz payloads); (split, 1) tokens."""
+    """VideoEmbedding elements -> staged files per base split (TFRecord framing, .npz payloads); (split, 1) tokens."""
 
     def __init__(self, staging_dir: str):
         super().__init__()
@@ -195,45 +357,119 @@ def build(pipeline, staging_dir: str, shards: Dict[str, List[str]], feature_dim:
 # --------------------------------------------------------------------------- the launcher
 
 
-def _staged_videos(staging_dir: str, split: str) -> List[str]:
-    return staged_sink.match_files(os.path.join(staging_sink_path(staging_dir, split), "*.tfrecord"))
+@dataclasses.dataclass
+class IndexCounts:
+    """One split's records: read = added (started a piece) + merged (into another's piece) + dead-lettered."""
+
+    read: int
+    added: int = 0
+    merged: int = 0
+    dead_lettered: int = 0
+
+    def reconciles(self) -> bool:
+        return self.read == self.added + self.merged + self.dead_lettered
+
+    def __str__(self) -> str:
+        return (f"read {self.read}, added {self.added}, merged {self.merged}, "
+                f"dead-lettered {self.dead_lettered}")
 
 
 def staging_sink_path(staging_dir: str, split: str) -> str:
     return staged_sink.staging_path(staging_dir, EMBEDDED, split)
 
 
-def run(index_dir: str, data_dir: str, model: str, splits: Optional[Sequence[str]] = None, add: bool = False,
-        kind: str = DEFAULT_KIND, scales: Sequence[int] = DEFAULT_SCALES, index_type: str = "auto",
+def _staged_pieces(staging_dir: str, split: str) -> List[str]:
+    return staged_sink.match_files(os.path.join(staging_sink_path(staging_dir, split), "*.tfrecord"))
+
+
+def _staged_dead_letters(staging_dir: str, split: str) -> List[str]:
+    return staged_sink.match_files(os.path.join(
+        staged_sink.staging_path(staging_dir, staged_sink.DEAD_LETTER_DIR, split), "*.jsonl"))
+
+
+def against_index(index: LibraryIndex, pieces: Sequence[VideoEmbedding]):
+    """(fresh pieces, [(piece, reason)] refused): a piece of a video already in the index that overlaps
+    one of its live pieces is refused; a disjoint one is fresh (one more piece of that video)."""
+    held = index.live_spans({p.video_id for p in pieces})
+    fresh, refused = [], []
+    for p in pieces:
+        a, b = p.source_span
+        spans = held.get(p.video_id, ())
+        overlapping = [(s, e) for s, e in spans if s < b and a < e]
+        if any(s <= a and b <= e for s, e in spans):
+            refused.append((p, ALREADY_INDEXED))
+        elif overlapping:
+            refused.append((p, f"overlaps the video's piece(s) {', '.join(f'[{s}, {e})' for s, e in overlapping)} "
+                               f"already in the index (remove the video and add all of it again)"))
+        else:
+            fresh.append(p)
+    return fresh, refused
+
+
+def _data_pca(dataset) -> Optional[str]:
+    """The PCA that made the data's features: the spec's (or the manifest's ``pca_file``), resolved
+    against the data folder; where no such file exists but the path as recorded does (extract-video
+    recorded ``--pca`` as given, relative to the folder it ran in), that one."""
+    spec = dataset.feature_spec
+    resolved = spec.pca_file if spec else dataset.pca_file
+    raw = (dataset.manifest.get("features") or {}).get("pca_file") if spec else dataset.manifest.get("pca_file")
+    if resolved and "://" not in resolved and not os.path.exists(resolved) and raw and "://" not in raw \
+            and os.path.isfile(raw):
+        return os.path.abspath(raw)
+    return resolved
+
+
+def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Optional[Sequence[str]] = None,
+        add: bool = False, kind: str = DEFAULT_KIND, scales: Sequence[int] = DEFAULT_SCALES, index_type: str = "auto",
         runner: str = options.DEFAULT_RUNNER, beam_args: Sequence[str] = (), overwrite: bool = False) -> dict:
     """Build a new index in ``index_dir`` (``add=False``) or append to the one there (``add=True``)
-    from the TFRecords of ``data_dir``; returns the summary (counts per split, seconds, records/s)."""
-    from vreloc_tf.artifacts import Dataset, RunManifest
+    from the TFRecords of ``data_dir``; returns the summary (counts per split, seconds, records/s).
+
+    ``model``: the run whose model re-localizes (build only; None: the frame-level method, ``raw``
+    embeddings only). ``add`` takes the embedding and model from the index.
+    """
+    from vreloc_tf.artifacts import Dataset, Run
     from vreloc_tf.entry_index import iter_framed
     from vreloc_tf.files import file_sha256
 
     t0 = time.time()
     dataset = Dataset.open(data_dir)
+    data_spec = dataset.feature_spec
     shards = shards_of(data_dir, splits)
-    run_manifest = RunManifest.read(model)
-    if run_manifest.feature_dim != dataset.feature_dim:
-        raise InputError(f"--model {model} takes {run_manifest.feature_dim}-d features but --data {data_dir} "
-                         f"holds {dataset.feature_dim}-d features")
     if add:
         index = LibraryIndex.open(index_dir)
         if index.feature_dim != dataset.feature_dim:
             raise InputError(f"--data {data_dir} holds {dataset.feature_dim}-d features but the index {index_dir} "
                              f"holds {index.feature_dim}-d features")
+        if index.feature_spec is not None:
+            index.feature_spec.check_same(data_spec, f"the index {index_dir}", f"--data {data_dir}",
+                                          "index it into an index of its own")
         spec = index.embedding
+        run_dir = index.model_run if spec.kind == "encoder" else None
+        pca_source = None
     else:
         spec = EmbeddingSpec(kind, tuple(int(s) for s in scales))
+        if spec.kind == "encoder" and not model:
+            raise InputError("--embedding encoder needs --model RUN (the window vectors come from its reference "
+                             "encoder); without a model use --embedding raw")
         if os.path.exists(os.path.join(index_dir, "manifest.json")) and not overwrite:
             raise InputError(f"--out {index_dir}: already holds an index; add videos with `vreloc index add`, "
                              f"or rebuild with --overwrite")
-    run_dir = os.path.abspath(model)
+        run_dir = os.path.abspath(model) if model else None
+        if model:
+            trained = Run.open(model)
+            if trained.manifest.feature_dim != dataset.feature_dim:
+                raise InputError(f"--model {model} takes {trained.manifest.feature_dim}-d features but --data "
+                                 f"{data_dir} holds {dataset.feature_dim}-d features")
+            if trained.feature_spec is not None:
+                trained.feature_spec.check_same(data_spec, f"--model {model}", f"--data {data_dir}",
+                                                "index data made like the run's training features")
+        pca_source = _data_pca(dataset)
+        check_pca_file(pca_source, data_spec)  # before the job, not after it
     read_counts = {s: sum(count_records(p) for p in paths) for s, paths in shards.items()}
-    LOG.info("%s: %d records of %s from %s, %s embeddings at scales %s, runner %s", JOB,
-             sum(read_counts.values()), "/".join(shards), data_dir, spec.kind, list(spec.scales), runner)
+    LOG.info("%s: %d records of %s from %s, %s embeddings at scales %s, re-localized by %s, runner %s", JOB,
+             sum(read_counts.values()), "/".join(shards), data_dir, spec.kind, list(spec.scales),
+             run_dir or "the frame-level method", runner)
     os.makedirs(index_dir, exist_ok=True)
     staging_dir = os.path.join(index_dir, f".staging-{uuid.uuid4().hex[:12]}")
     try:
@@ -245,79 +481,91 @@ def run(index_dir: str, data_dir: str, model: str, splits: Optional[Sequence[str
         result = pipeline.run()
         result.wait_until_finish()
         t_job = time.time() - t0
-        counts = {}
-        for split, read in read_counts.items():
-            embedded = sum(staged_sink.count_tfrecords(p) for p in _staged_videos(staging_dir, split))
-            dead = sum(staged_sink.count_lines(p) for p in staged_sink.match_files(os.path.join(
-                staged_sink.staging_path(staging_dir, staged_sink.DEAD_LETTER_DIR, split), "*.jsonl")))
-            counts[split] = staged_sink.SplitCounts(read, embedded, dead)
-        staged_sink.compare_with_metrics(JOB, result, {s: c for s, c in counts.items()})
+        counts = {s: IndexCounts(read) for s, read in read_counts.items()}
+        pieces: List[VideoEmbedding] = []
+        for split in shards:
+            paths = _staged_pieces(staging_dir, split)
+            counts[split].added = sum(staged_sink.count_tfrecords(p) for p in paths)  # checks every CRC
+            counts[split].dead_lettered = sum(staged_sink.count_lines(p)
+                                              for p in _staged_dead_letters(staging_dir, split))
+            for path in paths:
+                pieces.extend(VideoEmbedding.from_bytes(data) for _, data in iter_framed(path))
+        for piece in pieces:
+            for split, _ in piece.merged:
+                counts[split].merged += 1
+        staged_sink.compare_with_metrics(JOB, result, {s: staged_sink.SplitCounts(c.read, c.added, c.dead_lettered)
+                                                       for s, c in counts.items()})
         bad = {s: c for s, c in counts.items() if not c.reconciles()}
         if bad:
             raise staged_sink.ReconciliationError(
-                f"{JOB}: counts do not reconcile (read != embedded + dead_lettered): "
+                f"{JOB}: counts do not reconcile (read != added + merged + dead_lettered): "
                 + "; ".join(f"{s}: {c}" for s, c in bad.items()) + f"; the index in {index_dir} is unchanged")
-        videos = []
-        for split in shards:
-            for path in _staged_videos(staging_dir, split):
-                videos.extend(VideoEmbedding.from_bytes(data) for _, data in iter_framed(path))
-        videos.sort(key=lambda v: (v.split, v.entry_index, v.video_id))
+        pieces.sort(key=lambda v: (v.video_id, v.window_start, v.split, v.entry_index))
         if not add:
-            encoder_dim = None
-            if spec.kind == "encoder":
-                from vreloc_tf.search.relocalize import Relocalizer
+            encoder_dim, model_info = None, None
+            if model:
+                if spec.kind == "encoder":
+                    from vreloc_tf.search.relocalize import Relocalizer
 
-                encoder_dim = int(Relocalizer.from_run(run_dir).encoder().units)
-            model_info = {"run": run_dir, "model_sha256": file_sha256(os.path.join(run_dir, "model.keras")),
-                          "feature_dim": int(run_manifest.feature_dim), "decode": run_manifest.decode}
-            pca_file = dataset.pca_file
-            pca = {"file": pca_file, "sha256": file_sha256(pca_file) if pca_file and os.path.exists(pca_file) else None}
+                    encoder_dim = int(Relocalizer.from_run(run_dir).encoder().units)
+                model_info = {"run": run_dir, "model_sha256": file_sha256(os.path.join(run_dir, "model.keras")),
+                              "feature_dim": int(trained.manifest.feature_dim), "decode": trained.manifest.decode}
             index = LibraryIndex.create(index_dir, dataset.feature_dim, spec, encoder_dim or dataset.feature_dim,
-                                        model_info, pca, index_type, overwrite=overwrite)
-        live = index.live_keys()
-        duplicates = [v for v in videos if v.key in live]
-        fresh = [v for v in videos if v.key not in live]
-        for i in range(0, len(fresh), PART_VIDEOS):
-            index.append(fresh[i:i + PART_VIDEOS])
-            LOG.info("%s: appended %d/%d videos to %s", JOB, min(i + PART_VIDEOS, len(fresh)), len(fresh), index_dir)
-        _publish_dead_letters(staging_dir, index_dir, shards, duplicates)
-        for v in duplicates:
-            counts[v.split].written -= 1
-            counts[v.split].dead_lettered += 1
+                                        model_info, index_type, overwrite=overwrite, features=data_spec,
+                                        pca_file=pca_source, relocalizer="model" if model else "frame-level")
+        fresh, refused = against_index(index, pieces)
+        new_videos = len({p.video_id for p in fresh} - index.live_video_ids(among={p.video_id for p in fresh}))
+        for i in range(0, len(fresh), PART_PIECES):
+            index.append(fresh[i:i + PART_PIECES])
+            LOG.info("%s: appended %d/%d pieces to %s", JOB, min(i + PART_PIECES, len(fresh)), len(fresh), index_dir)
+        for piece, _ in refused:
+            counts[piece.split].added -= 1
+            counts[piece.split].dead_lettered += 1
+            for split, _ in piece.merged:
+                counts[split].merged -= 1
+                counts[split].dead_lettered += 1
+        _publish_dead_letters(staging_dir, index_dir, shards, refused)
     finally:
         import shutil
 
         shutil.rmtree(staging_dir, ignore_errors=True)
     seconds = time.time() - t0
     total = sum(c.read for c in counts.values())
-    return {"job": JOB, "index": os.path.abspath(index_dir),
-            "counts": {s: {"read": c.read, "added": c.written, "dead_lettered": c.dead_lettered} for s, c in counts.items()},
-            "videos": index.live_videos, "windows": index.live_windows, "seconds": round(seconds, 2),
-            "job_seconds": round(t_job, 2), "records_per_second": round(total / max(t_job, 1e-9), 1)}
+    return {"job": JOB, "index": os.path.abspath(index_dir), "relocalizer": index.relocalizer,
+            "counts": {s: dataclasses.asdict(c) for s, c in counts.items()},
+            "added": {"videos": new_videos, "pieces": len(fresh), "windows": int(sum(len(p.spans) for p in fresh))},
+            "videos": index.live_videos, "pieces": index.live_pieces, "windows": index.live_windows,
+            "seconds": round(seconds, 2), "job_seconds": round(t_job, 2),
+            "records_per_second": round(total / max(t_job, 1e-9), 1)}
 
 
-def _publish_dead_letters(staging_dir: str, index_dir: str, shards, duplicates: Sequence[VideoEmbedding]) -> None:
-    import json
-
-    folder = os.path.join(index_dir, staged_sink.DEAD_LETTER_DIR)
+def _publish_dead_letters(staging_dir: str, index_dir: str, shards, refused) -> None:
+    """The job's dead letters and the append's refusals (one per record of a refused piece) to
+    ``INDEX/dead_letter/<split>.jsonl`` (appended)."""
+    lines: Dict[str, List[str]] = {split: [] for split in shards}
     for split in shards:
-        lines = []
-        for path in staged_sink.match_files(os.path.join(
-                staged_sink.staging_path(staging_dir, staged_sink.DEAD_LETTER_DIR, split), "*.jsonl")):
+        for path in _staged_dead_letters(staging_dir, split):
             with open(path) as fh:
-                lines.extend(line.rstrip("\n") for line in fh if line.strip())
-        lines.extend(staged_sink.DeadLetter(split, "already in the index (remove it first to replace it)",
-                                            {"video_id": v.video_id, "entry_index": v.entry_index},
-                                            v.entry_index).to_json() for v in duplicates if v.split == split)
-        if lines:
+                lines[split].extend(line.rstrip("\n") for line in fh if line.strip())
+    for piece, reason in refused:
+        for split, entry in ((piece.split, piece.entry_index),) + tuple(piece.merged):
+            lines.setdefault(split, []).append(staged_sink.DeadLetter(
+                split, reason, {"video_id": piece.video_id, "entry_index": int(entry)}, int(entry)).to_json())
+    folder = os.path.join(index_dir, staged_sink.DEAD_LETTER_DIR)
+    for split, found in lines.items():
+        if found:
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, f"{split}.jsonl"), "a") as fh:
-                fh.write("\n".join(lines) + "\n")
+                fh.write("\n".join(found) + "\n")
 
 
 def report(summary: dict) -> str:
-    lines = [f"{JOB}: {s}: read {c['read']}, added {c['added']}, dead-lettered {c['dead_lettered']}"
-             for s, c in summary["counts"].items()]
-    lines.append(f"{JOB}: index {summary['index']} holds {summary['videos']} videos, {summary['windows']} windows; "
-                 f"{summary['seconds']} s ({summary['records_per_second']} records/s in the Beam job)")
+    """The lines `vreloc index build|add` prints: per split the records' fates, then what the index holds."""
+    lines = [f"{JOB}: {s}: read {c['read']} records: added {c['added']}, merged into another record's piece "
+             f"{c['merged']}, dead-lettered {c['dead_lettered']}" for s, c in summary["counts"].items()]
+    added = summary["added"]
+    lines.append(f"{JOB}: added {added['videos']} new videos in {added['pieces']} pieces ({added['windows']} windows); "
+                 f"the index {summary['index']} holds {summary['videos']} videos in {summary['pieces']} pieces, "
+                 f"{summary['windows']} windows, re-localized by {summary['relocalizer']}; {summary['seconds']} s "
+                 f"({summary['records_per_second']} records/s in the Beam job)")
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def test_nearest_windows_is_the_numpy_cosine_ranking(tmp_path):
     np.testing.assert_allclose(sims, (all_vectors @ q)[want], rtol=1e-5)
     np.testing.assert_array_equal(np.sort(ids), np.sort(want))  # window ids are global window numbers
     owners = index.windows(ids)["video"]
-    ids2, _ = index.nearest_windows(q, 10, exclude_videos=[int(owners[0])])
+    ids2, _ = index.nearest_windows(q, 10, exclude_pieces=[int(owners[0])])
     assert int(owners[0]) not in set(index.windows(ids2)["video"].tolist()) and len(ids2) == 10
 
 
@@ -99,11 +99,11 @@ def test_remove_drops_the_videos_windows_and_survives_reopen(tmp_path):
     b_windows = index.live_windows - sum(len(window_spans(n, SPEC.scales)) for n in (20, 12))
     assert index.remove(["a"]) == 2 and index.remove(["a"]) == 0
     again = LibraryIndex.open(str(tmp_path / "ix"))
-    assert again.live_videos == 1 and again.live_windows == again.faiss.ntotal == b_windows
-    assert again.live_video_numbers().tolist() == [1]
+    assert again.live_videos == again.live_pieces == 1 and again.live_windows == again.faiss.ntotal == b_windows
+    assert again.live_piece_numbers().tolist() == [1]
     ids, _ = again.nearest_windows(rng.normal(size=DIM).astype(np.float32), 50)
     assert set(again.windows(ids)["video"].tolist()) == {1}
-    assert again.live_keys() == {("b", "test", 1)}
+    assert again.live_video_ids() == {"b"} and again.live_spans(["a", "b"]) == {"b": [(10, 19)]}
     again.append([_video(rng, "a", 7, 0)])  # re-adding after a remove works
     assert LibraryIndex.open(str(tmp_path / "ix")).live_videos == 2
 
@@ -230,6 +230,173 @@ def test_search_reranks_ann_candidates_by_model_score(tmp_path):
     few = search(index, fake, Embedder(SPEC, DIM), rng.normal(size=(6, DIM)), top_k=3, candidates=500, rerank=2,
                  exclude_video_ids=["v5"])
     assert fake.calls[-1] == 2 and "v5" not in [h.video_id for h in few]
+
+
+# ---------------------------------------------------------------- one video, one item (#24)
+
+
+def _piece(vid, feats, window_start, entry=0, label=1, split="test"):
+    spans, vectors = Embedder(SPEC, DIM).windows(feats)
+    return VideoEmbedding(vid, split, entry, label, window_start, feats, spans, vectors, fps=25.0)
+
+
+def test_a_video_in_two_pieces_is_one_item_found_once_and_removed_whole(tmp_path):
+    from vreloc_tf.search.library import describe
+    from vreloc_tf.search.search import exhaustive, search
+
+    rng = np.random.default_rng(11)
+    feats = [rng.normal(size=(20, DIM)).astype(np.float32) for _ in range(5)]
+    for f in feats:
+        f[0, 0] = 0.0
+    feats[0][0, 0] = feats[1][0, 0] = 5.0  # both pieces of "a" score best
+    feats[2][0, 0] = 4.0
+    pieces = [_piece("a", feats[0], 0), _piece("a", feats[1], 60, entry=1), _piece("b", feats[2], 0, entry=2),
+              _piece("c", feats[3], 0, entry=3), _piece("d", feats[4], 0, entry=4)]
+    index = _index(tmp_path / "ix", pieces)
+    assert (index.live_videos, index.live_pieces) == (4, 5)
+    info = describe(LibraryIndex.open(str(tmp_path / "ix")))
+    assert (info["videos"], info["pieces"], info["windows"]) == (4, 5, index.live_windows)
+    fake = FakeRelocalizer(lambda first: first)
+    hits = search(index, fake, Embedder(SPEC, DIM), rng.normal(size=(6, DIM)), top_k=4, candidates=500, rerank=4)
+    assert [h.video_id for h in hits][:2] == ["a", "b"] and sorted(h.video_id for h in hits) == ["a", "b", "c", "d"]
+    assert fake.calls == [4]  # 4 videos re-localized, not 5 pieces
+    ex = exhaustive(index, fake, rng.normal(size=(6, DIM)), top_k=5)
+    assert [h.video_id for h in ex][:2] == ["a", "b"] and len(ex) == 4  # "a" once, though both pieces score 5
+    second = [h for h in exhaustive(index, fake, rng.normal(size=(6, DIM)), top_k=5, exclude_video_ids=["b"])]
+    assert [h.video_id for h in second][0] == "a" and "b" not in {h.video_id for h in second}
+    assert index.live_spans(["a"]) == {"a": [(0, 20), (60, 80)]}
+    assert index.remove(["a"]) == 2  # every piece
+    again = LibraryIndex.open(str(tmp_path / "ix"))
+    assert (again.live_videos, again.live_pieces) == (3, 3) and "a" not in again.live_video_ids()
+    again.append([_piece("b", feats[0], 100, entry=9)])  # one more piece of a video already there
+    assert (again.live_videos, again.live_pieces) == (3, 4)
+
+
+def test_frame_level_relocalizer_is_the_baseline_with_its_mean_similarity():
+    from vreloc_tf.baselines import frame_level_segment, frame_level_similarity
+    from vreloc_tf.contract import MAX_WINDOW
+    from vreloc_tf.search.relocalize import FrameLevelRelocalizer
+
+    rng = np.random.default_rng(12)
+    reloc = FrameLevelRelocalizer(DIM)
+    assert reloc.max_window == MAX_WINDOW and reloc.feature_dim == DIM and reloc.info["method"] == "frame-level"
+    query = rng.normal(size=(7, DIM))
+    spans = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (30, 7, 4, 90)]
+    start, end, score = reloc.locate(query, spans)
+    for span, s, e, sc in zip(spans, start, end, score):
+        assert (s, e) == frame_level_segment(query, span)
+        assert sc == pytest.approx(frame_level_similarity(query, span)[s:e].mean(), abs=1e-6)
+    assert reloc.locate(query, [])[0].shape == (0,)
+
+
+def test_frame_level_search_finds_a_planted_clip_without_a_model(tmp_path):
+    from vreloc_tf.search.search import open_search, search
+
+    rng = np.random.default_rng(13)
+    proto = rng.normal(size=DIM).astype(np.float32) * 3  # an action: its frames alike, plus noise
+    clip = proto + rng.normal(size=(12, DIM)).astype(np.float32)
+    pieces = []
+    for i in range(20):
+        feats = rng.normal(size=(int(rng.integers(40, 90)), DIM)).astype(np.float32)
+        if i == 7:
+            feats[30:42] = clip
+        pieces.append(_piece(f"v{i}", feats, 100, entry=i))
+    LibraryIndex.create(str(tmp_path / "ix"), DIM, SPEC, DIM, None).append(pieces)
+    index, reloc, embedder = open_search(str(tmp_path / "ix"))  # no model anywhere
+    assert index.relocalizer == "frame-level" and type(reloc).__name__ == "FrameLevelRelocalizer"
+    query = proto + rng.normal(size=(10, DIM)).astype(np.float32)  # another instance, another length
+    hits = search(index, reloc, embedder, query, top_k=3)
+    assert hits[0].video_id == "v7" and 130 <= hits[0].start_index < hits[0].end_index <= 142
+    assert hits[0].end_index - hits[0].start_index == 10  # frame-level: the query's length
+    assert hits[0].score > 0.7 > 0.5 > hits[1].score and len({h.video_id for h in hits}) == 3
+    with pytest.raises(IndexError_, match="records no model"):
+        LibraryIndex.create(str(tmp_path / "ix2"), DIM, SPEC, DIM, {"run": None}, relocalizer="model")
+        open_search(str(tmp_path / "ix2"))
+
+
+def _as_v1(path, pca_file=None):
+    """Rewrite an index's manifest as `vreloc-search-index/1` wrote it (one piece per record, counts
+    named videos, PCA as given, no re-localizer / feature spec)."""
+    import json
+
+    m = json.loads((path / "manifest.json").read_text())
+    v1 = {"format": "vreloc-search-index/1", "model": {"run": "/runs/old", "model_sha256": "0" * 64},
+          "feature_dim": m["feature_dim"], "pca": {"file": pca_file, "sha256": None}, "embedding": m["embedding"],
+          "index": m["index"],
+          "parts": [{"name": p["name"], "videos": p["pieces"], "windows": p["windows"], "steps": p["steps"],
+                     "first_video": p["first_piece"], "first_window": p["first_window"]} for p in m["parts"]],
+          "videos": m["pieces"], "windows": m["windows"], "removed_videos": m["removed_pieces"],
+          "live_videos": m["live_pieces"], "live_windows": m["live_windows"]}
+    (path / "manifest.json").write_text(json.dumps(v1))
+
+
+def test_an_index_built_before_items_were_videos_still_opens_and_searches(tmp_path, monkeypatch):
+    """A /1 index held one row per record (two rows for a two-instance video): it opens, counts distinct
+    videos, returns the video once, reads its PCA as given (relative to the current folder) and is
+    written as /2 by the next change."""
+    import json
+
+    from vreloc_tf.search.search import search
+
+    rng = np.random.default_rng(14)
+    shared = rng.normal(size=(40, DIM)).astype(np.float32)
+    shared[0, 0] = 9.0
+    pieces = [_piece("two", shared[:30], 0), _piece("two", shared[10:], 10, entry=1),
+              _piece("one", rng.normal(size=(25, DIM)).astype(np.float32), 0, entry=2)]
+    _index(tmp_path / "ix", pieces)
+    _as_v1(tmp_path / "ix", pca_file="extracted/pca.npz")
+    monkeypatch.chdir(tmp_path)
+    old = LibraryIndex.open(str(tmp_path / "ix"))
+    assert (old.live_videos, old.live_pieces, old.relocalizer, old.feature_spec) == (2, 3, "model", None)
+    assert old.format_on_disk == "vreloc-search-index/1"
+    assert old.pca_file == str(tmp_path / "extracted" / "pca.npz")
+    fake = FakeRelocalizer(lambda first: first)
+    hits = search(old, fake, Embedder(SPEC, DIM), shared[12:20], top_k=5, candidates=500)
+    assert [h.video_id for h in hits] == ["two", "one"]  # the two rows of "two" are one video
+    assert old.remove(["two"]) == 2
+    written = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert written["format"] == "vreloc-search-index/2" and written["live_videos"] == written["live_pieces"] == 1
+    assert written["pca"]["file"] == str(tmp_path / "extracted" / "pca.npz")
+    again = LibraryIndex.open(str(tmp_path / "ix"))
+    assert again.live_video_ids() == {"one"} and again.format_on_disk == "vreloc-search-index/2"
+
+
+def _spec(pca_file=None, pca_sha256=None, **kw):
+    from vreloc_tf.feature_spec import FeatureSpec
+
+    return FeatureSpec(**{"backbone": "c3d", "feature_dim": DIM, "raw_dim": 4096, "weights_sha256": "ab" * 32,
+                          "pca_file": pca_file, "pca_sha256": pca_sha256, "pca_components": DIM, **kw})
+
+
+@pytest.mark.parametrize("name", ["pca.npz", "PCA_activitynet_v1-3.hdf5"])
+def test_the_pca_is_copied_into_the_index_and_found_from_anywhere(tmp_path, monkeypatch, name):
+    import json
+    import shutil
+
+    from vreloc_tf.feature_spec import FeatureMismatchError
+    from vreloc_tf.files import file_sha256
+
+    os.makedirs(tmp_path / "data")
+    source = tmp_path / "data" / name
+    source.write_bytes(os.urandom(300))
+    spec = _spec(str(source), file_sha256(str(source)))
+    _index(tmp_path / "ix", [_video(np.random.default_rng(15), "a", 10)], features=spec)
+    copy = "pca.npz" if name.endswith(".npz") else "pca.hdf5"
+    assert (tmp_path / "ix" / copy).read_bytes() == source.read_bytes()
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["pca"]["file"] == manifest["features"]["pca_file"] == copy  # relative to the index folder
+    shutil.rmtree(tmp_path / "data")
+    shutil.move(str(tmp_path / "ix"), str(tmp_path / "moved"))
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    index = LibraryIndex.open("../moved")
+    assert index.pca_file == str(tmp_path / "moved" / copy) and os.path.isfile(index.pca_file)
+    assert index.feature_spec.pca_file == index.pca_file and index.feature_spec.pca_sha256 == spec.pca_sha256
+    assert index.feature_spec.weights_sha256 == spec.weights_sha256
+    other = tmp_path / "other.npz"
+    other.write_bytes(b"another PCA")
+    with pytest.raises(FeatureMismatchError, match="has sha256 .* but the data's features were made with a PCA"):
+        _index(tmp_path / "ix2", features=_spec(str(other), "cd" * 32))
 
 
 # ---------------------------------------------------------------- query files

@@ -88,3 +88,38 @@ def test_a_corrupt_index_never_serves(tmp_path, tiny_run):
         fh.truncate(40)
     with pytest.raises(IndexError_, match="truncated"):
         start_search_server(path, port=0)
+
+
+def test_an_index_built_without_a_model_serves_frame_level_results(tmp_path):
+    """No run anywhere: the service re-localizes with the frame-level method (scores are mean cosines)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from serving.search_service import start_search_server
+    from vreloc_tf.search.embedding import Embedder, EmbeddingSpec
+    from vreloc_tf.search.library import LibraryIndex, VideoEmbedding
+
+    rng = np.random.default_rng(1)
+    proto = rng.normal(size=TINY_DIM).astype(np.float32) * 3  # an action: its frames alike, plus noise
+    spec = EmbeddingSpec("raw", (8,))
+    index = LibraryIndex.create(str(tmp_path / "ix"), TINY_DIM, spec, TINY_DIM, None)
+    videos = []
+    for i in range(4):
+        feats = rng.normal(size=(30, TINY_DIM)).astype(np.float32)
+        if i == 1:
+            feats[5:15] += proto
+        videos.append(VideoEmbedding("same" if i < 2 else f"vid{i}", "test", i, -1, 40 * i, feats,
+                                     *Embedder(spec, TINY_DIM).windows(feats)))
+    index.append(videos)
+    server, port = start_search_server(str(tmp_path / "ix"), port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            resp = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                _request(proto + rng.normal(size=(10, TINY_DIM)), top_k=5), timeout=60)
+    finally:
+        server.stop(None)
+    ids = [v.decode() for v in tf.make_ndarray(resp.outputs["video_id"])]
+    score = tf.make_ndarray(resp.outputs["score"])
+    assert ids[0] == "same" and sorted(ids) == ["same", "vid2", "vid3"]  # two pieces of "same": one result
+    assert 40 + 3 <= tf.make_ndarray(resp.outputs["start_index"])[0] <= 40 + 7  # the planted [45, 55)
+    assert score[0] > 0.7 > score[1] and np.all(np.abs(score) <= 1.0 + 1e-6)

@@ -1,6 +1,10 @@
-"""`vreloc evaluate-search`: recall@1/5 and latency of library search vs the exhaustive model on a split.
+"""`vreloc evaluate-search`: recall@1/5 and latency of library search vs the exhaustive reference on a split.
 
     vreloc evaluate-search --index INDEX [--model RUN] --data DIR --split test --json F
+
+The re-localizer is the one `vreloc search` would use: ``--model RUN``, else the index's (its run's
+model, or, for an index built without ``--model``, the training-free frame-level method, for
+search and the exhaustive reference alike; ``relocalizer`` in the result says which).
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR
 
     parser.add_argument("--index", required=True, help="index of the split's videos (`vreloc index build --split`)")
-    parser.add_argument("--model", metavar="RUN", help="run folder (default: the model the index was built with)")
+    parser.add_argument("--model", metavar="RUN", help="run folder (default: the index's re-localizer: the model "
+                        "it was built with, or the frame-level method if none)")
     parser.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder the index was built from")
     parser.add_argument("--split", default="test")
     parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)

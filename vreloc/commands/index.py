@@ -1,10 +1,13 @@
 """`vreloc index build|add|remove|info`: the library index that `vreloc search` searches.
 
-    vreloc index build --data DIR [--split S ...] --model RUN --out INDEX [--embedding raw|encoder] [--runner R]
+    vreloc index build --data DIR [--split S ...] [--model RUN] --out INDEX [--embedding raw|encoder] [--runner R]
     vreloc index add --index INDEX --data DIR [--split S ...]
     vreloc index remove --index INDEX --video-id ID [ID ...]
     vreloc index info --index INDEX
 
+A library item is a video: the records of one video id are merged into one item (its pieces are
+the runs of the video the records cover). Without ``--model`` the index re-localizes with the
+training-free frame-level method (``raw`` embeddings only); `vreloc search` then needs no model.
 build/add run the Beam job pipeline.build_index; remove and info use vreloc_tf.search.library.
 """
 from __future__ import annotations
@@ -23,10 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="build an index from TFRecords (a Beam job)")
     build.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder (ingest or extract-video)")
     build.add_argument("--split", action="append", metavar="S", help="split(s) to index (default: all of --data)")
-    build.add_argument("--model", required=True, metavar="RUN", help="run folder whose model re-localizes")
+    build.add_argument("--model", metavar="RUN",
+                       help="run folder whose model re-localizes (default: none; the training-free frame-level "
+                            "method re-localizes, with --embedding raw)")
     build.add_argument("--out", required=True, metavar="INDEX", help="index folder")
     build.add_argument("--embedding", default=DEFAULT_KIND, choices=KINDS,
-                       help="window embeddings: raw features or the model's reference encoder (default %(default)s)")
+                       help="window embeddings: raw features or the model's reference encoder (needs --model; "
+                            "default %(default)s)")
     build.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES),
                        help="window lengths in feature steps (default %(default)s)")
     build.add_argument("--index-type", default="auto", choices=INDEX_TYPES,
@@ -38,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--data", required=True, metavar="DIR")
     add.add_argument("--split", action="append", metavar="S")
     add_beam_arguments(add)
-    remove = sub.add_parser("remove", help="remove videos (every entry of these video ids)")
+    remove = sub.add_parser("remove", help="remove videos (every piece of these video ids)")
     remove.add_argument("--index", required=True)
     remove.add_argument("--video-id", nargs="+", required=True)
     info = sub.add_parser("info", help="what an index holds")
@@ -63,16 +69,16 @@ def main(args: argparse.Namespace) -> int:
                                       scales=scales, index_type=args.index_type, runner=args.runner,
                                       beam_args=args.beam_args, overwrite=args.overwrite)
         else:
-            index = LibraryIndex.open(args.index)
-            summary = build_index.run(args.index, args.data, index.manifest["model"]["run"], args.split, add=True,
-                                      runner=args.runner, beam_args=args.beam_args)
+            summary = build_index.run(args.index, args.data, None, args.split, add=True, runner=args.runner,
+                                      beam_args=args.beam_args)
         print(build_index.report(summary))
         return 0
     index = LibraryIndex.open(args.index)
     if args.action == "remove":
-        n = index.remove(args.video_id)
-        print(f"index remove: removed {n} entries of {len(set(args.video_id))} video id(s); "
-              f"{index.live_videos} videos, {index.live_windows} windows left")
+        videos = len(index.live_video_ids(among=args.video_id))
+        pieces = index.remove(args.video_id)
+        print(f"index remove: removed {videos} of {len(set(args.video_id))} video id(s) given ({pieces} pieces); "
+              f"{index.live_videos} videos in {index.live_pieces} pieces, {index.live_windows} windows left")
         return 0
     print(json.dumps(describe(index), indent=2))
     return 0

@@ -1,9 +1,12 @@
-"""`vreloc search`: find a clip in a library index (ANN proposes, the model re-localizes and ranks).
+"""`vreloc search`: find a clip in a library index (ANN proposes, a re-localizer re-localizes and ranks).
 
     vreloc search --index INDEX --query CLIP.mp4|Q.npy [--model RUN] [--top-k K] [--json F]
 
-Prints one line per result; ``--json F`` writes the list of {video_id, start_index, end_index,
-start_seconds, end_seconds, score}, best first. A clip goes through `vreloc locate`'s feature path.
+Prints one line per result (one per video); ``--json F`` writes the list of {video_id, start_index,
+end_index, start_seconds, end_seconds, score}, best first. A clip goes through `vreloc locate`'s
+feature path, with the index's own copy of its PCA unless ``--pca``. The re-localizer: ``--model
+RUN`` if given, else the one the index was built for (its run's model, or the frame-level method
+for an index built without ``--model``; its score is then a mean cosine similarity).
 """
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--index", required=True, help="index folder (`vreloc index build`)")
     parser.add_argument("--query", required=True, metavar="CLIP.mp4|Q.npy", help="query clip or features [L, D]")
-    parser.add_argument("--model", metavar="RUN", help="run folder (default: the model the index was built with)")
+    parser.add_argument("--model", metavar="RUN", help="run folder whose model re-ranks (default: the index's "
+                        "re-localizer: the model it was built with, or the frame-level method if none)")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES,
                         help="nearest windows fetched from the ANN index (default %(default)s)")
     parser.add_argument("--rerank", type=int, default=DEFAULT_RERANK,
-                        help="videos the model re-localizes in (default %(default)s)")
+                        help="videos the re-localizer runs in (default %(default)s)")
     parser.add_argument("--span-factor", type=float, default=SPAN_FACTOR,
                         help="re-localize in this many query lengths around each candidate (default %(default)s)")
     parser.add_argument("--json", metavar="F", help="write the results as JSON")
@@ -43,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
     index, relocalizer, embedder = open_search(args.index, args.model)
-    pca = args.pca or (index.manifest.get("pca") or {}).get("file")
+    pca = args.pca or index.pca_file
     query = query_features(args.query, pca, args.c3d_weights, args.random_c3d, args.c3d_seed)
     hits = [h.to_json() for h in search(index, relocalizer, embedder, query, args.top_k, args.candidates, args.rerank,
                            span_factor=args.span_factor)]

@@ -25,7 +25,8 @@ BATCH = 10_000  # videos per appended part
 def generate_library(path: str, videos: int, dim: int, spec: EmbeddingSpec, seed: int = 0) -> LibraryIndex:
     """An index of ``videos`` random videos of 100-300 steps, appended in parts of BATCH."""
     rng = np.random.default_rng(seed)
-    index = LibraryIndex.create(path, dim, spec, dim, {"run": None, "generated": True}, overwrite=True)
+    index = LibraryIndex.create(path, dim, spec, dim, {"run": None, "generated": True}, overwrite=True,
+                                relocalizer="model")
     embedder = Embedder(spec, dim)
     for b0 in range(0, videos, BATCH):
         batch = []

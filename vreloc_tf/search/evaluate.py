@@ -1,10 +1,13 @@
 """Recall and latency of library search on a split (what `vreloc evaluate-search` runs).
 
 Every entry of the split with a ground truth is a query: its ground-truth clip, searched against
-the index (built from the split's videos) less the entries of its own source video. A hit@k: one
-of the top k results is a library entry of the query's class whose segment has IoU >= 0.5 with
-that entry's ground truth. The same queries go through :func:`vreloc_tf.search.search.exhaustive`
-(the model on every library video, no ANN): the reference recall and latency.
+the index (built from the split's videos) less its own source video. A hit@k: one of the top k
+results is a segment of a video that holds an instance of the query's class (an entry of the
+split) with IoU >= 0.5, both in the source video's feature steps (a library video is one item
+whatever number of entries it has). The same queries go through
+:func:`vreloc_tf.search.search.exhaustive` (the re-localizer on every library piece, no ANN): the
+reference recall and latency. The re-localizer is whatever :func:`vreloc_tf.search.search.open_search`
+gives: a model, or the frame-level method for an index built without one (``relocalizer`` in the result).
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from vreloc_tf.errors import InputError
 from vreloc_tf.metrics import temporal_iou
 from vreloc_tf.search.embedding import Embedder
 from vreloc_tf.search.library import LibraryIndex
-from vreloc_tf.search.relocalize import Relocalizer
 from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR, Hit, exhaustive, search
 
 LOG = logging.getLogger(__name__)
@@ -26,7 +28,8 @@ IOU_THRESHOLD = 0.5
 
 
 def load_queries(data_dir: str, split: str):
-    """(queries [(video_id, label, features)], truth {(split, entry_index): (label, gt_start, gt_end)})."""
+    """(queries [(video_id, label, features)], truth {video_id: [(label, start, end), ...]}), the truth's
+    segments in the source video's feature steps."""
     from vreloc_tf.entry_index import RecordReader, load_index
     from vreloc_tf.schema import decode_record
 
@@ -37,25 +40,27 @@ def load_queries(data_dir: str, split: str):
             g0, g1 = (int(v) for v in entries.groundtruth[row])
             if g0 < 0:
                 continue
-            truth[(split, int(entries.entry_index[row]))] = (int(entries.label[row]), g0, g1)
             rec = decode_record(reader.read(row))
+            w0 = int(rec.window[0])
+            truth.setdefault(rec.video_id, []).append((int(rec.label), w0 + g0, w0 + g1))
             queries.append((rec.video_id, rec.label, rec.features[g0:g1]))
     if not queries:
         raise InputError(f"split '{split}' of {data_dir} has no entries with a ground truth: nothing to query")
     return queries, truth
 
 
-def is_hit(index: LibraryIndex, hit: Hit, label: int, truth: Dict[Tuple[str, int], Tuple[int, int, int]]) -> bool:
-    video = index.video(hit.video_number)
-    known = truth.get((video.split, video.entry_index))
-    if known is None or known[0] != label:
+def is_hit(hit: Hit, label: int, truth: Dict[str, List[Tuple[int, int, int]]]) -> bool:
+    """Whether ``hit`` covers an instance of class ``label`` in its video with IoU >= IOU_THRESHOLD."""
+    known = [(s, e) for lab, s, e in truth.get(hit.video_id, ()) if lab == label]
+    if not known:
         return False
-    s, e = hit.start_index - hit.window_start, hit.end_index - hit.window_start
-    return float(temporal_iou(np.array([s]), np.array([e]), np.array([known[1]]), np.array([known[2]]))[0]) >= IOU_THRESHOLD
+    gs, ge = np.array(known, np.int64).T
+    iou = temporal_iou(np.full(len(gs), hit.start_index), np.full(len(gs), hit.end_index), gs, ge)
+    return float(np.max(iou)) >= IOU_THRESHOLD
 
 
-def _recall(hits: List[List[Hit]], labels, index, truth, k: int) -> float:
-    found = [any(is_hit(index, h, lab, truth) for h in hs[:k]) for hs, lab in zip(hits, labels)]
+def _recall(hits: List[List[Hit]], labels, truth, k: int) -> float:
+    found = [any(is_hit(h, lab, truth) for h in hs[:k]) for hs, lab in zip(hits, labels)]
     return float(np.mean(found)) if found else 0.0
 
 
@@ -64,7 +69,7 @@ def _ms(values) -> Tuple[float, float]:
     return round(float(np.percentile(a, 50)), 3), round(float(np.percentile(a, 99)), 3)
 
 
-def evaluate_search(index: LibraryIndex, relocalizer: Relocalizer, embedder: Embedder, data_dir: str,
+def evaluate_search(index: LibraryIndex, relocalizer, embedder: Embedder, data_dir: str,
                     split: str = "test", candidates: int = DEFAULT_CANDIDATES, rerank: int = DEFAULT_RERANK,
                     max_queries: Optional[int] = None, exhaustive_queries: Optional[int] = None,
                     progress: Optional[Callable[[str], None]] = None, span_factor: float = SPAN_FACTOR) -> dict:
@@ -106,17 +111,18 @@ def evaluate_search(index: LibraryIndex, relocalizer: Relocalizer, embedder: Emb
     ex_p50, _ = _ms(ex_times)
     common = [i for i in ex_picked if i in hits]
     return {
-        "queries": len(picked), "library_videos": index.live_videos, "library_windows": index.live_windows,
-        "recall_at_1": round(_recall([hits[i] for i in picked], [labels[i] for i in picked], index, truth, 1), 4),
-        "recall_at_5": round(_recall([hits[i] for i in picked], [labels[i] for i in picked], index, truth, 5), 4),
+        "queries": len(picked), "library_videos": index.live_videos, "library_pieces": index.live_pieces,
+        "library_windows": index.live_windows, "relocalizer": relocalizer.info.get("method", "model"),
+        "recall_at_1": round(_recall([hits[i] for i in picked], [labels[i] for i in picked], truth, 1), 4),
+        "recall_at_5": round(_recall([hits[i] for i in picked], [labels[i] for i in picked], truth, 5), 4),
         "exhaustive_recall_at_1": round(_recall([ex_hits[i] for i in ex_picked], [labels[i] for i in ex_picked],
-                                                index, truth, 1), 4),
+                                                truth, 1), 4),
         "exhaustive_recall_at_5": round(_recall([ex_hits[i] for i in ex_picked], [labels[i] for i in ex_picked],
-                                                index, truth, 5), 4),
+                                                truth, 5), 4),
         "p50_ms": p50, "p99_ms": p99, "exhaustive_p50_ms": ex_p50, "index_bytes": index.index_bytes(),
         "exhaustive_queries": len(ex_picked),
         "recall_at_1_on_exhaustive_queries": round(_recall([hits[i] for i in common], [labels[i] for i in common],
-                                                           index, truth, 1), 4),
+                                                           truth, 1), 4),
         "split": split, "candidates": candidates, "rerank": rerank, "span_factor": span_factor, "embedding": index.manifest["embedding"],
         "faiss": index.manifest["index"].get("built_type"),
     }

@@ -1,6 +1,14 @@
-"""The trained model run on one query and many reference spans at once: the re-ranking step of search.
+"""The re-localization step of search: one query against many reference spans at once.
 
-Why batched and bucketed: search re-localizes the query in ~10 candidate spans and the exhaustive
+Two re-localizers with one interface (``locate(query, spans) -> (start, end, score)`` arrays,
+``max_window``, ``feature_dim``, ``info``):
+
+* :class:`Relocalizer`: a trained run's model and its decoding rule (score: the decoded segment's
+  Eq.-20 value, or the weak rule's);
+* :class:`FrameLevelRelocalizer`: the training-free frame-level method (vreloc_tf.baselines), for an
+  index built without a model (score: the segment's mean cosine similarity to the query frames).
+
+Why the model is batched and bucketed: search re-localizes the query in ~10 candidate spans and the exhaustive
 reference in every library video; one model call per span would cost a Python round trip and a
 trace per new shape. Spans are padded to a multiple of ``LENGTH_BUCKET`` steps (the model masks
 padding, so results do not change: vreloc_tf.layers) and run ``batch_size`` at a time through one
@@ -14,9 +22,11 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from vreloc_tf.contract import MAX_WINDOW
 from vreloc_tf.files import file_sha256
 
 LENGTH_BUCKET = 32
+FRAME_LEVEL = "frame-level"
 
 
 def _bucket(n: int) -> int:
@@ -44,9 +54,9 @@ class Relocalizer:
 
         run = Run.open(run_dir)
         model, cfg = run.load_model(), run.config
-        info = {"run": os.path.abspath(run_dir), "model_sha256": file_sha256(run.checkpoint_file()),
-                "feature_dim": int(run.manifest.feature_dim), "decode": cfg.decode_rule,
-                "pca_file": run.manifest.pca_file}
+        info = {"method": "model", "run": os.path.abspath(run_dir),
+                "model_sha256": file_sha256(run.checkpoint_file()), "feature_dim": int(run.manifest.feature_dim),
+                "decode": cfg.decode_rule, "pca_file": run.manifest.pca_file, "features": run.manifest.features}
         return cls(model, cfg.decode_rule, cfg.decode_max_length, cfg.data.max_window,
                    int(run.manifest.feature_dim), info, batch_size)
 
@@ -79,3 +89,32 @@ class Relocalizer:
             start[rows], end[rows], score[rows] = s, e, sc
         return start, end, score
 
+
+
+class FrameLevelRelocalizer:
+    """The training-free frame-level method (Feng et al.'s baseline, vreloc_tf.baselines) as a re-localizer.
+
+    Per span: each reference step's mean cosine similarity to the query steps; the segment is the
+    window of the query's length (at most the span's) with the highest mean, earliest on a tie
+    (exactly :func:`vreloc_tf.baselines.frame_level_segment`); its score is that mean, in [-1, 1].
+    ``max_window``: the contract's MAX_WINDOW, so search cuts spans as it does for a model.
+    """
+
+    def __init__(self, feature_dim: int):
+        self.feature_dim, self.max_window = int(feature_dim), int(MAX_WINDOW)
+        self.info = {"method": FRAME_LEVEL, "feature_dim": self.feature_dim}
+
+    def locate(self, query: np.ndarray, spans: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, score) arrays [N]: the frame-level segment (relative to each span) and its mean similarity."""
+        from vreloc_tf.baselines import frame_level_similarity
+
+        n = len(spans)
+        start, end, score = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32)
+        for i, span in enumerate(spans):
+            a = frame_level_similarity(query, np.asarray(span))  # [L]
+            width = min(len(query), len(a))
+            cum = np.concatenate([[0.0], np.cumsum(a)])
+            means = (cum[width:] - cum[:-width]) / width
+            s = int(np.argmax(means))
+            start[i], end[i], score[i] = s, s + width, means[s]
+        return start, end, score

@@ -1,15 +1,20 @@
-"""Search a library for a query: ANN over window vectors proposes, the model re-localizes and ranks.
+"""Search a library for a query: ANN over window vectors proposes, a re-localizer re-localizes and ranks.
 
 1. The query's vector (vreloc_tf.search.embedding) meets every window of the library in the FAISS
-   index; the ``candidates`` nearest windows are grouped by video (each video keeps its best window).
-2. For the best ``rerank`` videos, the model runs on the candidate window's surrounding span of its
-   video: ``span_factor`` query lengths (at least ``MIN_SPAN``, at most the model's training window
-   ``max_window``) centred on the window, cut to the video. Why not always ``max_window``: the
+   index; the ``candidates`` nearest windows are grouped by video id (each video keeps its best
+   window, whichever of its pieces it lies in).
+2. For the best ``rerank`` videos, the re-localizer runs on the candidate window's surrounding span
+   of its piece: ``span_factor`` query lengths (at least ``MIN_SPAN``, at most the re-localizer's
+   ``max_window``) centred on the window, cut to the piece. Why not always ``max_window``: the
    model's LSTMs run step by step, so a span's cost grows with its length, not with the batch.
-3. Results are ranked by the model's score (the decoded segment's Eq.-20 value), best first.
+3. Results are ranked by the re-localizer's score, best first, one per video.
 
-:func:`exhaustive` is the reference without ANN: the model on every library video (cut into
-``max_window`` spans overlapping by half), ranked the same way.
+The re-localizer (vreloc_tf.search.relocalize) is the trained model of a run (score: the decoded
+segment's Eq.-20 value) or, for an index built without a model, the training-free frame-level
+method (score: the segment's mean cosine similarity to the query); :func:`open_search` picks it.
+
+:func:`exhaustive` is the reference without ANN: the re-localizer on every live piece (cut into
+``max_window`` spans overlapping by half), ranked the same way (one result per video).
 """
 from __future__ import annotations
 
@@ -18,16 +23,17 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from vreloc_tf.contract import reference_windows
+from vreloc_tf.feature_spec import FeatureSpec
 from vreloc_tf.search.embedding import Embedder
 from vreloc_tf.search.library import IndexError_, LibraryIndex
-from vreloc_tf.contract import reference_windows
-from vreloc_tf.search.relocalize import Relocalizer
+from vreloc_tf.search.relocalize import FrameLevelRelocalizer, Relocalizer
 
 DEFAULT_TOP_K = 5
 DEFAULT_CANDIDATES = 200  # nearest windows fetched from FAISS
-DEFAULT_RERANK = 10  # distinct videos the model re-localizes in
+DEFAULT_RERANK = 10  # distinct videos the re-localizer runs in
 SPAN_FACTOR = 4  # a candidate's span: this many query lengths around the window ...
-MIN_SPAN = 64  # ... but at least this many steps, and at most the model's max_window
+MIN_SPAN = 64  # ... but at least this many steps, and at most the re-localizer's max_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +45,9 @@ class Hit:
     end_index: int  # exclusive
     start_seconds: Optional[float]
     end_seconds: Optional[float]
-    score: float
-    video_number: int  # the library's own number of the video (entry), for evaluation
-    window_start: int  # where the library video's features start in the source video
+    score: float  # the re-localizer's: the model's Eq.-20 value, or the frame-level mean cosine similarity
+    video_number: int  # the library's own number of the piece the segment lies in
+    window_start: int  # where that piece's features start in the source video
 
     def to_json(self) -> dict:
         """The result object of the issue's JSON output."""
@@ -60,17 +66,19 @@ def _hits(index: LibraryIndex, numbers: Sequence[int], offsets: Sequence[int], s
 
 
 def _best_per_video(hits: List[Hit], top_k: int) -> List[Hit]:
+    """The best hit of each video id (pieces of one video compete), best first; ties by piece and start."""
     hits = sorted(hits, key=lambda h: (-h.score, h.video_number, h.start_index))
     seen, out = set(), []
     for h in hits:
-        if h.video_number not in seen:
-            seen.add(h.video_number)
+        if h.video_id not in seen:
+            seen.add(h.video_id)
             out.append(h)
     return out[:top_k]
 
 
-def check_ready(index: LibraryIndex, relocalizer: Relocalizer) -> None:
-    """Refuse a model of another feature dim, and encoder embeddings from another model."""
+def check_ready(index: LibraryIndex, relocalizer) -> None:
+    """Refuse a re-localizer of another feature dim, encoder embeddings without the model that made
+    them, and a model trained on features made otherwise than the index's (FeatureSpec)."""
     if relocalizer.feature_dim != index.feature_dim:
         raise IndexError_(f"the model takes {relocalizer.feature_dim}-d features but the index {index.path} "
                           f"holds {index.feature_dim}-d features")
@@ -78,19 +86,26 @@ def check_ready(index: LibraryIndex, relocalizer: Relocalizer) -> None:
     if index.embedding.kind == "encoder" and built.get("model_sha256") != relocalizer.info.get("model_sha256"):
         raise IndexError_(f"the index {index.path} holds encoder embeddings of the model {built.get('run')}; "
                           f"search it with that model (or rebuild the index with this one)")
+    trained_on = relocalizer.info.get("features")
+    if trained_on is not None:
+        FeatureSpec.from_json(trained_on, f"the model {relocalizer.info.get('run')}").check_same(
+            index.feature_spec, f"the model {relocalizer.info.get('run')}", f"the index {index.path}",
+            "search it with a model trained on features like the index's")
 
 
-def search(index: LibraryIndex, relocalizer: Relocalizer, embedder: Embedder, query: np.ndarray,
+def search(index: LibraryIndex, relocalizer, embedder: Embedder, query: np.ndarray,
            top_k: int = DEFAULT_TOP_K, candidates: int = DEFAULT_CANDIDATES, rerank: int = DEFAULT_RERANK,
            exclude_video_ids: Sequence[str] = (), span_factor: float = SPAN_FACTOR) -> List[Hit]:
-    """The ``top_k`` best segments for ``query`` [Lq, D] (see the module docstring)."""
+    """The ``top_k`` best segments for ``query`` [Lq, D], one per video (see the module docstring)."""
     vector = embedder.query(query)
-    exclude = index.video_numbers_of(exclude_video_ids) if len(exclude_video_ids) else ()
+    exclude = index.piece_numbers_of(exclude_video_ids) if len(exclude_video_ids) else ()
     ids, _ = index.nearest_windows(vector, max(candidates, rerank), exclude)
     rows = index.windows(ids)
-    numbers, centres = [], []
-    for r in rows:  # nearest first: each video keeps its best window
-        if int(r["video"]) not in numbers:
+    seen, numbers, centres = set(), [], []
+    for r in rows:  # nearest first: each video keeps its best window (in whichever piece)
+        video_id = index.video_id_of(int(r["video"]))
+        if video_id not in seen:
+            seen.add(video_id)
             numbers.append(int(r["video"]))
             centres.append((int(r["start"]) + int(r["end"])) // 2)
             if len(numbers) == rerank:
@@ -106,14 +121,14 @@ def search(index: LibraryIndex, relocalizer: Relocalizer, embedder: Embedder, qu
     return _best_per_video(_hits(index, numbers, offsets, start, end, score), top_k)
 
 
-def exhaustive(index: LibraryIndex, relocalizer: Relocalizer, query: np.ndarray, top_k: int = DEFAULT_TOP_K,
+def exhaustive(index: LibraryIndex, relocalizer, query: np.ndarray, top_k: int = DEFAULT_TOP_K,
                exclude_video_ids: Sequence[str] = ()) -> List[Hit]:
-    """The model on every live library video (no ANN), ranked by its score; best segment per video."""
-    if index.live_videos == 0:
+    """The re-localizer on every live piece (no ANN), ranked by its score; best segment per video."""
+    if index.live_pieces == 0:
         raise IndexError_(f"the index {index.path} holds no videos; add some with `vreloc index add`")
-    numbers = index.live_video_numbers()
+    numbers = index.live_piece_numbers()
     if len(exclude_video_ids):
-        numbers = numbers[~np.isin(numbers, index.video_numbers_of(exclude_video_ids))]
+        numbers = numbers[~np.isin(numbers, index.piece_numbers_of(exclude_video_ids))]
     spans, owners, offsets = [], [], []
     for number in numbers:
         feats = index.video(int(number)).features
@@ -126,13 +141,17 @@ def exhaustive(index: LibraryIndex, relocalizer: Relocalizer, query: np.ndarray,
 
 
 def open_search(index_dir: str, model: Optional[str] = None, batch_size: int = 64):
-    """(index, relocalizer, embedder) ready to search: the index checked on open, the model
-    (default: the one the index was built with) checked against it."""
+    """(index, relocalizer, embedder) ready to search: the index checked on open, and its re-localizer:
+    the model of ``model`` if given, else the one the index was built for (its run's model, or the
+    frame-level method for an index built without a model), checked against the index."""
     index = LibraryIndex.open(index_dir)
-    run_dir = model or (index.manifest.get("model") or {}).get("run")
-    if not run_dir:
-        raise IndexError_(f"the index {index_dir} records no model; pass --model RUN")
-    relocalizer = Relocalizer.from_run(run_dir, batch_size)
+    if model is None and index.relocalizer == "frame-level":
+        relocalizer = FrameLevelRelocalizer(index.feature_dim)
+    else:
+        run_dir = model or index.model_run
+        if not run_dir:
+            raise IndexError_(f"the index {index_dir} records no model; pass --model RUN")
+        relocalizer = Relocalizer.from_run(run_dir, batch_size)
     check_ready(index, relocalizer)
     encoder = relocalizer.encoder() if index.embedding.kind == "encoder" else None
     embedder = Embedder(index.embedding, index.feature_dim, encoder)
