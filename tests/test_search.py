@@ -402,25 +402,39 @@ def test_the_pca_is_copied_into_the_index_and_found_from_anywhere(tmp_path, monk
 # ---------------------------------------------------------------- query files
 
 
-def test_query_file_npy_and_clip_take_locates_feature_path(tmp_path):
-    """A .npy is read as [L, D]; a video clip goes through `vreloc locate`'s extraction (same features)."""
+def test_query_file_npy_and_clip_take_the_index_features_path(tmp_path):
+    """A .npy is read as [L, D]; a video clip is made into features like the index's (vreloc/features.py)."""
+    import dataclasses
+
     from helpers.videos import colour_video
+    from pipeline.backbones import BackboneOptions
+    from vreloc.features import extract, recipe_like
     from vreloc.library_search import query_features
-    from vreloc.locate import _extractor, extract_features
+    from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
+
+    @dataclasses.dataclass
+    class Index:  # what query_features reads of a LibraryIndex
+        path: str
+        feature_spec: object
+        pca_file: object = None
 
     np.save(tmp_path / "q.npy", np.ones((4, DIM), np.float64))
-    got = query_features(str(tmp_path / "q.npy"))
+    got = query_features(str(tmp_path / "q.npy"), Index("idx", None))
     assert got.dtype == np.float32 and got.shape == (4, DIM)
     np.save(tmp_path / "bad.npy", np.ones(3))
     with pytest.raises(InputError, match="expected features"):
-        query_features(str(tmp_path / "bad.npy"))
+        query_features(str(tmp_path / "bad.npy"), Index("idx", None))
     clip = colour_video(str(tmp_path / "clip.mp4"), 48, 25.0, seed=0)
-    with pytest.raises(InputError, match="--c3d-weights"):
-        query_features(clip)
-    feats = query_features(clip, random_c3d=True)
-    want, _ = extract_features(clip, _extractor(None, 0), None)
+    with pytest.raises(InputError, match="does not record how its features were made"):
+        query_features(clip, Index("idx", None))  # an index from before feature specs, and no flags
+    spec = FeatureSpec(backbone="c3d", feature_dim=4096, raw_dim=4096, random_seed=0, frames_per_feature=16,
+                       mean="per-channel BGR mean (104, 117, 128)")
+    feats = query_features(clip, Index("idx", spec))  # the index names its backbone: no flags needed
+    want, _ = extract(recipe_like(None, "flags", BackboneOptions(random_seed=0)), clip)
     np.testing.assert_array_equal(feats, want)
     assert feats.shape == (3, 4096)
+    with pytest.raises(FeatureMismatchError, match="RANDOM .seed 0. vs RANDOM .seed 1."):
+        query_features(clip, Index("idx", spec), BackboneOptions(random_seed=1))
 
 
 def test_search_modules_keep_the_layering():

@@ -32,7 +32,7 @@ def query_features(path: str, index, backbone: Optional[BackboneOptions] = None,
 
     spec = index.feature_spec
     if spec is None and pca_file is None:
-        pca_file = (index.manifest.get("pca") or {}).get("file")
+        pca_file = index.pca_file
     recipe = recipe_like(spec, f"the index {index.path}", backbone, pca_file)
     feats, _ = extract(recipe, path, desc="query")
     return feats

@@ -3,14 +3,17 @@
     vreloc search --index INDEX --query CLIP.mp4|Q.npy [--model RUN] [--top-k K] [--json F]
 
 Prints one line per result (one per video); ``--json F`` writes the list of {video_id, start_index,
-end_index, start_seconds, end_seconds, score}, best first. A clip goes through `vreloc locate`'s
-feature path, with the index's own copy of its PCA unless ``--pca``. The re-localizer: ``--model
+end_index, start_seconds, end_seconds, score}, best first. A clip is made into features exactly like
+the index's (its recorded backbone, weights, frame rate and its own copy of the PCA; vreloc/features.py):
+backbone flags are needed only where the index cannot name them. The re-localizer: ``--model
 RUN`` if given, else the one the index was built for (its run's model, or the frame-level method
 for an index built without ``--model``; its score is then a mean cosine similarity).
 """
 from __future__ import annotations
 
 import argparse
+
+from vreloc.backbone_args import add_backbone_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--span-factor", type=float, default=SPAN_FACTOR,
                         help="re-localize in this many query lengths around each candidate (default %(default)s)")
     parser.add_argument("--json", metavar="F", help="write the results as JSON")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--c3d-weights", metavar="FILE", help="Sports-1M C3D weights, for a video query")
-    weights.add_argument("--random-c3d", action="store_true", help="random C3D weights (tests and demos only)")
-    parser.add_argument("--c3d-seed", type=int, default=0)
-    parser.add_argument("--pca", metavar="FILE", help="PCA of a video query's fc7 (default: the index's)")
+    add_backbone_arguments(parser, default_from="--index")
+    parser.add_argument("--pca", metavar="FILE", help="PCA for a video query's features (default: the index's)")
 
 
 def main(args: argparse.Namespace) -> int:
     import json
 
+    from vreloc import backbone_args
+    from vreloc.features import default_options
     from vreloc.library_search import query_features
     from vreloc_tf.errors import InputError
     from vreloc_tf.files import write_json_atomic
@@ -47,8 +49,9 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
     index, relocalizer, embedder = open_search(args.index, args.model)
-    pca = args.pca or index.pca_file
-    query = query_features(args.query, pca, args.c3d_weights, args.random_c3d, args.c3d_seed)
+    backbone = backbone_args.options_from_args(args, default_options(index.feature_spec)) \
+        if backbone_args.given(args) else None
+    query = query_features(args.query, index, backbone, args.pca)
     hits = [h.to_json() for h in search(index, relocalizer, embedder, query, args.top_k, args.candidates, args.rerank,
                            span_factor=args.span_factor)]
     for rank, h in enumerate(hits, 1):
