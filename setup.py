@@ -17,8 +17,12 @@ setup(
     version=VERSION,
     description="Weakly/fully supervised video re-localization (Huang et al., AAAI 2020) on TensorFlow/Keras",
     python_requires=">=3.11",
-    packages=find_packages(include=["vreloc", "vreloc.*", "vreloc_tf", "vreloc_tf.*", "pipeline", "pipeline.*", "serving", "serving.*"]),
-    package_data={"serving": ["*.yaml", "*.yml", "*.config", "*.md", "k8s/*.yaml"]},
+    # configs/*.yaml stay at the top of the repository and install as the data package vreloc_tf/configs
+    # (where vreloc_tf.config looks first; a checkout or editable install reads configs/ itself).
+    packages=find_packages(include=["vreloc", "vreloc.*", "vreloc_tf", "vreloc_tf.*", "pipeline", "pipeline.*", "serving", "serving.*"])
+    + ["vreloc_tf.configs"],
+    package_dir={"vreloc_tf.configs": "configs"},
+    package_data={"serving": ["*.yaml", "*.yml", "*.config", "*.md", "k8s/*.yaml"], "vreloc_tf.configs": ["*.yaml"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",

@@ -7,15 +7,22 @@ identical ``PipelineOptions`` from them.
 
 Runners
 -------
-``--runner`` defaults to the DirectRunner; jobs with a lot of data switch it to
-multi-process mode (``--direct_running_mode=multi_processing
---direct_num_workers=<cores - 1>``) on machines with at least 4 cores, unless
-those options are given (on 2 cores it measured no faster, see
-:func:`pipeline_options`).
+``--runner`` defaults to the DirectRunner, and ``DirectRunner`` (default or given)
+names ``InProcessDirectRunner`` here: Beam's DirectRunner (``SwitchingDirectRunner``)
+first tries its Prism runner, which downloads a Prism binary from GitHub on first use
+(offline: a failed download, a stack of log lines, then the fallback); ours goes
+straight to the fallback, the in-process FnApiRunner (BundleBasedDirectRunner where
+the FnApiRunner cannot run a pipeline). ``--runner PrismRunner`` asks for Prism, and
+``--runner apache_beam.runners.direct.direct_runner.DirectRunner`` for Beam's own.
+Jobs with a lot of data switch the DirectRunner to multi-process mode
+(``--direct_running_mode=multi_processing --direct_num_workers=<cores - 1>``) on
+machines with at least 4 cores, unless those options are given (on 2 cores it
+measured no faster, see :func:`pipeline_options`).
 ``--runner DaskRunner`` is mapped to
 ``apache_beam.runners.dask.dask_runner.DaskRunner`` (pass
 ``--dask_client_address=tcp://HOST:8786`` for an existing cluster). Every other
-argument that a job does not know is passed to Beam as a pipeline option, e.g.
+argument that a job does not know is passed to Beam as a pipeline option (unless
+it looks like a typo, see :func:`add_beam_arguments`), e.g.
 on Dataflow (``--setup_file`` ships ``vreloc_tf`` and ``pipeline`` to the
 workers; the input files must be on GCS)::
 
@@ -36,15 +43,20 @@ workers; the input files must be on GCS)::
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import logging
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 DEFAULT_RUNNER = "DirectRunner"
+IN_PROCESS_RUNNER = "pipeline.options.InProcessDirectRunner"
 RUNNER_ALIASES = {
+    "DirectRunner": IN_PROCESS_RUNNER,
     "DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner",
 }
 MULTIPROCESS_MIN_CORES = 4
+TYPO_CUTOFF = 0.75  # difflib ratio (dashes stripped) above which an unknown flag is taken for a typo
 
 
 class _NoOptionalClientNotice(logging.Filter):
@@ -66,24 +78,99 @@ logging.getLogger("apache_beam.io.gcp.bigquery").setLevel(logging.WARNING)
 
 
 def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--runner`` plus a catch-all: every argument the job does not know goes to Beam.
+    """``--runner`` plus a catch-all: the job's unknown arguments go to Beam, unless they look like typos.
 
     The ``vreloc`` CLI parses with ``parse_args``, which rejects unknown options;
     the subcommand's parser therefore keeps its unknown arguments in
-    ``args.beam_args`` instead of handing them back as errors.
+    ``args.beam_args`` instead of handing them back as errors. Which unknown flags
+    pass (values that follow a flag go with it):
+
+    * a flag Beam's ``PipelineOptions`` define, those of the chosen runner included
+      (``--direct_num_workers=2``, ``--project X``, ``--dask_client_address=...``), passes;
+    * else a flag close to one of the job's own flags or to a Beam option is a typo:
+      ``unrecognized arguments: --ovewrite (did you mean --overwrite?)``, exit 2 --
+      passed on, Beam would drop it with a warning and the job would run without it;
+    * else it passes: a runner such as Dataflow forwards options the Python SDK does
+      not define to its service (Beam warns ``Unparseable argument`` if none does);
+    * a single-dash flag is an error (Beam drops those).
     """
     parser.add_argument("--runner", default=DEFAULT_RUNNER,
-                        help="Beam runner: DirectRunner (default), DaskRunner, DataflowRunner, FlinkRunner, ... "
-                             "Any other unknown option is passed to Beam as a pipeline option.")
+                        help="Beam runner: DirectRunner (default: in process, never Prism), DaskRunner, DataflowRunner, "
+                             "FlinkRunner, ... Any other unknown option is passed to Beam as a pipeline option.")
     parser.set_defaults(beam_args=[])
     original = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
         ns, extras = original(args, namespace)
+        wrong = beam_arg_typos(parser, getattr(ns, "runner", DEFAULT_RUNNER), extras)
+        if wrong:
+            parser.error("unrecognized arguments: " + ", ".join(wrong))
         ns.beam_args = list(getattr(ns, "beam_args", []) or []) + list(extras)
         return ns, []
 
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _is_flag(token: str) -> bool:
+    if not token.startswith("-") or len(token) < 2:
+        return False
+    try:
+        float(token)
+        return False
+    except ValueError:
+        return True
+
+
+def _closest(name: str, candidates: Sequence[str]) -> Optional[str]:
+    by_bare = {c.lstrip("-"): c for c in candidates}
+    match = difflib.get_close_matches(name.lstrip("-"), list(by_bare), n=1, cutoff=TYPO_CUTOFF)
+    return by_bare[match[0]] if match else None
+
+
+def beam_arg_typos(parser: argparse.ArgumentParser, runner: str, extras: Sequence[str]) -> List[str]:
+    """The unknown flags of ``extras`` that must not go to Beam, each with its suggestion (see add_beam_arguments)."""
+    flags = [t for t in extras if _is_flag(t)]
+    if not flags:
+        return []
+    beam = beam_option_names(runner)
+    if beam is None:  # Beam's options could not be listed: everything passes, as before
+        return []
+    own = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    wrong = []
+    for token in flags:
+        name = token.split("=", 1)[0]
+        if not token.startswith("--"):
+            wrong.append(f"{token} (Beam takes --name flags only)")
+        elif name not in beam:
+            match = _closest(name, own) or _closest(name, sorted(beam))
+            if match:
+                wrong.append(f"{token} (did you mean {match}?)")
+    return wrong
+
+
+def beam_option_names(runner: str) -> Optional[set]:
+    """Every flag Beam's ``PipelineOptions`` parse, with the options module of ``runner`` loaded; None if unknowable.
+
+    Beam finds its options as the subclasses of ``PipelineOptions`` that are imported, and a
+    runner's own (DaskRunner's ``--dask_client_address``) live in the runner's module."""
+    try:
+        from apache_beam.options import pipeline_options as po
+
+        path = resolve_runner(runner)
+        if "." not in path:
+            known = {p.rsplit(".", 1)[-1].lower(): p for p in po.StandardOptions.ALL_KNOWN_RUNNERS}
+            path = known.get(path.lower(), known.get(path.lower() + "runner", ""))
+        if "." in path:
+            try:
+                importlib.import_module(path.rsplit(".", 1)[0])
+            except ImportError:
+                pass
+        beam_parser = po._BeamArgumentParser(allow_abbrev=False)
+        for cls in {str(c): c for c in po.PipelineOptions.__subclasses__()}.values():
+            cls._add_argparse_args(beam_parser)
+        return {s for action in beam_parser._actions for s in action.option_strings}
+    except Exception:  # private Beam API (Beam 2.77): if it moved, judge nothing
+        return None
 
 
 def enable_progress_logging() -> None:
@@ -99,12 +186,45 @@ def enable_progress_logging() -> None:
 
 
 def resolve_runner(name: str) -> str:
-    """Map short runner names Beam cannot resolve on its own to their full import path."""
+    """Map short runner names to the import path we mean by them (``DirectRunner``: in process, see above)."""
     return RUNNER_ALIASES.get(name, name)
 
 
 def is_direct_runner(runner: str) -> bool:
-    return resolve_runner(runner).split(".")[-1] in ("DirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
+    return resolve_runner(runner).split(".")[-1] in (
+        "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner", "InProcessDirectRunner")
+
+
+_IN_PROCESS_RUNNER_CLASS = None
+
+
+def __getattr__(name: str):
+    """``pipeline.options.InProcessDirectRunner``, made on first use: Beam imports only when a job runs."""
+    if name == "InProcessDirectRunner":
+        return _in_process_runner_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _in_process_runner_class():
+    global _IN_PROCESS_RUNNER_CLASS
+    if _IN_PROCESS_RUNNER_CLASS is None:
+        from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+
+        class InProcessDirectRunner(SwitchingDirectRunner):
+            """Beam's DirectRunner without its first try, the Prism runner (and Prism's download).
+
+            ``SwitchingDirectRunner`` skips Prism for an interactive pipeline (Beam 2.77:
+            ``_is_interactive`` is read for that alone) and then picks the FnApiRunner, with
+            the pipeline options in its provision info (the multi-process workers read them),
+            or the BundleBasedDirectRunner for what the FnApiRunner cannot run.
+            tests/test_beam_runner.py checks that no download is attempted.
+            """
+
+            _is_interactive = True
+
+        InProcessDirectRunner.__module__, InProcessDirectRunner.__qualname__ = __name__, "InProcessDirectRunner"
+        _IN_PROCESS_RUNNER_CLASS = InProcessDirectRunner
+    return _IN_PROCESS_RUNNER_CLASS
 
 
 def pipeline_options(runner: str, beam_args: Sequence[str], multiprocess: bool = False, cores: Optional[int] = None):

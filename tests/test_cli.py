@@ -63,18 +63,19 @@ def test_internal_error_exits_1_without_traceback(monkeypatch, capsys):
 def _vreloc(*args, env_extra=None):
     import os
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
+    env = {k: v for k, v in os.environ.items() if k not in cli.QUIET_ENV}  # the CLI's own quiet defaults
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "vreloc", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 
 def _one_error_line(proc, command):
-    """Exit 2, no traceback, and exactly one line of ours on stderr: the last one."""
+    """Exit 2, no traceback, and one line of ours that is all of stderr (no library start-up lines before it)."""
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    ours = [line for line in proc.stderr.splitlines() if line.startswith(f"vreloc {command}:")]
-    assert len(ours) == 1 and proc.stderr.strip().splitlines()[-1] == ours[0], proc.stderr[-2000:]
-    return ours[0]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vreloc {command}: error: "), proc.stderr[-2000:]
+    return lines[0]
 
 
 def test_train_with_a_missing_data_folder_is_one_line(tmp_path):
@@ -96,3 +97,54 @@ def test_evaluate_with_a_corrupt_pair_file_is_one_line(tmp_path, tiny_run):
     bad.write_bytes(b"\x00\x01 not json")
     line = _one_error_line(_vreloc("evaluate", "--model", tiny_run, "--pairs", str(bad)), "evaluate")
     assert line.startswith(f"vreloc evaluate: error: {bad}: not a valid pair list")
+
+
+# -- typos: one line, exit 2, the closest flag, command, choice or config ---------------------------------
+
+def _argument_error(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(list(argv))
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_an_unknown_flag_names_the_closest_one(capsys):
+    assert _argument_error(capsys, "search", "--index", "i", "--query", "q.npy", "--topk", "3") == \
+        "vreloc search: error: unrecognized arguments: --topk (did you mean --top-k?)"
+    assert _argument_error(capsys, "search", "--topk", "3") == (
+        "vreloc search: error: unrecognized arguments: --topk (did you mean --top-k?); "
+        "the following arguments are required: --index, --query")
+    assert _argument_error(capsys, "search", "--index", "i", "--qurey", "q.npy") == (
+        "vreloc search: error: unrecognized arguments: --qurey (did you mean --query?); "
+        "the following arguments are required: --query")
+    assert _argument_error(capsys, "search", "--index", "i", "--query", "q", "--zzz") == \
+        "vreloc search: error: unrecognized arguments: --zzz"
+
+
+def test_an_unknown_command_or_choice_names_the_closest_one(capsys):
+    assert _argument_error(capsys, "serach", "--top-k", "3") == \
+        "vreloc: error: argument COMMAND: invalid choice: 'serach' (did you mean search?)"
+    assert _argument_error(capsys, "index", "buidl") == \
+        "vreloc index: error: argument ACTION: invalid choice: 'buidl' (did you mean build?)"
+    assert _argument_error(capsys, "baseline", "--method", "alll", "--data", "d") == \
+        "vreloc baseline: error: argument --method: invalid choice: 'alll' (did you mean all?)"
+    assert _argument_error(capsys, "index", "zzz").startswith(
+        "vreloc index: error: argument ACTION: invalid choice: 'zzz' (choose from ")
+
+
+def test_nested_commands_take_the_common_options_too():
+    args = cli.build_parser("index").parse_args(["index", "build", "-v", "--debug", "--data", "d", "--model", "m",
+                                                 "--out", "o"])
+    assert args.verbose == 1 and args.debug and args.beam_args == []
+
+
+def test_config_typos_name_the_closest_key_and_config(capsys, tmp_path):
+    assert cli.main(["train", "--config", "tni", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == ("vreloc train: error: config file not found: 'tni' (did you mean tiny? "
+                                               "shipped configs: cgbm, paper_full, paper_weak, tiny)")
+    assert cli.main(["train", "--config", "tiny", "--set", "train.step=5", "--data", str(tmp_path),
+                     "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "vreloc train: error: --set 'train.step=5': unknown key 'train.step' (did you mean train.steps?)"

@@ -130,3 +130,54 @@ def test_a_config_error_is_an_input_error():
 
     with pytest.raises(InputError, match="model.hidden_dim.*int"):
         load_config("tiny", ["model.hidden_dim=abc"])
+
+
+# -- suggestions and resolution from any folder (issue #24) ----------------------------------------------
+
+def test_unknown_keys_name_the_closest_key():
+    for override, hint in [("train.step=5", "'train.step' (did you mean train.steps?)"),
+                           ("trian.steps=5", "'trian' (did you mean train?)"),
+                           ("model.cgbm.memdim=3", "'model.cgbm.memdim' (did you mean model.cgbm.memory_dim?)")]:
+        with pytest.raises(ConfigError) as err:
+            load_config("tiny", [override])
+        assert str(err.value) == f"--set {override!r}: unknown key {hint}"
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.zzz' \(known keys of train: batch_size, .*steps"):
+        load_config("tiny", ["train.zzz=1"])
+
+
+def test_unknown_key_in_a_file_names_the_closest_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  heads:\n    - {heads: 8, kernal_size: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(err.value) == (f"{path}: unknown key 'model.heads[0].kernal_size' "
+                              f"(did you mean model.heads[0].kernel_size?)")
+
+
+def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
+    from vreloc_tf.config import CONFIG_DIR, resolve_config_path, shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped_configs() == ["cgbm", "paper_full", "paper_weak", "tiny"]
+    shipped = os.path.join(CONFIG_DIR, "tiny.yaml")
+    for name in ("tiny", "tiny.yaml", "configs/tiny.yaml", "./configs/tiny.yaml"):
+        assert resolve_config_path(name) == shipped, name
+    assert load_config("configs/tiny.yaml").to_dict() == load_config("tiny").to_dict()
+    # a file that exists where it is named always wins over the shipped one
+    os.makedirs("configs")
+    with open(os.path.join("configs", "tiny.yaml"), "w") as fh:
+        fh.write("train:\n  steps: 7\n")
+    assert resolve_config_path("configs/tiny.yaml") == "configs/tiny.yaml"
+    assert load_config("configs/tiny.yaml").train.steps == 7 and load_config("tiny").train.steps != 7
+
+
+def test_an_unknown_config_name_names_the_closest_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("tni", "configs/tni.yaml", "paper_ful"):
+        with pytest.raises(ConfigError) as err:
+            load_config(name)
+        want = "tiny" if "tni" in name else "paper_full"
+        assert str(err.value) == (f"config file not found: {name!r} (did you mean {want}? "
+                                  f"shipped configs: cgbm, paper_full, paper_weak, tiny)")
+    with pytest.raises(ConfigError, match=r"not found: 'elsewhere/x\.yaml' \(shipped configs: cgbm"):
+        load_config("elsewhere/x.yaml")

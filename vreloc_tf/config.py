@@ -12,6 +12,7 @@ weakly supervised twin.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -24,11 +25,23 @@ import yaml
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The shipped configs: the repository's top-level configs/ (a checkout, an editable install), which a
+# wheel installs as the data package vreloc_tf/configs (setup.py's package_dir); the first that exists.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG_DIRS = (os.path.join(_HERE, "configs"), os.path.join(os.path.dirname(_HERE), "configs"))
+CONFIG_DIR = next((d for d in CONFIG_DIRS if os.path.isdir(d)), CONFIG_DIRS[-1])
 
 
 class ConfigError(InputError):
     """A configuration file or override is wrong; the message names the key and the source."""
+
+
+def _unknown_key_hint(key: str, names, parent: str) -> str:
+    """``(did you mean train.steps?)`` for the closest known key (difflib), else the known keys of the section."""
+    match = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.6)
+    if match:
+        return f"(did you mean {parent + '.' if parent else ''}{match[0]}?)"
+    return f"(known keys{' of ' + parent if parent else ''}: {', '.join(sorted(names))})"
 
 
 @dataclass
@@ -290,7 +303,7 @@ def _build(cls: type, data: dict, prefix: str, source: str):
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"{source}: unknown key '{where}' (known keys: {', '.join(sorted(names))})")
+            raise ConfigError(f"{source}: unknown key '{where}' {_unknown_key_hint(key, names, prefix)}")
         kwargs[key] = _convert(value, hints[key], where, source)
     return cls(**kwargs)
 
@@ -327,7 +340,8 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         for depth, key in enumerate(keys):
             names = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
             if key not in names:
-                raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(keys[:depth + 1])}'")
+                hint = _unknown_key_hint(key, names, ".".join(keys[:depth]))
+                raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(keys[:depth + 1])}' {hint}")
             if depth == len(keys) - 1:
                 node[key] = value
             else:
@@ -353,13 +367,31 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
+def shipped_configs() -> List[str]:
+    """The names of the configs that ship with the package (``tiny``, ``paper_full``, ...)."""
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(name[:-len(".yaml")] for name in os.listdir(CONFIG_DIR) if name.endswith(".yaml"))
+
+
 def resolve_config_path(path: str) -> str:
-    if os.path.exists(path):
+    """The config file ``path`` names, from any folder: a file that exists there always wins; else
+    ``tiny``, ``tiny.yaml`` and ``configs/tiny.yaml`` name the shipped one (CONFIG_DIR)."""
+    if os.path.isfile(path):
         return path
-    candidate = os.path.join(CONFIG_DIR, path if path.endswith(".yaml") else f"{path}.yaml")
-    if os.path.exists(candidate):
-        return candidate
-    raise ConfigError(f"config file not found: {path!r} (also looked for {candidate})")
+    folder, name = os.path.split(os.path.normpath(path))
+    stem = name[:-len(".yaml")] if name.endswith(".yaml") else name
+    if folder in ("", "configs") and not os.path.isdir(path):
+        candidate = os.path.join(CONFIG_DIR, f"{stem}.yaml")
+        if os.path.isfile(candidate):
+            return candidate
+    names = shipped_configs()
+    match = difflib.get_close_matches(stem, names, n=1, cutoff=0.5)
+    shipped = f"shipped configs: {', '.join(names)}" if names else f"no shipped configs in {CONFIG_DIR}"
+    hint = f"did you mean {match[0]}? {shipped}" if match else shipped
+    if os.path.isdir(path):
+        raise ConfigError(f"config {path!r} is a folder, not a YAML file ({hint})")
+    raise ConfigError(f"config file not found: {path!r} ({hint})")
 
 
 def save_config(cfg: Config, path: str) -> None:
