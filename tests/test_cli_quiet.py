@@ -52,7 +52,7 @@ def _ingest(src, out, *extra):
 def test_a_beam_and_tensorflow_command_prints_only_its_own_lines(tiny_synth, tmp_path):
     proc = _ingest(tiny_synth, str(tmp_path / "data"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "87 records" in proc.stdout or "records in" in proc.stdout, proc.stdout
+    assert " records in " in proc.stdout, proc.stdout  # the job ran to its summary
     lines = proc.stderr.splitlines()
     assert lines, "the job's own progress lines are gone"
     assert [l for l in lines if NOISE.search(l)] == [], proc.stderr[-3000:]
