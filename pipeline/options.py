@@ -36,7 +36,7 @@ workers; the input files must be on GCS)::
 
     vreloc extract-video --videos 'gs://BUCKET/videos/*.mp4' \\
         --annotations gs://BUCKET/videos/annotations.json \\
-        --c3d-weights gs://BUCKET/models/c3d_sports1m.h5 --out gs://BUCKET/vreloc/videos \\
+        --weights gs://BUCKET/models/sports1M_weights_tf.h5 --out gs://BUCKET/vreloc/videos \\
         --runner DataflowRunner --project PROJECT --region us-central1 \\
         --temp_location gs://BUCKET/tmp --setup_file ./setup.py
 """

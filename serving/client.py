@@ -90,13 +90,15 @@ def parse_response(response, single: bool) -> Dict[str, object]:
 def predict(server: str, query, reference, model_name: str = sig.DEFAULT_MODEL_NAME, timeout: float = 10.0, *,
             query_length=None, reference_length=None, version: Optional[int] = None,
             version_label: Optional[str] = None, tls_ca: Optional[str] = None,
-            tls_server_name: Optional[str] = None, channel=None) -> Dict[str, object]:
+            tls_server_name: Optional[str] = None, channel=None, wait_for_ready: bool = False) -> Dict[str, object]:
     """Send one pair ([Lq, D], [Lr, D]) or a padded batch to ``server`` (HOST:PORT); the decoded segment.
 
     Returns {"start", "end" (exclusive), "score", "probabilities", "model_name", "version"}:
     Python scalars and an [Lr, 4] array for one pair, arrays for a batch. Raises
     grpc.RpcError (with .code() and .details()) when the server refuses the request.
     ``channel`` reuses an open channel (see :func:`open_channel`) instead of opening one.
+    ``wait_for_ready``: a server that is not listening yet is waited for (up to ``timeout``)
+    instead of failing at once with UNAVAILABLE (gRPC's wait-for-ready semantics).
     """
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -107,7 +109,7 @@ def predict(server: str, query, reference, model_name: str = sig.DEFAULT_MODEL_N
     channel = channel or open_channel(server, tls_ca, tls_server_name)
     try:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Predict(request, timeout=timeout)
+        response = stub.Predict(request, timeout=timeout, wait_for_ready=wait_for_ready)
     finally:
         if own:
             channel.close()

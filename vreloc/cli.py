@@ -41,7 +41,7 @@ from vreloc_tf.errors import InputError
 COMMANDS = {
     "synth": "write a synthetic ActivityNet-format dataset (HDF5 + split JSONs)",
     "ingest-activitynet": "Beam job: ActivityNet C3D HDF5 + split JSONs -> sharded TFRecords",
-    "extract-video": "Beam job: raw videos -> C3D -> PCA -> sharded TFRecords",
+    "extract-video": "Beam job: raw videos (annotated, or a plain folder) -> a backbone -> PCA -> sharded TFRecords",
     "train": "train a model with model.fit under MirroredStrategy (full or weak supervision)",
     "evaluate": "score a trained model on a fixed pair list (mAP@1 at IoU 0.5..0.9)",
     "baseline": "score the random / statistical-prior / frame-level baselines",
@@ -49,6 +49,7 @@ COMMANDS = {
     "serve": "serve exported models over TF Serving's gRPC API",
     "query": "send a query/reference pair to a gRPC server and print the segment",
     "locate": "find a query clip in a long reference video file",
+    "features": "write a video's (or a cut's) features as .npy, made like a data folder's, run's, export's or index's",
     "visualize": "plot multiscale attention maps and probabilities (paper Figure 4)",
     "pipeline": "run the whole job: features -> train -> evaluate -> push",
     "bench": "measure throughput and latency of every stage",

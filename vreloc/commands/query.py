@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=None, help="model_spec.version (default: the highest served)")
     parser.add_argument("--version-label", default=None, help="model_spec.version_label, e.g. stable or canary")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
+    parser.add_argument("--wait-for-server", action="store_true",
+                        help="wait (within --timeout) for a server that is still starting, instead of failing")
     parser.add_argument("--frames-per-feature", type=int, default=None,
                         help=f"frames per feature ({FRAMES_PER_FEATURE} for C3D, 1 for CLIP's sampled frames); "
                              f"with --fps (CLIP: the sampling rate), also print seconds")
@@ -61,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = predict(args.server, query, reference, args.model_name, args.timeout,
                          version=args.version, version_label=args.version_label, tls_ca=args.tls_ca,
-                         tls_server_name=args.tls_server_name)
+                         tls_server_name=args.tls_server_name, wait_for_ready=args.wait_for_server)
     except grpc.RpcError as exc:
         hint = " (is a server listening there?)" if exc.code() == grpc.StatusCode.UNAVAILABLE else ""
         raise RequestRefused(f"{args.server} answered {exc.code().name}: {exc.details()}{hint}") from None
