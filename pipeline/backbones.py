@@ -203,12 +203,17 @@ class C3DBackbone(Backbone):
         expected = max(0, ((min(stop, info.n_frames) if stop is not None else info.n_frames) - first)) // 16
         counts: dict = {}
         feats = []
-        with progress.bar(total=expected, desc=desc or os.path.basename(path), unit="clip") as bar:
-            for batch in video.iter_clips(path, counts=counts, frames=(first, stop)):
-                feats.append(self.extractor(batch))
-                bar.update(len(batch))
-        if not feats:
-            raise video.VideoError(path, f"the cut [{start}, {end}) s holds fewer than 16 frames")
+        cut = start is not None or end is not None
+        try:
+            with progress.bar(total=expected, desc=desc or os.path.basename(path), unit="clip") as bar:
+                for batch in video.iter_clips(path, counts=counts, frames=(first, stop)):
+                    feats.append(self.extractor(batch))
+                    bar.update(len(batch))
+        except video.VideoError as exc:
+            if cut and exc.reason.startswith("video has"):  # say it of the cut, not of the whole video
+                raise video.VideoError(path, exc.reason.replace("video has", f"the cut [{start}, {end}) s has", 1)) \
+                    from None
+            raise
         return Extracted(np.concatenate(feats), float(info.fps), FRAMES_PER_FEATURE, float(info.fps),
                          int(counts["frames"]), first / info.fps)
 

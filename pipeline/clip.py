@@ -118,6 +118,15 @@ def random_clip(seed: int = 0):
     return model, image_converter()
 
 
+def check_preset_folder(preset: str) -> None:
+    """A local preset folder must hold the files keras-hub reads (ClipWeightsError naming the missing ones)."""
+    if os.path.isdir(preset):
+        missing = [f for f in ("config.json", "model.weights.h5", "image_converter.json")
+                   if not os.path.exists(os.path.join(preset, f))]
+        if missing:
+            raise ClipWeightsError(f"--weights {preset}: not a keras-hub preset folder (missing {', '.join(missing)})")
+
+
 def load_preset(preset: str):
     """(backbone, image converter) of a keras-hub preset handle or local preset folder.
 
@@ -125,11 +134,7 @@ def load_preset(preset: str):
     """
     import keras_hub
 
-    if os.path.isdir(preset):
-        missing = [f for f in ("config.json", "model.weights.h5", "image_converter.json")
-                   if not os.path.exists(os.path.join(preset, f))]
-        if missing:
-            raise ClipWeightsError(f"--weights {preset}: not a keras-hub preset folder (missing {', '.join(missing)})")
+    check_preset_folder(preset)
     try:
         model = keras_hub.models.Backbone.from_preset(preset)
         converter = keras_hub.layers.ImageConverter.from_preset(preset)
@@ -147,6 +152,7 @@ def load_preset(preset: str):
 
 def preset_weights_file(preset: str) -> str:
     """The local path of a preset's ``model.weights.h5`` (downloading the preset if it is a handle)."""
+    check_preset_folder(preset)
     if os.path.isdir(preset):
         return os.path.join(preset, "model.weights.h5")
     from keras_hub.src.utils.preset_utils import get_file

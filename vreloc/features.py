@@ -106,9 +106,10 @@ class Recipe:
     spec: FeatureSpec  # what these options and this PCA make
 
     def pca(self):
+        """The PCA, cut to the spec's components (ActivityNet's file holds 4,096; its features use 500)."""
         from pipeline.pca import PCA
 
-        return PCA.load(self.pca_file) if self.pca_file else None
+        return PCA.load(self.pca_file, n_components=self.spec.pca_components) if self.pca_file else None
 
 
 def default_options(spec: Optional[FeatureSpec]) -> Optional[BackboneOptions]:
