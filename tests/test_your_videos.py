@@ -98,6 +98,9 @@ def test_a_plain_folder_of_real_clips_becomes_a_library_searched_from_another_fo
     assert iou((top["start_seconds"], top["end_seconds"]), QUERY_SECONDS) >= 0.5, top
     q = np.load(elsewhere / "q.npy")
     assert q.dtype == np.float32 and q.shape == (6, 16)  # 3 s at 2 frames/s, 16 PCA components
+    wrong = vreloc("index", "build", "--data", str(data), "--split", "library", "--out", "IDX2", "--backbone", "c3d",
+                   cwd=elsewhere, check=False)  # --backbone on index build is what the data must have been made with
+    assert wrong.returncode == 2 and "--backbone c3d: --data" in wrong.stderr and "holds clip" in wrong.stderr
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["features"]["backbone"] == "clip" and manifest["features"]["sample_fps"] == 2.0
     assert manifest["pca_file"] == "pca.npz"  # relative to the data folder: the folder can move

@@ -13,6 +13,8 @@ build/add run the Beam job pipeline.build_index; remove and info use vreloc_tf.s
 from __future__ import annotations
 
 import argparse
+
+from pipeline.backbones import BACKBONES
 import json
 
 from pipeline.options import add_beam_arguments
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--index-type", default="auto", choices=INDEX_TYPES,
                        help="FAISS index: flat (exact), ivf, or auto (flat below 200k windows)")
     build.add_argument("--overwrite", action="store_true", help="replace an index in --out")
+    build.add_argument("--backbone", choices=BACKBONES, default=None,
+                       help="the backbone --data's features must come from (checked against its manifest)")
     add_beam_arguments(build)
     add = sub.add_parser("add", help="append the videos of a data folder to an index (no rebuild)")
     add.add_argument("--index", required=True)
@@ -51,6 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--index", required=True)
 
 
+def check_backbone(data_dir: str, backbone) -> None:
+    """``--backbone``: refuse a data folder whose features another backbone made."""
+    from vreloc_tf.artifacts import Dataset
+    from vreloc_tf.feature_spec import FeatureMismatchError
+
+    if backbone is None:
+        return
+    spec = Dataset.open(data_dir).feature_spec
+    if spec is None:
+        raise FeatureMismatchError(f"--backbone {backbone}: --data {data_dir} does not record which backbone made its "
+                                   f"features (written before feature specs); drop --backbone or extract it again")
+    if spec.backbone != backbone:
+        raise FeatureMismatchError(f"--backbone {backbone}: --data {data_dir} holds {spec.summary()}")
+
+
 def main(args: argparse.Namespace) -> int:
     from vreloc_tf.errors import InputError
     from vreloc_tf.search.library import LibraryIndex, describe
@@ -61,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
 
         enable_progress_logging()
         if args.action == "build":
+            check_backbone(args.data, args.backbone)
             try:
                 scales = [int(s) for s in args.scales.split(",") if s.strip()]
             except ValueError:
