@@ -2,8 +2,8 @@
 
 Random weights (the speed does not depend on their values) and random uint8 clips go
 through :class:`pipeline.c3d.C3DExtractor`, the path ``vreloc extract-video`` uses.
-One warm-up batch (tracing, allocation) is not timed. ``vreloc bench`` calls
-:func:`measure_c3d_clips_per_s`.
+One warm-up batch (tracing, allocation) is not timed. ``vreloc bench`` times every backbone
+against the matmul rate of the same process instead (:mod:`pipeline.bench_backbones`).
 """
 from __future__ import annotations
 

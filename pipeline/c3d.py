@@ -317,6 +317,10 @@ class C3DExtractor:
         self.mean = load_mean(mean)
         mean_t = tf.constant(self.mean)
 
+        # Measured on a 2-core AVX-512 CPU (docs/BENCHMARKS.md, "Backbones"): TensorFlow's oneDNN Conv3D
+        # runs this at ~1.1x the dense matmul rate per CPU-second, flat from batch 4 up. XLA
+        # (jit_compile=True) was 3x slower (its CPU Conv3D), and neither channels-first, plain tf.nn ops
+        # in place of the Keras layers, nor conv1 as a 2-D convolution on time-stacked frames was faster.
         @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)], jit_compile=False)
         def features(clips):
             return model(preprocess_clips(clips, mean_t), training=False)

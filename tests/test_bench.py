@@ -10,7 +10,10 @@ PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "i
             "latency_ms_by_lr",
             "decode_ms_lr1000", "ingest.records_per_s", "c3d.clips_per_s", "peak_rss_mb.train",
             "peak_rss_mb.serve", "cgbm.train.pairs_per_s", "cgbm.inference.p50_ms", "cgbm.inference.p99_ms",
-            "cgbm.parameters"]
+            "cgbm.parameters", "backbones.c3d.seconds_per_video_minute", "backbones.clip.seconds_per_video_minute",
+            "backbones.c3d.fraction_of_matmul", "backbones.clip.fraction_of_matmul", "backbones.clip_over_c3d",
+            "backbones.c3d.gflops_per_s", "backbones.clip.gflops_per_s",
+            "backbones.decode.c3d_seconds_per_video_minute", "backbones.decode.clip_seconds_per_video_minute"]
 
 
 def _get(doc, dotted):
@@ -53,3 +56,41 @@ def test_grpc_ratios_are_taken_within_the_grpc_part():
     assert abs(g["requests_per_s_over_one_at_a_time"] - 80.0 * 30.0 / 1000.0) < 1e-12
     text = bench.format_report(bench.summarize(raw, "tiny", True))
     assert "gRPC / compiled model, p50      1.50" in text and "(2.40 x one at a time)" in text
+
+
+def test_backbones_part_reports_compute_per_video_minute_against_the_same_process_matmul():
+    """Tiny batches (one clip, one frame, one round): the figures' keys and their arithmetic, no speed thresholds."""
+    from pipeline.backbones import BackboneOptions, open_backbone
+    from pipeline.bench_backbones import measure_backbones
+
+    assert "backbones" in bench.DEFAULT_PARTS and "c3d" not in bench.PARTS
+    raw = measure_backbones(batch_sizes={"c3d": 1, "clip": 1}, batches=1, rounds=1, matmul_repeats=1)
+    assert len(raw["matmul_gflops"]) == 2 and all(v > 0 for v in raw["matmul_gflops"])
+    for name, per_minute in (("c3d", 60 * 25 / 16), ("clip", 60 * 0.5)):
+        b = raw[name]
+        bb = open_backbone(BackboneOptions(name=name, random_seed=0, batch_size=1))
+        assert b["batch_size"] == 1 and b["features_per_s"] > 0
+        assert b["features_per_video_minute"] == per_minute == bb.features_per_minute(25.0)
+        assert abs(b["seconds_per_video_minute"] - per_minute / b["features_per_s"]) < 1e-9 * per_minute
+        assert abs(b["gflops_per_s"] - b["features_per_s"] * bb.gflops_per_feature) < 1e-6 * b["gflops_per_s"]
+        assert abs(b["fraction_of_matmul"] - b["gflops_per_s"] / max(raw["matmul_gflops"])) < 1e-9
+        assert b["fraction_of_matmul_per_cpu_second"] > 0
+        assert b["end_to_end_seconds_per_video_minute"] > b["seconds_per_video_minute"]
+    assert raw["c3d"]["input_shape"] == [16, 112, 112, 3] and raw["clip"]["input_shape"] == [360, 640, 3]
+    c3d_s, clip_s = raw["c3d"]["seconds_per_video_minute"], raw["clip"]["seconds_per_video_minute"]
+    assert abs(raw["clip_over_c3d"] - clip_s / c3d_s) < 1e-12
+    assert abs(raw["clip_over_c3d_analytic"] - 30 * 8.81762304 / (93.75 * 77.09392896)) < 1e-6  # 1/27.3
+    d = raw["decode"]
+    assert d["video"] == "bikes.mp4" and d["seconds_of_video"] == 10.0
+    assert d["c3d"]["seconds_per_video_minute"] == d["c3d"]["seconds"] * 6 > 0 and d["clip"]["seconds"] > 0
+
+    result = bench.summarize({"backbones": raw}, "tiny", True)
+    b = result["backbones"]
+    assert b["c3d"]["seconds_per_video_minute"] == raw["c3d"]["seconds_per_video_minute"]
+    assert b["clip_over_c3d"] == raw["clip_over_c3d"] and result["c3d"]["clips_per_s"] == raw["c3d"]["features_per_s"]
+    assert b["decode"]["clip_seconds_per_video_minute"] == d["clip"]["seconds_per_video_minute"]
+    text = bench.format_report(result)
+    for label in ("c3d compute per video minute", "clip compute per video minute", "c3d GFLOP/s, share of matmul",
+                  "clip / c3d, compute per minute", "matmul in the same process", "PyAV decode, per video minute",
+                  "NOT backbone compute", "decode + compute, per minute"):
+        assert label in text, label

@@ -18,7 +18,10 @@ decode         Eq. 20 decoding of one Lr = 1000 sequence (NumPy twin and in-grap
 grpc           Predict p50/p99 in process and over gRPC, requests/s with 8 clients
 ingest         ingest-activitynet records/s (full: the benchmark geometry at D = 500;
                --quick: the small synthetic dataset)
-c3d            C3D fc7 clips/s on the CPU
+backbones      per video backbone (c3d, clip; random weights, real input shapes): features/s,
+               GFLOP/s, seconds of compute per minute of 25-fps video and the share of the matmul
+               rate measured in the same process, interleaved (pipeline.bench_backbones); clip /
+               c3d; PyAV decode time per minute of video, labelled apart (not backbone compute)
 cgbm_train     Feng et al.'s CGBM (the config + vreloc_tf.config.CGBM_METHOD: model.cgbm's
                sizes, Feng's loss): training pairs/s as train1, beside ours
 cgbm_inference CGBM single-pair p50/p99 as inference (Lq 16, Lr 300)
@@ -44,7 +47,7 @@ import numpy as np
 
 from vreloc_tf.model_bench import PAPER_SHAPES as SHAPES
 
-PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "c3d", "cgbm_train",
+PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "backbones", "cgbm_train",
          "cgbm_inference", "search")
 DEFAULT_PARTS = PARTS[:-1]  # search builds a 100k-video library: only with --only search
 LR_SWEEP = (100, 300, 1000, 3000)
@@ -204,10 +207,37 @@ def part_cgbm_inference(cfg, quick: bool, config: str) -> dict:
     return {**out, "peak_rss_mb": _peak_rss_mb()}
 
 
-def part_c3d(cfg, quick: bool, config: str) -> dict:
-    from pipeline.bench_c3d import measure_c3d_clips_per_s
+def part_backbones(cfg, quick: bool, config: str) -> dict:
+    """Each backbone at its default batch (c3d 8 clips, clip 16 frames of 640x360), matmul interleaved."""
+    from pipeline.bench_backbones import measure_backbones
 
-    return measure_c3d_clips_per_s(batch_size=8, batches=2 if quick else 4)
+    out = measure_backbones(batches=1 if quick else 2, rounds=1 if quick else 3, matmul_repeats=3 if quick else 5)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+_BACKBONE_KEYS = ("seconds_per_video_minute", "seconds_per_video_minute_range", "features_per_s", "gflops_per_s",
+                  "gflop_per_feature", "gflop_per_video_minute", "fraction_of_matmul", "fraction_of_matmul_range",
+                  "fraction_of_matmul_per_cpu_second", "batch_size", "end_to_end_seconds_per_video_minute")
+
+
+def _backbones_summary(b: Optional[dict]) -> dict:
+    """``backbones.*`` of the report: every promised key, None where the part did not run."""
+    b = b if b and "error" not in b else {}
+    decode = b.get("decode") or {}
+    return {
+        **{name: {k: (b.get(name) or {}).get(k) for k in _BACKBONE_KEYS} for name in ("c3d", "clip")},
+        "clip_over_c3d": b.get("clip_over_c3d"),
+        "clip_over_c3d_analytic": b.get("clip_over_c3d_analytic"),
+        "clip_over_c3d_end_to_end": b.get("clip_over_c3d_end_to_end"),
+        "video_fps": b.get("video_fps"),
+        "matmul_gflops": b.get("matmul_gflops"),
+        "matmul_rule": b.get("matmul_rule"),
+        "decode": {"video": decode.get("video"),
+                   "c3d_seconds_per_video_minute": (decode.get("c3d") or {}).get("seconds_per_video_minute"),
+                   "clip_seconds_per_video_minute": (decode.get("clip") or {}).get("seconds_per_video_minute")},
+        "conditions": b.get("conditions"),
+    }
 
 
 # -- the driver ------------------------------------------------------------------------
@@ -301,7 +331,8 @@ def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
         "decode_graph_ms_lr1000": get("decode", "decode_graph_ms_lr1000"),
         "ingest": {"records_per_s": get("ingest", "records_per_s"), "records": get("ingest", "records"),
                    "seconds": get("ingest", "seconds")},
-        "c3d": {"clips_per_s": get("c3d", "clips_per_s")},
+        "backbones": _backbones_summary(raw.get("backbones")),
+        "c3d": {"clips_per_s": (get("backbones", "c3d") or {}).get("features_per_s")},  # = backbones.c3d.features_per_s
         "cgbm": {"parameters": get("cgbm_train", "parameters"),
                  "train": {"pairs_per_s": get("cgbm_train", "pairs_per_s"),
                            "gflop_per_pair": get("cgbm_train", "gflop_per_pair")},
@@ -350,7 +381,7 @@ def format_report(r: dict) -> str:
         f"{f(r['decode_graph_ms_lr1000'], '{:.2f}')} ms in graph",
         f"  ingest-activitynet              {f(r['ingest']['records_per_s'])} records/s "
         f"({r['ingest']['records']} records in {f(r['ingest']['seconds'])} s)",
-        f"  C3D fc7                         {f(r['c3d']['clips_per_s'], '{:.2f}')} clips/s",
+        *_backbone_lines(r),
         f"  CGBM (Feng et al.), training    {f(r['cgbm']['train']['pairs_per_s'])} pairs/s  (1 device; ours "
         f"{f(t['pairs_per_s'])})",
         f"  CGBM inference, one pair        p50 {f(r['cgbm']['inference']['p50_ms'], '{:.2f}')} ms  "
@@ -372,6 +403,16 @@ def format_report(r: dict) -> str:
     for part, err in r["errors"].items():
         lines.append(f"  ERROR in {part}: {err}")
     return "\n".join(lines)
+
+
+def _backbone_lines(r: dict) -> List[str]:
+    from pipeline.bench_backbones import format_lines
+
+    raw = (r.get("raw") or {}).get("backbones")
+    if raw and "error" not in raw:
+        return ["  backbones (random weights, real input shapes; matmul measured in the same process)"] \
+            + format_lines(raw, indent="    ", column=38)
+    return ["  backbones                       n/a s per minute of video (part not run)"]
 
 
 def _part_main(argv: Optional[List[str]] = None) -> int:
