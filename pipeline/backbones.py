@@ -10,17 +10,18 @@ derive from the options (weights checksum, frame rate) and the PCA.
 ==========  ==========================================  ======================  ===============
 backbone    network, weights                            index space             raw dim, cost
 ==========  ==========================================  ======================  ===============
-``c3d``     Sports-1M C3D fc7 (pipeline/c3d.py), Keras  one feature per 16      4096-d, 38.5
+``c3d``     Sports-1M C3D fc7 (pipeline/c3d.py), Keras  one feature per 16      4096-d, 77.1
             HDF5 weights loaded by layer name with      frames (the video's     GFLOP per clip
             every shape checked                         own rate)
 ``clip``    keras-hub CLIP image encoder                one frame every         512-d (ViT-B/32),
-            (pipeline/clip.py), a preset handle or      ``1 / sample_fps`` s    4.4 GFLOP per
+            (pipeline/clip.py), a preset handle or      ``1 / sample_fps`` s    8.8 GFLOP per
             folder; L2-normalized embeddings            (default 0.5 fps)       frame
 ==========  ==========================================  ======================  ===============
 
 Either way, feature ``k`` covers seconds ``[k * frames_per_feature / fps, (k + 1) * ...)``
 (``fps`` = the video's rate for C3D, the sampling rate for CLIP, with one frame per feature),
-so records, hits and `locate` convert indices to seconds with one rule.
+so records, hits and `locate` convert indices to seconds with one rule. FLOPs count a
+multiply-add as two operations (`vreloc bench` compares them with a matmul's FLOP rate).
 
 Weights checks: the file (or the preset's ``model.weights.h5``) is hashed (SHA-256, recorded
 in every manifest); ``--weights-sha256`` pins it (a mismatch is an error); a C3D file whose
