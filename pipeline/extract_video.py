@@ -408,8 +408,9 @@ def _save_pca(pca, path: str):
 
 
 def _video_info_line(v: VideoFeatures):
+    duration = round(v.n_frames / v.video_fps, 3) if v.video_fps else None
     return v.task.split, json.dumps({"video_id": v.task.video_id, "fps": v.fps, "video_fps": v.video_fps,
-                                     "n_frames": v.n_frames, "n_features": int(len(v.features)),
+                                     "n_frames": v.n_frames, "duration": duration, "n_features": int(len(v.features)),
                                      "frames_per_feature": v.frames_per_feature, "path": v.task.path},
                                     sort_keys=True)
 

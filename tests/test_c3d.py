@@ -1,6 +1,6 @@
 """pipeline.c3d: the network against a NumPy C3D, the weights file contract, the extractor.
 
-C3D costs ~38 GFLOPs per clip, so these tests run a handful of clips in all. The weights
+C3D costs 77 GFLOP (38.5 G multiply-adds) per clip, so these tests run a handful of clips in all. The weights
 file is written here with h5py in the documented layout (Keras 1 names, as in
 ``sports1M_weights_tf.h5``), independently of pipeline.c3d's own writer.
 """
@@ -10,21 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
+from helpers.weights import C3D_SHAPES
 from pipeline import c3d, video
 
-# The documented contract, restated: layer -> (kernel, bias) shapes, network order.
-DOC_SHAPES = {
-    "conv1": ((3, 3, 3, 3, 64), (64,)),
-    "conv2": ((3, 3, 3, 64, 128), (128,)),
-    "conv3a": ((3, 3, 3, 128, 256), (256,)),
-    "conv3b": ((3, 3, 3, 256, 256), (256,)),
-    "conv4a": ((3, 3, 3, 256, 512), (512,)),
-    "conv4b": ((3, 3, 3, 512, 512), (512,)),
-    "conv5a": ((3, 3, 3, 512, 512), (512,)),
-    "conv5b": ((3, 3, 3, 512, 512), (512,)),
-    "fc6": ((8192, 4096), (4096,)),
-    "fc7": ((4096, 4096), (4096,)),
-}
+# The documented contract, restated (tests/helpers/weights.py): layer -> (kernel, bias) shapes, network order.
+DOC_SHAPES = {name: shapes for name, shapes in C3D_SHAPES.items() if name != "fc8"}
 ALL_LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3a", "conv3b", "pool3", "conv4a", "conv4b", "pool4",
               "conv5a", "conv5b", "zeropad", "pool5", "flatten_1", "fc6", "dropout_1", "fc7", "dropout_2", "fc8"]
 

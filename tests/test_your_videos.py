@@ -106,6 +106,7 @@ def test_a_plain_folder_of_real_clips_becomes_a_library_searched_from_another_fo
     assert manifest["pca_file"] == "pca.npz"  # relative to the data folder: the folder can move
     assert {v["path"] for v in manifest["videos"].values()} == {str(root / "clips" / n) for n in
                                                               ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")}
+    assert manifest["videos"]["bikes"]["duration"] == 10.0 and manifest["videos"]["bikes"]["video_fps"] == 25.0
 
 
 def test_features_of_a_cut_equal_the_library_features_at_the_same_times(three_clips, library, tmp_path):
@@ -280,7 +281,8 @@ def doc_script(features: str, port: int) -> str:
     script = "\n".join(blocks)
     assert script.count('FEATURES="') >= 1 and "PORT=8500" in script
     script = re.sub(r'^FEATURES="[^"]*"', f'FEATURES="{features}"', script, count=1, flags=re.M)
-    return script.replace("PORT=8500", f"PORT={port}", 1)
+    # a server started in the background must not outlive a failed step (it would hold the test's pipes)
+    return "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script.replace("PORT=8500", f"PORT={port}", 1)
 
 
 def free_port():

@@ -5,6 +5,8 @@ runs             tiny untrained run folders and their exports, made once per ses
 reference_numpy  plain NumPy references of the model's math
 synth_data       the synthetic ActivityNet-format dataset with injected bad entries
 videos           small generated video files
+weights          stand-in weight files in the published C3D and keras-hub CLIP formats (random values)
+activitynet_pca  ActivityNet's published PCA file layout (PCA_activitynet_v1-3.hdf5), from given arrays
 
 Fixtures built on them live in tests/conftest.py; test modules never import each other.
 """
