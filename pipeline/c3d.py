@@ -28,7 +28,8 @@ mmaction2 uses with its Sports-1M C3D weights.
 
 Weights file (:func:`load_c3d_weights`). The commonly distributed conversions of the
 Caffe Sports-1M weights are Keras ``save_weights`` HDF5 files:
-``sports1M_weights_tf.h5`` (axon-research/c3d-keras, Keras 1, TensorFlow dim ordering)
+``sports1M_weights_tf.h5`` (axon-research/c3d-keras, Keras 1, TensorFlow dim ordering;
+where to download it, its size and published MD5: docs/YOUR_VIDEOS.md)
 and ``C3D_Sport1M_weights_keras_2.2.4.h5`` (its Keras 2.2.4 re-save). Layout:
 
 * root attribute ``layer_names``: every layer in order (conv1, pool1, conv2, pool2,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -200,11 +201,18 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
         raise LocateError(f"features are {recipe.spec.feature_dim}-d but the model takes {matcher.feature_dim}-d{hint}")
     pca = recipe.pca()
     try:
+        t0 = time.time()
         q, _ = extract(recipe, query_path, desc="query", pca=pca)
+        log.info("locate: query %s: %d features in %.1f s", os.path.basename(query_path), len(q), time.time() - t0)
+        t0 = time.time()
         r, got = extract(recipe, reference_path, desc="reference", pca=pca)
+        log.info("locate: reference %s: %d features (%.1f s of video) in %.1f s", os.path.basename(reference_path),
+                 len(r), len(r) * got.seconds_per_feature, time.time() - t0)
     except VideoError as exc:
         raise LocateError(str(exc)) from None
+    t0 = time.time()
     start, end, score, curves = search(matcher.match, q, r, window or matcher.window)
+    log.info("locate: matched with %s in %.1f s", matcher.name, time.time() - t0)
     sec = got.seconds_per_feature
     result = Located(start, end, score, round(start * sec, 3), round(end * sec, 3), matcher.name, len(r), len(q),
                      float(got.fps), int(got.frames_per_feature))
