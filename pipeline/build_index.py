@@ -35,8 +35,10 @@ be ``raw``); a run or a data folder whose features were made otherwise is refuse
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
+import re
 import struct
 import time
 import typing
@@ -98,9 +100,6 @@ def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[
             return []
 
     def found_on_disk():  # splits of the shard names (e.g. `library` of a folder of one's own videos)
-        import glob
-        import re
-
         pattern = re.compile(r"^(.+)-\d{5}-of-\d{5}" + re.escape(schema.SHARD_SUFFIX) + "$")
         names = {m.group(1) for m in (pattern.match(os.path.basename(p)) for p in
                                       glob.glob(os.path.join(data_dir, "*" + schema.SHARD_SUFFIX))) if m}
