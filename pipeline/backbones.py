@@ -44,6 +44,7 @@ from vreloc_tf import progress
 from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE
 from vreloc_tf.errors import InputError
 from vreloc_tf.feature_spec import FeatureSpec
+from vreloc_tf.suggest import closest
 
 log = logging.getLogger("vreloc.backbones")
 
@@ -84,11 +85,9 @@ class BackboneOptions:
     def check(self) -> "BackboneOptions":
         """The options with defaults filled in; BackboneError for an impossible combination."""
         if self.name not in BACKBONES:
-            import difflib
-
-            close = difflib.get_close_matches(self.name, BACKBONES, n=1)
+            close = closest(self.name, BACKBONES)
             raise BackboneError(f"--backbone {self.name!r}: unknown backbone; choose one of {', '.join(BACKBONES)}"
-                                + (f" (did you mean {close[0]}?)" if close else ""))
+                                + (f" (did you mean {close}?)" if close else ""))
         if (self.weights is None) == (self.random_seed is None):
             what = "a Sports-1M C3D weights file (HDF5)" if self.name == "c3d" else \
                 "a keras-hub preset handle or folder, e.g. clip_vit_base_patch32"

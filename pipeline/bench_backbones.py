@@ -45,27 +45,10 @@ def _timed(fn: Callable[[], object], n: int) -> Tuple[float, float]:
 
 
 def matmul_rates(repeats: int = 5, rounds: int = 3, size: int = MATMUL_SIZE) -> dict:
-    """This machine's dense float32 matmul rate now: ``gflops`` (best round, wall time; the definition
-    of vreloc_tf.model_bench.matmul_gflops, the ``matmul`` part) and ``gflops_per_cpu_second`` (all rounds)."""
-    import tensorflow as tf
+    """The matmul yardstick in this process (vreloc_tf.model_bench.matmul_rates, the ``matmul`` part's)."""
+    from vreloc_tf.model_bench import matmul_rates as rates
 
-    a = tf.random.normal([size, size], seed=1)
-    b = tf.random.normal([size, size], seed=2)
-    mm = tf.function(lambda x, y: tf.matmul(x, y))
-    mm(a, b).numpy()
-    flop = 2.0 * size ** 3 * repeats
-    best, cpu_total = 0.0, 0.0
-
-    def one_round():
-        for _ in range(repeats):
-            c = mm(a, b)
-        c.numpy()
-
-    for _ in range(rounds):
-        wall, cpu = _timed(one_round, 1)
-        best = max(best, flop / wall / 1e9)
-        cpu_total += cpu
-    return {"gflops": best, "gflops_per_cpu_second": rounds * flop / max(cpu_total, 1e-9) / 1e9}
+    return rates(size, repeats, rounds)
 
 
 def network(backbone):

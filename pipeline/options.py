@@ -43,11 +43,12 @@ workers; the input files must be on GCS)::
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import os
 from typing import List, Optional, Sequence
+
+from vreloc_tf.suggest import closest, is_flag
 
 DEFAULT_RUNNER = "DirectRunner"
 IN_PROCESS_RUNNER = "pipeline.options.InProcessDirectRunner"
@@ -111,25 +112,9 @@ def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
-def _is_flag(token: str) -> bool:
-    if not token.startswith("-") or len(token) < 2:
-        return False
-    try:
-        float(token)
-        return False
-    except ValueError:
-        return True
-
-
-def _closest(name: str, candidates: Sequence[str]) -> Optional[str]:
-    by_bare = {c.lstrip("-"): c for c in candidates}
-    match = difflib.get_close_matches(name.lstrip("-"), list(by_bare), n=1, cutoff=TYPO_CUTOFF)
-    return by_bare[match[0]] if match else None
-
-
 def beam_arg_typos(parser: argparse.ArgumentParser, runner: str, extras: Sequence[str]) -> List[str]:
     """The unknown flags of ``extras`` that must not go to Beam, each with its suggestion (see add_beam_arguments)."""
-    flags = [t for t in extras if _is_flag(t)]
+    flags = [t for t in extras if is_flag(t)]
     if not flags:
         return []
     beam = beam_option_names(runner)
@@ -142,7 +127,7 @@ def beam_arg_typos(parser: argparse.ArgumentParser, runner: str, extras: Sequenc
         if not token.startswith("--"):
             wrong.append(f"{token} (Beam takes --name flags only)")
         elif name not in beam:
-            match = _closest(name, own) or _closest(name, sorted(beam))
+            match = closest(name, own, TYPO_CUTOFF) or closest(name, sorted(beam), TYPO_CUTOFF)
             if match:
                 wrong.append(f"{token} (did you mean {match}?)")
     return wrong

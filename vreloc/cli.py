@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import importlib
 import importlib.abc
 import importlib.util
@@ -32,10 +31,11 @@ import re
 import subprocess
 import sys
 import warnings
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from vreloc_tf import __version__
 from vreloc_tf.errors import InputError
+from vreloc_tf.suggest import closest, is_flag
 
 # name -> one-line help; the module is vreloc.commands.<name with '-' as '_'>
 COMMANDS = {
@@ -229,13 +229,6 @@ def quiet_start(verbose: int) -> None:
 
 # -- argument parsing: one-line errors with suggestions -------------------------------------------
 
-def closest(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> Optional[str]:
-    """The candidate most like ``word`` (difflib), or None; flags are compared without their dashes."""
-    by_bare = {c.lstrip("-"): c for c in candidates}
-    match = difflib.get_close_matches(word.lstrip("-"), list(by_bare), n=1, cutoff=cutoff)
-    return by_bare[match[0]] if match else None
-
-
 def option_strings(parser: argparse.ArgumentParser) -> List[str]:
     return [s for action in parser._actions for s in action.option_strings]
 
@@ -245,21 +238,13 @@ def unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
 
     The values that follow an unknown flag are left out (they belong to it); extras with no
     flag among them are listed as they are."""
-    flags = [t for t in extras if t.startswith("-") and len(t) > 1 and not _is_number(t)]
+    flags = [t for t in extras if is_flag(t)]
     known = [s for s in option_strings(parser) if s.startswith("--")]
     shown = []
     for token in flags or extras:
         match = closest(token.split("=", 1)[0], known) if token in flags else None
         shown.append(f"{token} (did you mean {match}?)" if match else token)
     return "unrecognized arguments: " + ", ".join(shown)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -104,12 +104,11 @@ class Recipe:
     options: BackboneOptions
     pca_file: Optional[str]
     spec: FeatureSpec  # what these options and this PCA make
+    loaded_pca: object = dataclasses.field(default=None, compare=False, repr=False)  # read once, by recipe_like
 
     def pca(self):
         """The PCA, cut to the spec's components (ActivityNet's file holds 4,096; its features use 500)."""
-        from pipeline.pca import PCA
-
-        return PCA.load(self.pca_file, n_components=self.spec.pca_components) if self.pca_file else None
+        return self.loaded_pca
 
 
 def default_options(spec: Optional[FeatureSpec]) -> Optional[BackboneOptions]:
@@ -161,7 +160,7 @@ def recipe_like(spec: Optional[FeatureSpec], where: str, options: Optional[Backb
     made = backbones.feature_spec(raw, raw.raw_dim or (pca.dim if pca else 0), pca_path, pca)
     if spec is not None:
         spec.check_same(made, where, "this backbone, weights and PCA", hint=hint)
-    return Recipe(options, pca_path, made)
+    return Recipe(options, pca_path, made, pca)
 
 
 def extract(recipe: Recipe, path: str, start: Optional[float] = None, end: Optional[float] = None,

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -73,12 +73,11 @@ class Matcher:
 
 
 def frame_level_matcher() -> Matcher:
-    from vreloc_tf.baselines import frame_level_segment, frame_level_similarity
+    from vreloc_tf.baselines import frame_level_match
 
     def match(query, reference):
-        start, end = frame_level_segment(query, reference)
-        sim = frame_level_similarity(query, reference)  # [L] mean cosine similarity to the query frames
-        return start, end, float(sim[start:end].mean()), sim[:, None].astype(np.float32)
+        start, end, score, sim = frame_level_match(query, reference)  # sim: [L] mean cosine similarity to the query
+        return start, end, score, sim[:, None].astype(np.float32)
 
     return Matcher(match, None, None, "frame-level baseline", MAX_WINDOW)
 

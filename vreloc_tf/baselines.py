@@ -80,14 +80,25 @@ def frame_level_similarity(query: np.ndarray, reference: np.ndarray) -> np.ndarr
     return (r @ q.T).mean(axis=1)
 
 
-def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int]:
-    """The frame-level prediction for one pair of unpadded feature arrays [Lq, D], [L, D]."""
+def frame_level_match(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int, float, np.ndarray]:
+    """(start, end, score, similarity [L]) of the frame-level method on one unpadded pair [Lq, D], [L, D].
+
+    The segment is the window of the query's length (at most the reference's) with the highest
+    mean similarity (earliest on a tie); the score is that mean, in [-1, 1]. What the baseline
+    predicts, and what `vreloc locate --method frame-level` and search without a model report.
+    """
     a = frame_level_similarity(query, reference)  # [L]
     width = min(len(query), len(reference))
     cum = np.concatenate([[0.0], np.cumsum(a)])
     window_mean = (cum[width:] - cum[:-width]) / width  # [L - W + 1]
     s = int(np.argmax(window_mean))
-    return s, s + width
+    return s, s + width, float(window_mean[s]), a
+
+
+def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int]:
+    """The frame-level prediction for one pair of unpadded feature arrays [Lq, D], [L, D]."""
+    start, end, _, _ = frame_level_match(query, reference)
+    return start, end
 
 
 def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,6 @@ weakly supervised twin.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ import yaml
 
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
+from vreloc_tf.suggest import closest
 
 # The shipped configs: the repository's top-level configs/ (a checkout, an editable install), which a
 # wheel installs as the data package vreloc_tf/configs (setup.py's package_dir); the first that exists.
@@ -38,9 +38,9 @@ class ConfigError(InputError):
 
 def _unknown_key_hint(key: str, names, parent: str) -> str:
     """``(did you mean train.steps?)`` for the closest known key (difflib), else the known keys of the section."""
-    match = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.6)
+    match = closest(str(key), sorted(names))
     if match:
-        return f"(did you mean {parent + '.' if parent else ''}{match[0]}?)"
+        return f"(did you mean {parent + '.' if parent else ''}{match}?)"
     return f"(known keys{' of ' + parent if parent else ''}: {', '.join(sorted(names))})"
 
 
@@ -386,9 +386,9 @@ def resolve_config_path(path: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     names = shipped_configs()
-    match = difflib.get_close_matches(stem, names, n=1, cutoff=0.5)
+    match = closest(stem, names, cutoff=0.5)
     shipped = f"shipped configs: {', '.join(names)}" if names else f"no shipped configs in {CONFIG_DIR}"
-    hint = f"did you mean {match[0]}? {shipped}" if match else shipped
+    hint = f"did you mean {match}? {shipped}" if match else shipped
     if os.path.isdir(path):
         raise ConfigError(f"config {path!r} is a folder, not a YAML file ({hint})")
     raise ConfigError(f"config file not found: {path!r} ({hint})")

@@ -118,22 +118,30 @@ def training_flops(cfg: Config, feature_dim: int, query_steps: int, reference_st
 # Measurements
 # ---------------------------------------------------------------------------
 
-def matmul_gflops(size: int = 2048, repeats: int = 5, rounds: int = 3) -> float:
-    """Best dense float32 matmul rate (GFLOP/s) of this machine right now."""
+def matmul_rates(size: int = 2048, repeats: int = 5, rounds: int = 3) -> dict:
+    """This machine's dense float32 matmul rate now: ``gflops`` (the best round, wall time) and
+    ``gflops_per_cpu_second`` (all rounds, CPU time of this process, which a busy neighbour disturbs less)."""
     import tensorflow as tf
 
     a = tf.random.normal([size, size])
     b = tf.random.normal([size, size])
     mm = tf.function(lambda x, y: tf.matmul(x, y))
     mm(a, b).numpy()
-    best = 0.0
+    flop = repeats * 2 * size ** 3
+    best, cpu_total = 0.0, 0.0
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(repeats):
             c = mm(a, b)
         c.numpy()
-        best = max(best, repeats * 2 * size ** 3 / (time.perf_counter() - t0) / 1e9)
-    return best
+        best = max(best, flop / (time.perf_counter() - t0) / 1e9)
+        cpu_total += time.process_time() - c0
+    return {"gflops": best, "gflops_per_cpu_second": rounds * flop / max(cpu_total, 1e-9) / 1e9}
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5, rounds: int = 3) -> float:
+    """Best dense float32 matmul rate (GFLOP/s) of this machine right now."""
+    return matmul_rates(size, repeats, rounds)["gflops"]
 
 
 def random_batch(batch_size: int, query_steps: int, reference_steps: int, feature_dim: int, seed: int = 0):

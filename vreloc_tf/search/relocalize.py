@@ -94,9 +94,8 @@ class Relocalizer:
 class FrameLevelRelocalizer:
     """The training-free frame-level method (Feng et al.'s baseline, vreloc_tf.baselines) as a re-localizer.
 
-    Per span: each reference step's mean cosine similarity to the query steps; the segment is the
-    window of the query's length (at most the span's) with the highest mean, earliest on a tie
-    (exactly :func:`vreloc_tf.baselines.frame_level_segment`); its score is that mean, in [-1, 1].
+    Per span: :func:`vreloc_tf.baselines.frame_level_match` -- the window of the query's length
+    (at most the span's) with the highest mean similarity to the query steps; its score is that mean.
     ``max_window``: the contract's MAX_WINDOW, so search cuts spans as it does for a model.
     """
 
@@ -106,15 +105,10 @@ class FrameLevelRelocalizer:
 
     def locate(self, query: np.ndarray, spans: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start, end, score) arrays [N]: the frame-level segment (relative to each span) and its mean similarity."""
-        from vreloc_tf.baselines import frame_level_similarity
+        from vreloc_tf.baselines import frame_level_match
 
         n = len(spans)
         start, end, score = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32)
         for i, span in enumerate(spans):
-            a = frame_level_similarity(query, np.asarray(span))  # [L]
-            width = min(len(query), len(a))
-            cum = np.concatenate([[0.0], np.cumsum(a)])
-            means = (cum[width:] - cum[:-width]) / width
-            s = int(np.argmax(means))
-            start[i], end[i], score[i] = s, s + width, means[s]
+            start[i], end[i], score[i], _ = frame_level_match(query, np.asarray(span))
         return start, end, score
