@@ -11,11 +11,19 @@ outside its window or a malformed entry go to the dead-letter output with the
 reason (so does a video whose feature dim differs from the file's first one);
 the job continues and reconciles its counts (``pipeline.staged_sink``).
 
+Every split records its source: the features file's path *and* the SHA-256 of its
+bytes (``splits.<split>.source.features_sha256``), hashed once per run before the
+job starts. A file regenerated at the same path is another draw: re-ingesting only
+some splits from it into a folder whose other splits came from the old bytes is
+refused (:func:`check_same_draw`), so a data folder never holds train from one draw
+beside val/test from another under one recorded source.
+
 :func:`run` is the launcher (the command line and the orchestrator call it);
 bad inputs it can see before the job starts raise ``InputError``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from vreloc_tf.contract import FRAMES_PER_FEATURE, HDF5_ROW_STRIDE
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import file_sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -112,6 +121,45 @@ def feature_spec_of_file(path: str, dim: int) -> dict:
                        description=f"published C3D features ({os.path.basename(path)}): Sports-1M C3D fc7 of every "
                                    f"16 frames, reduced by ActivityNet's PCA (PCA_activitynet_v1-3.hdf5); for new "
                                    f"videos give --weights (Sports-1M C3D) and --pca PCA_activitynet_v1-3.hdf5").to_json()
+
+
+def features_fingerprint(path: str) -> str:
+    """SHA-256 of the features file's bytes (read once, in 4 MiB chunks; remote paths through FileSystems)."""
+    if "://" not in path:
+        return file_sha256(path)
+    from apache_beam.io.filesystem import CompressionTypes
+
+    h = hashlib.sha256()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_same_draw(out: str, features: str, sha256: str, splits) -> None:
+    """Refuse to ingest ``splits`` of ``features`` (content ``sha256``) into ``out`` where it keeps other
+    splits ingested from the same path but other bytes (the file was regenerated since), or from the
+    same path before fingerprints were recorded (their draw cannot be told): a DatasetMixError naming
+    the file, both fingerprints and the splits. Splits of another path are left to
+    ``staged_sink.check_no_mixing``; ``--overwrite`` skips both checks (it replaces the folder)."""
+    previous = staged_sink.read_existing_manifest(out)
+    if not previous:
+        return
+    kept = sorted(set(previous.get("splits") or {}) - set(splits))
+    other = {}  # recorded fingerprint -> the kept splits that carry it
+    for split in kept:
+        source = staged_sink.split_source(previous, split) or {}
+        if source.get("job") == JOB and source.get("features") == features and source.get("features_sha256") != sha256:
+            other.setdefault(source.get("features_sha256"), []).append(split)
+    if not other:
+        return
+    recorded = "; ".join(f"splits {names} were ingested from sha256 {old}" if old else
+                         f"splits {names} were ingested before fingerprints were recorded (unknown content)"
+                         for old, names in other.items())
+    raise staged_sink.DatasetMixError(
+        f"--features {features}: the file is now sha256 {sha256}, but in {out} {recorded}; ingesting "
+        f"{sorted(splits)} from it would mix two draws of the features under one source: re-ingest every "
+        f"split ({', '.join(sorted(set(kept) | set(splits)))}) from this file, or use a new --out folder")
 
 
 # --------------------------------------------------------------------------- transforms
@@ -287,7 +335,10 @@ def run(features: str, splits_dir: str, out: str, runner: str = options.DEFAULT_
         "split_files": dict(files),
         "features": feature_spec_of_file(features, dim),
     }
-    source = {"job": JOB, "features": features}
+    sha256 = features_fingerprint(features)
+    if not overwrite:
+        check_same_draw(out, features, sha256, files)
+    source = {"job": JOB, "features": features, "features_sha256": sha256}
     return staged_sink.run_and_publish(
         JOB, pipeline_options, out, read_counts,
         lambda p, staging: build(p, staging, features, files, dim), manifest_fields, source, overwrite=overwrite)

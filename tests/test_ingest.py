@@ -18,6 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from helpers.synth_data import make_synth_with_bad
 from pipeline import ingest_activitynet as ingest, options, staged_sink, synth
 from vreloc_tf import __version__
+from vreloc_tf.files import file_sha256
 from vreloc_tf.schema import decode_record, read_manifest, read_records
 
 DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -299,8 +300,9 @@ def test_a_rerun_from_another_source_is_refused_unless_overwrite(synth_with_bad,
     summary = run_ingest(src_b, out, overwrite=True)
     m = read_manifest(out)
     assert set(m["splits"]) == set(summary.counts) == {"train"}
-    assert m["splits"]["train"]["source"] == m["source"] == {"job": "ingest-activitynet",
-                                                            "features": os.path.join(src_b, synth.HDF5_NAME)}
+    assert m["splits"]["train"]["source"] == m["source"] == {
+        "job": "ingest-activitynet", "features": os.path.join(src_b, synth.HDF5_NAME),
+        "features_sha256": file_sha256(os.path.join(src_b, synth.HDF5_NAME))}
     assert sorted(f for f in os.listdir(out) if f.endswith(".tfrecord")) == m["splits"]["train"]["shards"]
     assert os.listdir(os.path.join(out, "dead_letter")) == ["train.jsonl"]
     assert {r.video_id for r in read_records(out, "train")} <= set(json.load(open(os.path.join(src_b, "length.json"))))

@@ -10,3 +10,9 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad input: the message names what is wrong, where (file, key, value) and what to do."""
+
+
+class DataError(InputError):
+    """The data on disk is corrupt or inconsistent: the message names the file and offset (or record,
+    row) at fault and what to do. A subclass of :class:`InputError` so every entry point answers it the
+    same way (one line, exit 2): a flipped byte on disk is not a bug of the program."""

@@ -31,6 +31,11 @@ written as ``/2`` by the next append or remove.
 
 Opening checks every file against the manifest (sizes, the FAISS file's sha256, counts), so a
 truncated or corrupt index is refused with one line (:class:`IndexError_`) and nothing is served from it.
+The parts are not checksummed (they are large and memmapped) but their content is checked as each is
+opened (:func:`check_part`): every float finite (one reduction per array, then the bad row located) and
+every number that indexes another table inside it (piece numbers, window ids, feature offsets and
+lengths, window spans, tombstones); a part tampered with at the same size is a
+:class:`CorruptIndexError` (a ``DataError``) naming the file, the row and what is wrong.
 Writes go to temporary names and are renamed; the manifest is written last. One writer at a time.
 """
 from __future__ import annotations
@@ -44,7 +49,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from vreloc_tf.errors import InputError
+from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
 from vreloc_tf.files import atomic_path, file_sha256, read_json, write_json_atomic
 from vreloc_tf.search.embedding import EmbeddingSpec
@@ -72,6 +77,88 @@ WINDOW_DTYPE = np.dtype([("id", "<i8"), ("video", "<i8"), ("start", "<i4"), ("en
 
 class IndexError_(InputError):
     """A missing, corrupt or mismatched library index; the message names the file and what to do."""
+
+
+class CorruptIndexError(IndexError_, DataError):
+    """An index file whose content is impossible (non-finite features, a number outside the table it
+    indexes): the message names the file, the row and what is wrong; nothing is served from it."""
+
+
+def _first_non_finite(values: np.ndarray) -> Optional[int]:
+    """Row of the first NaN/inf in ``values`` (None: all finite). One reduction over the array decides
+    (a NaN or inf anywhere makes the sum non-finite); only then are the rows scanned, which also clears
+    a sum that merely overflowed."""
+    if values.size == 0 or np.isfinite(np.add.reduce(values, axis=None)):
+        return None
+    bad = ~np.isfinite(np.asarray(values).reshape(len(values), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _first_outside(values: np.ndarray, low, high) -> Optional[int]:
+    """Row of the first value outside ``[low, high)`` (bounds scalar or per row); None if all inside."""
+    bad = (values < low) | (values >= high)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def check_part(folder: str, part: dict, table: np.ndarray, windows: np.ndarray, features: np.ndarray) -> None:
+    """The content of one part (its shapes already match the manifest): :class:`CorruptIndexError`
+    naming the file and row where a float is not finite or a number indexes outside its table."""
+    videos_file, windows_file, features_file = (os.path.join(folder, f"{n}.npy")
+                                                for n in ("videos", "windows", "features"))
+
+    def refuse(file, what):
+        raise CorruptIndexError(f"{file}: {what}; the file was altered after the index was written, "
+                                f"rebuild the index")
+
+    for file, array, fields in ((videos_file, table, [n for n, _ in VIDEO_FIELDS] + ["video_id", "split"]),
+                                (windows_file, windows, list(WINDOW_DTYPE.names))):
+        missing = [f for f in fields if f not in (array.dtype.names or ())]
+        if missing:
+            refuse(file, f"no field {missing[0]!r} (dtype {array.dtype})")
+    if features.dtype.kind != "f":
+        refuse(features_file, f"dtype {features.dtype}, expected float32 features")
+    row = _first_non_finite(features)
+    if row is not None:
+        refuse(features_file, f"non-finite feature (NaN or inf) in step {row}")
+    row = _first_non_finite(table["fps"])
+    if row is not None:
+        refuse(videos_file, f"row {row}: non-finite fps {float(table['fps'][row])}")
+
+    first_piece, n_pieces = int(part["first_piece"]), len(table)
+    first_window, n_windows, steps = int(part["first_window"]), len(windows), len(features)
+    numbers = np.asarray(table["number"])
+    row = _first_outside(numbers - np.arange(first_piece, first_piece + n_pieces), 0, 1)
+    if row is not None:
+        refuse(videos_file, f"row {row}: piece number {int(numbers[row])}, expected {first_piece + row} "
+                            f"(this part holds pieces {first_piece}..{first_piece + n_pieces - 1})")
+    offset, length = np.asarray(table["feature_offset"]), np.asarray(table["length"])
+    row = _first_outside(offset, 0, steps)
+    row = row if row is not None else _first_outside(length, 1, steps - offset + 1)
+    if row is not None:
+        refuse(videos_file, f"row {row}: features [{int(offset[row])}, {int(offset[row]) + int(length[row])}) "
+                            f"outside the part's {steps} feature steps")
+    starts, counts = np.asarray(table["first_window"]), np.asarray(table["windows"])
+    row = _first_outside(starts, first_window, first_window + n_windows + 1)
+    row = row if row is not None else _first_outside(counts, 0, first_window + n_windows - starts + 1)
+    if row is not None:
+        refuse(videos_file, f"row {row}: windows [{int(starts[row])}, {int(starts[row]) + int(counts[row])}) outside "
+                            f"this part's windows {first_window}..{first_window + n_windows - 1}")
+
+    ids = np.asarray(windows["id"])
+    row = _first_outside(ids - np.arange(first_window, first_window + n_windows), 0, 1)
+    if row is not None:
+        refuse(windows_file, f"row {row}: window id {int(ids[row])}, expected {first_window + row}")
+    owner = np.asarray(windows["video"])
+    row = _first_outside(owner, first_piece, first_piece + n_pieces)
+    if row is not None:
+        refuse(windows_file, f"row {row}: piece number {int(owner[row])} outside the part's pieces "
+                             f"{first_piece}..{first_piece + n_pieces - 1}")
+    start, end = np.asarray(windows["start"]), np.asarray(windows["end"])
+    row = _first_outside(start, 0, end)
+    row = row if row is not None else _first_outside(end, start + 1, length[owner - first_piece] + 1)
+    if row is not None:
+        refuse(windows_file, f"row {row}: window [{int(start[row])}, {int(end[row])}) outside its piece "
+                             f"{int(owner[row])} of {int(length[owner[row] - first_piece])} steps")
 
 
 @dataclasses.dataclass
@@ -337,6 +424,12 @@ class LibraryIndex:
         if len(removed) != manifest["removed_pieces"]:
             raise IndexError_(f"{removed_path}: {len(removed)} removed pieces, the manifest says "
                               f"{manifest['removed_pieces']}; rebuild the index")
+        if removed.dtype.kind not in "iu":
+            raise CorruptIndexError(f"{removed_path}: dtype {removed.dtype}, expected piece numbers; rebuild the index")
+        row = _first_outside(removed, 0, int(manifest["pieces"]))
+        if row is not None:
+            raise CorruptIndexError(f"{removed_path}: row {row}: piece number {int(removed[row])} outside the index's "
+                                    f"pieces 0..{int(manifest['pieces']) - 1}; rebuild the index")
         index = cls(os.path.abspath(path), manifest, faiss_index, parts, removed.astype(np.int64))
         index.format_on_disk = found
         return index
@@ -356,6 +449,7 @@ class LibraryIndex:
             if tuple(arrays[name].shape) != tuple(shape):
                 raise IndexError_(f"{file}: shape {tuple(arrays[name].shape)}, the manifest says {tuple(shape)}; "
                                   f"rebuild the index")
+        check_part(folder, part, arrays["videos"], arrays["windows"], arrays["features"])
         return {**part, "table": arrays["videos"], "window_table": arrays["windows"], "features": arrays["features"]}
 
     # ------------------------------------------------------------------ what it holds
