@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -48,6 +48,15 @@ class Abandoned(Exception):
     """The client gave up (deadline, cancel) or the server is stopping: the rest of the request is not run."""
 
 
+class WouldMissDeadline(Abandoned):
+    """Not started: the call needs a shape not compiled yet, and compiling takes longer than the deadline leaves.
+
+    Why refuse rather than start: an XLA compile cannot be interrupted, so a
+    compile started for a client that leaves keeps a core busy for seconds for
+    nobody (serving/README.md, "Deadlines").
+    """
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """How requests are run (defaults in serving/signature.py, flags of ``vreloc serve``)."""
@@ -57,6 +66,8 @@ class BatchingOptions:
     batch_timeout_micros: int = sig.BATCH_TIMEOUT_MICROS
     max_batch_steps: int = sig.MAX_BATCH_STEPS
     num_batch_threads: int = 0  # model calls running at once (TF Serving's num_batch_threads); 0 = one per CPU core
+    # Told of each model call: (pairs in it, seconds each of its chunks queued); serving/metrics.py counts them.
+    observer: Optional[Callable[[int, Sequence[float]], None]] = field(default=None, compare=False, repr=False)
 
 
 def bucket(length: int, buckets: Sequence[int]) -> int:
@@ -70,6 +81,15 @@ def bucket(length: int, buckets: Sequence[int]) -> int:
 def allowed_batch_size(size: int, max_batch_size: int) -> int:
     """The next power of two, or ``max_batch_size`` itself: the batch sizes a model call may have."""
     return min(1 << max(0, size - 1).bit_length(), max(max_batch_size, size))
+
+
+def allowed_batch_sizes(max_batch_size: int) -> List[int]:
+    """Every batch size a model call may have: the powers of two below ``max_batch_size``, and it."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_batch_size]
 
 
 def filled_batch_size(size: int, max_batch_size: int) -> int:
@@ -136,10 +156,11 @@ def concat(parts: Sequence[Arrays]) -> Arrays:
 class _Task:
     """One chunk waiting for the batch thread."""
 
-    __slots__ = ("arrays", "key", "size", "is_active", "done", "outputs", "error", "queued_at", "due")
+    __slots__ = ("arrays", "key", "size", "is_active", "deadline", "done", "outputs", "error", "queued_at", "due")
 
-    def __init__(self, arrays: Arrays, key: Tuple[int, int], is_active: Callable[[], bool]):
-        self.arrays, self.key, self.is_active = arrays, key, is_active
+    def __init__(self, arrays: Arrays, key: Tuple[int, int], is_active: Callable[[], bool],
+                 deadline: Optional[float] = None):
+        self.arrays, self.key, self.is_active, self.deadline = arrays, key, is_active, deadline
         self.size = len(arrays[sig.QUERY_LENGTH])
         self.done = threading.Event()
         self.outputs: Optional[Arrays] = None
@@ -164,6 +185,8 @@ class Executor:
         self._closed = False
         self._free = 0  # batch threads waiting for work
         self._threads: List[threading.Thread] = []
+        self.compiled: set = set()  # (batch, Lq, Lr) shapes called at least once: compiled, with XLA
+        self.compile_seconds = 0.0  # the longest first call seen: what compiling a new shape is expected to take
         if options.enabled:
             for i in range(options.num_batch_threads or os.cpu_count() or 1):
                 thread = threading.Thread(target=self._loop, name=f"{name}-batching-{i}", daemon=True)
@@ -171,8 +194,13 @@ class Executor:
                 self._threads.append(thread)
 
     # -- one request -------------------------------------------------------------
-    def run(self, arrays: Arrays, is_active: Callable[[], bool] = lambda: True) -> Arrays:
-        """The outputs of a validated request; :class:`Abandoned` once ``is_active()`` turns False."""
+    def run(self, arrays: Arrays, is_active: Callable[[], bool] = lambda: True,
+            deadline: Optional[float] = None) -> Arrays:
+        """The outputs of a validated request; :class:`Abandoned` once ``is_active()`` turns False.
+
+        ``deadline`` (``time.monotonic()`` seconds, None: none): a call needing a shape not
+        compiled yet is not started when the compile would outlast it (:class:`WouldMissDeadline`).
+        """
         key = length_key(arrays)
         chunks = split(arrays, pairs_per_call(key, self.options))
         if not self._threads:
@@ -180,9 +208,10 @@ class Executor:
             for chunk in chunks:
                 if not is_active():
                     raise Abandoned()
-                parts.append(self._run_batch([chunk], key)[0])
+                self._check_compile_time([chunk], key, [deadline])
+                parts.append(self._run_batch([chunk], key, [0.0])[0])
             return concat(parts)
-        tasks = [_Task(chunk, key, is_active) for chunk in chunks]
+        tasks = [_Task(chunk, key, is_active, deadline) for chunk in chunks]
         with self._cond:
             if self._closed:
                 raise Abandoned()
@@ -196,10 +225,44 @@ class Executor:
                 raise task.error
         return concat([t.outputs for t in tasks])
 
-    def _run_batch(self, chunks: Sequence[Arrays], key: Tuple[int, int]) -> List[Arrays]:
+    def _call_shape(self, chunks: Sequence[Arrays], key: Tuple[int, int]) -> Optional[Tuple[int, int, int]]:
         size = sum(len(c[sig.QUERY_LENGTH]) for c in chunks)
-        shape = (allowed_batch_size(size, self.options.max_batch_size),) + key if self.pad_to_buckets else None
-        return unstack(self.call(stack(chunks, shape)), chunks)
+        return (allowed_batch_size(size, self.options.max_batch_size),) + key if self.pad_to_buckets else None
+
+    def _check_compile_time(self, chunks: Sequence[Arrays], key: Tuple[int, int],
+                            deadlines: Sequence[Optional[float]]) -> None:
+        """WouldMissDeadline when the call's shape is not compiled and the compile would outlast a deadline."""
+        shape = self._call_shape(chunks, key)
+        if shape is None or shape in self.compiled or not self.compile_seconds:
+            return
+        left = min((d for d in deadlines if d is not None), default=None)
+        if left is not None and left - time.monotonic() < self.compile_seconds:
+            raise WouldMissDeadline(
+                f"the request needs a model call of a shape not compiled yet (batch, Lq, Lr) = {shape}; compiling "
+                f"takes about {self.compile_seconds:.1f} s, more than the {max(0.0, left - time.monotonic()):.1f} s "
+                f"its deadline leaves: not started")
+
+    def _run_batch(self, chunks: Sequence[Arrays], key: Tuple[int, int],
+                   queue_seconds: Optional[Sequence[float]] = None) -> List[Arrays]:
+        """Run chunks as one model call; ``queue_seconds`` (None: warm-up, not counted) go to the observer."""
+        shape = self._call_shape(chunks, key)
+        first = shape is not None and shape not in self.compiled
+        started = time.monotonic()
+        outputs = self.call(stack(chunks, shape))
+        if first:
+            self.compiled.add(shape)
+            self.compile_seconds = max(self.compile_seconds, time.monotonic() - started)
+        if queue_seconds is not None and self.options.observer is not None:
+            self.options.observer(sum(len(c[sig.QUERY_LENGTH]) for c in chunks), queue_seconds)
+        return unstack(outputs, chunks)
+
+    def compile(self, arrays: Arrays) -> bool:
+        """Call the model once at the shape ``arrays`` are padded to (warm-up); False when it was compiled already."""
+        key = length_key(arrays)
+        if self._call_shape([arrays], key) in self.compiled:
+            return False
+        self._run_batch([arrays], key)
+        return True
 
     # -- the batch thread ----------------------------------------------------------
     def _take_batch(self) -> List[_Task]:
@@ -277,7 +340,16 @@ class Executor:
             if not live:
                 continue
             try:
-                for task, outputs in zip(live, self._run_batch([t.arrays for t in live], live[0].key)):
+                self._check_compile_time([t.arrays for t in live], live[0].key, [t.deadline for t in live])
+            except WouldMissDeadline as exc:
+                for task in live:
+                    task.error = exc
+                    task.done.set()
+                continue
+            try:
+                now = time.monotonic()
+                for task, outputs in zip(live, self._run_batch([t.arrays for t in live], live[0].key,
+                                                               [now - t.queued_at for t in live])):
                     task.outputs = outputs
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
                 for task in live:

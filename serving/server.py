@@ -1,5 +1,8 @@
 """A server that speaks TF Serving's APIs (gRPC, and REST on ``--rest-port``): start-up, TLS, signals.
 
+One process serves the exported model and, with ``--index``, library search as a
+second model (``search``): both on the same ports, behind the same checks.
+
 Why our own server: the TF Serving binary cannot be installed on every machine
 (no package registry ships it), yet the demo, the tests and users without
 containers need to query an export over the same API. This server implements
@@ -11,13 +14,16 @@ The parts: ``serving/model_manager.py`` (versions, policy, loading, hot reload),
 ``serving/servicers.py`` (the services and their status codes),
 ``serving/batching.py`` (chunks, buckets, batching), ``serving/rest.py`` (the
 REST API), ``serving/tensor_codec.py`` (TensorProto <-> NumPy),
-``serving/validation.py`` (request checks). This module checks the TLS files,
+``serving/validation.py`` (request checks), ``serving/model_servable.py`` and
+``serving/search_servable.py`` (what a request runs on), ``serving/metrics.py``
+(Prometheus). This module checks the TLS files,
 binds the ports, polls for new versions and stops cleanly: :func:`start_server`
 returns a running :class:`ServerHandle`; :func:`serve_until_signal` is what
 ``vreloc serve`` blocks in.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -34,6 +40,7 @@ from serving import signature as sig
 from serving.batching import BatchingOptions
 from serving.model_manager import ServedModel, VersionPolicy
 from serving.rest import RestServer
+from serving.search_servable import MODEL_NAME as SEARCH_MODEL_NAME
 from serving.validation import RequestLimits
 from vreloc_tf.errors import InputError
 
@@ -141,8 +148,9 @@ class ServerHandle:
     server: "grpc.Server"
     host: str
     port: int
-    models: Dict[str, ServedModel]
+    models: Dict[str, object]  # ServedModel (serving/model_manager.py) or SearchModel (serving/search_servable.py)
     rest: Optional[RestServer] = None
+    metrics: Optional["object"] = None  # ServerMetrics when --enable-prometheus (serving/metrics.py)
     _stop_polling: threading.Event = field(default_factory=threading.Event)
     _poller: Optional[threading.Thread] = None
 
@@ -184,26 +192,35 @@ class ServerHandle:
         return self.server.wait_for_termination(timeout)
 
 
-def start_server(model_base_path: str, model_name: Optional[str] = None, port: int = 0, host: str = "127.0.0.1",
-                 *, allow_remote: bool = False, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-                 poll_interval: float = 1.0, version_policy: str = "latest",
+def start_server(model_base_path: Optional[str] = None, model_name: Optional[str] = None, port: int = 0,
+                 host: str = "127.0.0.1", *, allow_remote: bool = False, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None, poll_interval: float = 1.0, version_policy: str = "latest",
                  version_labels: Optional[Dict[str, int]] = None, limits: RequestLimits = RequestLimits(),
                  batching: BatchingOptions = BatchingOptions(), rest_port: Optional[int] = None,
                  rest_timeout: float = sig.REST_TIMEOUT_SECONDS, xla_cache_dir: Optional[str] = None,
                  max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES,
-                 tensorflow_threads: Optional[tuple] = None) -> ServerHandle:
-    """Load the versions under ``model_base_path`` and serve them over gRPC (and REST); returns once listening.
+                 tensorflow_threads: Optional[tuple] = None, index: Optional[str] = None,
+                 search_run: Optional[str] = None, search_model_name: str = SEARCH_MODEL_NAME,
+                 metrics_path: Optional[str] = None) -> ServerHandle:
+    """Serve the versions under ``model_base_path`` and/or library search of ``index`` over gRPC (and REST).
 
-    ``port=0`` picks a free port (``handle.port``); ``rest_port`` (None: no REST
-    API; 0: any free port, ``handle.rest_port``) serves TF Serving's REST API.
-    A non-loopback ``host`` needs ``allow_remote=True`` and is logged as a
-    warning. ``tls_cert``/``tls_key`` (PEM files, checked before any model
-    loads) switch both ports to TLS. ``poll_interval`` <= 0 disables reloading.
-    ``batching``: how requests are chunked and batched (serving/batching.py).
-    ``xla_cache_dir``: keep compiled XLA programs there (:func:`enable_xla_cache`).
-    ``tensorflow_threads``: (intra-op, inter-op) pool sizes (:func:`set_tensorflow_threads`; None: as
+    Returns once listening. ``port=0`` picks a free port (``handle.port``);
+    ``rest_port`` (None: no REST API; 0: any free port, ``handle.rest_port``)
+    serves TF Serving's REST API. A non-loopback ``host`` needs
+    ``allow_remote=True`` and is logged as a warning. ``tls_cert``/``tls_key``
+    (PEM files, checked before any model loads) switch both ports to TLS.
+    ``poll_interval`` <= 0 disables reloading. ``batching``: how requests are
+    chunked and batched (serving/batching.py). ``xla_cache_dir``: keep compiled
+    XLA programs there (:func:`enable_xla_cache`). ``tensorflow_threads``:
+    (intra-op, inter-op) pool sizes (:func:`set_tensorflow_threads`; None: as
     they are -- ``vreloc serve`` passes its flags, 1 intra-op thread by default).
+    ``index`` (with ``search_run``, default the index's own model): serve library
+    search as model ``search_model_name`` in the same process, on the same ports,
+    under the same limits (serving/search_servable.py). ``metrics_path``: serve
+    Prometheus metrics on the REST port at that path (serving/metrics.py).
     """
+    if not model_base_path and not index:
+        raise InputError("give --model-base-path BASE/NAME (an export), --index INDEX (library search), or both")
     if not is_loopback(host):
         if not allow_remote:
             raise InputError(f"--host {host} is not a loopback address: pass --allow-remote to serve other machines")
@@ -212,30 +229,61 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
     if bool(tls_cert) != bool(tls_key):
         raise InputError("TLS needs both --tls-cert and --tls-key")
     ssl_context = check_tls_files(tls_cert, tls_key) if tls_cert else None
-    if not os.path.isdir(model_base_path):
+    if model_base_path and not os.path.isdir(model_base_path):
         raise InputError(f"--model-base-path {model_base_path}: no such directory")
+    if index and not os.path.isdir(index):
+        raise InputError(f"--index {index}: no such directory")
     if batching.max_batch_size < 1 or batching.max_batch_steps < 1 or batching.batch_timeout_micros < 0:
         raise InputError(f"batching: --max-batch-size and the batch steps must be >= 1 and "
                          f"--batch-timeout-micros >= 0 (got {batching})")
+    if metrics_path is not None and (rest_port is None or not metrics_path.startswith("/")):
+        raise InputError(f"metrics are served on the REST port at a path starting with '/': give --rest-port "
+                         f"(got path {metrics_path!r}, REST port {rest_port})")
+    name = (model_name or os.path.basename(os.path.normpath(model_base_path))) if model_base_path else None
+    if name is not None and index and name == search_model_name:
+        raise InputError(f"the model and library search would both be served as {name!r}: give another "
+                         f"--model-name or --search-model-name")
     if xla_cache_dir:
         enable_xla_cache(xla_cache_dir)
     if tensorflow_threads is not None:
         set_tensorflow_threads(*tensorflow_threads)
-    name = model_name or os.path.basename(os.path.normpath(model_base_path))
-    model = ServedModel(name, model_base_path, VersionPolicy.parse(version_policy), version_labels, limits, batching)
-    model.scan()
-    if not model.versions:
-        log.warning("model %s: no servable version in %s yet; waiting for one", name, model_base_path)
-    models = {name: model}
+
+    from serving.metrics import ServerMetrics
+
+    models: Dict[str, object] = {}
+    metrics = ServerMetrics(models) if metrics_path else None
+    if metrics is not None:
+        batching = dataclasses.replace(batching, observer=metrics.batch_observer(name or search_model_name))
+    model = None
+    if name is not None:
+        model = ServedModel(name, model_base_path, VersionPolicy.parse(version_policy), version_labels, limits,
+                            batching)
+        model.scan()
+        if not model.versions:
+            log.warning("model %s: no servable version in %s yet; waiting for one", name, model_base_path)
+        models[name] = model
+    if index:
+        from serving.search_servable import open_search_model
+
+        try:
+            models[search_model_name] = open_search_model(index, search_run, search_model_name, limits)
+        except BaseException:
+            for served in models.values():
+                served.close()
+            raise
 
     from serving import servicers  # imports tensorflow_serving.apis
+
+    def close_models():
+        for served in models.values():
+            served.close()
 
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vreloc-grpc"),
                          options=options)
-    servicers.add_to_server(server, models)
+    servicers.add_to_server(server, models, metrics)
     address = _address(host, port)
     if tls_cert:
         with open(tls_key, "rb") as fh:
@@ -246,18 +294,19 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
     else:
         bound = server.add_insecure_port(address)
     if not bound:
-        model.close()
+        close_models()
         raise OSError(f"could not bind {address} (is the port in use?)")
     rest = None
     if rest_port is not None:
         try:
-            rest = RestServer(models, host, rest_port, rest_timeout, ssl_context)
+            extra = {"metrics": metrics, "metrics_path": metrics_path} if metrics is not None else {}
+            rest = RestServer(models, host, rest_port, rest_timeout, ssl_context, **extra)
         except OSError as exc:
-            model.close()
+            close_models()
             raise OSError(f"could not bind the REST port {_address(host, rest_port)}: {exc.strerror}") from None
     server.start()
-    handle = ServerHandle(server=server, host=host, port=bound, models=models, rest=rest)
-    if poll_interval > 0:
+    handle = ServerHandle(server=server, host=host, port=bound, models=models, rest=rest, metrics=metrics)
+    if poll_interval > 0 and model is not None:
         def poll():
             while not handle._stop_polling.wait(poll_interval):
                 try:
@@ -267,8 +316,10 @@ def start_server(model_base_path: str, model_name: Optional[str] = None, port: i
 
         handle._poller = threading.Thread(target=poll, name="vreloc-version-poller", daemon=True)
         handle._poller.start()
-    log.info("serving model %s (versions %s) on %s%s%s", name, model.versions, handle.address,
-             f" and REST on port {handle.rest_port}" if rest else "", " with TLS" if tls_cert else "")
+    served = ", ".join(f"{n} (versions {m.versions})" for n, m in models.items())
+    log.info("serving %s on %s%s%s%s", served, handle.address,
+             f" and REST on port {handle.rest_port}" if rest else "", " with TLS" if tls_cert else "",
+             f"; metrics at {metrics_path}" if metrics is not None else "")
     return handle
 
 

@@ -10,7 +10,8 @@ drift apart between transports.
 Codes (TF Serving's): unknown model or version NOT_FOUND, unknown label
 INVALID_ARGUMENT, unknown signature FAILED_PRECONDITION, a malformed request
 INVALID_ARGUMENT naming the input (serving/validation.py), a client that gave up
-CANCELLED, anything unforeseen INTERNAL (and the server keeps serving).
+CANCELLED, work that would outlast the deadline DEADLINE_EXCEEDED, anything unforeseen
+INTERNAL (and the server keeps serving).
 """
 from __future__ import annotations
 
@@ -23,17 +24,16 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from serving import signature as sig
-from serving.model_manager import ServedModel
-from serving.batching import Abandoned
+from serving.batching import Abandoned, WouldMissDeadline
 from serving.status import ServingError
-from serving.tensor_codec import check_declared, decode_inputs, fill_tensor_proto
-from serving.validation import InvalidRequest, validate_inputs
+from serving.tensor_codec import fill_tensor_proto
+from serving.validation import InvalidRequest
 
 log = logging.getLogger("serving.servicers")
-Models = Dict[str, ServedModel]
+Models = Dict[str, "object"]  # name -> ServedModel (serving/model_manager.py) or SearchModel (serving/search_servable.py)
 
 
-def find_model(models: Models, model_spec) -> ServedModel:
+def find_model(models: Models, model_spec):
     model = models.get(model_spec.name)
     if model is None:
         raise ServingError(grpc.StatusCode.NOT_FOUND,
@@ -42,36 +42,31 @@ def find_model(models: Models, model_spec) -> ServedModel:
     return model
 
 
-def predict(models: Models, request, is_active: Callable[[], bool] = lambda: True) -> "predict_pb2.PredictResponse":
-    """Answer one PredictRequest; ServingError with TF Serving's code when it is refused.
+def predict(models: Models, request, is_active: Callable[[], bool] = lambda: True, deadline: Optional[float] = None,
+            metrics=None, entrypoint: str = "GRPC") -> "predict_pb2.PredictResponse":
+    """Answer one PredictRequest for any servable (a model version, library search); ServingError when refused.
 
-    ``is_active()`` is False once the client has given up (deadline, cancel) or
-    the server stops: no further chunk of the request is run.
+    ``is_active()`` is False once the client has given up (cancel) or the server
+    stops: no further chunk of the request is run. ``deadline`` (``time.monotonic()``
+    seconds) is when the client stops waiting: work that would outlast it is not
+    started (a compile, serving/batching.py). ``metrics`` (serving/metrics.py)
+    counts the request under its model, version and status.
     """
     import tensorflow as tf
 
     started = time.perf_counter()
-    shape_text, version, code = "", None, "OK"
+    version, code, model_name = None, "OK", request.model_spec.name
     try:
         model = find_model(models, request.model_spec)
         servable = model.acquire(request.model_spec)
         version = servable.version
         try:
             signature_name = request.model_spec.signature_name or sig.SIGNATURE_NAME
-            if signature_name not in servable.signatures:
-                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f'Serving signature key "{signature_name}" not found.')
-            check_declared(request.inputs, servable.feature_dim, model.limits)  # cost first, nothing converted yet
-            arrays = decode_inputs(request.inputs)
-            validate_inputs(arrays, servable.feature_dim, model.limits)
-            shape_text = "B={} Lq={} Lr={}".format(*arrays[sig.QUERY].shape[:2], arrays[sig.REFERENCE].shape[1])
-            wanted = list(request.output_filter) or list(sig.OUTPUT_NAMES)
-            unknown = [n for n in wanted if n not in sig.OUTPUT_NAMES]
-            if unknown:
-                raise InvalidRequest(f"output_filter: unknown output(s) {unknown}; "
-                                     f"the signature has {', '.join(sig.OUTPUT_NAMES)}")
             try:
-                outputs = servable.run(signature_name, arrays, is_active)
+                outputs = servable.predict(signature_name, request.inputs, list(request.output_filter), is_active,
+                                           deadline)
+            except WouldMissDeadline as exc:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)) from None
             except Abandoned:  # the client gave up (deadline, cancel) or the server stopped: work stopped
                 raise ServingError(grpc.StatusCode.CANCELLED,
                                    "the client cancelled, its deadline passed or the server is stopping") from None
@@ -81,8 +76,8 @@ def predict(models: Models, request, is_active: Callable[[], bool] = lambda: Tru
         response.model_spec.name = model.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
-        for name in wanted:
-            fill_tensor_proto(response.outputs[name], outputs[name])
+        for name, value in outputs.items():
+            fill_tensor_proto(response.outputs[name], value)
         return response
     except InvalidRequest as exc:
         code = "INVALID_ARGUMENT"
@@ -98,8 +93,26 @@ def predict(models: Models, request, is_active: Callable[[], bool] = lambda: Tru
         log.exception("Predict failed")
         raise ServingError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
     finally:
-        log.debug("Predict model=%s version=%s %s status=%s %.2f ms", request.model_spec.name, version,
-                  shape_text, code, 1e3 * (time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        if metrics is not None:
+            metrics.observe_request(model_name, version, code, "predict", entrypoint, seconds)
+        log.debug("Predict model=%s version=%s %s status=%s via %s %.2f ms", model_name, version,
+                  _shape_text(request.inputs), code, entrypoint, 1e3 * seconds)
+
+
+def _shape_text(inputs) -> str:
+    """What a request declares, for the log: ``B=.. Lq=.. Lr=..`` for a model request, else each input's dims."""
+    dims = {name: [d.size for d in proto.tensor_shape.dim] for name, proto in inputs.items()}
+    query, reference = dims.get(sig.QUERY, []), dims.get(sig.REFERENCE, [])
+    if len(query) == 3 and len(reference) == 3:
+        return f"B={query[0]} Lq={query[1]} Lr={reference[1]}"
+    return " ".join(f"{name}={value}" for name, value in sorted(dims.items()))
+
+
+def grpc_deadline(context) -> Optional[float]:
+    """The client's deadline as ``time.monotonic()`` seconds, None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e9 else time.monotonic() + remaining
 
 
 def model_metadata(models: Models, request) -> "get_model_metadata_pb2.GetModelMetadataResponse":
@@ -150,12 +163,13 @@ def model_status(models: Models, request) -> "get_model_status_pb2.GetModelStatu
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService: Predict and GetModelMetadata (Classify etc. stay UNIMPLEMENTED)."""
 
-    def __init__(self, models: Models):
+    def __init__(self, models: Models, metrics=None):
         self.models = models
+        self.metrics = metrics
 
     def Predict(self, request, context):
         try:
-            return predict(self.models, request, context.is_active)
+            return predict(self.models, request, context.is_active, grpc_deadline(context), self.metrics, "GRPC")
         except ServingError as exc:
             context.abort(exc.code, exc.message)
 
@@ -181,7 +195,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             context.abort(exc.code, exc.message)
 
 
-def add_to_server(server: "grpc.Server", models: Models) -> None:
+def add_to_server(server: "grpc.Server", models: Models, metrics=None) -> None:
     """Register both services on a gRPC server."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(models), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(models, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models), server)

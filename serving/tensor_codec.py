@@ -86,14 +86,17 @@ def check_declared(inputs: Mapping[str, "object"], feature_dim: int, limits: Req
     check_names(inputs)
     for name, proto in inputs.items():
         code = proto.dtype
-        check_dtype(name, _BY_CODE[code].name if code in _BY_CODE else _dtype_name(code))
+        check_dtype(name, dtype_name_of(code))
     shapes = {name: declared_shape(name, proto) for name, proto in inputs.items()}
     check_shapes(shapes, feature_dim, limits)
     for name, proto in inputs.items():
         check_value_count(name, proto, shapes[name])
 
 
-def _dtype_name(code: int) -> str:
+def dtype_name_of(code: int) -> str:
+    """The NumPy-style name of a TensorProto dtype code ('float32' for 1), or 'DataType N' for an unknown code."""
+    if code in _BY_CODE:
+        return _BY_CODE[code].name
     import tensorflow as tf
 
     try:

@@ -1,4 +1,4 @@
-"""`vreloc serve`: serve exported models over TF Serving's gRPC and REST APIs (serving.server.start_server)."""
+"""`vreloc serve`: serve an exported model and/or library search over TF Serving's gRPC and REST APIs (serving.server)."""
 from __future__ import annotations
 
 import argparse
@@ -15,9 +15,12 @@ def _label(text: str):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-base-path", help="BASE/NAME folder holding integer version folders")
-    parser.add_argument("--index", help="serve library search of this index instead (serving/search_service.py: "
-                                        "model 'search', PredictRequest query [Lq, D] -> top-k tensors)")
+    parser.add_argument("--index", help="serve library search of this index too, in the same process and on the same "
+                                        "ports (serving/search_servable.py: model 'search', PredictRequest query "
+                                        "[Lq, D] -> top-k tensors); without --model-base-path, search alone")
     parser.add_argument("--search-model", metavar="RUN", help="with --index: run folder (default: the index's model)")
+    parser.add_argument("--search-model-name", default="search",
+                        help="with --index: the name clients use for search (default %(default)s)")
     parser.add_argument("--model-name", default=None, help="name clients use in model_spec (default: base path's last folder)")
     parser.add_argument("--port", type=int, default=sig.GRPC_PORT, help="gRPC port (default %(default)s; 0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
@@ -55,21 +58,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
                         help="threads running independent ops and calls (default %(default)s: one per core)")
     parser.add_argument("--max-workers", type=int, default=8, help="gRPC worker threads (default %(default)s)")
+    parser.add_argument("--enable-prometheus", action="store_true",
+                        help="serve Prometheus metrics on the REST port at /monitoring/prometheus/metrics "
+                             "(serving/metrics.py; needs --rest-port)")
+    parser.add_argument("--monitoring-config-file", default=None,
+                        help="TF Serving's MonitoringConfig text proto, e.g. "
+                             "'prometheus_config { enable: true, path: \"/metrics\" }' (instead of --enable-prometheus)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds SIGTERM/SIGINT lets running requests finish; then they stop (default %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.index:
-        return _serve_search(args)
-    if not args.model_base_path:
-        from vreloc_tf.errors import InputError
-
-        raise InputError("give --model-base-path BASE/NAME (an export) or --index INDEX (library search)")
     from serving.batching import BatchingOptions
+    from serving.metrics import PROMETHEUS_PATH, read_monitoring_config
     from serving.server import default_xla_cache_dir, serve_until_signal, start_server
     from serving.validation import RequestLimits
 
+    metrics_path = PROMETHEUS_PATH if args.enable_prometheus else None
+    if args.monitoring_config_file:
+        metrics_path = read_monitoring_config(args.monitoring_config_file) or metrics_path
     limits = RequestLimits(args.max_query_length, args.max_reference_length, args.max_batch_size)
     batching = BatchingOptions(args.enable_batching, args.max_batch_size, args.batch_timeout_micros)
     handle = start_server(args.model_base_path, args.model_name, args.port, args.host,
@@ -80,28 +87,10 @@ def main(args: argparse.Namespace) -> int:
                           xla_cache_dir=default_xla_cache_dir() if args.xla_cache_dir is None else args.xla_cache_dir,
                           max_workers=args.max_workers,
                           tensorflow_threads=(args.tensorflow_intra_op_parallelism,
-                                              args.tensorflow_inter_op_parallelism))
-    print(f"listening on {handle.address}" + (f", REST on port {handle.rest_port}" if handle.rest else ""), flush=True)
+                                              args.tensorflow_inter_op_parallelism),
+                          index=args.index, search_run=args.search_model, search_model_name=args.search_model_name,
+                          metrics_path=metrics_path)
+    print(f"listening on {handle.address}" + (f", REST on port {handle.rest_port}" if handle.rest else "")
+          + (f", metrics at {metrics_path}" if handle.metrics is not None else ""), flush=True)
     serve_until_signal(handle, args.grace)
-    return 0
-
-
-def _serve_search(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from serving.search_service import MODEL_NAME, start_search_server
-    from serving.server import is_loopback
-    from vreloc_tf.errors import InputError
-
-    if not is_loopback(args.host) and not args.allow_remote:
-        raise InputError(f"--host {args.host} is not a loopback address; add --allow-remote to serve it")
-    server, port = start_search_server(args.index, args.search_model, args.port, args.host,
-                                       args.model_name or MODEL_NAME, args.max_workers)
-    print(f"listening on {args.host}:{port} (library search, model {args.model_name or MODEL_NAME!r})", flush=True)
-    done = threading.Event()
-    for sig_ in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig_, lambda *_: done.set())
-    done.wait()
-    server.stop(args.grace).wait()
     return 0
