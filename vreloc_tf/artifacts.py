@@ -10,8 +10,10 @@ Layouts::
 
     DATA_DIR/   manifest.json, <split>-SSSSS-of-NNNNN.tfrecord, dead_letter/   (the Beam jobs)
     RUN_DIR/    config.yaml          resolved Config the run trained with (every value, after --set)
-                run.json             RunManifest: data folder, feature dim, data source, pca file,
-                                     best step and score, code version, timings
+                run.json             RunManifest: data folder, feature dim, data source, data content
+                                     fingerprint, pca file, best step and score, code version, timings
+                data.json            DataRecord: the content fingerprint of the data the run started on
+                                     (written before its first step; a resume on other data is refused)
                 model.keras          the best inference model (loads with keras.saving.load_model)
                 checkpoints/         periodic checkpoints (step-NNNNNN.keras)
                 backup/              BackupAndRestore state, so a killed run resumes
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from vreloc_tf import __version__, contract, schema
 from vreloc_tf.config import Config, load_config, save_config
 from vreloc_tf.errors import InputError
 from vreloc_tf.feature_spec import FeatureSpec
 from vreloc_tf.files import read_json, write_json_atomic
+from vreloc_tf.fingerprint import content_fingerprint
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.json"
+DATA_FILE = "data.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
 BACKUP_DIR = "backup"
@@ -105,6 +109,15 @@ class Dataset:
         """The sources of the splits training reads (recorded in run.json, compared on resume)."""
         return {split: self.source(split) for split in TRAINING_SPLITS}
 
+    def record_files(self, splits: Sequence[str] = TRAINING_SPLITS) -> List[str]:
+        """The TFRecord shards of ``splits`` (an error naming the folder and split if one has none)."""
+        return [path for split in splits for path in schema.shard_files(self.path, split)]
+
+    def content_fingerprint(self, splits: Sequence[str] = TRAINING_SPLITS) -> str:
+        """SHA-256 of the record files of ``splits`` (default: those training reads), by content and
+        names relative to the folder, so a moved or copied folder keeps it (vreloc_tf.fingerprint)."""
+        return content_fingerprint(self.record_files(splits), root=self.path)
+
     def check_feature_dim(self, expected: Optional[int], what: str = "data.feature_dim") -> int:
         """The data's feature dim; InputError if ``expected`` (a config value, None = any) differs."""
         if expected is not None and int(expected) != self.feature_dim:
@@ -123,6 +136,7 @@ class RunManifest:
     pca_file: Optional[str] = None  # PCA artifact of the training data (raw videos), for locate
     frames_per_feature: int = contract.FRAMES_PER_FEATURE
     data_source: Optional[dict] = None  # Dataset.training_source() of the data it was trained on
+    data_fingerprint: Optional[str] = None  # Dataset.content_fingerprint() of that data (None: older runs)
     features: Optional[dict] = None  # FeatureSpec.to_json() of the training features (PCA path absolute)
     steps: int = 0
     best_step: Optional[int] = None
@@ -147,6 +161,40 @@ class RunManifest:
             raise InputError(f"{path}: not a run manifest (expected a JSON object)")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRecord:
+    """data.json: the data a run started on, by content (``fingerprint``) and, for people, by path.
+
+    Written before the run's first step, so an interrupted run knows what its steps were trained
+    on; run.json is written only at the end, too late for that.
+    """
+
+    fingerprint: str  # Dataset.content_fingerprint(TRAINING_SPLITS)
+    data_dir: str  # where the data was (information only: the fingerprint decides)
+    splits: Sequence[str] = TRAINING_SPLITS
+
+    @classmethod
+    def of(cls, dataset: Dataset, fingerprint: Optional[str] = None) -> "DataRecord":
+        return cls(fingerprint or dataset.content_fingerprint(), dataset.path, tuple(TRAINING_SPLITS))
+
+    def write(self, run_dir: str) -> str:
+        data = dict(dataclasses.asdict(self), splits=list(self.splits), hash="sha256 over the record files of "
+                    "the splits, sorted by name; per file its name, length and bytes (vreloc_tf.fingerprint)")
+        return write_json_atomic(os.path.join(run_dir, DATA_FILE), data)
+
+    @classmethod
+    def read(cls, run_dir: str) -> Optional["DataRecord"]:
+        """The run's record, or None if it has none (a fresh folder, or a run from before data.json)."""
+        path = os.path.join(run_dir, DATA_FILE)
+        if not os.path.exists(path):
+            return None
+        data = read_json(path, "run data record")
+        if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), str):
+            raise InputError(f"{path}: not a run data record (no 'fingerprint'); the run folder is damaged: "
+                             f"train it again with --overwrite")
+        return cls(data["fingerprint"], str(data.get("data_dir")), tuple(data.get("splits") or TRAINING_SPLITS))
 
 
 @dataclasses.dataclass(frozen=True)

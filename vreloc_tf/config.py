@@ -2,7 +2,9 @@
 
 Why a typed tree instead of a dict: a misspelt key or a string where a number
 belongs must fail at start-up with the file and key named, not hours into a
-run. The paper's settings are the defaults (see ``configs/paper_full.yaml``
+run. For the same reason every number and list has a legal range (``RANGES``:
+a batch of 0, -5 steps, no heads), checked whenever a config is loaded and
+again by ``train`` before it writes anything. The paper's settings are the defaults (see ``configs/paper_full.yaml``
 for the source of each number); ``configs/*.yaml`` only state what differs.
 
 ``supervision`` (``full`` | ``weak``) is the one top-level switch between the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -308,6 +311,124 @@ def _build(cls: type, data: dict, prefix: str, source: str):
     return cls(**kwargs)
 
 
+# ---------------------------------------------------------------------------
+# Legal ranges: a type-correct value can still be impossible (a batch of 0, -5 steps, no heads)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """A closed or open interval of legal numbers (``None`` = unbounded on that side)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # True: ``low`` itself is not legal
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        if self.low is None and self.high is None:
+            return "a finite number"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {num(self.high)}"
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {num(self.low)}"
+        return f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_1 = Range(1)  # sizes, counts of steps and heads
+AT_LEAST_0 = Range(0)  # step counts where 0 means "at once" or "off"
+POSITIVE = Range(0, low_open=True)  # rates, temperatures, norms
+FRACTION = Range(0, 1)  # probabilities and weights, both ends legal
+DROPOUT = Range(0, 1, high_open=True)  # dropout 1 drops everything; momentum 1 never moves
+OPEN_FRACTION = Range(0, 1, low_open=True, high_open=True)
+ANY_FINITE = Range()
+NON_EMPTY = "a non-empty list"
+
+# The legal range of every number and list of the tree, by section class and field name.
+# tests/test_run_guards.py checks that every int, float and list field has an entry, so a
+# new field cannot skip validation.
+RANGES = {
+    "Config": {"seed": Range(0, 2 ** 32 - 1)},  # NumPy's seed range (keras.utils.set_random_seed)
+    "DataConfig": {"feature_dim": AT_LEAST_1, "max_window": AT_LEAST_1, "crop_probability": FRACTION,
+                   "weak_query_fraction": OPEN_FRACTION},  # both parts of the train split must be non-empty
+    "HeadGroup": {"heads": AT_LEAST_1, "kernel_size": AT_LEAST_1, "dilation": AT_LEAST_1, "filters": AT_LEAST_1},
+    "CGBMConfig": {"memory_dim": AT_LEAST_1, "attention_dim": AT_LEAST_1, "bilinear_factors": AT_LEAST_1,
+                   "dropout": DROPOUT, "matching_dropout": DROPOUT},
+    "ModelConfig": {"hidden_dim": AT_LEAST_1, "lstm_dim": AT_LEAST_1, "encoder_kernel_size": AT_LEAST_1,
+                    "self_attention_heads": AT_LEAST_1, "self_attention_key_dim": AT_LEAST_1, "heads": NON_EMPTY,
+                    "dropout_before_bilstm": DROPOUT, "dropout_after_bilstm": DROPOUT,
+                    "similarity_temperature": POSITIVE},
+    "LossConfig": {"teacher_temperature": POSITIVE, "teacher_threshold_std": ANY_FINITE,
+                   "teacher_truncation": DROPOUT, "teacher_truncation_ramp_steps": AT_LEAST_0,
+                   "self_target_weight": FRACTION, "self_target_momentum": DROPOUT,
+                   "self_target_start": AT_LEAST_0, "self_target_ramp_steps": AT_LEAST_0,
+                   "alpha": FRACTION, "boundary_weight": POSITIVE, "coattention_mask_after_steps": AT_LEAST_0,
+                   "coattention_weight": AT_LEAST_0},
+    "TrainConfig": {"batch_size": AT_LEAST_1, "learning_rate": POSITIVE,
+                    "lr_decay_factor": Range(0, 1, low_open=True),  # 1 = constant rate
+                    "lr_decay_steps": AT_LEAST_1, "steps": AT_LEAST_1, "clip_norm": POSITIVE,
+                    "checkpoint_every": AT_LEAST_1, "validate_every": AT_LEAST_1,
+                    "validation_pairs": AT_LEAST_0},  # 0 = every val pair
+    "DecodeConfig": {"full_max_length": AT_LEAST_1, "weak_max_length": AT_LEAST_1},  # null = unlimited
+}
+
+
+def _range_problems(node: Any, prefix: str) -> List[tuple]:
+    """(dotted key, value, legal range) of every value of ``node``'s subtree outside its range."""
+    problems = []
+    rules = RANGES.get(type(node).__name__, {})
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}.{f.name}" if prefix else f.name, getattr(node, f.name)
+        rule = rules.get(f.name)
+        if dataclasses.is_dataclass(value):
+            problems += _range_problems(value, key)
+            continue
+        if isinstance(value, list):
+            if rule == NON_EMPTY and not value:
+                problems.append((key, value, NON_EMPTY))
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    problems += _range_problems(item, f"{key}[{i}]")
+            continue
+        if isinstance(rule, Range) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value not in rule:
+            problems.append((key, value, rule))
+    return problems
+
+
+def validate(cfg: "Config", source: str = "<config>", overridden: Sequence[str] = ()) -> "Config":
+    """``cfg`` itself if every value is in its legal range, else a ConfigError naming each key at
+    fault, its value and its range. ``source`` is blamed, or ``--set`` for the keys (and their
+    sub-keys) named in ``overridden``.
+
+    Why here: training writes the config into its run folder, and a resumed run must keep it; an
+    impossible value found only inside TensorFlow is an internal error and leaves that file behind,
+    so the corrected rerun is refused as "a different config". Checked at load time, nothing is
+    written until the config is known to be legal.
+    """
+    def blamed(key: str) -> str:
+        hit = any(key == o or key.startswith((o + ".", o + "[")) for o in overridden)
+        return "--set" if hit else source
+
+    problems = [f"{blamed(key)}: key '{key}' must be {rule}, got {value!r}"
+                for key, value, rule in _range_problems(cfg, "")]
+    if cfg.train.selection == "label_free" and cfg.supervision != "weak":
+        problems.append(f"{blamed('train.selection')}: key 'train.selection' is label_free, which needs "
+                        f"supervision=weak (full supervision has labels: use val_map or last)")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
@@ -318,18 +439,24 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def from_dict(data: dict, source: str = "<dict>") -> Config:
-    """Build a Config from a (possibly partial) mapping; missing keys keep their defaults."""
+def from_dict(data: dict, source: str = "<dict>", check: bool = True) -> Config:
+    """Build a Config from a (possibly partial) mapping; missing keys keep their defaults.
+
+    ``check``: also :func:`validate` the ranges (off only for a file whose overrides are still to come).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
-    return _build(Config, data, "", source)
+    cfg = _build(Config, data, "", source)
+    return validate(cfg, source) if check else cfg
 
 
-def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars."""
+def apply_overrides(cfg: Config, overrides: Sequence[str], source: str = "<config>") -> Config:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars. The result is
+    validated; a value out of range is blamed on ``--set`` if an override set it, else on ``source``."""
     data = cfg.to_dict()
+    overridden = []
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
@@ -349,7 +476,8 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
                 if not dataclasses.is_dataclass(cls):
                     raise ConfigError(f"--set {item!r}: '{'.'.join(keys[:depth + 1])}' is not a section")
                 node = node[key]
-    return from_dict(data, source="--set")
+        overridden.append(dotted.strip())
+    return validate(from_dict(data, source="--set", check=False), source, overridden)
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
@@ -363,8 +491,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
                 data = yaml.safe_load(fh)
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{resolved}: not valid YAML: {exc}") from exc
-        cfg = from_dict(data, source=resolved)
-    return apply_overrides(cfg, overrides) if overrides else cfg
+        cfg = from_dict(data, source=resolved, check=not overrides)  # an override may correct the file
+    return apply_overrides(cfg, overrides, source=resolved if path is not None else "<defaults>") if overrides else cfg
 
 
 def shipped_configs() -> List[str]:

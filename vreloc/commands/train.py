@@ -20,13 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Load and check everything (config ranges, flags) before `train` writes anything."""
     from vreloc_tf.config import load_config
+    from vreloc_tf.errors import InputError
     from vreloc_tf.train import train
 
+    for flag, value in (("--steps", args.steps), ("--devices", args.devices)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
     overrides = list(args.set)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # InputError naming the key, value and legal range
     if args.devices is not None and args.devices > 1:
         import tensorflow as tf
 
