@@ -445,7 +445,7 @@ def test_search_modules_keep_the_layering():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     forbidden = {"vreloc_tf/search": ("vreloc", "pipeline", "serving"), "pipeline/build_index.py": ("vreloc", "serving"),
-                 "serving/search_service.py": ("vreloc", "pipeline")}
+                 "serving/search_servable.py": ("vreloc", "pipeline")}
     for where, banned in forbidden.items():
         files = glob.glob(os.path.join(root, where, "*.py")) if where.endswith("search") else [os.path.join(root, where)]
         assert files
