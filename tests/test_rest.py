@@ -15,7 +15,7 @@ from serving import signature as sig
 from serving.client import predict
 from serving.rest import arrays_from_json, max_body_bytes
 from serving.server import start_server
-from serving.validation import InvalidRequest, RequestLimits
+from serving.validation import InvalidRequest, RequestLimits, check_shapes
 
 
 @pytest.fixture(scope="module")
@@ -144,17 +144,46 @@ def test_malformed_paths_bodies_and_oversized_bodies(served):
     assert call(f"{url}/v1/models/nope:predict", {"inputs": {}})[0] == 404
     status, body = call(f"{url}/v1/models/{H.MODEL_NAME}:classify", {"inputs": {}})
     assert status == 400 and "Malformed request" in body["error"]
-    limit = max_body_bytes(handle.models[H.MODEL_NAME].limits, H.FEATURE_DIM)
+    limit = max_body_bytes(_served_version(handle))
     status, body = call(f"{url}/v1/models/{H.MODEL_NAME}:predict", raw=b" " * (limit + 1))
     assert status == 413 and "raise --max-batch-size" in body["error"]
     # the server still answers
     assert call(f"{url}/v1/models/{H.MODEL_NAME}")[0] == 200
 
 
+class _SmallServable:
+    """The REST side of the servable interface (serving/model_servable.py) over small limits, for unit tests."""
+
+    batched = True
+    model_name = H.MODEL_NAME
+    signatures = {sig.SIGNATURE_NAME: None}
+
+    def __init__(self, limits):
+        self.limits = limits
+
+    def input_dtypes(self, signature_name):
+        return {spec.name: spec.dtype for spec in sig.INPUTS}
+
+    def check_shapes(self, signature_name, shapes):
+        check_shapes(shapes, 8, self.limits)
+
+    def max_request_elements(self):
+        return self.limits.max_batch_size * ((self.limits.max_query_length + self.limits.max_reference_length) * 8 + 2)
+
+
+def _served_version(handle):
+    from tensorflow_serving.apis import model_pb2
+
+    model = handle.models[H.MODEL_NAME]
+    servable = model.acquire(model_pb2.ModelSpec(name=H.MODEL_NAME))
+    model.release(servable)
+    return servable
+
+
 def test_json_shapes_are_checked_before_conversion(monkeypatch):
     from serving import rest
 
-    limits = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
+    servable = _SmallServable(RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4))
 
     def never(*args):
         raise AssertionError("converted before the shape check")
@@ -163,8 +192,8 @@ def test_json_shapes_are_checked_before_conversion(monkeypatch):
     body = {"inputs": {"query": [[[0.0] * 8] * 3], "query_length": [3], "reference": [[[0.0] * 8] * 5000],
                        "reference_length": [3]}}
     with pytest.raises(InvalidRequest, match="'reference': 5000 steps is above the server limit 400"):
-        arrays_from_json(body, 8, limits)
+        arrays_from_json(body, servable, sig.SIGNATURE_NAME)
     rows = [{"query": [[0.0] * 8] * 3, "query_length": 3, "reference": [[0.0] * 8] * 30, "reference_length": 3}] * 5
     with pytest.raises(InvalidRequest, match="batch size 5 is above the server limit 4"):
-        arrays_from_json({"instances": rows}, 8, limits)
-    assert max_body_bytes(limits, 8) < 1 << 20
+        arrays_from_json({"instances": rows}, servable, sig.SIGNATURE_NAME)
+    assert max_body_bytes(servable) < 1 << 20
