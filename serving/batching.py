@@ -233,14 +233,20 @@ class Executor:
                             deadlines: Sequence[Optional[float]]) -> None:
         """WouldMissDeadline when the call's shape is not compiled and the compile would outlast a deadline."""
         shape = self._call_shape(chunks, key)
-        if shape is None or shape in self.compiled or not self.compile_seconds:
+        if shape is None or shape in self.compiled:
             return
         left = min((d for d in deadlines if d is not None), default=None)
-        if left is not None and left - time.monotonic() < self.compile_seconds:
+        expected = self.expected_compile_seconds()
+        if left is not None and left - time.monotonic() < expected:
             raise WouldMissDeadline(
                 f"the request needs a model call of a shape not compiled yet (batch, Lq, Lr) = {shape}; compiling "
-                f"takes about {self.compile_seconds:.1f} s, more than the {max(0.0, left - time.monotonic()):.1f} s "
+                f"takes about {expected:.1f} s, more than the {max(0.0, left - time.monotonic()):.1f} s "
                 f"its deadline leaves: not started")
+
+    def expected_compile_seconds(self) -> float:
+        """What compiling a new shape is expected to take: the longest first call seen, at least
+        ``signature.MIN_COMPILE_SECONDS`` (a warm-up served from the XLA cache measures a load, not a compile)."""
+        return max(self.compile_seconds, sig.MIN_COMPILE_SECONDS)
 
     def _run_batch(self, chunks: Sequence[Arrays], key: Tuple[int, int],
                    queue_seconds: Optional[Sequence[float]] = None) -> List[Arrays]:

@@ -108,6 +108,9 @@ REST_TIMEOUT_SECONDS = 30.0  # a REST predict stops after this long (TF Serving'
 # -- how requests run (serving/batching.py) --------------------------------------------
 INTRA_OP_THREADS = 1  # threads one model call uses (vreloc serve; serving.server.set_tensorflow_threads says why)
 BATCH_TIMEOUT_MICROS = 0  # wait for more requests once one is queued (0: batch what is already queued)
+# A request with a deadline is not started on a shape not compiled yet when less than this (or the longest
+# compile measured, if longer) is left: an XLA compile cannot be stopped once started (serving/batching.py).
+MIN_COMPILE_SECONDS = 2.0
 MAX_BATCH_STEPS = 4800  # padded pairs x Lr per model call (16 pairs at Lr 300): the unit between deadline checks
 # Shapes a model call is padded to (an XLA signature compiles once per shape): the smallest that fits.
 QUERY_BUCKETS = (8, 16, 32, 64, 128, 256, 512)

@@ -8,6 +8,18 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if "--tf_xla_persistent_cache_directory" not in os.environ.get("TF_XLA_FLAGS", ""):
+    # One XLA cache for the session (served processes inherit it): a server compiles every allowed
+    # batch size at warm-up (serving/model_servable.py), and the tests' exports share one architecture,
+    # so only the first load of each shape compiles. Set before anything imports TensorFlow.
+    import atexit
+    import shutil
+    import tempfile
+
+    _XLA_CACHE = tempfile.mkdtemp(prefix="vreloc-tests-xla-")
+    atexit.register(shutil.rmtree, _XLA_CACHE, True)
+    os.environ["TF_XLA_FLAGS"] = (os.environ.get("TF_XLA_FLAGS", "") +
+                                  f" --tf_xla_persistent_cache_directory={_XLA_CACHE}").strip()
 
 import pytest  # noqa: E402
 
