@@ -201,7 +201,7 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
                  max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES,
                  tensorflow_threads: Optional[tuple] = None, index: Optional[str] = None,
                  search_run: Optional[str] = None, search_model_name: str = SEARCH_MODEL_NAME,
-                 metrics_path: Optional[str] = None) -> ServerHandle:
+                 metrics_path: Optional[str] = None, rest_max_connections: int = 64) -> ServerHandle:
     """Serve the versions under ``model_base_path`` and/or library search of ``index`` over gRPC (and REST).
 
     Returns once listening. ``port=0`` picks a free port (``handle.port``);
@@ -218,6 +218,7 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
     search as model ``search_model_name`` in the same process, on the same ports,
     under the same limits (serving/search_servable.py). ``metrics_path``: serve
     Prometheus metrics on the REST port at that path (serving/metrics.py).
+    ``rest_max_connections``: REST connections served at once (more are answered 503).
     """
     if not model_base_path and not index:
         raise InputError("give --model-base-path BASE/NAME (an export), --index INDEX (library search), or both")
@@ -236,6 +237,8 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
     if batching.max_batch_size < 1 or batching.max_batch_steps < 1 or batching.batch_timeout_micros < 0:
         raise InputError(f"batching: --max-batch-size and the batch steps must be >= 1 and "
                          f"--batch-timeout-micros >= 0 (got {batching})")
+    if rest_max_connections < 1:
+        raise InputError(f"--rest-max-connections must be >= 1, got {rest_max_connections}")
     if metrics_path is not None and (rest_port is None or not metrics_path.startswith("/")):
         raise InputError(f"metrics are served on the REST port at a path starting with '/': give --rest-port "
                          f"(got path {metrics_path!r}, REST port {rest_port})")
@@ -299,8 +302,8 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
     rest = None
     if rest_port is not None:
         try:
-            extra = {"metrics": metrics, "metrics_path": metrics_path} if metrics is not None else {}
-            rest = RestServer(models, host, rest_port, rest_timeout, ssl_context, **extra)
+            rest = RestServer(models, host, rest_port, rest_timeout, ssl_context, metrics=metrics,
+                              metrics_path=metrics_path, max_connections=rest_max_connections)
         except OSError as exc:
             close_models()
             raise OSError(f"could not bind the REST port {_address(host, rest_port)}: {exc.strerror}") from None

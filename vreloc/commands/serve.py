@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"serve TF Serving's REST API on this port too (TF Serving uses {sig.REST_PORT}; "
                              "0 = any free port; default: no REST API)")
     parser.add_argument("--rest-timeout", type=float, default=sig.REST_TIMEOUT_SECONDS,
-                        help="seconds a REST predict may run (default %(default)s)")
+                        help="seconds a REST request may take, from connecting through reading its body to the answer; "
+                             "a client that stalls longer is dropped (default %(default)s)")
+    parser.add_argument("--rest-max-connections", type=int, default=64,
+                        help="REST connections served at once; more are answered 503 (default %(default)s)")
     parser.add_argument("--max-query-length", type=int, default=sig.MAX_QUERY_LENGTH, help="largest Lq (default %(default)s)")
     parser.add_argument("--max-reference-length", type=int, default=sig.MAX_REFERENCE_LENGTH,
                         help="largest Lr (default %(default)s)")
@@ -89,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
                           tensorflow_threads=(args.tensorflow_intra_op_parallelism,
                                               args.tensorflow_inter_op_parallelism),
                           index=args.index, search_run=args.search_model, search_model_name=args.search_model_name,
-                          metrics_path=metrics_path)
+                          metrics_path=metrics_path, rest_max_connections=args.rest_max_connections)
     print(f"listening on {handle.address}" + (f", REST on port {handle.rest_port}" if handle.rest else "")
           + (f", metrics at {metrics_path}" if handle.metrics is not None else ""), flush=True)
     serve_until_signal(handle, args.grace)
