@@ -179,3 +179,24 @@ def test_readme_saved_model_cli_output_shows_the_signature():
         assert len(dims) == spec.rank, spec.name
         assert all(d == "-1" for d, want in zip(dims, spec.shape) if want is None), spec.name
     assert f"Method name is: {sig.METHOD_NAME}" in readme[start:]
+
+
+def test_tf_serving_and_vreloc_serve_read_one_monitoring_config(compose, k8s, tmp_path):
+    """serving/monitoring.config turns on TF Serving's Prometheus endpoint in both deployment files, and
+    `vreloc serve --monitoring-config-file` reads the same file to the same path."""
+    from serving.metrics import PROMETHEUS_PATH, read_monitoring_config
+
+    local = os.path.join(SERVING_DIR, "monitoring.config")
+    assert read_monitoring_config(local) == PROMETHEUS_PATH
+    (service,) = compose["services"].values()
+    mounts = {v["target"]: v for v in service["volumes"]}
+    target = _flags(service["command"])["monitoring_config_file"]
+    assert os.path.basename(mounts[target]["source"]) == "monitoring.config" and mounts[target]["read_only"]
+    (container,) = k8s["Deployment"]["spec"]["template"]["spec"]["containers"]
+    config_dir, config_file = os.path.split(_flags(container["args"])["monitoring_config_file"])
+    assert config_file == "monitoring.config"
+    carried = tmp_path / "monitoring.config"
+    carried.write_text(k8s["ConfigMap"]["data"]["monitoring.config"])
+    with open(local) as fh:
+        assert carried.read_text().split() == fh.read().split()
+    assert read_monitoring_config(str(carried)) == PROMETHEUS_PATH
