@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from serving import signature as sig
-from serving.versions import existing_versions, next_version
+from serving.versions import INT64_MAX, existing_versions, next_version
 from vreloc_tf.artifacts import Export, Run
 from vreloc_tf.contract import DECODE_RULES, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
@@ -156,12 +156,13 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
     os.makedirs(out, exist_ok=True)
     if version is None:
         version = next_version(out)
-    elif version < 1:
-        raise InputError(f"--version must be a positive integer, got {version}")
+    elif not 1 <= version <= INT64_MAX:
+        raise InputError(f"--version must be a positive integer up to {INT64_MAX} (int64), got {version}")
     final = os.path.join(out, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists: version {version} of {model_name} was already exported "
-                              f"(versions: {existing_versions(out)}); pick another --version or omit it")
+    taken = existing_versions(out)  # by number: version 7 is taken by a folder 007 too
+    if version in taken or os.path.exists(final):
+        raise FileExistsError(f"{final}: version {version} of {model_name} was already exported "
+                              f"(versions: {taken}); pick another --version or omit it")
 
     tmp = os.path.join(out, f"{sig.TEMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     try:

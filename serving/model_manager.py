@@ -118,9 +118,10 @@ def free_memory() -> None:
     Why: a retired version's TensorFlow objects sit in reference cycles (the loaded
     SavedModel, its functions, the executor's call), freed only by the cyclic
     collector; and glibc keeps freed heap pages mapped. Measured on a non-XLA
-    export over 14 swaps (tests/test_versions.py): RSS 113-130 % of one version
-    without this, 111-115 % with ``gc.collect()`` alone, 102-103 % with
-    ``malloc_trim(0)`` too. A C library without ``malloc_trim`` (musl, macOS) skips it.
+    export, RSS after each of 10 swaps as a share of one loaded version
+    (tests/test_versions.py): 113-134 % without this, 103-115 % with
+    ``gc.collect()`` alone, 100-101 % with ``malloc_trim(0)`` too. A C library
+    without ``malloc_trim`` (musl, macOS) skips it.
     """
     gc.collect()
     if _LIBC is not None:
@@ -276,9 +277,9 @@ class ServedModel:
                     for version in waiting:
                         if (version, folders[version]) not in self._said_settling:
                             self._said_settling.add((version, folders[version]))
-                            log.info("model %s: version %d in %s is still changing: loaded once nothing in it "
-                                     "changed for %.1f s", self.name, version,
-                                     os.path.join(self.base_path, folders[version]), self.settle_seconds)
+                            log.info("model %s: version %d in %s changed less than %.1f s ago: loaded once nothing "
+                                     "in it has changed for that long (a copy may still be running)", self.name,
+                                     version, os.path.join(self.base_path, folders[version]), self.settle_seconds)
                     break
                 time.sleep(min(0.1, self.settle_seconds))
                 pending = waiting

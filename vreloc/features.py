@@ -71,12 +71,11 @@ def spec_of(path: str) -> Tuple[Optional[FeatureSpec], str]:
 def export_version_dir(path: str) -> Optional[str]:
     """The version folder of an export path: the path itself, or the highest version of BASE/NAME."""
     from serving import signature as sig
-    from serving.versions import list_versions
+    from serving.versions import latest_version_dir
 
     if os.path.isfile(os.path.join(path, sig.SAVED_MODEL_FILE)):
         return path
-    versions = list_versions(path)
-    return os.path.join(path, str(versions[-1])) if versions else None
+    return latest_version_dir(path)  # its folder name, not str(version): version 7 may live in 007/
 
 
 def export_metadata(version_dir: str) -> dict:
