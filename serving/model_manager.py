@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import grpc
 
+from serving import signature as sig
 from serving.batching import BatchingOptions
 from serving.model_servable import LoadedVersion
 from serving.status import ServingError
@@ -39,7 +40,7 @@ from serving.versions import read_base
 from vreloc_tf.errors import InputError
 
 log = logging.getLogger("serving.model_manager")
-DEFAULT_SETTLE_SECONDS = 2.0
+DEFAULT_SETTLE_SECONDS = sig.VERSION_SETTLE_SECONDS
 STARTUP_WAIT_SECONDS = 30.0  # the first scan's longest wait for a version still being copied
 
 

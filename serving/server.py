@@ -38,6 +38,7 @@ import grpc
 
 from serving import signature as sig
 from serving.batching import BatchingOptions
+from serving import model_manager
 from serving.model_manager import ServedModel, VersionPolicy
 from serving.rest import RestServer
 from serving.search_servable import MODEL_NAME as SEARCH_MODEL_NAME
@@ -201,7 +202,8 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
                  max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES,
                  tensorflow_threads: Optional[tuple] = None, index: Optional[str] = None,
                  search_run: Optional[str] = None, search_model_name: str = SEARCH_MODEL_NAME,
-                 metrics_path: Optional[str] = None, rest_max_connections: int = 64) -> ServerHandle:
+                 metrics_path: Optional[str] = None, rest_max_connections: int = 64,
+                 settle_seconds: Optional[float] = None) -> ServerHandle:
     """Serve the versions under ``model_base_path`` and/or library search of ``index`` over gRPC (and REST).
 
     Returns once listening. ``port=0`` picks a free port (``handle.port``);
@@ -219,6 +221,8 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
     under the same limits (serving/search_servable.py). ``metrics_path``: serve
     Prometheus metrics on the REST port at that path (serving/metrics.py).
     ``rest_max_connections``: REST connections served at once (more are answered 503).
+    ``settle_seconds``: how long a version's folder must stand still before it loads (None:
+    ``model_manager.DEFAULT_SETTLE_SECONDS``).
     """
     if not model_base_path and not index:
         raise InputError("give --model-base-path BASE/NAME (an export), --index INDEX (library search), or both")
@@ -259,8 +263,9 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
         batching = dataclasses.replace(batching, observer=metrics.batch_observer(name or search_model_name))
     model = None
     if name is not None:
+        settle = model_manager.DEFAULT_SETTLE_SECONDS if settle_seconds is None else settle_seconds
         model = ServedModel(name, model_base_path, VersionPolicy.parse(version_policy), version_labels, limits,
-                            batching)
+                            batching, settle_seconds=settle)
         model.scan()
         if not model.versions:
             log.warning("model %s: no servable version in %s yet; waiting for one", name, model_base_path)

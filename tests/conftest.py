@@ -48,6 +48,16 @@ def benchmark_synth(tmp_path_factory, shared_splits_dir):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _quick_version_settle():
+    """Servers started in-process load a freshly copied export after 0.2 s, not the product's 2 s (tests of
+    the settle rule pass their own ``settle_seconds``)."""
+    from serving import model_manager
+
+    model_manager.DEFAULT_SETTLE_SECONDS = 0.2
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _runs_root(tmp_path_factory):
     """helpers.runs makes its run folders and exports under this session's temporary folder."""
     from helpers import runs

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="seconds between scans of the base path for new versions (default %(default)s; 0 = never)")
+    parser.add_argument("--version-settle-seconds", type=float, default=sig.VERSION_SETTLE_SECONDS,
+                        help="a version folder loads once nothing in it changed for this long, so a copy in "
+                             "progress is never served (default %(default)s)")
     parser.add_argument("--version-policy", default="latest",
                         help="latest | latest:N | all | specific:V1,V2 (default %(default)s: the highest version)")
     parser.add_argument("--version-label", type=_label, action="append", default=[], metavar="LABEL=VERSION",
@@ -92,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
                           tensorflow_threads=(args.tensorflow_intra_op_parallelism,
                                               args.tensorflow_inter_op_parallelism),
                           index=args.index, search_run=args.search_model, search_model_name=args.search_model_name,
-                          metrics_path=metrics_path, rest_max_connections=args.rest_max_connections)
+                          metrics_path=metrics_path, rest_max_connections=args.rest_max_connections,
+                          settle_seconds=args.version_settle_seconds)
     print(f"listening on {handle.address}" + (f", REST on port {handle.rest_port}" if handle.rest else "")
           + (f", metrics at {metrics_path}" if handle.metrics is not None else ""), flush=True)
     serve_until_signal(handle, args.grace)
