@@ -197,7 +197,7 @@ def test_a_version_copied_slowly_is_loaded_with_its_warmup_requests(tmp_path):
     source = os.path.join(H.export_copy(str(tmp_path / "src"), seed=1, version=2, xla=False), "2")
     done = []
     with _Records() as log:
-        handle = start_server(base, port=0, poll_interval=0.1)  # the default settle time (2 s)
+        handle = start_server(base, port=0, poll_interval=0.1, settle_seconds=2.0)  # the product default
         model = handle.models[H.MODEL_NAME]
         try:
             copier = threading.Thread(target=_copy_slowly, args=(source, os.path.join(base, "2"), 0.5, done))
