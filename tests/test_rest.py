@@ -13,7 +13,7 @@ import pytest
 from helpers import runs as H
 from serving import signature as sig
 from serving.client import predict
-from serving.rest import arrays_from_json, max_body_bytes
+from serving.rest_json import arrays_from_json, max_body_bytes
 from serving.server import start_server
 from serving.validation import InvalidRequest, RequestLimits, check_shapes
 
@@ -181,14 +181,14 @@ def _served_version(handle):
 
 
 def test_json_shapes_are_checked_before_conversion(monkeypatch):
-    from serving import rest
+    from serving import rest_json
 
     servable = _SmallServable(RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4))
 
     def never(*args):
         raise AssertionError("converted before the shape check")
 
-    monkeypatch.setattr(rest, "_to_array", never)
+    monkeypatch.setattr(rest_json, "_to_array", never)
     body = {"inputs": {"query": [[[0.0] * 8] * 3], "query_length": [3], "reference": [[[0.0] * 8] * 5000],
                        "reference_length": [3]}}
     with pytest.raises(InvalidRequest, match="'reference': 5000 steps is above the server limit 400"):

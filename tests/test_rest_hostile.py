@@ -407,7 +407,7 @@ def test_scan_counts_outside_strings_only_and_is_fast():
 
 
 def test_json_outputs_write_strings_and_nan_as_tf_serving_does():
-    from serving.rest import json_outputs
+    from serving.rest_json import json_outputs
 
     outputs = {"video_id": np.array([b"clip-\xc3\xa9", b"\xff\xfe"], dtype=object),
                "thumb_bytes": np.array([b"ok"], dtype=object),
@@ -421,7 +421,7 @@ def test_json_outputs_write_strings_and_nan_as_tf_serving_does():
 
 
 def test_row_format_needs_a_batched_servable():
-    from serving.rest import arrays_from_json
+    from serving.rest_json import arrays_from_json
     from serving.validation import InvalidRequest
 
     class Unbatched:  # the REST part of the servable interface, like library search's
