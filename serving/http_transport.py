@@ -46,15 +46,15 @@ WATCHDOG_BACKSTOP_SECONDS = 1.0  # past a body's deadline, before the watchdog c
 JSON = "application/json"
 
 
-class _TooLarge(Exception):
+class BodyTooLarge(Exception):
     """A body larger than any request within the limits: refused before it is read (HTTP 413)."""
 
 
-class _Stalled(Exception):
+class ClientStalled(Exception):
     """The client did not send its body before the request's deadline (HTTP 408; the connection is closed)."""
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     """The client closed the connection (or it failed) mid-body: nobody to answer."""
 
 
@@ -79,7 +79,7 @@ class RequestBody:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 self.stalled = True
-                raise _Stalled(f"the request body did not arrive within --rest-timeout ({self.timeout:g} s): "
+                raise ClientStalled(f"the request body did not arrive within --rest-timeout ({self.timeout:g} s): "
                                f"{self.consumed} of {self.length} bytes came")
             try:
                 self.connection.settimeout(min(left, self.timeout))
@@ -88,7 +88,7 @@ class RequestBody:
                 continue  # the deadline check above answers
             except OSError as exc:
                 self.gone = True
-                raise _ClientGone(f"connection failed after {self.consumed} of {self.length} bytes ({exc})") from None
+                raise ClientGone(f"connection failed after {self.consumed} of {self.length} bytes ({exc})") from None
             finally:
                 try:
                     self.connection.settimeout(self.timeout)
@@ -96,7 +96,7 @@ class RequestBody:
                     pass
             if not chunk:
                 self.gone = True
-                raise _ClientGone(f"the client closed the connection after {self.consumed} of {self.length} bytes")
+                raise ClientGone(f"the client closed the connection after {self.consumed} of {self.length} bytes")
             self.consumed += len(chunk)
             if self.consumed == self.length:
                 self.on_read()
@@ -116,7 +116,7 @@ class RequestBody:
         try:
             for _ in self._chunks():
                 pass
-        except (_Stalled, _ClientGone):
+        except (ClientStalled, ClientGone):
             return False
         return True
 
@@ -144,7 +144,7 @@ class ByteBudget:
     def acquire(self, n: int, deadline: float) -> None:
         with self._cond:
             if n > self.capacity:
-                raise _TooLarge(f"request body of {n} bytes is above the server's body budget of {self.capacity} "
+                raise BodyTooLarge(f"request body of {n} bytes is above the server's body budget of {self.capacity} "
                                 f"bytes (bodies being read at once)")
             while self.used + n > self.capacity:
                 left = deadline - time.monotonic()
@@ -161,12 +161,12 @@ class ByteBudget:
             self.used -= n
             self._cond.notify_all()
 
-def _json_answer(status: int, answer: dict) -> Tuple[int, bytes, str]:
+def json_answer(status: int, answer: dict) -> Tuple[int, bytes, str]:
     return status, json.dumps(answer).encode("utf-8"), JSON
 
 
 class Api(Protocol):
-    """What :class:`_Handler` serves (serving/rest.py's ``RestApi``)."""
+    """What :class:`RequestHandler` serves (serving/rest.py's ``RestApi``)."""
 
     timeout: float  # a request's deadline, after its headers arrived
 
@@ -220,7 +220,7 @@ class _Watchdog:
                     pass
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class BoundedHTTPServer(ThreadingHTTPServer):
     """One thread per connection, at most ``max_connections`` of them; TLS handshakes on the connection's thread."""
 
     daemon_threads = True
@@ -289,7 +289,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.watchdog.stop()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vreloc-serving"
     api: Api  # set on the subclass made by RestServer (serving/rest.py)
@@ -306,12 +306,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") is not None:
             body = RequestBody(self.rfile, self.connection, 0, deadline, timeout)
-            status, payload, content_type = _json_answer(411, {"error": "send the body with a Content-Length "
+            status, payload, content_type = json_answer(411, {"error": "send the body with a Content-Length "
                                                                         "(Transfer-Encoding is not supported)"})
             self.close_connection = True
         elif length is not None and not _CONTENT_LENGTH.fullmatch(length):
             body = RequestBody(self.rfile, self.connection, 0, deadline, timeout)
-            status, payload, content_type = _json_answer(400, {"error": f"bad Content-Length {length[:40]!r}"})
+            status, payload, content_type = json_answer(400, {"error": f"bad Content-Length {length[:40]!r}"})
             self.close_connection = True
         else:
             body = RequestBody(self.rfile, self.connection, int(length or 0), deadline, timeout,

@@ -43,7 +43,7 @@ class JsonTooComplex(ValueError):
 
 @dataclass(frozen=True)
 class JsonLimits:
-    """The most a legal request's JSON holds (serving/rest.py derives them from the servable)."""
+    """The most a legal request's JSON holds (serving/rest_json.py derives them from the servable)."""
 
     max_depth: int  # nesting of lists and objects
     max_values: int  # commas: every value but the first of each container

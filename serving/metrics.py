@@ -14,6 +14,7 @@ series                                                      type       labels
 ``:tensorflow:serving:batching_session:processed_batch_size``  histogram  model_name (pairs per model call)
 ``:tensorflow:serving:batching_session:queuing_latency``    histogram  model_name (microseconds a chunk queued)
 ``:vreloc:serving:loaded_version`` (ours: TF Serving has none)  gauge  model_name, version (1 per served version)
+``process_resident_memory_bytes`` etc. (prometheus-client's)  gauge    (the process: memory, CPU, open files)
 ==========================================================  =========  ===========================================
 
 ``status`` is the gRPC code name (``OK``, ``INVALID_ARGUMENT``, ...), ``entrypoint``
@@ -54,6 +55,11 @@ class ServerMetrics:
                                          ["model_name"], buckets=LATENCY_BUCKETS_US, registry=self.registry)
         self.models = models if models is not None else {}
         self.registry.register(_LoadedVersions(self.models))
+        # process_resident_memory_bytes & co.: what to alert on while TensorFlow keeps the compiled programs
+        # of retired XLA versions (serving/README.md, "Versions").
+        from prometheus_client import ProcessCollector
+
+        ProcessCollector(registry=self.registry)
 
     def observe_request(self, model_name: str, version: Optional[int], status: str, api: str, entrypoint: str,
                         seconds: float) -> None:

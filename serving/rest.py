@@ -49,10 +49,10 @@ from typing import Optional, Tuple
 import grpc
 
 from serving import signature as sig
-from serving.http_transport import (ByteBudget, RequestBody, _ClientGone, _Handler, _HTTPServer, _json_answer,
-                                    _Stalled, _TooLarge)
+from serving.http_transport import (BodyTooLarge, BoundedHTTPServer, ByteBudget, ClientGone, ClientStalled,
+                                    RequestBody, RequestHandler, json_answer)
 from serving.json_limits import JsonScanner, JsonTooComplex
-from serving.rest_json import _output_array, arrays_from_json, json_limits, json_outputs, max_body_bytes
+from serving.rest_json import arrays_from_json, json_limits, json_outputs, max_body_bytes, output_array
 from serving.status import ServingError, http_status
 from serving.validation import InvalidRequest
 
@@ -72,11 +72,11 @@ def _status_name(exc: BaseException) -> str:
         return exc.code.name
     if isinstance(exc, (InvalidRequest, JsonTooComplex)):
         return "INVALID_ARGUMENT"
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, BodyTooLarge):
         return "RESOURCE_EXHAUSTED"
-    if isinstance(exc, _Stalled):
+    if isinstance(exc, ClientStalled):
         return "DEADLINE_EXCEEDED"
-    if isinstance(exc, _ClientGone):
+    if isinstance(exc, ClientGone):
         return "CANCELLED"
     return "INTERNAL"
 
@@ -103,25 +103,25 @@ class RestApi:
         try:
             if self.metrics_path is not None and self.metrics is not None and path == self.metrics_path:
                 if method != "GET":
-                    return _json_answer(405, {"error": f"{method} {path}: the metrics path answers GET only"})
+                    return json_answer(405, {"error": f"{method} {path}: the metrics path answers GET only"})
                 payload, content_type = self.metrics.exposition()
                 return 200, payload, content_type
-            return _json_answer(200, self._route(method, path, body))
+            return json_answer(200, self._route(method, path, body))
         except ServingError as exc:
-            return _json_answer(http_status(exc.code), {"error": exc.message})
+            return json_answer(http_status(exc.code), {"error": exc.message})
         except (InvalidRequest, JsonTooComplex) as exc:
-            return _json_answer(http_status(grpc.StatusCode.INVALID_ARGUMENT), {"error": str(exc)})
-        except _TooLarge as exc:
-            return _json_answer(413, {"error": str(exc)})
-        except _Stalled as exc:
+            return json_answer(http_status(grpc.StatusCode.INVALID_ARGUMENT), {"error": str(exc)})
+        except BodyTooLarge as exc:
+            return json_answer(413, {"error": str(exc)})
+        except ClientStalled as exc:
             log.debug("REST %s %s: %s", method, path, exc)
-            return _json_answer(408, {"error": str(exc)})
-        except _ClientGone as exc:
+            return json_answer(408, {"error": str(exc)})
+        except ClientGone as exc:
             log.debug("REST %s %s: %s", method, path, exc)
-            return _json_answer(499, {"error": str(exc)})  # not sent: the connection is closed
+            return json_answer(499, {"error": str(exc)})  # not sent: the connection is closed
         except Exception as exc:  # noqa: BLE001 - a bug of ours: answer 500 (with a traceback in the log), keep serving
             log.exception("REST %s %s failed", method, path)
-            return _json_answer(http_status(grpc.StatusCode.INTERNAL), {"error": f"{type(exc).__name__}: {exc}"})
+            return json_answer(http_status(grpc.StatusCode.INTERNAL), {"error": f"{type(exc).__name__}: {exc}"})
 
     def _route(self, method: str, path: str, body: RequestBody) -> dict:
         match = _PATH.fullmatch(path)
@@ -200,7 +200,7 @@ class RestApi:
                 self.metrics.observe_request(match["name"], version=None, status=_status_name(exc), api="predict",
                                              entrypoint="REST", seconds=time.perf_counter() - started)
             raise
-        outputs = {name: _output_array(proto) for name, proto in response.outputs.items()}
+        outputs = {name: output_array(proto) for name, proto in response.outputs.items()}
         return json_outputs(outputs, fmt, row_steps)
 
     def _request(self, match, body: RequestBody):
@@ -216,7 +216,7 @@ class RestApi:
         model.release(servable)
         limit = max_body_bytes(servable)
         if body.length > limit:
-            raise _TooLarge(f"request body of {body.length} bytes is above {limit}, the most a request within the "
+            raise BodyTooLarge(f"request body of {body.length} bytes is above {limit}, the most a request within the "
                             f"server limits can need (raise --max-batch-size/--max-query-length/--max-reference-length)")
         scanner = JsonScanner(json_limits(servable))
         self.budget.fit(limit)
@@ -275,8 +275,8 @@ class RestServer:
             raise ValueError(f"REST server: timeout must be > 0, max_connections and parse_slots >= 1 (got "
                              f"{timeout}, {max_connections}, {parse_slots})")
         self.api = RestApi(models, timeout, metrics, metrics_path, body_budget_bytes, parse_slots)
-        handler = type("RestHandler", (_Handler,), {"api": self.api, "timeout": timeout})
-        self.httpd = _HTTPServer((host.strip("[]"), port), handler, timeout, max_connections, ssl_context)
+        handler = type("RestHandler", (RequestHandler,), {"api": self.api, "timeout": timeout})
+        self.httpd = BoundedHTTPServer((host.strip("[]"), port), handler, timeout, max_connections, ssl_context)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="vreloc-rest", daemon=True)
         self._thread.start()

@@ -248,7 +248,7 @@ def json_outputs(outputs: Dict[str, np.ndarray], fmt: str, row_steps: list) -> d
     return {"predictions": rows}
 
 
-def _output_array(proto) -> np.ndarray:
+def output_array(proto) -> np.ndarray:
     from serving.tensor_codec import packed_array
 
     array = packed_array(proto)

@@ -9,7 +9,7 @@ cost microseconds and are testable without a server.
 
 Cost first: :func:`check_shapes` needs only the shapes, so the transports call
 it on the shapes a request *declares* before converting anything
-(``serving.tensor_codec.check_declared``, ``serving.rest``); the value checks
+(``serving.tensor_codec.check_declared``, ``serving.rest_json``); the value checks
 (lengths, NaN/Inf) follow on the converted arrays.
 """
 from __future__ import annotations

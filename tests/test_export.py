@@ -147,6 +147,18 @@ def test_versions_are_next_free_explicit_and_never_overwritten(tmp_path, monkeyp
     assert sorted(os.listdir(base)) == sorted(["3", ".tmp-9-deadbeef", "notes"])
 
 
+def test_no_xla_flag_exports_a_plain_model_call(tmp_path):
+    from serving.batching import BatchingOptions
+    from serving.model_servable import LoadedVersion
+
+    assert cli_main(["export", "--model", H.make_run(0), "--out", str(tmp_path / "m"), "--no-xla"]) == 0
+    version = LoadedVersion(H.MODEL_NAME, 1, str(tmp_path / "m" / "1"), BatchingOptions(enabled=False))
+    try:
+        assert not version.xla
+    finally:
+        version.close()
+
+
 def test_decode_flag_exports_the_other_rule(tmp_path):
     run_dir = H.make_run(0)
     result = export_model(run_dir, str(tmp_path / "m"), decode="weak", jit_compile=False)  # the rule, not XLA

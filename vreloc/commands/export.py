@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoding rule in the graph (default: the run's own, Config.decode_rule)")
     parser.add_argument("--max-length", default="config", metavar="N|none",
                         help="segment-length limit of the rule (default: the run config's limit for that rule)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                        help="compile the model call with XLA (default: on, faster; --no-xla where versions are "
+                             "hot-swapped often: TensorFlow keeps every XLA program, serving/README.md 'Versions')")
 
 
 def parse_max_length(text: str):
@@ -34,6 +37,7 @@ def parse_max_length(text: str):
 def main(args: argparse.Namespace) -> int:
     from serving.export import export_model
 
-    export = export_model(args.model, args.out, args.version, args.decode, parse_max_length(args.max_length))
+    export = export_model(args.model, args.out, args.version, args.decode, parse_max_length(args.max_length),
+                          jit_compile=args.xla)
     print(f"exported {export.model_name} version {export.version} to {export.path}")
     return 0
