@@ -16,15 +16,18 @@ import tempfile
 import time
 from typing import Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARK_SPLITS = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "activitynet_reloc"))
-
 
 def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500, tmp: Optional[str] = None,
-                                 splits_dir: str = BENCHMARK_SPLITS, runner: str = "DirectRunner",
+                                 splits_dir: Optional[str] = None, runner: str = "DirectRunner",
                                  beam_args=()) -> dict:
-    """Generate (unless ``synth_dir``), ingest, time; returns records, seconds, records/s, MB/s written."""
+    """Generate (unless ``synth_dir``), ingest, time; returns records, seconds, records/s, MB/s written.
+
+    ``splits_dir``: the benchmark files (default: those `vreloc benchmark where` finds)."""
     from pipeline import ingest_activitynet, synth
+    from vreloc_tf.benchmark_files import require_splits
+
+    if synth_dir is None and splits_dir is None:
+        splits_dir = require_splits()
 
     work = tempfile.mkdtemp(prefix="vreloc-bench-ingest-", dir=tmp)
     try:

@@ -56,7 +56,8 @@ def split_files(splits_dir: str) -> Dict[str, str]:
     found = {s: p for s, p in found.items() if FileSystems.exists(p)}
     if not found:
         raise InputError(f"--splits {splits_dir}: none of {', '.join(s + '.json' for s in SPLIT_NAMES)} found; "
-                         f"give the folder of Feng et al.'s split files (e.g. ../shared/data/activitynet_reloc)")
+                         f"give the folder of Feng et al.'s split files (`vreloc benchmark fetch` downloads them, "
+                         f"`vreloc benchmark where` prints their folder)")
     return found
 
 

@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet TensorFlow, CPU only, the path to ../shared, and shared fixtures.
+"""Shared test set-up: quiet TensorFlow, CPU only, the benchmark files (../shared or the cache), and shared fixtures.
 
 Helpers live in the ``helpers`` package (tests/helpers/); fixtures that several test
 modules need live here, so test modules never import each other.
@@ -26,14 +26,20 @@ import pytest  # noqa: E402
 from helpers.records import TINY_DIM  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_SPLITS = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "activitynet_reloc"))
 
 
 @pytest.fixture(scope="session")
 def shared_splits_dir():
-    """The benchmark split files, read in place from ../shared (never copied)."""
-    assert os.path.isdir(SHARED_SPLITS), f"{SHARED_SPLITS} is missing: tests read ../shared/ beside the repo"
-    return SHARED_SPLITS
+    """The benchmark split files, read in place (never copied) from ../shared/data/activitynet_reloc beside
+    the repo or the cache `vreloc benchmark fetch` fills (vreloc_tf.benchmark_files.find_splits: every file
+    with its pinned sha256); a fresh clone without either skips, saying which command gets them."""
+    from vreloc_tf import benchmark_files
+
+    found = benchmark_files.find_splits()
+    if found is None:
+        pytest.skip(f"needs the benchmark files: run `{benchmark_files.FETCH_COMMAND}` "
+                    f"(looked in {', '.join(benchmark_files.candidates())})")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 
 from vreloc import cli
 
-EXPECTED = ["synth", "ingest-activitynet", "extract-video", "train", "evaluate", "baseline", "export",
+EXPECTED = ["benchmark", "synth", "ingest-activitynet", "extract-video", "train", "evaluate", "baseline", "export",
             "serve", "query", "locate", "features", "visualize", "pipeline", "bench", "quality", "index", "search",
             "evaluate-search"]
 

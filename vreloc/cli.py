@@ -39,6 +39,7 @@ from vreloc_tf.suggest import closest, is_flag
 
 # name -> one-line help; the module is vreloc.commands.<name with '-' as '_'>
 COMMANDS = {
+    "benchmark": "the benchmark's split files (Feng et al.): fetch them (pinned, sha256-checked) or show where they are",
     "synth": "write a synthetic ActivityNet-format dataset (HDF5 + split JSONs)",
     "ingest-activitynet": "Beam job: ActivityNet C3D HDF5 + split JSONs -> sharded TFRecords",
     "extract-video": "Beam job: raw videos (annotated, or a plain folder) -> a backbone -> PCA -> sharded TFRecords",

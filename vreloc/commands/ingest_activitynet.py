@@ -12,7 +12,9 @@ from pipeline.options import add_beam_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, help="the C3D HDF5 file (sub_activitynet_v1-3.c3d.hdf5)")
-    parser.add_argument("--splits", required=True, help="folder with train.json, val.json, test.json (Feng's schema)")
+    parser.add_argument("--splits", default=None,
+                        help="folder with train.json, val.json, test.json (Feng's schema; default: the benchmark "
+                             "files `vreloc benchmark where` finds)")
     parser.add_argument("--out", required=True, help="data folder for the shards, dead_letter/ and manifest.json")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset of another source or feature dim in --out (default: refuse)")
@@ -23,8 +25,13 @@ def main(args: argparse.Namespace) -> int:
     from pipeline import ingest_activitynet
     from pipeline.options import enable_progress_logging
 
+    splits = args.splits
+    if splits is None:  # resolved now, not at import: `vreloc benchmark fetch` may have run since
+        from vreloc_tf.benchmark_files import require_splits
+
+        splits = require_splits("--splits")
     enable_progress_logging()
-    summary = ingest_activitynet.run(args.features, args.splits, args.out, runner=args.runner,
+    summary = ingest_activitynet.run(args.features, splits, args.out, runner=args.runner,
                                      beam_args=args.beam_args, overwrite=args.overwrite)
     print(summary.report())
     return 0

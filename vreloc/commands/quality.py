@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -17,7 +16,6 @@ def _list(text: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vreloc.quality import MAIN_METHODS, METHODS
 
-    default_splits = os.path.normpath(os.path.join(os.getcwd(), "..", "shared", "data", "activitynet_reloc"))
     parser.add_argument("--out", required=True, help="study folder (data/, runs/, results/); reruns resume")
     parser.add_argument("--families", type=_list, default=["demo", "substates", "periodic", "shots", "benchmark"],
                         help="feature families (vreloc synth --family) and 'benchmark' (demo family at the "
@@ -30,18 +28,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--dim", type=int, default=32, help="feature dim of the synthetic data (default 32)")
     parser.add_argument("--geometry", default="default", help="vreloc synth --geometry of the families")
-    parser.add_argument("--benchmark-splits", default=default_splits if os.path.isdir(default_splits) else None,
-                        help="folder with the benchmark's length.json and split files (default ../shared/...)")
+    parser.add_argument("--benchmark-splits", default=None,
+                        help="folder with the benchmark's length.json and split files (default: the benchmark "
+                             "files `vreloc benchmark where` finds)")
     parser.add_argument("--finished-only", action="store_true",
                         help="train nothing: report the seeds and methods earlier runs finished (rows say how many seeds)")
     parser.add_argument("--report", metavar="FILE", help="write the tables as markdown")
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.quality import Study, write_report
+    from vreloc.quality import BENCHMARK, Study, write_report
+    from vreloc_tf import benchmark_files
+    from vreloc_tf.errors import InputError
 
+    splits = args.benchmark_splits
+    if splits is None and BENCHMARK in args.families:  # resolved now: `vreloc benchmark fetch` may have run since
+        splits = benchmark_files.find_splits()
+        if splits is None and not args.finished_only:
+            raise InputError(
+                f"--benchmark-splits: not given, and {benchmark_files.not_found_message()} "
+                f"(or give --benchmark-splits DIR, or leave '{BENCHMARK}' out of --families)")
     study = Study(args.out, args.families, args.seeds, args.methods, args.config, args.set, args.dim,
-                  args.geometry, args.benchmark_splits,
+                  args.geometry, splits,
                   finished_only=args.finished_only)
     summary = study.run()
     if args.report:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+BENCHMARK = "<the benchmark files>"  # --splits/--lengths given without a value
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.families import FAMILIES
@@ -16,15 +18,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature family (docs/DATA.md describes each; default %(default)s)")
     parser.add_argument("--geometry", default="default", choices=list(GEOMETRIES),
                         help="split geometry of its own (default %(default)s: >= 500 test pairs)")
-    parser.add_argument("--lengths", default=None,
-                        help="the benchmark's length.json: reproduce its split geometry exactly (with --splits)")
-    parser.add_argument("--splits", default=None, help="folder with the benchmark's train/val/test.json")
+    parser.add_argument("--lengths", nargs="?", const=BENCHMARK, default=None, metavar="FILE",
+                        help="the benchmark's length.json: reproduce its split geometry exactly; without FILE the "
+                             "benchmark files `vreloc benchmark where` finds; default with --splits: the length.json "
+                             "beside the split files")
+    parser.add_argument("--splits", nargs="?", const=BENCHMARK, default=None, metavar="DIR",
+                        help="folder with the benchmark's train/val/test.json; without DIR the benchmark files "
+                             "`vreloc benchmark where` finds; default with --lengths: the folder of length.json")
+
+
+def benchmark_geometry(lengths, splits):
+    """(length.json, split folder) of --lengths/--splits; (None, None) if neither is given (own geometry).
+
+    Resolved when the command runs: a bare flag is the folder `vreloc benchmark where` finds; a missing
+    partner is the file or folder beside the one given (both live in one folder, the benchmark's or a synth's)."""
+    import os
+
+    from vreloc_tf.benchmark_files import require_splits
+
+    if lengths is None and splits is None:
+        return None, None
+    if splits == BENCHMARK:
+        splits = require_splits("--splits")
+    if lengths == BENCHMARK:
+        lengths = os.path.join(require_splits("--lengths"), "length.json")
+    if lengths is None:
+        lengths = os.path.join(splits, "length.json")
+    if splits is None:
+        splits = os.path.dirname(lengths) or "."
+    return lengths, splits
 
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.synth import generate
 
-    summary = generate(args.out, seed=args.seed, dim=args.dim, lengths=args.lengths, splits_dir=args.splits,
+    lengths, splits = benchmark_geometry(args.lengths, args.splits)
+    summary = generate(args.out, seed=args.seed, dim=args.dim, lengths=lengths, splits_dir=splits,
                        family=args.family, geometry=args.geometry)
     print(f"synth: wrote {summary['videos']} videos ({summary['rows']} rows, D={summary['dim']}) to "
           f"{summary['hdf5']}; family {summary['family']}, entries {summary['entries']} ({summary['geometry']} geometry) "
