@@ -118,3 +118,103 @@ def test_prior_reproduces_the_papers_statistical_prior_row(shared_splits_dir, tm
         assert abs(result["map_at_1"]["0.5"] - 25.4) <= 1.0, result
         assert abs(result["average"] - 10.7) <= 1.0, result
     assert "mean start 0.3267, mean end 0.6510" in capsys.readouterr().err
+
+
+# --- query-free control -------------------------------------------------------------------------
+
+def _brute_force_best(d):
+    """[start, end) maximizing sum(d[start:end]) by trying every segment; ties -> earliest, then shortest."""
+    best, seg = -np.inf, None
+    for start in range(len(d)):
+        for end in range(start + 1, len(d) + 1):
+            value = float(np.sum(d[start:end]))
+            if value > best:
+                best, seg = value, (start, end)
+    return seg
+
+
+def _brute_force_query_free(reference):
+    x = np.asarray(reference, np.float64)
+    s = np.array([np.sqrt(np.sum((row - x.mean(axis=0)) ** 2)) for row in x])
+    return _brute_force_best(s - s.mean())
+
+
+def test_max_sum_segment_matches_every_segment_with_exact_ties():
+    rng = np.random.default_rng(11)
+    for _ in range(400):  # small integers: exact sums, so many exact ties
+        d = rng.integers(-3, 4, rng.integers(1, 16)).astype(np.float64)
+        assert baselines.max_sum_segment(d) == _brute_force_best(d), d
+    assert baselines.max_sum_segment(np.array([1.0, -1.0, 1.0])) == (0, 1)  # earliest, then shortest
+    assert baselines.max_sum_segment(np.array([-2.0, -1.0, -1.0])) == (1, 2)  # all <= 0: single best step
+    assert baselines.max_sum_segment(np.zeros(5)) == (0, 1)
+    assert baselines.max_sum_segment(np.array([-5.0])) == (0, 1)
+
+
+def test_query_free_segment_matches_a_brute_force_search():
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        for length in (1, 2, 3, 7, 20):
+            ref = rng.normal(size=(length, 4)) * rng.uniform(0.1, 3.0, size=(length, 1))
+            assert baselines.query_free_segment(ref) == _brute_force_query_free(ref), (seed, length)
+    # all-equal norms (identical rows; +-v about a zero mean): every term is 0 -> the first step
+    assert baselines.query_free_segment(np.full((6, 3), 0.1)) == (0, 1)
+    v = np.array([0.3, -1.7, 2.2])
+    assert baselines.query_free_segment(np.stack([v, -v, v, -v])) == (0, 1)
+    assert baselines.query_free_segment(np.ones((1, 5))) == (0, 1)
+
+
+def test_query_free_never_reads_padding():
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 15, 40)
+    refs = [rng.normal(size=(n, 5)) for n in lengths]
+    want = [baselines.query_free_segment(r) for r in refs]
+    for fill in (0.0, 1e6, np.nan):
+        padded = np.full((len(refs), 20, 5), fill)
+        if fill != 0.0 and not np.isnan(fill):
+            padded = rng.normal(scale=fill, size=padded.shape)
+        for i, r in enumerate(refs):
+            padded[i, :len(r)] = r
+        s, e = baselines.query_free_batch(padded, lengths)
+        assert list(zip(s.tolist(), e.tolist())) == want
+
+
+def test_query_free_never_reads_the_query(data_dir, tmp_path):
+    from vreloc_tf.evaluate import resolve_pairs
+    from vreloc_tf.input_pipeline import evaluation_plan
+
+    pairs_file = str(tmp_path / "pairs.json")
+    index, pairs = resolve_pairs(data_dir, "test", pairs_file, 0)
+    plan = evaluation_plan(index, pairs)
+    assert len(plan) >= 3
+    permuted = plan.copy()
+    order = np.roll(np.arange(len(plan)), 1)
+    permuted[:, [0, 2, 3]] = plan[order][:, [0, 2, 3]]  # every pair gets another pair's query
+    assert not np.array_equal(permuted[:, 0], plan[:, 0])
+    got = baselines.query_free_segments(index, plan, 6)
+    again = baselines.query_free_segments(index, permuted, 6)
+    np.testing.assert_array_equal(got[0], again[0])
+    np.testing.assert_array_equal(got[1], again[1])
+    # the same through run_baseline and a pair list whose queries are permuted
+    with open(pairs_file) as fh:
+        doc = json.load(fh)
+    moved = [dict(p) for p in doc["pairs"]]
+    for p, src in zip(moved, order):
+        for key in ("query", "query_video"):
+            if key in doc["pairs"][src]:
+                p[key] = doc["pairs"][src][key]
+    doc["pairs"] = moved
+    other_file = str(tmp_path / "pairs_permuted.json")
+    with open(other_file, "w") as fh:
+        json.dump(doc, fh)
+    assert baselines.run_baseline("query-free", data_dir, "test", other_file, verbose=False) == \
+        baselines.run_baseline("query-free", data_dir, "test", pairs_file, verbose=False)
+
+
+def test_cli_query_free_on_the_tiny_data(tiny_data_dir, tmp_path, capsys):
+    out = str(tmp_path / "qf.json")
+    assert cli_main(["baseline", "--method", "query-free", "--data", tiny_data_dir, "--json", out]) == 0
+    with open(out) as fh:
+        result = json.load(fh)
+    assert result["method"] == "query-free" and result["split"] == "test" and result["pairs"] > 0
+    assert all(0.0 <= v <= 100.0 for v in result["map_at_1"].values()) and 0.0 <= result["average"] <= 100.0
+    assert "query-free" in capsys.readouterr().out

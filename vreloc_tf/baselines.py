@@ -16,6 +16,13 @@ reference of L steps (segments [start, end), end exclusive):
   the query's length, W = min(Lq, L), with the highest mean a_i, i.e. the segment whose
   frames are on average most similar to all query frames: [s*, s* + W) with
   s* = argmax_s mean_{i=s}^{s+W-1} a_i (earliest on a tie). Rows of zeros stay zero.
+* ``query-free`` (a control: what is reachable without reading the query at all): for a
+  reference x_0 .. x_{L-1} (its L valid steps only; padding is never read), centre the steps
+  on the reference's own mean m = (1/L) sum_t x_t, take s_t = ||x_t - m||_2 and
+  d_t = s_t - mean(s), and predict the contiguous segment [start, end) maximizing
+  sum_{t=start}^{end-1} d_t (maximum-sum subarray; ties -> the earliest start, then the
+  shortest; if every d_t <= 0 this is the single best step). All-equal s gives d = 0
+  exactly, hence [0, 1). The query is never read, and there is no learned or tuned number.
 """
 from __future__ import annotations
 
@@ -26,8 +33,8 @@ import numpy as np
 
 from vreloc_tf.errors import InputError
 
-METHODS = ("random", "prior", "frame-level")
-METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline"}
+METHODS = ("random", "prior", "frame-level", "query-free")
+METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline", "query-free": "query-free"}
 
 
 def random_segments(lengths: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -115,6 +122,62 @@ def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.
     return np.array(start, np.int64), np.array(end, np.int64)
 
 
+def max_sum_segment(d: np.ndarray) -> Tuple[int, int]:
+    """[start, end) maximizing sum(d[start:end]) over non-empty segments (Kadane, in its prefix-sum
+    form: sum = P[end] - P[start] with P the running sum from 0); ties -> earliest start, then shortest."""
+    d = np.asarray(d, dtype=np.float64)
+    if d.ndim != 1 or d.size < 1:
+        raise ValueError("query-free baseline: empty reference")
+    prefix = np.concatenate([[0.0], np.cumsum(d)])
+    best, best_start, best_end = -np.inf, 0, 1
+    low, low_at = prefix[0], 0  # the smallest prefix before `end`, at its earliest position
+    for end in range(1, prefix.size):
+        value = prefix[end] - low
+        # a later end never has an earlier best start (low_at only moves right), so a tie keeps the
+        # segment already found: the earliest start, then the shortest
+        if value > best:
+            best, best_start, best_end = value, low_at, end
+        if prefix[end] < low:
+            low, low_at = prefix[end], end
+    return best_start, best_end
+
+
+def query_free_scores(reference: np.ndarray) -> np.ndarray:
+    """[L] d_t = s_t - mean(s), s_t = ||x_t - mean_t x_t||_2, on an unpadded reference [L, D]."""
+    x = np.asarray(reference, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError("query-free baseline: empty reference")
+    s = np.linalg.norm(x - x.mean(axis=0), axis=-1)
+    if np.all(s == s[0]):  # all-equal norms: d is exactly zero (not rounding noise)
+        return np.zeros_like(s)
+    return s - s.mean()
+
+
+def query_free_segment(reference: np.ndarray) -> Tuple[int, int]:
+    """The query-free prediction (see the module docstring) for one unpadded reference [L, D]."""
+    return max_sum_segment(query_free_scores(reference))
+
+
+def query_free_batch(reference: np.ndarray, reference_length: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Predictions for a padded batch [B, T, D] with valid lengths [B] (steps past a length are not read)."""
+    pairs = [query_free_segment(reference[i, :int(n)]) for i, n in enumerate(reference_length)]
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+
+
+def query_free_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The query-free predictions over a pair plan, in plan order (only the references are used)."""
+    from vreloc_tf.input_pipeline import evaluation_dataset
+
+    start, end = [], []
+    for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
+        s, e = query_free_batch(batch["reference"].numpy(), batch["reference_length"].numpy())
+        start.append(s)
+        end.append(e)
+    if not start:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(start), np.concatenate(end)
+
+
 def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Optional[str] = None,
                  seed: int = 0, train_split: str = "train", verbose: bool = True) -> dict:
     """Score one baseline on the fixed pair list; returns the result dict (percent)."""
@@ -138,6 +201,8 @@ def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Op
             print(f"statistical prior from {train_split}: mean start {ms:.4f}, mean end {me:.4f}", file=sys.stderr)
         start, end = prior_segments(lengths, ms, me)
         extra["train_means"] = [ms, me]
-    else:
+    elif method == "frame-level":
         start, end = frame_level_segments(index, plan, dataset.feature_dim)
+    else:
+        start, end = query_free_segments(index, plan, dataset.feature_dim)
     return score_plan(plan, start, end, METHOD_NAMES[method], split, **extra)
