@@ -130,3 +130,48 @@ def test_the_run_folder_defaults_evaluation_to_its_own_data(run_dir, data_dir):
     result = evaluate_run(run_dir, split="val")
     assert result["split"] == "val" and result["pairs"] > 0
     assert os.path.exists(os.path.join(run_dir, "config.yaml"))
+
+
+def test_the_swapped_query_control_scores_the_same_references_with_other_queries(run_dir, data_dir, tmp_path,
+                                                                                 capsys):
+    from vreloc_tf.entry_index import load_index
+    from vreloc_tf.evaluate import predict_segments, resolve_pairs, score_plan
+    from vreloc_tf.input_pipeline import evaluation_plan
+    from vreloc_tf.pairs import SWAP_SEED_OFFSET, swap_queries
+
+    pairs = str(tmp_path / "pairs.json")
+    plain_json, swap_json = str(tmp_path / "plain.json"), str(tmp_path / "swap.json")
+    assert cli_main(["evaluate", "--model", run_dir, "--pairs", pairs, "--json", plain_json]) == 0
+    assert cli_main(["evaluate", "--model", run_dir, "--pairs", pairs, "--json", swap_json,
+                     "--control", "swapped-query"]) == 0
+    printed = capsys.readouterr().out
+    with open(plain_json) as fh:
+        plain = json.load(fh)
+    with open(swap_json) as fh:
+        swap = json.load(fh)
+    # without --control: no new field, and bit-identical to the pipeline as it was (pairs -> plan -> score)
+    assert not {"control", "control_seed", "control_swapped"} & set(plain)
+    run = Run.open(run_dir)
+    index, plist = resolve_pairs(data_dir, "test", pairs)
+    plan = evaluation_plan(index, plist)
+    start, end = predict_segments(run.load_model(), index, plan, F.TINY_DIM, "full",
+                                  run.config.decode.full_max_length)
+    before = score_plan(plan, start, end, "ours full", "test")
+    assert plain["map_at_1"] == before["map_at_1"] and plain["average"] == before["average"]
+    assert plain["method"] == "ours full" and plain["pairs"] == before["pairs"]
+    # with it: named, seeded, every pair swapped, scored on the references' own ground truth
+    assert swap["method"] == "ours full (swapped query)" and "ours full (swapped query)" in printed
+    assert swap["control"] == "swapped-query" and swap["control_seed"] == SWAP_SEED_OFFSET
+    assert swap["control_swapped"] == swap["pairs"] == plain["pairs"]
+    swapped = swap_queries(plist, load_index(data_dir, "test"), SWAP_SEED_OFFSET)
+    swapped_file = str(tmp_path / "swapped_pairs.json")
+    with open(swapped_file, "w") as fh:
+        json.dump({"pairs": swapped["pairs"]}, fh)
+    _, want = _by_hand(run_dir, data_dir, swapped_file, "full")
+    for k in metrics.THRESHOLD_KEYS:
+        assert swap["map_at_1"][k] == pytest.approx(want[k], abs=1e-9)
+    # another seed is recorded; an unknown control is refused
+    other = evaluate_run(run_dir, data_dir, "test", pairs, control="swapped-query", control_seed=7)
+    assert other["control_seed"] == 7
+    with pytest.raises(InputError, match="unknown control"):
+        evaluate_run(run_dir, data_dir, "test", pairs, control="shuffled")

@@ -129,3 +129,79 @@ def test_check_pairs_refuses_lists_that_do_not_fit_the_data(data_dir):
     with pytest.raises(InputError, match="pair 1 recorded reference entry .* as video 'someone_else', but in split "
                                          "'test' it is video"):
         check_pairs(relabelled, index, "p.json")
+
+
+# ---------------------------------------------------------------------------
+# The swapped-query control (vreloc evaluate --control swapped-query)
+# ---------------------------------------------------------------------------
+
+def _table(rows):
+    """A hand-made EntryIndex of (video, label, window length, ground-truth length or None) rows."""
+    from vreloc_tf.entry_index import EntryIndex
+
+    n = len(rows)
+    gt = np.array([[1, 1 + g] if g is not None else [-1, -1] for _, _, _, g in rows], dtype=np.int32)
+    return EntryIndex(split="test", shard_paths=[], shard=np.zeros(n, np.int32), offset=np.zeros(n, np.int64),
+                      video_id=np.array([v for v, _, _, _ in rows], dtype=object),
+                      entry_index=np.arange(n, dtype=np.int64) * 10,  # entry_index != row on purpose
+                      label=np.array([c for _, c, _, _ in rows], np.int64),
+                      length=np.array([w for _, _, w, _ in rows], np.int32), groundtruth=gt)
+
+
+SWAP_ROWS = [  # video, class, window, ground-truth length
+    ("a", 1, 50, 5), ("b", 1, 50, 8), ("c", 1, 6, 4),   # rows 0-2: class 1
+    ("d", 2, 50, 5), ("e", 2, 50, 5), ("f", 2, 50, 9),  # rows 3-5: class 2 (two of length 5: a tie)
+    ("b", 3, 50, 8),                                    # row 6: class 3 but video "b"
+    ("g", 3, 50, 40), ("h", 3, 50, None),               # longer than MAX_GROUNDTRUTH; no ground truth
+    ("i", 3, 50, 4),
+]
+
+
+def test_swap_queries_takes_another_class_of_the_closest_length_never_the_references_video():
+    from vreloc_tf.pairs import swap_queries
+
+    index = _table(SWAP_ROWS)
+    ent = index.entry_index
+    pairs = [{"query": int(ent[0]), "reference": int(ent[1]), "query_video": "a", "reference_video": "b"},
+             {"query": int(ent[1]), "reference": int(ent[2]), "query_video": "b", "reference_video": "c"},
+             {"query": int(ent[3]), "reference": int(ent[4]), "query_video": "d", "reference_video": "e"},
+             {"query": int(ent[5]), "reference": int(ent[3]), "query_video": "f", "reference_video": "d"}]
+    before = json.loads(json.dumps(pairs))
+    doc = swap_queries(pairs, index, seed=5)
+    assert pairs == before  # the input is not modified
+    assert doc["seed"] == 5 and doc["count"] == doc["swapped"] == 4
+    rows = {int(e): r for r, e in enumerate(ent)}
+    seg = {r: g for r, (_, _, _, g) in enumerate(SWAP_ROWS)}
+    for old, new in zip(pairs, doc["pairs"]):
+        q, r, nq = rows[old["query"]], rows[old["reference"]], rows[new["query"]]
+        # reference, its video and (through the index) its window and ground truth stay as they were
+        assert (new["reference"], new["reference_video"], new["original_query"]) == \
+            (old["reference"], old["reference_video"], old["query"])
+        assert index.label[nq] != index.label[q] and nq != r
+        assert index.video_id[nq] != index.video_id[r] and new["query_video"] == index.video_id[nq]
+        assert seg[nq] is not None and 1 <= seg[nq] <= min(32, index.length[r])
+        # closest length among all valid candidates (brute force)
+        valid = [k for k in range(len(SWAP_ROWS)) if seg[k] is not None and index.label[k] != index.label[q]
+                 and k != r and index.video_id[k] != index.video_id[r] and 1 <= seg[k] <= min(32, index.length[r])]
+        assert abs(seg[nq] - seg[q]) == min(abs(seg[k] - seg[q]) for k in valid)
+    # pair 1: reference "c" has a 6-feature window -> only queries of at most 6 (rows 3, 4, 9; not row 6, 8 long)
+    assert rows[doc["pairs"][1]["query"]] in (3, 4)  # length 5 is closest to 8 among 5, 5, 4
+    # pair 0: query length 5, reference video "b" -> rows 3/4 (length 5), never row 6 (video b) nor 7 (40 > 32)
+    assert rows[doc["pairs"][0]["query"]] in (3, 4)
+    # pairs 2/3 (class 2): another class; pair 3's query is 9 long -> row 1 (8) or row 6 (8)
+    assert rows[doc["pairs"][3]["query"]] in (1, 6)
+    # deterministic for a seed, and the ties go another way for some other seed
+    assert swap_queries(pairs, index, seed=5) == doc
+    draws = {tuple(p["query"] for p in swap_queries(pairs, index, seed=s)["pairs"]) for s in range(20)}
+    assert len(draws) > 1
+    check_pairs(doc["pairs"], index)  # the swapped list still fits the data
+
+
+def test_swap_queries_names_a_pair_without_candidate():
+    from vreloc_tf.pairs import swap_queries
+
+    # every entry of another class is from the reference's video or has no usable ground truth
+    index = _table([("a", 1, 50, 5), ("b", 1, 50, 5), ("b", 2, 50, 5), ("c", 2, 50, None), ("d", 2, 50, 40)])
+    pairs = [{"query": 0, "reference": 10}]
+    with pytest.raises(InputError, match=r"pair 0 \(query entry 0, reference entry 10\)"):
+        swap_queries(pairs, index, seed=0)

@@ -8,6 +8,10 @@ result is the paper's row (mAP@1 at IoU > 0.5 ... 0.9 and the average, in percen
 dict (``vreloc_tf.metrics.result_dict``). A pair file is read if it exists -- and checked
 against the data, so a list made for another (or relabelled) split is refused -- and
 otherwise written with the list made here, so later models and baselines reuse it.
+
+``control="swapped-query"`` scores the same pairs with each query replaced by one of another
+class (:func:`vreloc_tf.pairs.swap_queries`; reference and ground truth unchanged): a model that
+reads the query should collapse there. The result names the control and records its seed.
 """
 from __future__ import annotations
 
@@ -91,14 +95,19 @@ def score_plan(plan: np.ndarray, start: np.ndarray, end: np.ndarray, method: str
 # Public API
 # ---------------------------------------------------------------------------
 
+CONTROLS = ("swapped-query",)  # `vreloc evaluate --control`
+
 def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "test",
                  pairs_file: Optional[str] = None, decode: Optional[str] = None,
                  method: Optional[str] = None, seed: int = 0, batch_size: int = 64,
-                 checkpoint: Optional[str] = None) -> dict:
+                 checkpoint: Optional[str] = None, control: Optional[str] = None,
+                 control_seed: Optional[int] = None) -> dict:
     """Score the selected model of a run folder (or ``checkpoint``: a step or "last") on a fixed
     pair list; returns the result dict.
 
     ``data_dir`` defaults to the run's own data; it must hold the run's feature dim.
+    ``control="swapped-query"`` scores the pairs with swapped queries (seed ``control_seed``,
+    default ``seed + pairs.SWAP_SEED_OFFSET``); the method name then ends in "(swapped query)".
     """
     from vreloc_tf.artifacts import Run
     from vreloc_tf.input_pipeline import evaluation_plan
@@ -109,11 +118,23 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
     cfg = run.config
     own_rule = cfg.decode_rule
     mode = decode or own_rule
+    if control is not None and control not in CONTROLS:
+        raise InputError(f"unknown control {control!r}; choose one of {', '.join(CONTROLS)}")
     index, pairs = resolve_pairs(dataset.path, split, pairs_file, seed)
+    control_fields = {}
+    if control == "swapped-query":
+        from vreloc_tf.pairs import SWAP_SEED_OFFSET, swap_queries
+
+        cseed = seed + SWAP_SEED_OFFSET if control_seed is None else int(control_seed)
+        swapped = swap_queries(pairs, index, cseed)
+        pairs = swapped["pairs"]
+        control_fields = {"control": control, "control_seed": cseed, "control_swapped": swapped["swapped"]}
     plan = evaluation_plan(index, pairs)
     start, end = predict_segments(model, index, plan, dataset.feature_dim, mode, cfg.decode.max_length(mode),
                                   batch_size)
     name = method or method_name(cfg) + ("" if mode == own_rule else f" ({mode} decode)")
+    if control:
+        name += f" ({control.replace('-', ' ')})"
     if checkpoint is None:
         selection = run.manifest.selection or "val_map"  # runs from before the rule was recorded picked by val mAP
         step = run.manifest.best_step
@@ -122,7 +143,7 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
     # what the saved weights are: the student's, or (weak "ours", loss.self_target_as_model) its running average
     weights = run.manifest.extra.get("model_weights", "student")  # runs from before it was recorded saved the student
     return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run_dir),
-                      selection=selection, selected_step=step, model_weights=weights)
+                      selection=selection, selected_step=step, model_weights=weights, **control_fields)
 
 
 def method_name(cfg) -> str:

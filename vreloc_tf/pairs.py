@@ -18,6 +18,10 @@ JSON file::
      "pairs": [{"query": 12, "reference": 407, "query_video": "...", "reference_video": "..."}, ...]}
 
 ``query``/``reference`` are ``entry_index`` values (positions in the split file).
+
+:func:`swap_queries` makes the *swapped-query control* of a pair list (`vreloc evaluate
+--control swapped-query`): each query is replaced by one of another class, the reference
+and its ground truth unchanged, so a model that reads the query should collapse on it.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from vreloc_tf import contract
 from vreloc_tf.entry_index import EntryIndex, load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json, write_json_atomic
@@ -128,3 +133,44 @@ def subsample(pairs: List[dict], count: int, seed: int) -> List[dict]:
         return list(pairs)
     keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=count, replace=False))
     return [pairs[i] for i in keep]
+
+
+SWAP_SEED_OFFSET = 1000  # default seed of the swapped-query control: the pair list's seed + this
+
+
+def swap_queries(pairs: List[dict], index: EntryIndex, seed: int) -> dict:
+    """The swapped-query control of ``pairs``: each pair's query replaced by an entry of another class.
+
+    The new query of a pair is an entry of the same split (``index``) that has a ground truth
+    (its trimmed segment is the query), whose label differs from the pair's class (the label of
+    its original query), that is neither the reference entry nor from the reference's video, and
+    whose segment length fits what the model takes as a query: 1 .. min(MAX_GROUNDTRUTH, the
+    reference window). Among those, the one whose length is closest to the original query's is
+    taken (ties broken by ``numpy.random.default_rng(seed)``, pairs visited in list order), so
+    query length carries no signal. The reference, its window and ground truth are untouched.
+    Returns ``{"seed", "count", "swapped", "pairs"}``; each new pair records ``original_query``.
+    InputError naming the pair if one has no candidate.
+    """
+    rng = np.random.default_rng(seed)
+    rows = index.position_of([p["query"] for p in pairs]) if pairs else np.zeros(0, np.int64)
+    ref_rows = index.position_of([p["reference"] for p in pairs]) if pairs else np.zeros(0, np.int64)
+    has_gt = index.has_groundtruth
+    seg_len = np.where(has_gt, index.groundtruth[:, 1] - index.groundtruth[:, 0], 0)
+    out = []
+    for i, (pair, q, r) in enumerate(zip(pairs, rows, ref_rows)):
+        limit = min(contract.MAX_GROUNDTRUTH, int(index.length[r]))
+        ok = (has_gt & (index.label != index.label[q]) & (index.video_id != index.video_id[r])
+              & (seg_len >= 1) & (seg_len <= limit))
+        ok[r] = False
+        cands = np.flatnonzero(ok)
+        if cands.size == 0:
+            raise InputError(f"swapped-query control: pair {i} (query entry {pair['query']}, reference entry "
+                             f"{pair['reference']}) has no query of another class that fits its reference "
+                             f"(segment of 1..{limit} features, not from video {index.video_id[r]!r})")
+        gap = np.abs(seg_len[cands] - seg_len[q])
+        cands = cands[gap == gap.min()]
+        new = int(cands[rng.integers(cands.size)])
+        out.append(dict(pair, query=int(index.entry_index[new]), query_video=str(index.video_id[new]),
+                        original_query=int(pair["query"])))
+    swapped = sum(p["query"] != p["original_query"] for p in out)
+    return {"seed": int(seed), "count": len(out), "swapped": int(swapped), "pairs": out}

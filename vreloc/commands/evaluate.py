@@ -1,10 +1,14 @@
 """`vreloc evaluate`: score a trained run on a fixed pair list, or print saved results as one table.
 
     vreloc evaluate --model RUN_DIR [--data DIR] --split test [--pairs FILE] [--json OUT] [--decode full|weak|feng]
+    vreloc evaluate --model RUN_DIR --control swapped-query [--control-seed N]   # query-reading control
     vreloc evaluate --table A.json B.json ...      # report mode: one table of saved results
 
 ``--pairs FILE`` reads the pair list if the file exists (checked against the data) and
 otherwise writes the one it makes (seed ``--seed``), so later models and baselines reuse it.
+``--control swapped-query`` scores the same pairs with each query replaced by one of another
+class (same split, closest length, reference and ground truth unchanged): a model that reads
+the query collapses there.
 """
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--checkpoint", metavar="STEP|last",
                         help="score checkpoints/step-STEP.keras (or the last one) instead of model.keras")
+    parser.add_argument("--control", choices=("swapped-query",),
+                        help="score a control instead: swapped-query = each query replaced by one of another class")
+    parser.add_argument("--control-seed", type=int, metavar="N",
+                        help="seed of the control's choices (default: --seed + 1000)")
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="report mode: print these result JSONs as one table (like Tables 2 and 4)")
     parser.add_argument("--title", default="", help="title line of a --table report")
@@ -56,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.model:
         raise InputError("vreloc evaluate needs --model RUN_DIR (or --table JSON...)")
     result = evaluate_run(args.model, args.data, args.split, args.pairs, args.decode, args.name, args.seed,
-                          args.batch_size, checkpoint=args.checkpoint)
+                          args.batch_size, checkpoint=args.checkpoint, control=args.control,
+                          control_seed=args.control_seed)
     print_results(result, args.json)
     return 0
