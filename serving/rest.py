@@ -61,7 +61,6 @@ log = logging.getLogger("serving.rest")
 _PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?P<what>/metadata|:predict)?/?", re.IGNORECASE)
-MAX_CONNECTIONS = 64  # connections served at once (one thread each); more are answered 503
 PARSE_SLOTS = 2  # bodies parsed (json.loads and conversion) at once
 INT64_MAX = 2**63 - 1
 
@@ -269,7 +268,7 @@ class RestServer:
     """
 
     def __init__(self, models, host: str, port: int, timeout: float = sig.REST_TIMEOUT_SECONDS, ssl_context=None,
-                 *, metrics=None, metrics_path: Optional[str] = None, max_connections: int = MAX_CONNECTIONS,
+                 *, metrics=None, metrics_path: Optional[str] = None, max_connections: int = sig.REST_MAX_CONNECTIONS,
                  body_budget_bytes: Optional[int] = None, parse_slots: int = PARSE_SLOTS):
         if timeout <= 0 or max_connections < 1 or parse_slots < 1:
             raise ValueError(f"REST server: timeout must be > 0, max_connections and parse_slots >= 1 (got "

@@ -37,6 +37,7 @@ from serving.status import ServingError
 from serving.tensor_codec import check_value_count, declared_shape, decode_inputs, dtype_name_of
 from serving.validation import InvalidRequest, RequestLimits
 from vreloc_tf.errors import InputError
+from vreloc_tf.finite import first_non_finite
 
 log = logging.getLogger("serving.search_servable")
 
@@ -111,9 +112,9 @@ class SearchServable:
                                  f"{', '.join(OUTPUT_DTYPES)}")
         arrays = decode_inputs(inputs)
         query = np.asarray(arrays[QUERY], np.float32).reshape(shapes[QUERY][-2:])
-        if not np.isfinite(np.add.reduce(query, axis=None)) and not np.isfinite(query).all():
-            step = int(np.argwhere(~np.isfinite(query))[0][0])
-            raise InvalidRequest(f"input '{QUERY}': NaN or Inf at step {step}")
+        where = first_non_finite(query)
+        if where is not None:
+            raise InvalidRequest(f"input '{QUERY}': NaN or Inf at step {where[0]}")
         top_k = int(arrays[TOP_K].reshape(())) if TOP_K in arrays else DEFAULT_TOP_K
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidRequest(f"input '{TOP_K}': expected 1..{MAX_TOP_K}, got {top_k}")

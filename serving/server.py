@@ -202,7 +202,7 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
                  max_workers: int = 8, max_message_bytes: int = sig.MAX_MESSAGE_BYTES,
                  tensorflow_threads: Optional[tuple] = None, index: Optional[str] = None,
                  search_run: Optional[str] = None, search_model_name: str = SEARCH_MODEL_NAME,
-                 metrics_path: Optional[str] = None, rest_max_connections: int = 64,
+                 metrics_path: Optional[str] = None, rest_max_connections: int = sig.REST_MAX_CONNECTIONS,
                  settle_seconds: Optional[float] = None) -> ServerHandle:
     """Serve the versions under ``model_base_path`` and/or library search of ``index`` over gRPC (and REST).
 
@@ -261,6 +261,10 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
     metrics = ServerMetrics(models) if metrics_path else None
     if metrics is not None:
         batching = dataclasses.replace(batching, observer=metrics.batch_observer(name or search_model_name))
+    def close_models():
+        for served in models.values():
+            served.close()
+
     model = None
     if name is not None:
         settle = model_manager.DEFAULT_SETTLE_SECONDS if settle_seconds is None else settle_seconds
@@ -276,15 +280,10 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
         try:
             models[search_model_name] = open_search_model(index, search_run, search_model_name, limits)
         except BaseException:
-            for served in models.values():
-                served.close()
+            close_models()
             raise
 
     from serving import servicers  # imports tensorflow_serving.apis
-
-    def close_models():
-        for served in models.values():
-            served.close()
 
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),

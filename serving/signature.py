@@ -104,6 +104,7 @@ MAX_BATCH_SIZE = 16  # pairs per request, and per model call when batching
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 VERSION_SETTLE_SECONDS = 2.0  # a version folder loads once nothing in it changed for this long (model_manager)
+REST_MAX_CONNECTIONS = 64  # REST connections served at once (one thread each); more are answered 503
 REST_TIMEOUT_SECONDS = 30.0  # a REST predict stops after this long (TF Serving's --rest_api_timeout_in_ms)
 
 # -- how requests run (serving/batching.py) --------------------------------------------

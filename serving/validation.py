@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from serving import signature as sig
+from vreloc_tf.finite import first_non_finite
 
 
 _SPECS = {spec.name: spec for spec in sig.INPUTS}
@@ -110,16 +111,9 @@ def validate_inputs(arrays: Mapping[str, np.ndarray], feature_dim: int, limits: 
                                  f"'{tensor_name}', which has {steps} steps")
 
     for name in (sig.QUERY, sig.REFERENCE):
-        # A finite sum proves every value finite (NaN and Inf propagate) in one pass with no
-        # temporary; only a non-finite sum (a bad value, or an overflow of huge finite ones)
-        # pays for the element-wise check that finds the position.
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.add.reduce(arrays[name], axis=None)):
-                continue
-        finite = np.isfinite(arrays[name])
-        if not finite.all():
-            row, step = (int(i) for i in np.argwhere(~finite)[0][:2])
-            raise InvalidRequest(f"input '{name}': NaN or Inf at row {row}, step {step}")
+        where = first_non_finite(arrays[name])  # one reduction when all is well (vreloc_tf/finite.py)
+        if where is not None:
+            raise InvalidRequest(f"input '{name}': NaN or Inf at row {where[0]}, step {where[1]}")
 
 
 def _shape_text(shape) -> str:

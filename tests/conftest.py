@@ -25,7 +25,6 @@ import pytest  # noqa: E402
 
 from helpers.records import TINY_DIM  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")

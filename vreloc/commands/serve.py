@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rest-timeout", type=float, default=sig.REST_TIMEOUT_SECONDS,
                         help="seconds a REST request may take, from connecting through reading its body to the answer; "
                              "a client that stalls longer is dropped (default %(default)s)")
-    parser.add_argument("--rest-max-connections", type=int, default=64,
+    parser.add_argument("--rest-max-connections", type=int, default=sig.REST_MAX_CONNECTIONS,
                         help="REST connections served at once; more are answered 503 (default %(default)s)")
     parser.add_argument("--max-query-length", type=int, default=sig.MAX_QUERY_LENGTH, help="largest Lq (default %(default)s)")
     parser.add_argument("--max-reference-length", type=int, default=sig.MAX_REFERENCE_LENGTH,

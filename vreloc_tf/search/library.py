@@ -52,6 +52,7 @@ import numpy as np
 from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
 from vreloc_tf.files import atomic_path, file_sha256, read_json, write_json_atomic
+from vreloc_tf.finite import first_non_finite
 from vreloc_tf.search.embedding import EmbeddingSpec
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its per-CPU-feature import attempts are noise
@@ -85,13 +86,9 @@ class CorruptIndexError(IndexError_, DataError):
 
 
 def _first_non_finite(values: np.ndarray) -> Optional[int]:
-    """Row of the first NaN/inf in ``values`` (None: all finite). One reduction over the array decides
-    (a NaN or inf anywhere makes the sum non-finite); only then are the rows scanned, which also clears
-    a sum that merely overflowed."""
-    if values.size == 0 or np.isfinite(np.add.reduce(values, axis=None)):
-        return None
-    bad = ~np.isfinite(np.asarray(values).reshape(len(values), -1)).all(axis=1)
-    return int(np.argmax(bad)) if bad.any() else None
+    """Row of the first NaN/inf in ``values`` (None: all finite; vreloc_tf/finite.py)."""
+    where = first_non_finite(values)
+    return None if where is None else where[0]
 
 
 def _first_outside(values: np.ndarray, low, high) -> Optional[int]:
