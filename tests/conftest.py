@@ -31,11 +31,15 @@ from helpers.records import TINY_DIM  # noqa: E402
 def shared_splits_dir():
     """The benchmark split files, read in place (never copied) from ../shared/data/activitynet_reloc beside
     the repo or the cache `vreloc benchmark fetch` fills (vreloc_tf.benchmark_files.find_splits: every file
-    with its pinned sha256); a fresh clone without either skips, saying which command gets them."""
+    with its pinned sha256); a fresh clone without either skips, saying which command gets them, and a
+    folder holding other files than the published ones fails."""
     from vreloc_tf import benchmark_files
 
     found = benchmark_files.find_splits()
     if found is None:
+        present = [folder for folder in benchmark_files.candidates() if os.path.isdir(folder)]
+        if present:  # files there but not the published ones: a failure, never a skip
+            pytest.fail(benchmark_files.not_found_message())
         pytest.skip(f"needs the benchmark files: run `{benchmark_files.FETCH_COMMAND}` "
                     f"(looked in {', '.join(benchmark_files.candidates())})")
     return found
