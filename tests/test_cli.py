@@ -143,7 +143,7 @@ def test_nested_commands_take_the_common_options_too():
 def test_config_typos_name_the_closest_key_and_config(capsys, tmp_path):
     assert cli.main(["train", "--config", "tni", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == ("vreloc train: error: config file not found: 'tni' (did you mean tiny? "
-                                               "shipped configs: cgbm, paper_full, paper_weak, tiny)")
+                                               "shipped configs: cgbm, full, paper_full, paper_weak, tiny, weak)")
     assert cli.main(["train", "--config", "tiny", "--set", "train.step=5", "--data", str(tmp_path),
                      "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == \

@@ -39,6 +39,22 @@ def test_weak_ours_decodes_with_eq20_and_paper_models_have_no_similarity_feature
     assert not Config().model.similarity_features and load_config("tiny").model.similarity_features
 
 
+def test_recommended_configs_are_the_paper_size_with_our_extensions():
+    # full.yaml / weak.yaml (issue #26 item 7): the paper's size and schedule, our similarity
+    # features, and (weak) our objective; nothing else differs from the exact reproduction.
+    paper, full, weak = load_config("paper_full"), load_config("full"), load_config("weak")
+    assert full.model.similarity_features and weak.model.similarity_features
+    assert full.supervision == "full" and weak.supervision == "weak" and weak.loss.weak_variant == "ours"
+    assert weak.selection_rule == "label_free" and full.selection_rule == "val_map"
+    paper.model.similarity_features = True
+    assert full.to_dict() == paper.to_dict()
+    weak.supervision = "full"
+    assert weak.to_dict() == full.to_dict()
+    for name in ("paper_full", "paper_weak"):  # each says at its top that it is the exact reproduction
+        with open(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml")) as fh:
+            assert fh.readline().startswith("# EXACT REPRODUCTION")
+
+
 def test_paper_files_equal_the_dataclass_defaults():
     # The YAML files and the defaults must not drift apart.
     assert load_config("paper_full").to_dict() == Config().to_dict()
@@ -158,7 +174,7 @@ def test_shipped_configs_resolve_from_any_folder(tmp_path, monkeypatch):
     from vreloc_tf.config import CONFIG_DIR, resolve_config_path, shipped_configs
 
     monkeypatch.chdir(tmp_path)
-    assert shipped_configs() == ["cgbm", "paper_full", "paper_weak", "tiny"]
+    assert shipped_configs() == ["cgbm", "full", "paper_full", "paper_weak", "tiny", "weak"]
     shipped = os.path.join(CONFIG_DIR, "tiny.yaml")
     for name in ("tiny", "tiny.yaml", "configs/tiny.yaml", "./configs/tiny.yaml"):
         assert resolve_config_path(name) == shipped, name
@@ -178,6 +194,6 @@ def test_an_unknown_config_name_names_the_closest_shipped_one(tmp_path, monkeypa
             load_config(name)
         want = "tiny" if "tni" in name else "paper_full"
         assert str(err.value) == (f"config file not found: {name!r} (did you mean {want}? "
-                                  f"shipped configs: cgbm, paper_full, paper_weak, tiny)")
+                                  f"shipped configs: cgbm, full, paper_full, paper_weak, tiny, weak)")
     with pytest.raises(ConfigError, match=r"not found: 'elsewhere/x\.yaml' \(shipped configs: cgbm"):
         load_config("elsewhere/x.yaml")
