@@ -8,11 +8,13 @@ instances) -> subsampled features [n, D] (one row per 16 frames), deterministica
 from (seed, dim, video index), so any split geometry can be filled with any family.
 
 A family is a class with ``__init__(seed, dim)`` and ``video(vid_index, n, instances)``;
-``FAMILIES`` maps its name to it.
+``FAMILIES`` maps its name to it. A family with ``needs_geometry = True`` (``distractor``)
+also places things by the split geometry: ``plan(geometry)`` runs first and returns counts.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import dataclasses
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -72,21 +74,39 @@ class DemoFamily:
 
     def video(self, vid_index: int, n: int, instances: list) -> np.ndarray:
         """Subsampled features [n, D] float32 of one video."""
+        return self._features(vid_index, n, instances, ())
+
+    def _add_instance(self, rng, inst, activity: np.ndarray, motion: np.ndarray, edges: np.ndarray) -> None:
+        """One instance of class ``inst.label``: its signature moving from start to end pose, with the
+        per-instance jitter and amplitude; marks its clips moving and them plus one each side in ``edges``."""
+        n, d_a = activity.shape
+        s, e = max(0, inst.start), min(n, inst.end)
+        if e <= s:
+            return
+        sig = self.signature(inst.label) + (SIGNATURE_JITTER / np.sqrt(d_a)) * rng.standard_normal((2, d_a))
+        sig = unit_rows(sig) * ACTION_NORM * rng.uniform(0.85, 1.15)
+        w = np.linspace(0.0, 1.0, e - s, dtype=np.float32)[:, None]
+        activity[s:e] += (1 - w) * sig[0] + w * sig[1]
+        motion[s:e] = 1.0
+        edges[max(0, s - 1):min(n, e + 1)] = True
+
+    def _features(self, vid_index: int, n: int, instances: list, unannotated: list) -> np.ndarray:
+        """:meth:`video`, plus ``unannotated`` instances drawn exactly like annotated ones (the
+        ``distractor`` family's second actions). Their draws come from a stream of their own and
+        the background episodes are cut around them without changing any other draw, so with no
+        ``unannotated`` instances these are demo's bytes and with some, demo's bytes everywhere
+        but on them and their edge features."""
         rng = np.random.default_rng([self.seed, 31337, vid_index])
         d_a, dim = self.action_dim, self.dim
         activity = np.zeros((n, d_a), np.float32)
         motion = np.zeros(n, np.float32)  # 1 on clips with movement (actions and other activity)
         occupied = np.zeros(n, bool)
         for inst in instances:
-            s, e = max(0, inst.start), min(n, inst.end)
-            if e <= s:
-                continue
-            sig = self.signature(inst.label) + (SIGNATURE_JITTER / np.sqrt(d_a)) * rng.standard_normal((2, d_a))
-            sig = unit_rows(sig) * ACTION_NORM * rng.uniform(0.85, 1.15)
-            w = np.linspace(0.0, 1.0, e - s, dtype=np.float32)[:, None]
-            activity[s:e] += (1 - w) * sig[0] + w * sig[1]
-            motion[s:e] = 1.0
-            occupied[max(0, s - 1):min(n, e + 1)] = True
+            self._add_instance(rng, inst, activity, motion, occupied)
+        second = np.zeros(n, bool)  # clips of unannotated instances and their edge features
+        rng_second = np.random.default_rng([self.seed, SECOND_ACTION_FEATURE_STREAM, vid_index])
+        for inst in unannotated:
+            self._add_instance(rng_second, inst, activity, motion, second)
         # Other activity in the background: distractor classes, never a split's class.
         for _ in range(rng.poisson(n / MEAN_GAP_BETWEEN_EPISODES)):
             length = int(rng.integers(3, 21))
@@ -96,6 +116,7 @@ class DemoFamily:
             if span.size == 0:
                 continue
             sig = self.signature(-1 - int(rng.integers(0, DEMO_DISTRACTOR_CLASSES)))
+            span = span[~second[span]]  # after the draw: the draws stay demo's
             activity[span] += DISTRACTOR_NORM * sig[0]
             motion[span] = 1.0
         scene = unit_rows(rng.standard_normal((1, dim)))[0] * SCENE_NORM
@@ -321,7 +342,178 @@ class ShotsFamily:
         return (self.common + scene + activity @ self.u_activity + drift + noise).astype(np.float32)
 
 
-FAMILIES = {"demo": DemoFamily, "substates": SubstatesFamily, "periodic": PeriodicFamily, "shots": ShotsFamily}
+# --------------------------------------------------------------------------- distractor
+# A second, unannotated action of another class of the video's split (issue #26 item 3).
+# Called the *second action* in the code: the "distractor" episodes/classes above are the
+# background's other activity, of classes in no split.
+SECOND_ACTION_PLAN_STREAM = 2601  # rng stream of the plan (class, lengths, places), apart from every feature draw
+SECOND_ACTION_FEATURE_STREAM = 2602  # rng stream of the second actions' features: the rest of a video stays demo's draw
+MIN_SECOND_ACTION = 4  # shortest a second action is cut to where its drawn length does not fit: the shortest
+#                        instance of the synthetic geometries (pipeline.synth.ACTION_LENGTHS); shorter would be a
+#                        blip, not an action (a drawn length below it, as the benchmark has, is kept as drawn)
+SECOND_ACTION_MARGIN = 1  # quiet features kept between a second action and an annotated instance or another second
+#                           action, so that two never merge into one run of movement (demo's episodes keep the same)
+
+
+@dataclasses.dataclass
+class VideoPlan:
+    """The second actions of one video and why it has none where it has none."""
+
+    video_id: str
+    split: Optional[str]
+    label: Optional[int]  # the second action's class (None: the split has no other class)
+    actions: List = dataclasses.field(default_factory=list)  # pipeline.synth.Instance, sorted
+    drawn_lengths: List[int] = dataclasses.field(default_factory=list)  # before any cut to fit, per action
+    windows: List[Tuple[int, int]] = dataclasses.field(default_factory=list)  # the video's entry windows
+    no_room: int = 0  # windows without a second action: no free run of the shortest length in them
+
+
+def free_runs(free: np.ndarray, lo: int, hi: int) -> List[Tuple[int, int]]:
+    """Maximal runs [a, b) of True in ``free[lo:hi]``, in video coordinates."""
+    x = np.concatenate([[False], free[lo:hi], [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(x))
+    return [(lo + int(a), lo + int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
+class DistractorFamily(DemoFamily):
+    """The ``demo`` family plus a second, unannotated action in every video.
+
+    Every video also holds instances of a second action: a class drawn among the *other*
+    classes of the video's split, each instance made exactly like a real instance of that
+    class (its signature, jitter and amplitude, a length drawn from that class's real
+    instances) but in no split entry, so never a ground truth nor a query. Its instances lie
+    inside the video's entry windows (what the model sees as a reference), never on an
+    annotated instance or next to one: one per window where room allows, one instance shared
+    by two neighbouring windows where it fits in both. A window whose free room is shorter
+    than the drawn length gets it cut to the longest free run (not below
+    ``MIN_SECOND_ACTION``); a window without even that gets none. So a reference holds a
+    real action of its class and one of another class, and finding "an action" is not enough.
+
+    Outside the second actions (and their edge features) a video is the ``demo`` family's
+    bytes for the same seed, so ``demo`` against ``distractor`` measures only what the second
+    action does. Needs the geometry: :meth:`plan` (``pipeline.synth.generate`` calls it)
+    before :meth:`video`.
+    """
+
+    needs_geometry = True
+
+    def __init__(self, seed: int, dim: int):
+        if dim < 2:
+            raise InputError(f"family 'distractor' needs --dim >= 2, got {dim}")
+        super().__init__(seed, dim)
+        self.plans: Optional[Dict[int, VideoPlan]] = None  # video index -> plan
+
+    def plan(self, geometry) -> Dict[str, object]:
+        """Place the second actions of every video of ``geometry`` (a ``pipeline.synth.Geometry``);
+        returns the counts (:func:`plan_counts`). Deterministic from (seed, video index)."""
+        from pipeline.synth import Instance
+
+        split_of: Dict[str, str] = {}
+        windows: Dict[str, set] = {}
+        classes: Dict[str, set] = {}
+        for split, entries in geometry.splits.items():
+            for k, entry in enumerate(entries):
+                try:
+                    vid, label = entry["id"], int(entry["label"])
+                    lo, hi = (int(v) for v in entry["location"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise InputError(f"family 'distractor': {split} entry {k} is malformed ({exc!r})") from None
+                if vid not in geometry.n_feat:
+                    raise InputError(f"family 'distractor': {split} entry {k} names video {vid!r}, "
+                                     f"which the geometry has no length for")
+                split_of.setdefault(vid, split)  # a video in two splits takes its first (none is, in any geometry)
+                windows.setdefault(vid, set()).add((max(0, lo), min(geometry.n_feat[vid], hi)))
+                classes.setdefault(split, set()).add(label)
+        lengths: Dict[int, List[int]] = {}  # class -> lengths of its real instances
+        for vid, instances in sorted(geometry.instances.items()):
+            if vid in split_of:
+                for inst in instances:
+                    if inst.end > inst.start:
+                        lengths.setdefault(int(inst.label), []).append(int(inst.end - inst.start))
+        self.plans = {}
+        for k, vid in enumerate(geometry.video_ids()):
+            n, instances = geometry.n_feat[vid], geometry.instances.get(vid, [])
+            split = split_of.get(vid)
+            rng = np.random.default_rng([self.seed, SECOND_ACTION_PLAN_STREAM, k])
+            own = {int(i.label) for i in instances}
+            others = sorted(c for c in classes.get(split, ()) if c not in own and c in lengths)
+            plan = VideoPlan(vid, split, None, windows=sorted(windows.get(vid, ())))
+            self.plans[k] = plan
+            if not others:
+                continue
+            plan.label = others[int(rng.integers(len(others)))]
+            pool = lengths[plan.label]
+            free = np.ones(n, bool)
+            for inst in instances:
+                free[max(0, inst.start - SECOND_ACTION_MARGIN):min(n, inst.end + SECOND_ACTION_MARGIN)] = False
+            for lo, hi in plan.windows:
+                if any(lo <= a.start and a.end <= hi for a in plan.actions):
+                    continue  # holds one already (placed for its neighbour)
+                want = int(pool[int(rng.integers(len(pool)))])
+                runs = free_runs(free, lo, hi)
+                longest = max((b - a for a, b in runs), default=0)
+                if longest < min(want, MIN_SECOND_ACTION):
+                    plan.no_room += 1
+                    continue
+                length = min(want, longest)
+                # every start that fits, scored by how many windows still without one it would lie in
+                starts = np.concatenate([np.arange(a, b - length + 1) for a, b in runs if b - a >= length])
+                open_windows = [(wl, wh) for wl, wh in plan.windows
+                                if not any(wl <= a.start and a.end <= wh for a in plan.actions)]
+                score = sum(((starts >= wl) & (starts + length <= wh)).astype(int) for wl, wh in open_windows)
+                best = starts[score == score.max()]
+                start = int(best[int(rng.integers(best.size))])
+                plan.actions.append(Instance(plan.label, start, start + length))
+                plan.drawn_lengths.append(want)
+                free[max(0, start - SECOND_ACTION_MARGIN):min(n, start + length + SECOND_ACTION_MARGIN)] = False
+            order = np.argsort([a.start for a in plan.actions], kind="stable")
+            plan.actions = [plan.actions[i] for i in order]
+            plan.drawn_lengths = [plan.drawn_lengths[i] for i in order]
+        return plan_counts(self.plans.values(), geometry.splits)
+
+    def second_actions(self, vid_index: int) -> list:
+        """The second actions (``Instance``) planned for video ``vid_index``."""
+        if self.plans is None:
+            raise RuntimeError("family 'distractor' places its second actions from the split geometry: "
+                               "call plan(geometry) before video() (pipeline.synth.generate does)")
+        if vid_index not in self.plans:
+            raise RuntimeError(f"family 'distractor': video index {vid_index} is not in the planned geometry "
+                               f"({len(self.plans)} videos)")
+        return self.plans[vid_index].actions
+
+    def video(self, vid_index: int, n: int, instances: list) -> np.ndarray:
+        """Subsampled features [n, D] float32: demo's video plus its planned second actions."""
+        return self._features(vid_index, n, instances, self.second_actions(vid_index))
+
+
+def plan_counts(plans, splits: Dict[str, List[dict]]) -> Dict[str, object]:
+    """Counts of a ``distractor`` plan: videos with and without a second action (with + without =
+    videos), second actions and how many were cut to fit, and per split how many entry windows
+    (the references) hold one whole."""
+    plans = list(plans)
+    by_id = {p.video_id: p for p in plans}
+    windows = {}
+    for split, entries in splits.items():
+        holding = 0
+        for entry in entries:
+            plan = by_id.get(entry["id"])
+            lo, hi = (int(v) for v in entry["location"])
+            holding += bool(plan) and any(lo <= a.start and a.end <= hi for a in plan.actions)
+        windows[split] = {"entries": len(entries), "holding": int(holding)}
+    with_ = sum(bool(p.actions) for p in plans)
+    return {
+        "videos": len(plans), "with": with_, "without": len(plans) - with_,
+        "without_no_other_class": sum(p.label is None for p in plans),
+        "without_no_room": sum(p.label is not None and not p.actions for p in plans),
+        "second_actions": sum(len(p.actions) for p in plans),
+        "shortened": sum(a.end - a.start < want for p in plans for a, want in zip(p.actions, p.drawn_lengths)),
+        "windows_without_room": sum(p.no_room for p in plans),
+        "windows": windows,
+    }
+
+
+FAMILIES = {"demo": DemoFamily, "substates": SubstatesFamily, "periodic": PeriodicFamily, "shots": ShotsFamily,
+            "distractor": DistractorFamily}
 
 
 def make_family(name: str, seed: int, dim: int):

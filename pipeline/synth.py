@@ -30,6 +30,7 @@ DATASET_NAME = "c3d_features"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_DIM = 500  # the paper's feature dim (C3D fc7 after PCA); the demo writes 32
 DEFAULT_FAMILY = "demo"
+DISTRACTORS_NAME = "distractors.json"  # the distractor family's second actions and counts (in no split file)
 
 @dataclasses.dataclass
 class Instance:
@@ -48,6 +49,10 @@ class Geometry:
     instances: Dict[str, List[Instance]]
     splits: Dict[str, List[dict]]  # split -> entries in Feng's schema
     n_frames: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def video_ids(self) -> List[str]:
+        """The videos in the order of the HDF5 file: a video's position is its family video index."""
+        return sorted(self.n_feat)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -194,12 +199,14 @@ def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optio
     else:
         raise InputError(f"--geometry {geometry!r}: unknown; choose one of {', '.join(GEOMETRIES)} "
                          f"(or --lengths/--splits for the benchmark's)")
+    # a family that places something by the split geometry (distractor: its second actions) plans first
+    planned = model.plan(geometry) if getattr(model, "needs_geometry", False) else None
     os.makedirs(out_dir, exist_ok=True)
     h5_path = os.path.join(out_dir, HDF5_NAME)
     n_rows = 0
     with atomic_path(h5_path) as tmp_path, h5py.File(tmp_path, "w") as h5:
         h5.attrs[SYNTHETIC_ATTR] = family  # tells ingest these are not C3D features of real videos
-        for k, vid in enumerate(sorted(geometry.n_feat)):
+        for k, vid in enumerate(geometry.video_ids()):
             feats = model.video(k, geometry.n_feat[vid], geometry.instances.get(vid, []))
             rows = interleave_rows(feats)
             h5.create_group(f"v_{vid}").create_dataset(DATASET_NAME, data=rows)
@@ -216,4 +223,21 @@ def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optio
         "rows": n_rows, "entries": {s: len(e) for s, e in geometry.splits.items()},
         "family": family, "geometry": geometry_name, "seconds": round(time.time() - t0, 1),
     }
+    if planned is not None:
+        # The second actions are in no split file: this manifest is where they and their counts are.
+        write_json_atomic(os.path.join(out_dir, DISTRACTORS_NAME), {
+            "family": family, "seed": seed, "geometry": geometry_name, "counts": planned,
+            "videos": {p.video_id: {"label": p.label, "actions": [[a.start, a.end] for a in p.actions]}
+                       for p in model.plans.values() if p.actions}}, indent=None)
+        summary["distractors"] = planned
     return summary
+
+
+def distractor_line(counts: Dict[str, object]) -> str:
+    """One line of the ``distractor`` family's counts (``summary["distractors"]`` of :func:`generate`)."""
+    windows = counts["windows"]
+    per_split = ", ".join(f"{s} {w['holding']}/{w['entries']}" for s, w in windows.items())
+    return (f"synth: distractor: {counts['with']} of {counts['videos']} videos hold a second action, "
+            f"{counts['without']} could not ({counts['without_no_room']} no room, "
+            f"{counts['without_no_other_class']} no other class in the split); {counts['second_actions']} second "
+            f"actions, {counts['shortened']} cut to fit; entry windows holding one: {per_split}")

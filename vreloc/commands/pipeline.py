@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(sub_activitynet_v1-3.c3d.hdf5 + train/val/test.json), or a video folder "
                           "(annotations.json + videos/*, through extract-video)")
     run.add_argument("--family", default="demo",
-                     help="feature family of --data synth (demo, substates, periodic, shots; docs/DATA.md)")
+                     help="feature family of --data synth (demo, substates, periodic, shots, distractor; docs/DATA.md)")
     run.add_argument("--geometry", default="default", choices=list(GEOMETRIES),
                      help="split geometry of --data synth (default %(default)s: >= 500 test pairs; 'smoke': a few "
                           "dozen videos, the whole chain in about two minutes; docs/DATA.md)")

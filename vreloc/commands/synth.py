@@ -50,7 +50,7 @@ def benchmark_geometry(lengths, splits):
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.synth import generate
+    from pipeline.synth import distractor_line, generate
 
     lengths, splits = benchmark_geometry(args.lengths, args.splits)
     summary = generate(args.out, seed=args.seed, dim=args.dim, lengths=lengths, splits_dir=splits,
@@ -58,4 +58,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"synth: wrote {summary['videos']} videos ({summary['rows']} rows, D={summary['dim']}) to "
           f"{summary['hdf5']}; family {summary['family']}, entries {summary['entries']} ({summary['geometry']} geometry) "
           f"in {summary['seconds']} s")
+    if "distractors" in summary:
+        print(distractor_line(summary["distractors"]))
     return 0
