@@ -218,3 +218,136 @@ def test_cli_query_free_on_the_tiny_data(tiny_data_dir, tmp_path, capsys):
     assert result["method"] == "query-free" and result["split"] == "test" and result["pairs"] > 0
     assert all(0.0 <= v <= 100.0 for v in result["map_at_1"].values()) and 0.0 <= result["average"] <= 100.0
     assert "query-free" in capsys.readouterr().out
+
+
+# --- window matcher (issue #26 item 4) ----------------------------------------------------------
+
+def _brute_force_window_match(query, reference):
+    """Every (start, end) tried one by one, each mean taken row by row (the rule of baselines.window_match)."""
+    q, r = np.asarray(query, np.float64), np.asarray(reference, np.float64)
+    centre = np.mean(r, axis=0)
+
+    def unit(v):
+        n = np.sqrt(np.sum(v * v))
+        return v / n if n > 0 else v
+
+    def cos(a, b):
+        na, nb = np.sqrt(np.sum(a * a)), np.sqrt(np.sum(b * b))
+        return 0.0 if na <= 1e-9 or nb <= 1e-9 else float(np.dot(a, b) / (na * nb))
+
+    rows = [unit(x - centre) for x in r]
+    qm = np.mean([unit(x - centre) for x in q], axis=0)
+    longest = min(len(r), 2 * len(q))
+    shortest = min(max(1, len(q) // 2), longest)
+    found = []
+    for start in range(len(r)):
+        for end in range(start + 1, len(r) + 1):
+            if shortest <= end - start <= longest:
+                inside = np.mean(rows[start:end], axis=0)
+                rest = rows[:start] + rows[end:]
+                outside = np.mean(rest, axis=0) if rest else np.zeros(r.shape[1])
+                found.append((cos(qm, inside) - cos(qm, outside), start, end))
+    best = max(f[0] for f in found)
+    return min((s, e - s) for v, s, e in found if v >= best - 1e-9)
+
+
+def test_window_match_matches_a_brute_force_search_with_ties():
+    rng = np.random.default_rng(26)
+    cases = 0
+    for _ in range(300):  # small integers in few dims: repeated rows, exact ties and cancelling means
+        lq, lr, d = int(rng.integers(1, 7)), int(rng.integers(1, 13)), int(rng.integers(1, 4))
+        q = rng.integers(-1, 2, (lq, d)).astype(np.float64)
+        r = rng.integers(-1, 2, (lr, d)).astype(np.float64)
+        s, k = _brute_force_window_match(q, r)
+        assert baselines.window_match_segment(q, r) == (s, s + k), (q, r)
+        cases += 1
+    for _ in range(200):  # continuous features, scales varying per row
+        lq, lr, d = int(rng.integers(1, 9)), int(rng.integers(1, 25)), int(rng.integers(1, 7))
+        q = rng.normal(size=(lq, d)) * rng.uniform(0.1, 3.0, (lq, 1)) + rng.normal(size=d)
+        r = rng.normal(size=(lr, d)) * rng.uniform(0.1, 3.0, (lr, 1)) + rng.normal(size=d)
+        s, k = _brute_force_window_match(q, r)
+        assert baselines.window_match_segment(q, r) == (s, s + k), (q, r)
+        cases += 1
+    assert cases == 500
+
+
+def test_window_match_edge_lengths_and_zero_problems():
+    rng = np.random.default_rng(3)
+    assert baselines.window_match_lengths(1, 1) == (1, 1)
+    assert baselines.window_match_lengths(1, 9) == (1, 2)
+    assert baselines.window_match_lengths(7, 100) == (3, 14)
+    assert baselines.window_match_lengths(10, 3) == (3, 3)  # shorter than floor(Lq/2): the whole reference
+    assert baselines.window_match_segment(rng.normal(size=(4, 5)), rng.normal(size=(1, 5))) == (0, 1)
+    assert baselines.window_match_segment(rng.normal(size=(10, 5)), rng.normal(size=(3, 5))) == (0, 3)
+    s, e = baselines.window_match_segment(rng.normal(size=(1, 5)), rng.normal(size=(9, 5)))
+    assert 1 <= e - s <= 2 and 0 <= s and e <= 9
+    ref = rng.normal(size=(12, 4))
+    # a query equal to the reference's mean has no direction: every candidate scores 0 -> [0, K0)
+    assert baselines.window_match_segment(np.tile(ref.mean(axis=0), (6, 1)), ref) == (0, 3)
+    assert baselines.window_match_segment(np.zeros((4, 3)), np.zeros((8, 3))) == (0, 2)
+    with pytest.raises(ValueError, match="non-finite"):
+        baselines.window_match_segment(np.full((2, 4), np.nan), ref)
+    with pytest.raises(ValueError):
+        baselines.window_match_segment(np.zeros((0, 4)), ref)
+
+
+def test_window_match_finds_a_planted_query_exactly():
+    """A pattern pasted over [start, start + length) of a noisy reference is found to the step: the
+    query is the same pattern on the same scene (what centring on the reference's mean removes).
+    D = 128, like real features, keeps a noise row's cosine to the query small (~1/sqrt(D))."""
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        d, lr, lq = 128, 60, 8
+        pattern = rng.normal(size=d)
+        pattern *= 3.0 / np.linalg.norm(pattern)
+        scene = 2.0 * rng.normal(size=d)
+        start, length = int(rng.integers(0, lr - 12)), int(rng.integers(5, 13))
+        ref = scene + rng.normal(size=(lr, d))
+        ref[start:start + length] = scene + pattern + 0.3 * rng.normal(size=(length, d))
+        query = scene + pattern + 0.3 * rng.normal(size=(lq, d))
+        assert baselines.window_match_segment(query, ref) == (start, start + length), seed
+
+
+def test_window_match_never_reads_padding():
+    rng = np.random.default_rng(4)
+    n = 40
+    q_len, r_len = rng.integers(1, 9, n), rng.integers(1, 18, n)
+    queries = [rng.normal(size=(k, 5)) for k in q_len]
+    refs = [rng.normal(size=(k, 5)) for k in r_len]
+    want = [baselines.window_match_segment(q, r) for q, r in zip(queries, refs)]
+    for fill in (0.0, 1e6, np.nan):
+        qp, rp = np.full((n, 10, 5), fill), np.full((n, 20, 5), fill)
+        if fill == 1e6:
+            qp, rp = rng.normal(scale=fill, size=qp.shape), rng.normal(scale=fill, size=rp.shape)
+        for i in range(n):
+            qp[i, :q_len[i]] = queries[i]
+            rp[i, :r_len[i]] = refs[i]
+        s, e = baselines.window_match_batch(qp, q_len, rp, r_len)
+        assert list(zip(s.tolist(), e.tolist())) == want, fill
+
+
+def test_window_match_end_to_end_beats_random(data_dir, tmp_path):
+    pairs_file = str(tmp_path / "pairs.json")
+    wm = baselines.run_baseline("window-match", data_dir, "test", pairs_file, verbose=False)
+    rnd = baselines.run_baseline("random", data_dir, "test", pairs_file, verbose=False)
+    assert wm["method"] == "Window matcher" and wm["pairs"] == rnd["pairs"] > 0
+    assert wm["average"] > rnd["average"] + 10.0, (wm, rnd)
+    # the same result re-scored by hand from the records: the query is its entry's ground truth
+    recs = {r.entry_index: r for r in schema.read_records(data_dir, "test")}
+    with open(pairs_file) as fh:
+        plist = json.load(fh)["pairs"]
+    ious = []
+    for p in plist:
+        q, r = recs[p["query"]], recs[p["reference"]]
+        s, e = baselines.window_match_segment(q.features[q.groundtruth[0]:q.groundtruth[1]], r.features)
+        ious.append(metrics.temporal_iou(s, e, *r.groundtruth))
+    assert wm["map_at_1"] == metrics.map_at_1(ious)
+
+
+def test_cli_all_lists_the_window_matcher(tiny_data_dir, tmp_path, capsys):
+    out = str(tmp_path / "all.json")
+    assert cli_main(["baseline", "--method", "all", "--data", tiny_data_dir, "--json", out]) == 0
+    with open(out) as fh:
+        results = json.load(fh)
+    assert [r["method"] for r in results][-1] == "Window matcher"
+    assert "Window matcher" in capsys.readouterr().out

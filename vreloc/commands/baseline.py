@@ -1,6 +1,6 @@
 """`vreloc baseline`: score the training-free baselines of the paper on a fixed pair list.
 
-    vreloc baseline --method random|prior|frame-level|query-free|all --data DIR --split test [--pairs FILE] [--json OUT]
+    vreloc baseline --method random|prior|frame-level|query-free|window-match|all --data DIR --split test [--pairs FILE] [--json OUT]
 """
 from __future__ import annotations
 
