@@ -1,72 +1,160 @@
-"""vreloc quality's aggregation: seed means, the joint bootstrap interval, the targets, and a
-report made from finished pieces only (no training here: result files are written by hand)."""
+"""vreloc quality: the rows' aggregation (cluster bootstrap, paired differences), the targets, the
+tuning rule, and the one-command page: a second call resumes and writes the same page."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from vreloc.quality import Study, format_family, summarize, targets
+from vreloc import cli
+from vreloc.quality import (SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score)
+from vreloc_tf.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.metrics import THRESHOLD_KEYS, THRESHOLDS
 
 
-def _result(method, ious, selection=None):
+def _result(method, ious, **extra):
     ious = np.asarray(ious, dtype=float)
     per = {k: float(100.0 * np.mean(ious > t)) for k, t in zip(THRESHOLD_KEYS, THRESHOLDS)}
     return {"method": method, "pairs": len(ious), "map_at_1": per, "average": float(np.mean(list(per.values()))),
-            "ious": ious.tolist(), "selection": selection}
+            "ious": ious.tolist(), **extra}
 
 
-def test_summarize_matches_a_plain_reference():
+def test_summarize_gives_seed_mean_std_and_the_cluster_interval():
     rng = np.random.default_rng(3)
-    runs = [_result("full", rng.uniform(0, 1, 40)) for _ in range(3)]
-    got = summarize(runs, samples=300, seed=7)
+    classes = rng.integers(0, 6, 40)
+    runs = [_result("full", rng.uniform(0, 1, 40), learning_rate=0.003, tuned=True) for _ in range(3)]
+    got = summarize(runs, classes, samples=300, seed=7)
     averages = np.array([r["average"] for r in runs])
     assert got["mean"]["average"] == pytest.approx(averages.mean())
     assert got["std"]["average"] == pytest.approx(averages.std(ddof=1))
-    assert got["per_seed_average"] == pytest.approx(averages.tolist())
-    # the joint bootstrap, written one resample at a time: the same pairs for every seed
-    ious = np.array([r["ious"] for r in runs])
-    picks = np.random.default_rng(7).integers(0, 40, size=(300, 40))
-    ref = [np.mean([100.0 * np.mean(ious[:, p] > t) for t in THRESHOLDS]) for p in picks]
-    assert got["ci95_average"] == pytest.approx([np.percentile(ref, 2.5), np.percentile(ref, 97.5)])
-    assert got["ci95_average"][0] <= got["mean"]["average"] <= got["ci95_average"][1]
+    ci = cluster_bootstrap(np.array([r["ious"] for r in runs]), classes, samples=300, seed=7)
+    assert got["ci95_average"] == [ci["lo"], ci["hi"]] and ci["mean"] == pytest.approx(averages.mean())
+    assert got["learning_rate"] == 0.003 and got["tuned"] is True
+    one = summarize(runs[:1], classes, samples=50)
+    assert one["seeds"] == 1 and one["std"]["average"] == 0.0
 
 
-def test_one_seed_has_zero_std():
-    got = summarize([_result("full", [0.9, 0.1, 0.55])], samples=50)
-    assert got["seeds"] == 1 and got["std"]["average"] == 0.0
-
-
-def test_targets_are_checked_on_seed_means():
-    rows = {"frame-level": {"mean": {"average": 10.0}}, "full": {"mean": {"average": 30.0}},
-            "weak-ours": {"mean": {"average": 20.0}}}
-    checks = targets(rows)
-    assert checks["full >= frame-level + 10"]["met"]
-    assert checks["weak (ours) >= frame-level + 5"]["met"]
-    assert not checks["weak (ours) >= 0.7 x full"]["met"]
-    assert checks["weak (ours) >= 0.7 x full"]["value"] == pytest.approx(20 / 30)
-
-
-def test_finished_only_reports_what_exists_and_trains_nothing(tmp_path):
-    out = str(tmp_path)
-    fam = "substates"
-    os.makedirs(os.path.join(out, "data", fam, "tfrecords"))
-    open(os.path.join(out, "data", fam, "tfrecords", "manifest.json"), "w").write("{}")
-    res = os.path.join(out, "results", fam)
-    os.makedirs(res)
+def test_family_summary_pairs_ours_with_each_rival_and_control():
     rng = np.random.default_rng(0)
-    for name in ("random", "prior", "frame-level"):
-        json.dump(_result(name, rng.uniform(0, 0.6, 20)), open(os.path.join(res, f"{name}.json"), "w"))
-    for seed in (0, 2):  # seed 1 never finished
-        json.dump(_result("ours full", rng.uniform(0.3, 1, 20)), open(os.path.join(res, f"full-seed-{seed}.json"), "w"))
-    study = Study(out, [fam, "periodic"], [0, 1, 2], ["full", "weak-ours"], finished_only=True)
+    classes = np.repeat(np.arange(8), 5)
+    truth = rng.uniform(0.5, 1, 40)
+    rows = {"full": [_result("full", np.clip(truth + rng.normal(0, 0.05, 40), 0, 1)) for _ in range(2)],
+            "full" + SWAPPED: [_result("swapped", rng.uniform(0, 0.3, 40))],
+            "cgbm": [_result("cgbm", rng.uniform(0, 1, 40))],
+            "query-free": [_result("qf", rng.uniform(0, 0.6, 40))]}
+    fam = summarize_family(rows, classes, samples=200)
+    d = fam["differences"]["full - cgbm"]
+    ref = paired_difference(np.array([r["ious"] for r in rows["full"]]), np.array([rows["cgbm"][0]["ious"]]),
+                            classes, samples=200, seed=0)
+    assert d == ref
+    assert set(fam["differences"]) == {"full - cgbm", "full - query-free"}
+    checks = fam["checks"]
+    assert checks["full >= cgbm (tuned)"]["interval"] == [ref["lo"], ref["hi"]]
+    assert checks["full swapped <= 0.3 x true"]["met"]
+
+
+def test_targets_use_seed_means_and_a_collapsed_model_cannot_pass_the_control():
+    row = lambda v: {"mean": {"average": v}}  # noqa: E731
+    diff = {"lo": 1.0, "hi": 2.0, "above_zero": True}
+    rows = {"full": row(50.0), "full" + SWAPPED: row(10.0), "weak-ours": row(40.0), "weak-ours" + SWAPPED: row(0.0),
+            "query-free": row(35.0), "cgbm": row(55.0), "weak-paper": row(20.0)}
+    diffs = {k: diff for k in ("full - query-free", "full - cgbm", "weak-ours - query-free", "weak-ours - weak-paper")}
+    checks = targets(rows, diffs)
+    assert checks["full >= query-free + 10"]["met"] and not checks["weak-ours >= query-free + 10"]["met"]
+    assert not checks["full >= cgbm (tuned)"]["met"] and checks["weak-ours >= weak-paper (tuned)"]["met"]
+    assert checks["full swapped <= 0.3 x true"]["value"] == pytest.approx(0.2)
+    assert checks["full swapped <= 0.3 x true"]["met"]
+    assert not checks["weak-ours >= 0.85 x full"]["met"]
+    assert checks["weak-ours >= 0.85 x full"]["value"] == pytest.approx(0.8)
+    rows["weak-ours"] = row(30.0)  # below query-free: its swapped 0 is no collapse
+    assert not targets(rows, diffs)["weak-ours swapped <= 0.3 x true"]["met"]
+
+
+def _run_json(path, selection, history, best_step):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "run.json"), "w") as fh:
+        json.dump({"selection": selection, "best_step": best_step, "extra": {"validation_history": history}}, fh)
+    return path
+
+
+def test_tuning_reads_each_runs_own_selection_score_and_picks_the_best(tmp_path):
+    hist = [{"step": 100, "average": 40.0, "objective": 0.9}, {"step": 200, "average": 55.0, "objective": 0.7}]
+    full = tuning_score(_run_json(str(tmp_path / "f"), "val_map", hist, 200), 0.003)
+    weak = tuning_score(_run_json(str(tmp_path / "w"), "label_free", hist, 100), 0.001)
+    assert full == {"learning_rate": 0.003, "criterion": "val_map", "value": 55.0, "step": 200}
+    assert weak == {"learning_rate": 0.001, "criterion": "label_free", "value": 0.9, "step": 100}
+    trials = [dict(full, learning_rate=0.001, value=50.0), full]
+    assert pick_trial(trials)["learning_rate"] == 0.003  # val mAP: highest
+    trials = [dict(weak, learning_rate=0.003, value=0.5), weak]
+    assert pick_trial(trials)["learning_rate"] == 0.003  # label-free objective: lowest
+    assert pick_trial([dict(weak, learning_rate=0.01), weak])["learning_rate"] == 0.001  # tie: smaller rate
+    with pytest.raises(RuntimeError, match="no validation at its selected step 300"):
+        tuning_score(_run_json(str(tmp_path / "x"), "val_map", hist, 300), 0.003)
+
+
+TINY = ["--families", "demo", "--seeds", "0", "--geometry", "smoke", "--set", "train.steps=10",
+        "--set", "train.validate_every=5", "--set", "train.checkpoint_every=5", "--set", "train.validation_pairs=8"]
+STUDY = ["quality", "--methods", "full", "--learning-rates", "0.01"] + TINY  # two runs: kept in the fast suite
+BOTH = ["quality", "--methods", "full,weak-ours", "--learning-rates", "0.003,0.01"] + TINY
+
+
+def _page_without_times(path):
+    with open(path) as fh:
+        return [line for line in fh if " min |" not in line]  # provenance rows end with the measured time
+
+
+def test_one_command_writes_the_whole_page_and_a_second_call_reproduces_it(tmp_path, capsys):
+    out, page = str(tmp_path / "study"), str(tmp_path / "QUALITY.md")
+    assert cli.main(STUDY + ["--out", out, "--report", page]) == 0
+    with open(page) as fh:
+        first = fh.read()
+    # every part of the page comes from the study: rows, controls, tuning, provenance
+    for text in ("| ours full | ", "| ours full, swapped query |", "| Query-free |", "| Window matcher |",
+                 "| demo | ours full | val_map | 0.01: ", "data seed 20261207", "| ours full − Query-free |",
+                 "config digest", "* full >= query-free + 10: "):
+        assert text in first, text
+    assert os.listdir(os.path.join(out, "draw-0", "runs", "demo", "full")) == ["lr-0.01"]
+    assert os.listdir(os.path.join(out, "draw-20261207", "runs", "demo")) == ["full"]
+    # resumed: nothing is trained again and the page is the same, byte for byte
+    stamp = {p: os.path.getmtime(p) for p in (os.path.join(r, "run.json") for r, _, f in os.walk(out) if "run.json" in f)}
+    capsys.readouterr()
+    assert cli.main(STUDY + ["--out", out, "--report", page]) == 0
+    assert "[quality] demo: tuning" not in capsys.readouterr().out
+    assert all(os.path.getmtime(p) == t for p, t in stamp.items())
+    with open(page) as fh:
+        assert fh.read() == first
+    # the same study asked for with --finished-only (nothing trained) writes the same page
+    assert cli.main(STUDY + ["--out", out, "--report", page, "--finished-only"]) == 0
+    with open(page) as fh:
+        assert fh.read() == first
+
+
+@pytest.mark.slow
+def test_a_family_remade_from_scratch_gives_the_same_page_but_its_times(tmp_path):
+    # full and weak, each tuned over two rates; then the family's folders deleted and made again
+    out, page = str(tmp_path / "study"), str(tmp_path / "QUALITY.md")
+    assert cli.main(BOTH + ["--out", out, "--report", page]) == 0
+    first = _page_without_times(page)
+    assert any("| demo | ours weak (ours) | label_free | 0.003: " in line for line in first)
+    assert sorted(os.listdir(os.path.join(out, "draw-0", "runs", "demo", "weak-ours"))) == ["lr-0.003", "lr-0.01"]
+    shutil.rmtree(out)
+    assert cli.main(BOTH + ["--out", out, "--report", page]) == 0
+    assert _page_without_times(page) == first
+
+
+def test_unknown_methods_and_bad_grids_are_refused_before_anything_runs(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    assert cli.main(["quality", "--out", out, "--families", "demo", "--methods", "ful"]) == 2
+    assert "--methods: unknown method 'ful'" in capsys.readouterr().err
+    assert cli.main(["quality", "--out", out, "--families", "demo", "--learning-rates", "0,0.1"]) == 2
+    assert "--learning-rates" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+def test_finished_only_on_an_empty_study_trains_nothing(tmp_path):
+    study = Study(str(tmp_path), ["substates"], [0], ["full"], finished_only=True)
     lines = []
-    summary = study.run(progress=lines.append)
-    assert list(summary) == [fam]  # periodic: nothing finished, left out
-    rows = summary[fam]["rows"]
-    assert rows["full"]["seeds"] == 2 and "weak-ours" not in rows
-    assert not os.path.exists(os.path.join(out, "runs"))  # nothing was trained
-    assert "full >= frame-level + 10" in summary[fam]["checks"]
-    text = format_family(fam, summary[fam], markdown=True)
-    assert "| ours full |" in text and "weak" not in text.split("Targets")[0]
+    assert study.run(progress=lines.append) == {}
+    assert lines == ["[quality] substates: nothing finished, left out"]
+    assert os.listdir(tmp_path) == []

@@ -1,12 +1,19 @@
-"""`vreloc quality`: every model and baseline row of docs/QUALITY.md, per data family, over seeds.
+"""`vreloc quality`: every row of docs/QUALITY.md, per data family, on the reporting draw.
 
-    vreloc quality --out runs/quality [--families demo,substates,periodic,shots,benchmark]
-                   [--seeds 0,1,2] [--methods full,weak-ours,weak-paper] [--config tiny] [--finished-only] [--report FILE]
+    vreloc quality --out runs/quality --report docs/QUALITY.md
+                   [--families demo,substates,periodic,shots,distractor,benchmark] [--seeds 0,1,2]
+                   [--methods full,weak-ours,weak-paper,cgbm,paper-size-full,paper-size-weak]
+                   [--learning-rates 0.001,0.003,0.01 | --no-tuning] [--finished-only]
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import shlex
+
+from vreloc.quality import FAMILIES, LEARNING_RATES, MAIN_METHODS, METHODS, BENCHMARK, Study
+from vreloc.quality_report import write_report
+from vreloc_tf import benchmark_files
+from vreloc_tf.errors import InputError
 
 
 def _list(text: str):
@@ -14,17 +21,20 @@ def _list(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vreloc.quality import MAIN_METHODS, METHODS
-
-    parser.add_argument("--out", required=True, help="study folder (data/, runs/, results/); reruns resume")
-    parser.add_argument("--families", type=_list, default=["demo", "substates", "periodic", "shots", "benchmark"],
+    parser.add_argument("--out", required=True, help="study folder (draw-*/data, runs, results; tuning/); reruns resume")
+    parser.add_argument("--families", type=_list, default=list(FAMILIES),
                         help="feature families (vreloc synth --family) and 'benchmark' (demo family at the "
                              "benchmark's split geometry); comma-separated")
     parser.add_argument("--seeds", type=lambda t: [int(v) for v in _list(t)], default=[0, 1, 2],
-                        help="training seeds (default 0,1,2)")
+                        help="training seeds (default 0,1,2; the paper-size rows use the first)")
     parser.add_argument("--methods", type=_list, default=list(MAIN_METHODS),
                         help=f"rows to train and score; known: {', '.join(METHODS)}")
-    parser.add_argument("--config", default="tiny", help="config of every run (default tiny)")
+    parser.add_argument("--learning-rates", type=lambda t: [float(v) for v in _list(t)], default=list(LEARNING_RATES),
+                        help="the tuning grid, the same for every tuned method, on the tuning draw "
+                             "(default %(default)s)")
+    parser.add_argument("--no-tuning", action="store_true",
+                        help="train every method at its config's rate (the page marks the rows untuned)")
+    parser.add_argument("--config", default="tiny", help="config of the tuned rows (default tiny)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--dim", type=int, default=32, help="feature dim of the synthetic data (default 32)")
     parser.add_argument("--geometry", default="default", help="vreloc synth --geometry of the families")
@@ -33,14 +43,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "files `vreloc benchmark where` finds)")
     parser.add_argument("--finished-only", action="store_true",
                         help="train nothing: report the seeds and methods earlier runs finished (rows say how many seeds)")
-    parser.add_argument("--report", metavar="FILE", help="write the tables as markdown")
+    parser.add_argument("--report", metavar="FILE", help="write the whole page (docs/QUALITY.md) as markdown")
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that remakes the page, spelled the same way however it was typed (the
+    page must not change when the same study is asked for in another order; --finished-only
+    reads the same study, so it is left out)."""
+    parts = ["vreloc quality", "--out", shlex.quote(args.out), "--report", shlex.quote(args.report)]
+    if args.families != list(FAMILIES):
+        parts += ["--families", ",".join(args.families)]
+    if args.seeds != [0, 1, 2]:
+        parts += ["--seeds", ",".join(str(s) for s in args.seeds)]
+    if args.methods != list(MAIN_METHODS):
+        parts += ["--methods", ",".join(args.methods)]
+    if args.no_tuning:
+        parts.append("--no-tuning")
+    elif args.learning_rates != list(LEARNING_RATES):
+        parts += ["--learning-rates", ",".join(f"{r:g}" for r in args.learning_rates)]
+    if args.config != "tiny":
+        parts += ["--config", shlex.quote(args.config)]
+    parts += [f"--set {shlex.quote(s)}" for s in args.set]
+    if args.dim != 32:
+        parts += ["--dim", str(args.dim)]
+    if args.geometry != "default":
+        parts += ["--geometry", args.geometry]
+    return " ".join(parts)
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.quality import BENCHMARK, Study, write_report
-    from vreloc_tf import benchmark_files
-    from vreloc_tf.errors import InputError
-
     splits = args.benchmark_splits
     if splits is None and BENCHMARK in args.families:  # resolved now: `vreloc benchmark fetch` may have run since
         splits = benchmark_files.find_splits()
@@ -48,12 +79,15 @@ def main(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--benchmark-splits: not given, and {benchmark_files.not_found_message()} "
                 f"(or give --benchmark-splits DIR, or leave '{BENCHMARK}' out of --families)")
+    if not args.learning_rates or any(r <= 0 for r in args.learning_rates):
+        raise InputError(f"--learning-rates: give positive rates, got {args.learning_rates}")
     study = Study(args.out, args.families, args.seeds, args.methods, args.config, args.set, args.dim,
-                  args.geometry, splits,
-                  finished_only=args.finished_only)
+                  args.geometry, splits, finished_only=args.finished_only, tune=not args.no_tuning,
+                  learning_rates=args.learning_rates)
     summary = study.run()
     if args.report:
-        write_report(study, summary, args.report, "vreloc quality " + " ".join(sys.argv[2:]))
+        command = _command(args)
+        write_report(study, summary, args.report, command)
         print(f"wrote {args.report}")
     missed = [f"{family}: {name}" for family, s in summary.items() for name, c in s["checks"].items() if not c["met"]]
     print("quality targets: " + ("all met" if not missed else "MISSED " + "; ".join(missed)))
