@@ -37,9 +37,9 @@ def test_every_stage_runs_and_writes_its_manifest(first_run, capsys):
     for split in ("val", "test"):
         rows = ev["results"][split]  # keyed by method id: blessing picks rows by name, never by position
         assert list(rows) == ["model:full", "model:weak", "baseline:random", "baseline:prior",
-                              "baseline:frame-level"]
+                              "baseline:frame-level", "baseline:window-match", "baseline:query-free"]
         assert [r["method"] for r in rows.values()] == ["ours full", "ours weak", "Random", "Stat. prior",
-                                                        "FL Baseline"]
+                                                        "FL Baseline", "Window matcher", "query-free"]
         assert all(r["split"] == split for r in rows.values())
         saved = json.load(open(os.path.join(workdir, "evaluator", f"results_{split}.json")))
         assert saved == rows
