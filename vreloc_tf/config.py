@@ -102,7 +102,7 @@ class ModelConfig:
     dropout_before_bilstm: float = 0.4  # (Implementation Details)
     dropout_after_bilstm: float = 0.2  # (Implementation Details)
     # Ours, not in the paper (off in the paper's configs): parameter-free similarity features
-    # (vreloc_tf.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY.md has the ablation.
+    # (vreloc_tf.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY_HISTORY.md has the ablation.
     similarity_features: bool = False
     similarity_temperature: float = 0.2  # tau of their soft maximum over query frames (ours)
     cgbm: CGBMConfig = field(default_factory=CGBMConfig)  # read only when architecture = cgbm
@@ -112,17 +112,17 @@ class ModelConfig:
 class LossConfig:
     # Weak supervision: "paper" = the co-attention loss with masks (Eqs. 13-18, Implementation
     # Details), kept exact so Table 2's row stays reproducible; "ours" (the project's default) =
-    # Eq. 19 on the label-free teacher's pseudo segments (vreloc_tf.teacher; docs/QUALITY.md).
+    # Eq. 19 on the label-free teacher's pseudo segments (vreloc_tf.teacher; docs/QUALITY_HISTORY.md).
     weak_variant: Literal["ours", "paper"] = "ours"
     teacher_temperature: float = 0.2  # ours: soft maximum over query frames (vreloc_tf.teacher)
     teacher_threshold_std: float = 0.5  # ours: a step is "action" above mean + 0.5 std of its score
     # ours: once the student overtakes its teacher it starts to fit the teacher's errors (the drift
-    # measured on `demo`, docs/QUALITY.md). Each batch's highest-loss pairs, this fraction of them, are
+    # measured on `demo`, docs/QUALITY_HISTORY.md). Each batch's highest-loss pairs, this fraction of them, are
     # left out (the small-loss rule of learning with noisy labels, co-teaching, Han et al. 2018),
     # ramped up linearly from 0 at step 0 over `teacher_truncation_ramp_steps`; 0 = off.
     teacher_truncation: float = 0.0
     teacher_truncation_ramp_steps: int = 200
-    # ours: the default remedy for that drift (docs/QUALITY.md has the ablation). A running
+    # ours: the default remedy for that drift (docs/QUALITY_HISTORY.md has the ablation). A running
     # average of the student's weights (momentum `self_target_momentum`; a mean teacher, Tarvainen &
     # Valpola 2017; vreloc_tf.student_average) decodes a second segment per pair (Eq. 20), and the
     # target is the teacher's segment with weight 1 - w and the average's with w: w ramps linearly from
@@ -135,7 +135,7 @@ class LossConfig:
     # ours, with a self target: the saved model (validation, the selection criterion, model.keras,
     # checkpoints/) holds the running average's weights instead of the student's -- the mean-teacher
     # practice (Tarvainen & Valpola 2017): the average moves less from step to step than the student
-    # it follows. false = the student's weights, as before (docs/QUALITY.md has the comparison).
+    # it follows. false = the student's weights, as before (docs/QUALITY_HISTORY.md has the comparison).
     self_target_as_model: bool = True
     alpha: float = 0.3  # co-attention balance, best in Table 3
     boundary_weight: float = 10.0  # w_i at start/end steps (Eq. 19, following Feng et al.)

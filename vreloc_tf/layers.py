@@ -265,7 +265,7 @@ class SelfAttention(keras.layers.Layer):
 class SimilarityFeatures(keras.layers.Layer):
     """Parameter-free similarity of every reference step to the query: 6 features per step.
 
-    Why (ours, not in the paper; docs/QUALITY.md has the ablation): the learned heads of
+    Why (ours, not in the paper; docs/QUALITY_HISTORY.md has the ablation that chose it; docs/QUALITY.md the current rows): the learned heads of
     the multiscale attention must discover on their own how to ignore what differs between
     two videos of the same action (each video's scene, a component shared by every clip).
     With a few hundred training videos they partly memorise the training classes instead.

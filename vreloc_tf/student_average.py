@@ -3,7 +3,7 @@
 Why: the label-free teacher (vreloc_tf.teacher) names the right segment for about two thirds of
 the `demo` pairs. The student overtakes it within a few hundred steps and, trained on, then
 learns the teacher's errors as well: val average 80.6 at step 200, 69.2 at step 1,000
-(docs/QUALITY.md, "Does weak training drift?"). An exponential moving average of the student's
+(docs/QUALITY_HISTORY.md, "Does weak training drift?"). An exponential moving average of the student's
 weights (Tarvainen & Valpola 2017) is the student of the last ~1 / (1 - momentum) steps; once
 the student is better than its teacher, so is the average. The segment it decodes (Eq. 20) is
 blended into the target (``loss.self_target_*``, vreloc_tf.losses.per_example_loss), which holds

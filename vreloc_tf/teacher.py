@@ -1,6 +1,6 @@
 """The label-free teacher of weak supervision ("ours"): a pseudo segment for every training pair.
 
-Why a teacher instead of the paper's co-attention loss (docs/QUALITY.md measures both):
+Why a teacher instead of the paper's co-attention loss (docs/QUALITY.md measures both; docs/QUALITY_HISTORY.md has the studies that chose it):
 the co-attention loss compares *raw* feature means, which a per-video scene dominates, and
 its minimum over segments is a sliver of the action (nothing rewards covering it), so a
 model trained on it drifts towards short segments and start/end probabilities that nothing
