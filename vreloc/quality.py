@@ -281,8 +281,8 @@ class Study:
                 if self.finished_only:
                     continue
                 data = self.prepare_data(draw, family)
-                write_json_atomic(path, run_baseline(name, data, "test", self.pairs_file(draw, family), draw,
-                                                     verbose=False))
+                result = run_baseline(name, data, "test", self.pairs_file(draw, family), draw, verbose=False)
+                write_json_atomic(path, dict(result, provenance=provenance()))
             out[name] = read_json(path, "result")
         return out
 

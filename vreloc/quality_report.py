@@ -103,11 +103,11 @@ def _provenance(summary: Dict[str, dict]) -> str:
         for name, row in fam["rows"].items():
             if name.endswith(SWAPPED):
                 continue  # the same runs as the row without the control
-            for p in row.get("provenance", []):
+            for p in row.get("provenance", []):  # baselines: where they were computed
                 secs = p.get("train_seconds")
-                took = "" if secs is None else f"{secs / 60:.1f} min"
-                lines.append(f"| {family} | {row_name(name)} | {p.get('seed')} | {p.get('machine')} | "
-                             f"{p.get('commit')} | {p.get('config_digest')} | {took} |")
+                took = "(no training)" if secs is None else f"{secs / 60:.1f} min"
+                lines.append(f"| {family} | {row_name(name)} | {'–' if p.get('seed') is None else p['seed']} | {p.get('machine')} | "
+                             f"{p.get('commit')} | {p.get('config_digest') or '–'} | {took} |")
     return "\n".join(lines) + "\n"
 
 
