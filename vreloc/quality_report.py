@@ -124,8 +124,10 @@ def render(study: Study, summary: Dict[str, dict], command: str) -> str:
         f"draw*; tuning reads its val pairs only). Every table below comes from data seed "
         f"{study.reporting_seed} (the *reporting draw*), chosen once on 2026-12-07 before any run on it; "
         f"nobody tuned on it.",
-        f"* **Families.** {families} (`vreloc synth --family`; docs/DATA.md describes each); "
-        f"`{BENCHMARK}` is the `demo` family at the benchmark's real split geometry. Feature dim {study.dim}.",
+        f"* **Families.** {families} (`vreloc synth --family`; docs/DATA.md describes each), "
+        + ("each at the benchmark's real split geometry (Feng et al.'s split files and video lengths, "
+           "`vreloc benchmark fetch`)" if study.geometry == BENCHMARK else f"at `vreloc synth --geometry {study.geometry}`")
+        + f". Feature dim {study.dim}.",
         f"* **Models.** `configs/{study.config}.yaml` for the tuned rows, training seeds "
         f"{', '.join(str(s) for s in study.seeds)}; the recommended paper-size configs "
         f"(`configs/full.yaml`, `configs/weak.yaml`) untuned, one seed. Full supervision picks its "

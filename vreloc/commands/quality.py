@@ -1,7 +1,7 @@
 """`vreloc quality`: every row of docs/QUALITY.md, per data family, on the reporting draw.
 
     vreloc quality --out runs/quality --report docs/QUALITY.md
-                   [--families demo,substates,periodic,shots,distractor,benchmark] [--seeds 0,1,2]
+                   [--families demo,substates,periodic,shots,distractor] [--seeds 0,1,2]
                    [--methods full,weak-ours,weak-paper,cgbm,paper-size-full,paper-size-weak]
                    [--learning-rates 0.001,0.003,0.01 | --no-tuning] [--finished-only]
 """
@@ -23,8 +23,7 @@ def _list(text: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="study folder (draw-*/data, runs, results; tuning/); reruns resume")
     parser.add_argument("--families", type=_list, default=list(FAMILIES),
-                        help="feature families (vreloc synth --family) and 'benchmark' (demo family at the "
-                             "benchmark's split geometry); comma-separated")
+                        help="feature families (vreloc synth --family), comma-separated (default: all five)")
     parser.add_argument("--seeds", type=lambda t: [int(v) for v in _list(t)], default=[0, 1, 2],
                         help="training seeds (default 0,1,2; the paper-size rows use the first)")
     parser.add_argument("--methods", type=_list, default=list(MAIN_METHODS),
@@ -37,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="config of the tuned rows (default tiny)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--dim", type=int, default=32, help="feature dim of the synthetic data (default 32)")
-    parser.add_argument("--geometry", default="default", help="vreloc synth --geometry of the families")
+    parser.add_argument("--geometry", default=BENCHMARK,
+                        help="split geometry of every family: 'benchmark' (the default: the benchmark's split files, "
+                             "`vreloc benchmark where`) or one of vreloc synth's own (default, small-train, smoke)")
     parser.add_argument("--benchmark-splits", default=None,
                         help="folder with the benchmark's length.json and split files (default: the benchmark "
                              "files `vreloc benchmark where` finds)")
@@ -66,19 +67,19 @@ def _command(args: argparse.Namespace) -> str:
     parts += [f"--set {shlex.quote(s)}" for s in args.set]
     if args.dim != 32:
         parts += ["--dim", str(args.dim)]
-    if args.geometry != "default":
+    if args.geometry != BENCHMARK:
         parts += ["--geometry", args.geometry]
     return " ".join(parts)
 
 
 def main(args: argparse.Namespace) -> int:
     splits = args.benchmark_splits
-    if splits is None and BENCHMARK in args.families:  # resolved now: `vreloc benchmark fetch` may have run since
+    if splits is None and BENCHMARK in (args.geometry, *args.families):  # resolved now: `vreloc benchmark fetch` may have run since
         splits = benchmark_files.find_splits()
         if splits is None and not args.finished_only:
             raise InputError(
                 f"--benchmark-splits: not given, and {benchmark_files.not_found_message()} "
-                f"(or give --benchmark-splits DIR, or leave '{BENCHMARK}' out of --families)")
+                f"(or give --benchmark-splits DIR, or --geometry default for synth's own)")
     if not args.learning_rates or any(r <= 0 for r in args.learning_rates):
         raise InputError(f"--learning-rates: give positive rates, got {args.learning_rates}")
     study = Study(args.out, args.families, args.seeds, args.methods, args.config, args.set, args.dim,
