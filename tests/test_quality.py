@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vreloc import cli
-from vreloc.quality import (SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score)
+from vreloc.quality import (METHODS, SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score)
 from vreloc_tf.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.metrics import THRESHOLD_KEYS, THRESHOLDS
 
@@ -150,6 +150,14 @@ def test_unknown_methods_and_bad_grids_are_refused_before_anything_runs(tmp_path
     assert cli.main(["quality", "--out", out, "--families", "demo", "--learning-rates", "0,0.1"]) == 2
     assert "--learning-rates" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_finished_only_leaves_out_rows_whose_tuning_did_not_finish(tmp_path):
+    study = Study(str(tmp_path), ["demo"], [0], ["full"], geometry="smoke", finished_only=True)
+    with pytest.raises(FileNotFoundError):
+        study.rate("demo", METHODS["full"], print)
+    assert os.listdir(tmp_path) == []  # no tuning data was made
+    assert Study(str(tmp_path), ["demo"], [0], ["full"], tune=False).rate("demo", METHODS["cgbm"], print) == (0.003, False)
 
 
 def test_finished_only_on_an_empty_study_trains_nothing(tmp_path):

@@ -230,6 +230,8 @@ class Study:
         path = self.tuning_path(family, name)
         if os.path.exists(path):
             return float(read_json(path, "tuning")["chosen"]), True
+        if self.finished_only:
+            raise FileNotFoundError(path)  # tuning not finished: the row is left out
         data = self.prepare_data(TUNING_DATA_SEED, family)
         trials = []
         for rate in self.learning_rates:
