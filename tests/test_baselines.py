@@ -222,79 +222,137 @@ def test_cli_query_free_on_the_tiny_data(tiny_data_dir, tmp_path, capsys):
 
 # --- window matcher (issue #26 item 4) ----------------------------------------------------------
 
-def _brute_force_window_match(query, reference):
-    """Every (start, end) tried one by one, each mean taken row by row (the rule of baselines.window_match)."""
+def _random_basis(rng, d, k):
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return q[:, :k]
+
+
+def _brute_force_window_match(query, reference, basis=None):
+    """Every (start, end) tried one by one, each step's score computed row by row (the rule of
+    baselines.window_match): (start, end) of the largest sum, ties -> earliest start, then shortest."""
     q, r = np.asarray(query, np.float64), np.asarray(reference, np.float64)
+    v = np.eye(r.shape[1]) if basis is None else np.asarray(basis, np.float64)
     centre = np.mean(r, axis=0)
-
-    def unit(v):
-        n = np.sqrt(np.sum(v * v))
-        return v / n if n > 0 else v
-
-    def cos(a, b):
-        na, nb = np.sqrt(np.sum(a * a)), np.sqrt(np.sum(b * b))
-        return 0.0 if na <= 1e-9 or nb <= 1e-9 else float(np.dot(a, b) / (na * nb))
-
-    rows = [unit(x - centre) for x in r]
-    qm = np.mean([unit(x - centre) for x in q], axis=0)
-    longest = min(len(r), 2 * len(q))
-    shortest = min(max(1, len(q) // 2), longest)
-    found = []
+    direction = np.mean([v.T @ (x - centre) for x in q], axis=0)
+    norm = np.sqrt(np.sum(direction * direction))
+    if norm <= 1e-9:
+        d = np.zeros(len(r))
+    else:
+        d = np.array([float(np.dot(v.T @ (x - centre), direction / norm)) for x in r])
+        d = d - np.mean(d)
+    best, seg = -np.inf, None
     for start in range(len(r)):
         for end in range(start + 1, len(r) + 1):
-            if shortest <= end - start <= longest:
-                inside = np.mean(rows[start:end], axis=0)
-                rest = rows[:start] + rows[end:]
-                outside = np.mean(rest, axis=0) if rest else np.zeros(r.shape[1])
-                found.append((cos(qm, inside) - cos(qm, outside), start, end))
-    best = max(f[0] for f in found)
-    return min((s, e - s) for v, s, e in found if v >= best - 1e-9)
+            value = float(np.sum(d[start:end]))
+            if value > best:
+                best, seg = value, (start, end)
+    return seg
 
 
-def test_window_match_matches_a_brute_force_search_with_ties():
+def test_window_match_matches_a_brute_force_search():
     rng = np.random.default_rng(26)
     cases = 0
-    for _ in range(300):  # small integers in few dims: repeated rows, exact ties and cancelling means
-        lq, lr, d = int(rng.integers(1, 7)), int(rng.integers(1, 13)), int(rng.integers(1, 4))
-        q = rng.integers(-1, 2, (lq, d)).astype(np.float64)
-        r = rng.integers(-1, 2, (lr, d)).astype(np.float64)
-        s, k = _brute_force_window_match(q, r)
-        assert baselines.window_match_segment(q, r) == (s, s + k), (q, r)
-        cases += 1
-    for _ in range(200):  # continuous features, scales varying per row
+    for _ in range(400):  # continuous features, scales varying per row, with and without a subspace
         lq, lr, d = int(rng.integers(1, 9)), int(rng.integers(1, 25)), int(rng.integers(1, 7))
         q = rng.normal(size=(lq, d)) * rng.uniform(0.1, 3.0, (lq, 1)) + rng.normal(size=d)
         r = rng.normal(size=(lr, d)) * rng.uniform(0.1, 3.0, (lr, 1)) + rng.normal(size=d)
-        s, k = _brute_force_window_match(q, r)
-        assert baselines.window_match_segment(q, r) == (s, s + k), (q, r)
+        basis = None if cases % 3 == 0 else _random_basis(rng, d, int(rng.integers(1, d + 1)))
+        assert baselines.window_match_segment(q, r, basis) == _brute_force_window_match(q, r, basis), (q, r, basis)
         cases += 1
-    assert cases == 500
+    assert cases == 400
+    # the per-step scores themselves, row by row
+    q, r, v = rng.normal(size=(5, 7)), rng.normal(size=(30, 7)), _random_basis(rng, 7, 3)
+    u = np.mean([v.T @ (x - r.mean(axis=0)) for x in q], axis=0)
+    want = np.array([v.T @ (x - r.mean(axis=0)) for x in r]) @ (u / np.linalg.norm(u))
+    np.testing.assert_allclose(baselines.window_match_scores(q, r, v), want - want.mean(), atol=1e-12)
+    np.testing.assert_allclose(np.sum(want), 0.0, atol=1e-12)  # centred on c: the scores sum to zero
 
 
-def test_window_match_edge_lengths_and_zero_problems():
+def test_window_match_basis_keeps_the_directions_above_the_median_eigenvalue():
+    rng = np.random.default_rng(8)
+    rot = _random_basis(rng, 6, 6)
+    values = np.array([5.0, 0.1, 3.0, 0.2, 0.3, 4.0])
+    basis = baselines.window_match_basis_from_covariance(rot @ np.diag(values) @ rot.T)
+    assert basis.shape == (6, 3)  # median 1.65: 5, 4 and 3 are kept
+    want = rot[:, [0, 5, 2]]
+    np.testing.assert_allclose(basis @ basis.T, want @ want.T, atol=1e-10)  # the same subspace (the projector)
+    np.testing.assert_allclose(np.abs(np.sum(basis * want, axis=0)), 1.0, atol=1e-10)  # largest first
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-12)
+    odd = baselines.window_match_basis_from_covariance(np.diag([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert odd.shape == (5, 3)  # odd D: the median eigenvalue itself is kept
+    np.testing.assert_allclose(np.abs(odd), np.eye(5)[:, [4, 3, 2]], atol=1e-12)
+    assert baselines.window_match_basis_from_covariance(np.eye(4)).shape == (4, 4)  # no preferred direction
+    assert baselines.window_match_basis_from_covariance(np.zeros((1, 1))).shape == (1, 1)
+    with pytest.raises(ValueError):
+        baselines.window_match_basis_from_covariance(np.zeros((2, 3)))
+
+
+def test_window_match_covariance_is_the_train_entries_spread_about_their_own_means(data_dir):
+    recs = schema.read_records(data_dir, "train")
+    rows = np.concatenate([r.features.astype(np.float64) - r.features.astype(np.float64).mean(axis=0) for r in recs])
+    cov, count = baselines.within_reference_covariance(data_dir, 6)
+    assert count == sum(r.length for r in recs) == len(rows)
+    np.testing.assert_allclose(cov, rows.T @ rows / len(rows), rtol=1e-10, atol=1e-12)
+    basis, want = baselines.window_match_basis(data_dir, 6), np.linalg.eigh(rows.T @ rows)[1][:, 3:]
+    np.testing.assert_allclose(basis @ basis.T, want @ want.T, atol=1e-8)  # the top 3 of 6 directions
+
+
+def test_window_match_statistic_reads_the_train_split_only(data_dir, tmp_path):
+    """The subspace comes from train alone: new val/test features leave it bit-identical (and the
+    predictions on the unchanged pairs' features follow); new train features change it."""
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(data_dir, copy)
+    rng = np.random.default_rng(9)
+    for split in ("val", "test"):
+        recs = schema.read_records(copy, split)
+        for r in recs:
+            r.features = (rng.normal(size=r.features.shape) * 5.0).astype(np.float32)
+        for path in schema.shard_files(copy, split):
+            os.remove(path)
+        F.write_split(copy, split, recs)
+    original = baselines.window_match_basis(data_dir, 6)
+    np.testing.assert_array_equal(baselines.window_match_basis(copy, 6), original)
+    np.testing.assert_array_equal(baselines.window_match_basis(data_dir, 6, split="train"), original)
+    recs = schema.read_records(copy, "train")
+    for r in recs:
+        r.features = (rng.normal(size=r.features.shape) * np.arange(1, 7)).astype(np.float32)
+    for path in schema.shard_files(copy, "train"):
+        os.remove(path)
+    F.write_split(copy, "train", recs)
+    changed = baselines.window_match_basis(copy, 6)
+    assert not np.allclose(changed @ changed.T, original @ original.T)
+    # by construction the new train spread is largest along the last three axes
+    np.testing.assert_allclose(changed @ changed.T, np.diag([0, 0, 0, 1.0, 1.0, 1.0]), atol=0.15)
+
+
+def test_window_match_edge_cases_and_zero_problems():
     rng = np.random.default_rng(3)
-    assert baselines.window_match_lengths(1, 1) == (1, 1)
-    assert baselines.window_match_lengths(1, 9) == (1, 2)
-    assert baselines.window_match_lengths(7, 100) == (3, 14)
-    assert baselines.window_match_lengths(10, 3) == (3, 3)  # shorter than floor(Lq/2): the whole reference
     assert baselines.window_match_segment(rng.normal(size=(4, 5)), rng.normal(size=(1, 5))) == (0, 1)
-    assert baselines.window_match_segment(rng.normal(size=(10, 5)), rng.normal(size=(3, 5))) == (0, 3)
-    s, e = baselines.window_match_segment(rng.normal(size=(1, 5)), rng.normal(size=(9, 5)))
-    assert 1 <= e - s <= 2 and 0 <= s and e <= 9
     ref = rng.normal(size=(12, 4))
-    # a query equal to the reference's mean has no direction: every candidate scores 0 -> [0, K0)
-    assert baselines.window_match_segment(np.tile(ref.mean(axis=0), (6, 1)), ref) == (0, 3)
-    assert baselines.window_match_segment(np.zeros((4, 3)), np.zeros((8, 3))) == (0, 2)
+    # a query equal to the reference's mean has no direction: every step scores 0 -> [0, 1)
+    assert baselines.window_match_segment(np.tile(ref.mean(axis=0), (6, 1)), ref) == (0, 1)
+    assert baselines.window_match_segment(np.zeros((4, 3)), np.zeros((8, 3))) == (0, 1)
+    # a query direction orthogonal to the subspace: no direction either
+    e = np.eye(4)
+    assert baselines.window_match_segment(ref.mean(axis=0) + e[3] * np.ones((3, 1)), ref, e[:, :2]) == (0, 1)
+    s, e_, score = baselines.window_match(rng.normal(size=(3, 4)), ref)
+    assert 0 <= s < e_ <= 12 and score >= 0
     with pytest.raises(ValueError, match="non-finite"):
         baselines.window_match_segment(np.full((2, 4), np.nan), ref)
     with pytest.raises(ValueError):
         baselines.window_match_segment(np.zeros((0, 4)), ref)
+    with pytest.raises(ValueError, match="basis"):
+        baselines.window_match_segment(ref[:3], ref, np.eye(3))
 
 
-def test_window_match_finds_a_planted_query_exactly():
+def test_window_match_finds_a_planted_pattern_exactly():
     """A pattern pasted over [start, start + length) of a noisy reference is found to the step: the
-    query is the same pattern on the same scene (what centring on the reference's mean removes).
-    D = 128, like real features, keeps a noise row's cosine to the query small (~1/sqrt(D))."""
+    query is the same pattern on the same scene (what centring on the reference's mean removes). The
+    maximum-sum segment takes in any neighbouring step that scores above the mean, so the per-step
+    noise is kept well below the pattern (norm 0.57 vs 3; with norm 3.4 noise the edges move by a step
+    in a few seeds out of 20)."""
     for seed in range(20):
         rng = np.random.default_rng(seed)
         d, lr, lq = 128, 60, 8
@@ -302,10 +360,59 @@ def test_window_match_finds_a_planted_query_exactly():
         pattern *= 3.0 / np.linalg.norm(pattern)
         scene = 2.0 * rng.normal(size=d)
         start, length = int(rng.integers(0, lr - 12)), int(rng.integers(5, 13))
-        ref = scene + rng.normal(size=(lr, d))
-        ref[start:start + length] = scene + pattern + 0.3 * rng.normal(size=(length, d))
-        query = scene + pattern + 0.3 * rng.normal(size=(lq, d))
+        ref = scene + 0.05 * rng.normal(size=(lr, d))
+        ref[start:start + length] = scene + pattern + 0.05 * rng.normal(size=(length, d))
+        query = scene + pattern + 0.05 * rng.normal(size=(lq, d))
         assert baselines.window_match_segment(query, ref) == (start, start + length), seed
+
+
+def test_window_match_finds_a_planted_action_under_another_videos_scene():
+    """The same with the query taken from another video whose scene (norm 4) is twice the action's
+    (norm 2), as in the substates family, and the subspace estimated from "train" videos built the
+    same way (actions of random classes in a shared 8-d subspace, scenes in any direction)."""
+    d, k = 128, 8
+    rng = np.random.default_rng(100)
+    activity_space = _random_basis(rng, d, k)
+
+    def action(rng):
+        a = rng.normal(size=k)
+        return activity_space @ (a * 2.0 / np.linalg.norm(a))
+
+    def scene(rng):
+        s = rng.normal(size=d)
+        return 4.0 * s / np.linalg.norm(s)
+
+    rows = []
+    for _ in range(60):
+        n, a0, al = 60, int(rng.integers(0, 40)), int(rng.integers(5, 20))
+        x = scene(rng) + 0.02 * rng.normal(size=(n, d))
+        x[a0:a0 + al] += action(rng)
+        rows.append(x - x.mean(axis=0))
+    rows = np.concatenate(rows)
+    basis = baselines.window_match_basis_from_covariance(rows.T @ rows / len(rows))
+    assert basis.shape == (d, d // 2)
+    assert np.linalg.norm(basis.T @ activity_space) ** 2 > 0.99 * k  # the action's directions are kept
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        lr, lq = 60, 8
+        start, length = int(rng.integers(0, lr - 12)), int(rng.integers(5, 13))
+        pattern = action(rng)
+        ref = scene(rng) + 0.02 * rng.normal(size=(lr, d))
+        ref[start:start + length] += pattern
+        query = scene(rng) + pattern + 0.02 * rng.normal(size=(lq, d))
+        assert baselines.window_match_segment(query, ref, basis) == (start, start + length), seed
+
+
+def test_window_match_ignores_what_the_subspace_drops():
+    """A component outside the subspace added to the query (another video's scene there) changes no
+    score; with the whole space it does."""
+    rng = np.random.default_rng(12)
+    basis = _random_basis(rng, 10, 4)
+    outside = (np.eye(10) - basis @ basis.T) @ rng.normal(size=10) * 5.0
+    q, r = rng.normal(size=(6, 10)), rng.normal(size=(40, 10))
+    np.testing.assert_allclose(baselines.window_match_scores(q + outside, r, basis),
+                               baselines.window_match_scores(q, r, basis), atol=1e-12)
+    assert not np.allclose(baselines.window_match_scores(q + outside, r), baselines.window_match_scores(q, r))
 
 
 def test_window_match_never_reads_padding():
@@ -314,32 +421,36 @@ def test_window_match_never_reads_padding():
     q_len, r_len = rng.integers(1, 9, n), rng.integers(1, 18, n)
     queries = [rng.normal(size=(k, 5)) for k in q_len]
     refs = [rng.normal(size=(k, 5)) for k in r_len]
-    want = [baselines.window_match_segment(q, r) for q, r in zip(queries, refs)]
-    for fill in (0.0, 1e6, np.nan):
-        qp, rp = np.full((n, 10, 5), fill), np.full((n, 20, 5), fill)
-        if fill == 1e6:
-            qp, rp = rng.normal(scale=fill, size=qp.shape), rng.normal(scale=fill, size=rp.shape)
-        for i in range(n):
-            qp[i, :q_len[i]] = queries[i]
-            rp[i, :r_len[i]] = refs[i]
-        s, e = baselines.window_match_batch(qp, q_len, rp, r_len)
-        assert list(zip(s.tolist(), e.tolist())) == want, fill
+    for basis in (None, _random_basis(rng, 5, 3)):
+        want = [baselines.window_match_segment(q, r, basis) for q, r in zip(queries, refs)]
+        for fill in (0.0, 1e6, np.nan):
+            qp, rp = np.full((n, 10, 5), fill), np.full((n, 20, 5), fill)
+            if fill == 1e6:
+                qp, rp = rng.normal(scale=fill, size=qp.shape), rng.normal(scale=fill, size=rp.shape)
+            for i in range(n):
+                qp[i, :q_len[i]] = queries[i]
+                rp[i, :r_len[i]] = refs[i]
+            s, e = baselines.window_match_batch(qp, q_len, rp, r_len, basis)
+            assert list(zip(s.tolist(), e.tolist())) == want, fill
 
 
-def test_window_match_end_to_end_beats_random(data_dir, tmp_path):
+def test_window_match_end_to_end_beats_random(data_dir, tmp_path, capsys):
     pairs_file = str(tmp_path / "pairs.json")
-    wm = baselines.run_baseline("window-match", data_dir, "test", pairs_file, verbose=False)
+    wm = baselines.run_baseline("window-match", data_dir, "test", pairs_file)
+    assert "window matcher: 3 of 6 within-reference directions from train" in capsys.readouterr().err
     rnd = baselines.run_baseline("random", data_dir, "test", pairs_file, verbose=False)
-    assert wm["method"] == "Window matcher" and wm["pairs"] == rnd["pairs"] > 0
+    assert wm["method"] == "Window matcher" and wm["pairs"] == rnd["pairs"] > 0 and wm["subspace_dim"] == 3
     assert wm["average"] > rnd["average"] + 10.0, (wm, rnd)
-    # the same result re-scored by hand from the records: the query is its entry's ground truth
+    # the same result re-scored by hand from the records: the query is its entry's ground truth, the
+    # subspace the train split's
+    basis = baselines.window_match_basis(data_dir, 6)
     recs = {r.entry_index: r for r in schema.read_records(data_dir, "test")}
     with open(pairs_file) as fh:
         plist = json.load(fh)["pairs"]
     ious = []
     for p in plist:
         q, r = recs[p["query"]], recs[p["reference"]]
-        s, e = baselines.window_match_segment(q.features[q.groundtruth[0]:q.groundtruth[1]], r.features)
+        s, e = baselines.window_match_segment(q.features[q.groundtruth[0]:q.groundtruth[1]], r.features, basis)
         ious.append(metrics.temporal_iou(s, e, *r.groundtruth))
     assert wm["map_at_1"] == metrics.map_at_1(ious)
 

@@ -24,12 +24,14 @@ reference of L steps (segments [start, end), end exclusive):
   shortest; if every d_t <= 0 this is the single best step). All-equal s gives d = 0
   exactly, hence [0, 1). The query is never read, and there is no learned or tuned number.
 * ``window-match`` (issue #26 item 4: a training-free matcher next to frame-level; see
-  :func:`window_match` for each choice and why): centre every valid reference and query step on
-  the reference's mean over its valid steps, normalise each centred row to unit length (zero rows
-  stay zero), let q = the mean of the query's unit rows, and for every candidate [s, e) of length
-  max(1, floor(Lq/2)) .. min(L, 2 Lq) score cos(q, mean of its unit rows) - cos(q, mean of the unit
-  rows outside it) (an empty or cancelling mean: cosine 0); predict the best (ties within 1e-9: the
-  earliest start, then the shortest).
+  :func:`window_match` for each choice, why, and the val numbers that chose it): once per run, from
+  the *train* split's features alone (no label, no segment), W = the covariance of every train
+  entry's steps about that entry's own mean, and V = its eigenvectors whose eigenvalue is at least
+  the median eigenvalue (printed: how many of D). Per pair, centre every valid reference and query
+  step on the reference's mean c, score each reference step by d_t = V^T (r_t - c) . u with u the unit
+  mean of V^T (q_j - c) over the query steps, and predict the contiguous segment maximizing
+  sum (d_t - mean(d)) (maximum-sum subarray as in query-free: ties -> the earliest start, then the
+  shortest). A query without a direction (|mean| <= 1e-9) scores every step 0: [0, 1).
 """
 from __future__ import annotations
 
@@ -188,134 +190,186 @@ def query_free_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.n
 
 # --- window matcher (issue #26 item 4) ----------------------------------------------------------
 
-WINDOW_MATCH_TIE = 1e-9  # scores this close to the best are a tie (float64 rounding is ~1e-13)
-WINDOW_MATCH_ZERO = 1e-9  # a mean of unit rows shorter than this is the zero vector (a cancellation)
+WINDOW_MATCH_ZERO = 1e-9  # a query direction shorter than this is no direction (every step scores 0)
+WINDOW_MATCH_BATCH = 64  # train records parsed and centred together (at most 64 x 300 steps at once)
 
 
-def window_match_lengths(query_length: int, reference_length: int) -> Tuple[int, int]:
-    """(shortest, longest) candidate length: max(1, floor(Lq/2)) .. min(L, 2 Lq); when the reference
-    is shorter than floor(Lq/2) the only candidate is the whole reference."""
-    lq, lr = int(query_length), int(reference_length)
-    if lq < 1 or lr < 1:
-        raise ValueError("window-match baseline: empty query or reference")
-    longest = min(lr, 2 * lq)
-    return min(max(1, lq // 2), longest), longest
+def within_reference_covariance(data_dir: str, feature_dim: int, split: str = "train") -> Tuple[np.ndarray, int]:
+    """(W [D, D], N): the covariance of the steps of every entry of ``split`` about their own entry's mean,
+    W = (1/N) sum_entries sum_t (x_t - m_entry)(x_t - m_entry)^T over all N steps (float64; entries in
+    shard order, WINDOW_MATCH_BATCH at a time). An entry is a whole reference window, so this is the
+    spread of a reference's steps after the centring the window matcher applies; only the features are
+    read (no label, no segment)."""
+    import tensorflow as tf
+
+    from vreloc_tf.schema import shard_files
+
+    spec = {"length": tf.io.FixedLenFeature([], tf.int64), "feature_dim": tf.io.FixedLenFeature([], tf.int64),
+            "features": tf.io.VarLenFeature(tf.float32)}
+
+    def parse(serialized):  # a batch of records -> (their features, concatenated; lengths; dims)
+        parsed = tf.io.parse_example(serialized, spec)
+        return parsed["features"].values, parsed["length"], parsed["feature_dim"]
+
+    dim = int(feature_dim)
+    scatter = np.zeros((dim, dim))
+    count = 0
+    ds = tf.data.TFRecordDataset(shard_files(data_dir, split)).batch(WINDOW_MATCH_BATCH).map(parse).prefetch(2)
+    for values, lengths, dims in ds.as_numpy_iterator():
+        if np.any(dims != dim) or values.size != int(np.sum(lengths)) * dim:
+            raise InputError(f"window-match baseline: a '{split}' record of {data_dir} does not hold "
+                             f"length x {dim} features (the data folder's feature dim)")
+        lengths = lengths[lengths > 0].astype(np.int64)
+        if lengths.size == 0:
+            continue
+        x = values.reshape(-1, dim).astype(np.float64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        means = np.add.reduceat(x, starts, axis=0) / lengths[:, None]
+        x -= np.repeat(means, lengths, axis=0)
+        scatter += x.T @ x
+        count += x.shape[0]
+    if count < 1:
+        raise InputError(f"window-match baseline: split '{split}' of {data_dir} has no features to estimate "
+                         f"the within-reference covariance from")
+    return scatter / count, count
 
 
-def _cosines(dot: np.ndarray, total: np.ndarray, count: np.ndarray, q_norm: float) -> np.ndarray:
-    """cos(q, mean) of means given as sums: ``dot`` = q . sum, ``total`` = the sums [N, D] of
-    ``count`` unit rows each; 0 where a mean is empty or shorter than WINDOW_MATCH_ZERO."""
-    norm = np.sqrt(np.einsum("ij,ij->i", total, total))
-    ok = (count > 0) & (norm > WINDOW_MATCH_ZERO * count)
-    return np.where(ok, dot / (q_norm * np.where(ok, norm, 1.0)), 0.0)
+def window_match_basis_from_covariance(covariance: np.ndarray) -> np.ndarray:
+    """[D, k] orthonormal columns: the eigenvectors of ``covariance`` whose eigenvalue is at least the
+    median of the D eigenvalues (largest first); the half of the space in which a reference varies most.
+    All-equal eigenvalues (no preferred direction) keep every direction."""
+    cov = np.asarray(covariance, dtype=np.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or cov.shape[0] < 1:
+        raise ValueError("window-match baseline: the covariance must be a non-empty square matrix")
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)  # ascending
+    keep = values >= np.median(values)
+    return vectors[:, keep][:, ::-1].copy()
 
 
-def window_match_scores(query: np.ndarray, reference: np.ndarray) -> Tuple[int, np.ndarray]:
-    """(shortest length K0, scores [K, L]) of the window matcher on one unpadded pair [Lq, D], [L, D]:
-    scores[k - K0, s] = cos(q, m_in) - cos(q, m_out) of the candidate [s, s + k); -inf where s + k > L.
+def window_match_basis(data_dir: str, feature_dim: int, split: str = "train") -> np.ndarray:
+    """The window matcher's subspace [D, k], estimated from ``split`` (the train split) of ``data_dir``."""
+    cov, _ = within_reference_covariance(data_dir, feature_dim, split)
+    return window_match_basis_from_covariance(cov)
 
-    Computed from running sums of the unit rows (a candidate's sum is C[e] - C[s], its complement's
-    C[L] - (C[e] - C[s]); their dots with q come the same way from the running sum of r_t . q), one
-    vectorized pass per length: O(L * K * D). A mean's direction is its sum's, so the counts only
-    decide whether a mean is empty.
-    """
+
+def _check_pair(query: np.ndarray, reference: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     q = np.asarray(query, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if q.ndim != 2 or r.ndim != 2 or q.shape[0] < 1 or r.shape[0] < 1 or q.shape[1] != r.shape[1]:
         raise ValueError("window-match baseline: needs a non-empty query [Lq, D] and reference [L, D]")
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(r))):
         raise ValueError("window-match baseline: non-finite feature in the valid steps")
+    return q, r
+
+
+def window_match_scores(query: np.ndarray, reference: np.ndarray, basis: Optional[np.ndarray] = None) -> np.ndarray:
+    """[L] the per-step scores d_t of the window matcher on one unpadded pair [Lq, D], [L, D]:
+    d_t = V^T (r_t - c) . u, c = the reference's mean, u = the unit mean of V^T (q_j - c) over the query
+    steps, V = ``basis`` [D, k] (None: every direction); then d - mean(d) (zero up to rounding). All zeros
+    where the query has no direction (|mean| <= WINDOW_MATCH_ZERO)."""
+    q, r = _check_pair(query, reference)
     centre = r.mean(axis=0)
-    r_unit = _normalize_rows(r - centre)
-    qd = _normalize_rows(q - centre).mean(axis=0)
-    q_norm = float(np.linalg.norm(qd))
-    length = r.shape[0]
-    shortest, longest = window_match_lengths(q.shape[0], length)
-    scores = np.full((longest - shortest + 1, length), -np.inf)
-    if q_norm <= WINDOW_MATCH_ZERO:  # no query direction: every candidate scores 0
-        for row, k in enumerate(range(shortest, longest + 1)):
-            scores[row, :length - k + 1] = 0.0
-        return shortest, scores
-    run_sum = np.concatenate([np.zeros((1, r.shape[1])), np.cumsum(r_unit, axis=0)])  # [L+1, D]
-    run_dot = np.concatenate([[0.0], np.cumsum(r_unit @ qd)])  # [L+1]
-    for row, k in enumerate(range(shortest, longest + 1)):
-        inside = run_sum[k:] - run_sum[:-k]  # [L-k+1, D]: each candidate's sum of unit rows
-        inside_dot = run_dot[k:] - run_dot[:-k]
-        n = np.full(length - k + 1, k)
-        scores[row, :length - k + 1] = (_cosines(inside_dot, inside, n, q_norm)
-                                        - _cosines(run_dot[-1] - inside_dot, run_sum[-1] - inside, length - n, q_norm))
-    return shortest, scores
+    direction = q.mean(axis=0) - centre  # the mean of q_j - c (projecting commutes with the mean)
+    if basis is not None:
+        v = np.asarray(basis, dtype=np.float64)
+        if v.ndim != 2 or v.shape[0] != r.shape[1]:
+            raise ValueError(f"window-match baseline: basis {v.shape} does not fit features of dim {r.shape[1]}")
+        inside = v.T @ direction  # [k]
+        norm = float(np.linalg.norm(inside))
+        filt = v @ (inside / norm) if norm > WINDOW_MATCH_ZERO else None  # V u: V^T x . u = x . V u
+    else:
+        norm = float(np.linalg.norm(direction))
+        filt = direction / norm if norm > WINDOW_MATCH_ZERO else None
+    if filt is None:
+        return np.zeros(r.shape[0])
+    d = (r - centre) @ filt  # O(L D) per pair: the steps are never projected one by one
+    return d - d.mean()
 
 
-def window_match(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int, float]:
-    """(start, end, score) of the window matcher on one unpadded pair [Lq, D], [L, D].
+def window_match(query: np.ndarray, reference: np.ndarray, basis: Optional[np.ndarray] = None) -> Tuple[int, int, float]:
+    """(start, end, score) of the window matcher on one unpadded pair [Lq, D], [L, D]; ``basis`` [D, k] is
+    the subspace that :func:`window_match_basis` estimates from the train split (None: the whole space).
 
-    The rule, each choice with its reason:
+    The rule, each choice with its reason (numbers: average mAP@1 on the *val* pairs of the tuning draw,
+    data seed 0, D = 32, default geometry, families demo / substates / periodic / shots / distractor and
+    their mean; test numbers were never looked at to choose):
 
-    * Centre on the reference's mean c over its valid steps, subtracted from every reference
-      *and* query step: what every clip of the video shares (a common component, the scene) is
-      removed, so directions say what is specific to a moment of it; one centre for both keeps
-      them in one frame, and it needs nothing but the input (the query-free control centres on
-      the same mean). Centring the query on its own mean would erase its content. Its weakness:
-      the query's own video scene stays in the query (and the reference's is subtracted from
-      it), so where a per-video scene outweighs the action (the substates family: norm 2 vs 1)
-      it lands in q as a direction unrelated to the action.
-    * Normalise each centred row to unit length (rows of zeros stay zero): every step votes with
-      its direction alone, so a few large-norm steps cannot dominate a mean.
-    * Describe the query by q = the mean of its unit rows, a candidate [s, e) by m_in = the mean
-      of its unit rows and the rest of the reference by m_out = the mean of the unit rows outside
-      it. Frame-level's window score is q . m_in on uncentred unit rows (a mean of frame-to-frame
-      cosines is the dot of the two means): the component every clip shares dominates it, and a
-      dot also grows with how much the window's rows agree with each other (a long m_in), not
-      only with how close their direction is to q's. A cosine of centred means compares directions only, and in a mean what the
-      steps share adds up while their step-to-step noise cancels.
-    * Score cos(q, m_in) - cos(q, m_out): the segment should look like the query *and* leave
-      nothing that looks like it outside. With cos(q, m_in) alone, the best of the many short
-      background candidates (random directions) often beats the true segment; a candidate that
-      leaves the action outside is penalised by the second term. The one improvement tried over
-      cos(q, m_in) alone, chosen on the val splits only (seed-0 synthetic families, D = 32,
-      average mAP@1 alone -> with the complement: demo 42.1 -> 47.0, substates 6.2 -> 4.7,
-      periodic 8.3 -> 8.8, shots 11.6 -> 16.5). The whole reference has an empty complement,
-      whose cosine is 0.
-    * Every length from max(1, floor(Lq/2)) to min(L, 2 Lq): the query is one instance of the
-      action and the ground truth another, whose length is free but related; a factor of two
-      either way is the parameter-free bracket (the ground truth is never read). When
-      L < floor(Lq/2) the whole reference is the one candidate.
-    * The maximum; scores within 1e-9 of it are a tie (rounding of the running sums is ~1e-13),
-      broken by the earliest start, then the shortest. A zero or cancelling mean (shorter than
-      1e-9: e.g. a query equal to the reference's mean, or L = 1, whose one centred step is zero)
-      has cosine 0, so an all-zero problem predicts [0, K0).
+    * Centre on the reference's mean c over its valid steps, subtracted from every reference *and*
+      query step: what every clip of the video shares (the common component, the reference's scene)
+      is removed, so what is left says what is specific to a moment of it (the query-free control
+      centres on the same mean). Centring the query on its own mean would erase its content.
+    * Keep only the subspace in which references vary, estimated once from the train split without
+      any label: W = the covariance of every train entry's steps about that entry's own mean (the
+      same centring), V = its eigenvectors whose eigenvalue is at least the median eigenvalue (half
+      the directions, those with the most within-reference variance; parameter-free). Why: the query
+      comes from another video, and centring on the reference's mean leaves the query video's own
+      scene in it (minus the reference's); a scene is constant within a video, so it adds nothing
+      to W, while what happens in a video (actions, other activity) does. Projecting on V drops the
+      part of that scene and of the per-step noise that lies outside the directions in which things
+      happen. Aimed at substates (scene norm 2 in every direction, action norm 1), where it helps
+      little (9.8 -> 10.8: half the scene stays), most on shots (camera set-ups, 21.0 -> 29.6).
+      Tried on the same val pairs, all with the matched filter and Kadane below: the whole space
+      33.4 (65.2 / 9.8 / 16.8 / 21.0 / 54.2); the eigenvalues above their mean (Kaiser's rule) 35.8
+      (64.4 / 10.6 / 17.8 / 32.9 / 53.4); at least the median 36.1 (66.0 / 10.8 / 18.7 / 29.6 /
+      55.5), kept; weighting by W^(1/2) 35.1 and by W 35.3 instead of projecting; whitening by W
+      30.9; removing the top principal directions of the train entries' means (between-video
+      variation, above the median / the mean eigenvalue) 11.3 / 19.1 -- in demo those are the
+      action's directions, since each video's mean holds its class's action. With the old score
+      (below) instead, the same transforms reached at most 26.3 (weighting by W).
+    * Score every reference step by d_t = V^T (r_t - c) . u, u = the unit mean of the query's
+      projected centred steps (a matched filter: the projection of the step on the query's mean
+      direction). Raw steps, not unit rows: a quiet background step has a small norm and stays
+      small (as a unit row it becomes a full-length random direction), and the demo family's
+      clip-grid jitter telescopes in a sum of raw steps. With unit query and reference rows: 29.0.
+      The best cosine to any single query step (unit rows, minus its mean, same subspace and Kadane
+      with Kaiser's rule): 25.1 -- single clips are noisy, demo's are mostly jitter (31.9 there).
+    * Predict the contiguous segment [start, end) with the largest sum of d_t - mean(d) (maximum-sum
+      subarray, :func:`max_sum_segment`: ties -> the earliest start, then the shortest; if every
+      step is <= 0, the single best step). The steps are centred on c, so mean(d) is zero up to
+      rounding, and the sum over [s, e) of length k is k (L - k) / L * u . V^T (m_in - m_out), the
+      projected difference between the segment's mean and the rest's -- the old rule's contrast of
+      "like the query inside, not outside", with no length bracket: the ground truth's length is
+      free. The old bracket of lengths floor(Lq/2) .. 2 Lq on the same scores: 32.2.
+    * The rule it replaces (cosine of mean unit rows inside minus outside, lengths floor(Lq/2) .. 2 Lq,
+      no subspace): 24.6 (47.0 / 4.7 / 8.8 / 16.5 / 45.9); frame-level 11.7 (7.8 / 9.9 / 12.9 / 18.3 /
+      9.4); the query-free control 27.3 (34.8 / 30.0 / 41.0 / 7.8 / 23.1). A query with no direction
+      (a mean shorter than 1e-9 in V, e.g. a query equal to the reference's mean) scores every step 0,
+      so it predicts [0, 1).
+    * Cost: the statistic is one pass over the train features per run (O(N D^2): float64 scatter of
+      the centred steps), a pair O((L + Lq) D + D k) (the query's mean is projected once; the steps
+      only meet V u). At the benchmark's geometry (demo family, 529,489 train steps, 978 test pairs)
+      the whole run_baseline took 5.7 s at D = 32 and 25-37 s at D = 500 (frame-level: 5.3 s and
+      19-21 s) on a 2-core machine busy with two training jobs.
     """
-    shortest, scores = window_match_scores(query, reference)
-    best = np.max(scores)
-    tied = scores >= best - WINDOW_MATCH_TIE
-    start = int(np.argmax(tied.any(axis=0)))
-    row = int(np.argmax(tied[:, start]))
-    return start, start + shortest + row, float(scores[row, start])
+    d = window_match_scores(query, reference, basis)
+    start, end = max_sum_segment(d)
+    return start, end, float(np.sum(d[start:end]))
 
 
-def window_match_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, int]:
+def window_match_segment(query: np.ndarray, reference: np.ndarray,
+                         basis: Optional[np.ndarray] = None) -> Tuple[int, int]:
     """The window-match prediction for one pair of unpadded feature arrays [Lq, D], [L, D]."""
-    start, end, _ = window_match(query, reference)
+    start, end, _ = window_match(query, reference, basis)
     return start, end
 
 
 def window_match_batch(query: np.ndarray, query_length: np.ndarray, reference: np.ndarray,
-                       reference_length: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+                       reference_length: np.ndarray, basis: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Predictions for padded batches [B, Tq, D], [B, T, D] with valid lengths [B] (padding is not read)."""
-    pairs = [window_match_segment(query[i, :int(nq)], reference[i, :int(nr)])
+    pairs = [window_match_segment(query[i, :int(nq)], reference[i, :int(nr)], basis)
              for i, (nq, nr) in enumerate(zip(query_length, reference_length))]
     return np.array([p[0] for p in pairs], np.int64).reshape(-1), np.array([p[1] for p in pairs], np.int64).reshape(-1)
 
 
-def window_match_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
+def window_match_segments(index, plan: np.ndarray, feature_dim: int,
+                          basis: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The window-match predictions over a pair plan, in plan order."""
     from vreloc_tf.input_pipeline import evaluation_dataset
 
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
         s, e = window_match_batch(batch["query"].numpy(), batch["query_length"].numpy(),
-                                  batch["reference"].numpy(), batch["reference_length"].numpy())
+                                  batch["reference"].numpy(), batch["reference_length"].numpy(), basis)
         start.append(s)
         end.append(e)
     if not start:
@@ -349,7 +403,12 @@ def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Op
     elif method == "frame-level":
         start, end = frame_level_segments(index, plan, dataset.feature_dim)
     elif method == "window-match":
-        start, end = window_match_segments(index, plan, dataset.feature_dim)
+        basis = window_match_basis(data_dir, dataset.feature_dim, train_split)
+        if verbose:
+            print(f"window matcher: {basis.shape[1]} of {dataset.feature_dim} within-reference directions "
+                  f"from {train_split}", file=sys.stderr)
+        start, end = window_match_segments(index, plan, dataset.feature_dim, basis)
+        extra["subspace_dim"] = int(basis.shape[1])
     else:
         start, end = query_free_segments(index, plan, dataset.feature_dim)
     return score_plan(plan, start, end, METHOD_NAMES[method], split, **extra)
