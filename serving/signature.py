@@ -17,6 +17,11 @@ from vreloc_tf.contract import MAX_WINDOW
 # -- SignatureDef ---------------------------------------------------------------
 SIGNATURE_NAME = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 METHOD_NAME = "tensorflow/serving/predict"  # tf.saved_model.PREDICT_METHOD_NAME
+# NumPy dtype name -> (TensorProto DataType enum value, its name), tensorflow/core/framework/types.proto.
+# Here, below serving.tensor_codec (which converts with them) and serving.validation, so that every
+# serving module can read them without an import circle.
+DTYPES = {"float32": (1, "DT_FLOAT"), "int32": (3, "DT_INT32")}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -33,8 +38,6 @@ class TensorSpec:
     @property
     def datatype(self) -> str:
         """The TensorProto DataType enum name, as saved_model_cli prints it (DT_FLOAT, DT_INT32)."""
-        from serving.tensor_codec import DTYPES  # the one home of the dtype codes
-
         return DTYPES[self.dtype][1]
 
 
