@@ -16,6 +16,9 @@ import tempfile
 import time
 from typing import Optional
 
+from pipeline import ingest_activitynet, synth
+from vreloc_tf.benchmark_files import require_splits
+
 
 def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500, tmp: Optional[str] = None,
                                  splits_dir: Optional[str] = None, runner: str = "DirectRunner",
@@ -23,9 +26,6 @@ def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500
     """Generate (unless ``synth_dir``), ingest, time; returns records, seconds, records/s, MB/s written.
 
     ``splits_dir``: the benchmark files (default: those `vreloc benchmark where` finds)."""
-    from pipeline import ingest_activitynet, synth
-    from vreloc_tf.benchmark_files import require_splits
-
     if synth_dir is None and splits_dir is None:
         splits_dir = require_splits()
 

@@ -40,6 +40,7 @@ import apache_beam as beam
 import numpy as np
 
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path
 
 log = logging.getLogger("vreloc.pca")
 
@@ -203,7 +204,6 @@ class PCA:
             with FileSystems.create(path) as fh:
                 fh.write(data)
             return
-        from vreloc_tf.files import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             fh.write(data)

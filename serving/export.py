@@ -63,6 +63,7 @@ def serving_module(model, feature_dim: int, decode_mode: str, max_length: Option
     """
     import tensorflow as tf
 
+    # heavy: TensorFlow (keras.ops), loaded when a model is exported, not by vreloc export --help
     from vreloc_tf.decoding import decode
 
     class ServingModule(tf.Module):

@@ -38,7 +38,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from vreloc_tf.artifacts import Dataset
+from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import resolve_pairs, score_plan
+from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
 
 METHODS = ("random", "prior", "frame-level", "query-free", "window-match")
 METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline", "query-free": "query-free",
@@ -62,8 +66,6 @@ def random_segments(lengths: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndar
 
 def train_prior(data_dir: str, split: str = "train") -> Tuple[float, float]:
     """(mean normalized start, mean normalized end) over the entries of ``split`` with ground truth."""
-    from vreloc_tf.entry_index import load_index
-
     index = load_index(data_dir, split)
     ok = index.has_groundtruth
     if not np.any(ok):
@@ -117,8 +119,6 @@ def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, 
 
 
 def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
-    from vreloc_tf.input_pipeline import evaluation_dataset
-
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
         q, ql = batch["query"].numpy(), batch["query_length"].numpy()
@@ -174,8 +174,6 @@ def query_free_batch(reference: np.ndarray, reference_length: np.ndarray) -> Tup
 
 def query_free_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
     """The query-free predictions over a pair plan, in plan order (only the references are used)."""
-    from vreloc_tf.input_pipeline import evaluation_dataset
-
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
         s, e = query_free_batch(batch["reference"].numpy(), batch["reference_length"].numpy())
@@ -310,8 +308,6 @@ def window_match_batch(query: np.ndarray, query_length: np.ndarray, reference: n
 
 def window_match_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
     """The window-match predictions over a pair plan, in plan order."""
-    from vreloc_tf.input_pipeline import evaluation_dataset
-
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
         s, e = window_match_batch(batch["query"].numpy(), batch["query_length"].numpy(),
@@ -326,10 +322,6 @@ def window_match_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np
 def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Optional[str] = None,
                  seed: int = 0, train_split: str = "train", verbose: bool = True) -> dict:
     """Score one baseline on the fixed pair list; returns the result dict (percent)."""
-    from vreloc_tf.artifacts import Dataset
-    from vreloc_tf.evaluate import resolve_pairs, score_plan
-    from vreloc_tf.input_pipeline import evaluation_plan
-
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
     dataset = Dataset.open(data_dir)

@@ -26,6 +26,7 @@ import yaml
 
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path
 from vreloc_tf.suggest import closest
 
 # The shipped configs: the repository's top-level configs/ (a checkout, an editable install), which a
@@ -523,8 +524,6 @@ def resolve_config_path(path: str) -> str:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    from vreloc_tf.files import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
             fh.write(cfg.to_yaml())

@@ -54,6 +54,7 @@ import numpy as np
 
 from vreloc_tf.config import Config
 from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, EntryIndex, RecordReader, load_index
+from vreloc_tf.teacher import teacher_segment_tf
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,6 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
     teacher's segment, computed from the query's whole source window and the reference.
     """
     import tensorflow as tf
-
-    from vreloc_tf.teacher import teacher_segment_tf
 
     ds = tf.data.Dataset.from_generator(
         generator_fn,

@@ -17,10 +17,11 @@ from typing import Dict
 import numpy as np
 
 from vreloc_tf.config import Config
-from vreloc_tf.contract import MAX_WINDOW
+from vreloc_tf.contract import INPUT_NAMES, PAPER_SHAPES
+from vreloc_tf.losses import total_loss
+from vreloc_tf.model import build_model, head_groups
 
 # The paper's training batch (Implementation Details), a typical query, a full window, D = 500.
-PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, feature_dim=500)
 
 
 # ---------------------------------------------------------------------------
@@ -28,7 +29,6 @@ PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, 
 # ---------------------------------------------------------------------------
 
 def _groups(cfg: Config):
-    from vreloc_tf.model import head_groups
     return head_groups(cfg)
 
 
@@ -170,9 +170,6 @@ def training_pairs_per_second(cfg: Config, batch_size: int = PAPER_SHAPES["batch
     import keras
     import tensorflow as tf
 
-    from vreloc_tf.losses import total_loss
-    from vreloc_tf.model import INPUT_NAMES, build_model
-
     model = build_model(cfg, feature_dim)
     optimizer = keras.optimizers.Adam(cfg.train.learning_rate, global_clipnorm=cfg.train.clip_norm)
     optimizer.build(model.trainable_variables)
@@ -215,8 +212,6 @@ def inference_latency_ms(cfg: Config, query_steps: int = PAPER_SHAPES["query_ste
     """Single-pair latency (ms) of a compiled predict function: p50 and p99 over ``runs`` calls."""
     import tensorflow as tf
 
-    from vreloc_tf.model import INPUT_NAMES, build_model
-
     model = build_model(cfg, feature_dim)
     predict = make_predict_function(model, jit_compile)
     data = random_batch(1, query_steps, reference_steps, feature_dim)
@@ -242,8 +237,6 @@ def inference_cost_by_batch(cfg: Config, batch_sizes=(1, 4), query_steps: int = 
     to choose TensorFlow's thread counts and batching).
     """
     import tensorflow as tf
-
-    from vreloc_tf.model import INPUT_NAMES, build_model
 
     model = build_model(cfg, feature_dim)
     predict = make_predict_function(model, jit_compile)

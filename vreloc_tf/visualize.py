@@ -10,19 +10,19 @@ from typing import Optional
 
 import numpy as np
 
+from vreloc_tf.artifacts import Run
+from vreloc_tf.decoding import decoder
+from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import method_name, resolve_pairs
+from vreloc_tf.figures import figure4
+from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
+from vreloc_tf.metrics import temporal_iou
+from vreloc_tf.model import attention_groups, attention_label
+
 
 def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int, out: str,
                    pairs_file: Optional[str] = None, seed: int = 0) -> dict:
     """Draw pair ``pair`` of ``split`` through the run's model; returns what was drawn."""
-    from vreloc_tf.artifacts import Run
-    from vreloc_tf.decoding import decoder
-    from vreloc_tf.errors import InputError
-    from vreloc_tf.evaluate import method_name, resolve_pairs
-    from vreloc_tf.figures import figure4
-    from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
-    from vreloc_tf.metrics import temporal_iou
-    from vreloc_tf.model import attention_groups, attention_label
-
     run = Run.open(run_dir)
     cfg = run.config
     dataset = run.dataset(data_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.options import add_beam_arguments
+from pipeline.options import add_beam_arguments, enable_progress_logging
 from vreloc.backbone_args import add_backbone_arguments, options_from_args
 
 
@@ -32,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import extract_video
-    from pipeline.options import enable_progress_logging
+    from pipeline import extract_video  # heavy: Apache Beam, loaded when the job runs, not for --help
 
     enable_progress_logging()
     summary = extract_video.run(args.videos, args.out, annotations=args.annotations,

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from serving import signature as sig
+from serving.client import predict, seconds
+from vreloc.features import looks_like_video
 from vreloc_tf.contract import FRAMES_PER_FEATURE
 from vreloc_tf.errors import InputError
 
@@ -34,8 +36,6 @@ def load_features(path: str, name: str):
     """An [L, D] array from a .npy file; InputError naming the file otherwise (a video file gets the way on)."""
     import numpy as np
 
-    from vreloc.features import looks_like_video
-
     if looks_like_video(path):
         raise InputError(f"--{name} {path} is a video file; vreloc query sends features (.npy [L, D]): make them with "
                          f"`vreloc features --video {path} --like DATA_OR_MODEL --out {name}.npy`, or find a clip in a "
@@ -51,8 +51,6 @@ def load_features(path: str, name: str):
 
 def main(args: argparse.Namespace) -> int:
     import grpc
-
-    from serving.client import predict, seconds
 
     if (args.frames_per_feature is None) != (args.fps is None):
         raise InputError("give both --frames-per-feature and --fps to print seconds")
