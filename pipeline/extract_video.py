@@ -81,7 +81,7 @@ from pipeline import backbones
 from pipeline.backbones import BackboneOptions, open_backbone
 from pipeline.pca import PCA, PCAStatsCombineFn, fit_pca
 from pipeline.video import VideoError
-from vreloc_tf.contract import FRAMES_PER_FEATURE, MAX_WINDOW
+from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
 from vreloc_tf.errors import InputError
 from vreloc_tf.feature_spec import MANIFEST_KEY
 from vreloc_tf.schema import UNKNOWN, Record, SchemaError
@@ -451,7 +451,7 @@ def _local_abs(path: str) -> str:
 
 
 def run(videos: str, out: str, annotations: Optional[str] = None, backbone: Optional[BackboneOptions] = None,
-        pca: Optional[str] = None, n_components: int = 500, runner: str = options.DEFAULT_RUNNER,
+        pca: Optional[str] = None, n_components: int = FEATURE_DIM, runner: str = options.DEFAULT_RUNNER,
         beam_args: Sequence[str] = (), overwrite: bool = False) -> staged_sink.JobSummary:
     """Extract the videos matching ``videos`` into the data folder ``out``.
 

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from pipeline.families import Instance, make_family
-from vreloc_tf.contract import FRAMES_PER_FEATURE, MAX_GROUNDTRUTH, MAX_WINDOW
+from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 
@@ -29,7 +29,6 @@ SYNTHETIC_ATTR = "vreloc_synthetic_family"  # root attribute of the HDF5 files `
 HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
 DATASET_NAME = "c3d_features"
 SPLIT_NAMES = ("train", "val", "test")
-DEFAULT_DIM = 500  # the paper's feature dim (C3D fc7 after PCA); the demo writes 32
 DEFAULT_FAMILY = "demo"
 DISTRACTORS_NAME = "distractors.json"  # the distractor family's second actions and counts (in no split file)
 
@@ -167,7 +166,7 @@ def interleave_rows(subsampled: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optional[str] = None,
+def generate(out_dir: str, seed: int = 0, dim: int = FEATURE_DIM, lengths: Optional[str] = None,
              splits_dir: Optional[str] = None, family: str = DEFAULT_FAMILY,
              geometry: str = "default") -> Dict[str, object]:
     """Write the HDF5 file, the split JSONs and length.json; return a summary dict.

@@ -85,7 +85,7 @@ def bench_latency(version_path: str, target: str, query, reference, requests: in
         for i in range(warmup + requests):
             started = time.perf_counter()
             if predict_fn is not None:
-                _ = predict_fn(inputs)["probabilities"].numpy()
+                _ = predict_fn(inputs)[sig.PROBABILITIES].numpy()
             first = time.perf_counter()
             out = fn(**inputs)
             _ = out[sig.START].numpy()

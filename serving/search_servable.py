@@ -36,6 +36,7 @@ from serving.batching import Abandoned
 from serving.status import ServingError
 from serving.tensor_codec import check_value_count, declared_shape, decode_inputs, dtype_name_of
 from serving.validation import InvalidRequest, RequestLimits
+from vreloc_tf.contract import QUERY
 from vreloc_tf.errors import InputError
 from vreloc_tf.finite import first_non_finite
 from vreloc_tf.search.search import open_search, search
@@ -44,7 +45,7 @@ log = logging.getLogger("serving.search_servable")
 
 MODEL_NAME = "search"
 VERSION = 1
-QUERY, TOP_K = "query", "top_k"
+TOP_K = "top_k"  # beside QUERY (vreloc_tf.contract): the query clip's features
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
 INPUT_DTYPES = {QUERY: "float32", TOP_K: "int32"}

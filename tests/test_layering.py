@@ -1,4 +1,4 @@
-"""Imports and contract names, checked by reading the source (ARCHITECTURE.md, 'Imports').
+"""Imports and contract names, checked by reading the source (ARCHITECTURE.md, 'Imports' and 'Contract').
 
 * A project import (``vreloc_tf``, ``vreloc``, ``pipeline``, ``serving``) sits at the top of its
   module. Inside a function only where the module it names would load a heavy dependency (TensorFlow,
@@ -8,6 +8,8 @@
 * No import circles, function-level imports included: a circle hidden inside a function is still a
   circle (it only fails later, on first call, in whichever order the modules happen to load).
 * ``vreloc --help`` and every command's ``--help`` load neither TensorFlow nor Apache Beam.
+* The model's tensor names and the benchmark's numbers are spelled once, in ``vreloc_tf/contract.py``;
+  every other module imports them.
 """
 import ast
 import glob
@@ -136,3 +138,57 @@ def test_no_command_module_loads_tensorflow_or_beam():
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _string_literals(path: str):
+    """(line, value) of every string constant of a module that is not a docstring."""
+    tree = ast.parse(open(path).read(), path)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_the_tensor_names_are_spelled_once():
+    """The model's and the signature's tensor names as string literals: in vreloc_tf/contract.py only.
+
+    ("query", "reference", "start", "end" and "score" are also the keys of pair lists, figure labels and
+    JSON results, so the names checked are those that mean a tensor and nothing else.)"""
+    from vreloc_tf import contract
+
+    names = {contract.QUERY_LENGTH, contract.REFERENCE_LENGTH, contract.PROBABILITIES, contract.SELF_ATTENTION,
+             contract.PSEUDO_GROUNDTRUTH, contract.SELF_TARGET}
+    spelled = [f"{path}:{line}: {value!r}" for module, path in sorted(MODULES.items()) if module != "vreloc_tf.contract"
+               for line, value in _string_literals(path) if value in names]
+    assert not spelled, "import the name from vreloc_tf.contract:\n  " + "\n  ".join(spelled)
+    quoted = sum(open(path).read().count(f"{q}reference_length{q}") for path in MODULES.values() for q in "\"'")
+    assert quoted <= 3, f"'reference_length' spelled {quoted} times"
+
+
+def test_the_benchmark_numbers_are_spelled_once():
+    """The feature dim 500 and the decoding limit 64 as defaults: named from vreloc_tf.contract."""
+    spelled = []
+    for module, path in sorted(MODULES.items()):
+        if module == "vreloc_tf.contract":
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            defaults = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                defaults = [(a.arg, d) for a, d in zip(args.args[len(args.args) - len(args.defaults):], args.defaults)]
+                defaults += [(a.arg, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+                defaults = [(node.target.id, node.value)]  # dataclass fields
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                defaults = [(node.targets[0].id.lower(), node.value)]  # constants (DEFAULT_DIM = 500)
+            elif isinstance(node, ast.keyword) and node.arg == "default":
+                defaults = [("default", node.value)]  # argparse defaults
+            for name, value in defaults:
+                if isinstance(value, ast.Constant) and (
+                        (value.value == 500 and ("dim" in name or "component" in name or name == "default"))
+                        or (value.value == 64 and name == "max_length")
+                        or (value.value == 16 and name == "frames_per_feature")):
+                    spelled.append(f"{path}:{value.lineno}: {name} = {value.value}")
+    assert not spelled, "use vreloc_tf.contract's FEATURE_DIM / FULL_DECODE_MAX_LENGTH / FRAMES_PER_FEATURE:\n  " \
+        + "\n  ".join(spelled)

@@ -20,7 +20,7 @@ from serving.bench_serving import run_benchmark
 from vreloc.bench import PARTS
 from vreloc_tf.artifacts import Run, RunManifest
 from vreloc_tf.config import CGBM_METHOD, apply_overrides, load_config
-from vreloc_tf.contract import PAPER_SHAPES as SHAPES
+from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, PAPER_SHAPES as SHAPES
 from vreloc_tf.decoding import decode_full, decode_full_np
 from vreloc_tf.files import write_json_atomic
 from vreloc_tf.model import build_model
@@ -144,7 +144,7 @@ def part_ingest(cfg, quick: bool, config: str) -> dict:
     from pipeline.bench_ingest import measure_ingest_records_per_s
 
     if not quick:
-        return measure_ingest_records_per_s(dim=500)
+        return measure_ingest_records_per_s(dim=FEATURE_DIM)
     with tempfile.TemporaryDirectory(prefix="vreloc-bench-") as tmp:
         src = os.path.join(tmp, "synth")
         synth.generate(src, seed=0, dim=_dim(cfg))
@@ -205,7 +205,7 @@ def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
             n = int(rng.integers(100, 301))
             w.write(encode_record(Record(f"gen{i}", "test", i, i % 200, (0, n), (0, 1),
                                          rng.standard_normal((n, dim), dtype=np.float32))))
-    write_json_atomic(os.path.join(data, MANIFEST_NAME), {"feature_dim": dim, "frames_per_feature": 16})
+    write_json_atomic(os.path.join(data, MANIFEST_NAME), {"feature_dim": dim, "frames_per_feature": FRAMES_PER_FEATURE})
     Run.create(run_dir, cfg, RunManifest(data, dim, cfg.supervision), model)
     summary = build_index.run(os.path.join(root, "built"), data, run_dir, ["test"])
     return {"records": records, "seconds": summary["seconds"], "job_seconds": summary["job_seconds"],

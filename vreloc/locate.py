@@ -95,10 +95,10 @@ def keras_run_matcher(run_dir: str) -> Matcher:
     decode, limit = decoder(cfg.decode_rule, numpy=True), cfg.decode_max_length
 
     def match(query, reference):
-        out = model({"query": query[None].astype(np.float32), "query_length": np.array([len(query)], np.int32),
-                     "reference": reference[None].astype(np.float32),
-                     "reference_length": np.array([len(reference)], np.int32)}, training=False)
-        probs = np.asarray(out["probabilities"])
+        out = model({sig.QUERY: query[None].astype(np.float32), sig.QUERY_LENGTH: np.array([len(query)], np.int32),
+                     sig.REFERENCE: reference[None].astype(np.float32),
+                     sig.REFERENCE_LENGTH: np.array([len(reference)], np.int32)}, training=False)
+        probs = np.asarray(out[sig.PROBABILITIES])
         start, end, score = decode(probs, np.array([len(reference)], np.int32), limit)
         return int(start[0]), int(end[0]), float(score[0]), probs[0]
 
@@ -121,11 +121,12 @@ def saved_model_matcher(base: str) -> Matcher:
     dim = int(info.get("feature_dim") or fn.structured_input_signature[1][sig.QUERY].shape[-1])
 
     def match(query, reference):
-        out = fn(query=tf.constant(query[None], tf.float32), query_length=tf.constant([len(query)], tf.int32),
-                 reference=tf.constant(reference[None], tf.float32),
-                 reference_length=tf.constant([len(reference)], tf.int32))
-        return (int(out["start"][0]), int(out["end"][0]), float(out["score"][0]),
-                out["probabilities"].numpy()[0])
+        out = fn(**{sig.QUERY: tf.constant(query[None], tf.float32),
+                    sig.QUERY_LENGTH: tf.constant([len(query)], tf.int32),
+                    sig.REFERENCE: tf.constant(reference[None], tf.float32),
+                    sig.REFERENCE_LENGTH: tf.constant([len(reference)], tf.int32)})
+        return (int(out[sig.START][0]), int(out[sig.END][0]), float(out[sig.SCORE][0]),
+                out[sig.PROBABILITIES].numpy()[0])
 
     return Matcher(match, dim, pca, f"exported model {os.path.dirname(path)} version {os.path.basename(path)}",
                    int(info.get("max_window") or MAX_WINDOW), export_spec(path))

@@ -11,7 +11,8 @@ from typing import Optional
 
 from serving.server import set_tensorflow_threads
 from vreloc_tf.config import load_config
-from vreloc_tf.model_bench import PAPER_SHAPES, inference_cost_by_batch, run_benchmark
+from vreloc_tf.contract import PAPER_SHAPES
+from vreloc_tf.model_bench import inference_cost_by_batch, run_benchmark
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -50,6 +50,7 @@ from vreloc_tf import __version__, schema
 from vreloc_tf.artifacts import Dataset, Export, Run
 from vreloc_tf.baselines import run_baseline
 from vreloc_tf.config import CGBM_METHOD, Config, apply_overrides
+from vreloc_tf.contract import END, FEATURE_DIM, SCORE, START
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import evaluate_run, save_results
 from vreloc_tf.files import atomic_path, clear_folder, read_json, write_json_atomic
@@ -127,7 +128,7 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
     data_dir = os.path.join(folder, "data")
     if source.data == SYNTH:
         src = os.path.join(folder, "raw")
-        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM, family=source.family,
+        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or FEATURE_DIM, family=source.family,
                        geometry=source.geometry)
     else:
         src = os.path.abspath(source.data)
@@ -146,7 +147,7 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
 
         counts = extract_video.run(os.path.join(src, VIDEO_DIR, "*"), data_dir,
                                    annotations=os.path.join(src, VIDEO_ANNOTATIONS), backbone=source.backbone,
-                                   n_components=cfg.data.feature_dim or synth.DEFAULT_DIM, **runner)
+                                   n_components=cfg.data.feature_dim or FEATURE_DIM, **runner)
         _check_reconciled("extract-video", counts)
     else:
         raise InputError(f"--data {source.data}: expected an ActivityNet-format folder ({synth.HDF5_NAME} and "
@@ -348,8 +349,8 @@ class PipelineRun:
             query, reference = _demo_pair(self.dataset())
             print(f"[serve] model {export.model_name} at {address}; querying with the stock gRPC client")
             answer = predict(address, query, reference, export.model_name, timeout=30.0)
-            print(f"[serve] model {answer['model_name']} version {answer['version']}: start {answer['start']}  "
-                  f"end {answer['end']}  (feature indices, end exclusive)  score {answer['score']:.6f}")
+            print(f"[serve] model {answer['model_name']} version {answer['version']}: start {answer[START]}  "
+                  f"end {answer[END]}  (feature indices, end exclusive)  score {answer[SCORE]:.6f}")
 
     def _summary(self) -> None:
         print()

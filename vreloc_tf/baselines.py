@@ -39,6 +39,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from vreloc_tf.artifacts import Dataset
+from vreloc_tf.contract import QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
 from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import resolve_pairs, score_plan
@@ -121,8 +122,8 @@ def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, 
 def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
-        q, ql = batch["query"].numpy(), batch["query_length"].numpy()
-        r, rl = batch["reference"].numpy(), batch["reference_length"].numpy()
+        q, ql = batch[QUERY].numpy(), batch[QUERY_LENGTH].numpy()
+        r, rl = batch[REFERENCE].numpy(), batch[REFERENCE_LENGTH].numpy()
         for i in range(q.shape[0]):
             s, e = frame_level_segment(q[i, :ql[i]], r[i, :rl[i]])
             start.append(s)
@@ -176,7 +177,7 @@ def query_free_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.n
     """The query-free predictions over a pair plan, in plan order (only the references are used)."""
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
-        s, e = query_free_batch(batch["reference"].numpy(), batch["reference_length"].numpy())
+        s, e = query_free_batch(batch[REFERENCE].numpy(), batch[REFERENCE_LENGTH].numpy())
         start.append(s)
         end.append(e)
     if not start:
@@ -310,8 +311,8 @@ def window_match_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np
     """The window-match predictions over a pair plan, in plan order."""
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
-        s, e = window_match_batch(batch["query"].numpy(), batch["query_length"].numpy(),
-                                  batch["reference"].numpy(), batch["reference_length"].numpy())
+        s, e = window_match_batch(batch[QUERY].numpy(), batch[QUERY_LENGTH].numpy(),
+                                  batch[REFERENCE].numpy(), batch[REFERENCE_LENGTH].numpy())
         start.append(s)
         end.append(e)
     if not start:

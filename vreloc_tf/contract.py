@@ -49,8 +49,10 @@ START = "start"  # int32 [B]: first feature index of the segment
 END = "end"  # int32 [B]: one past its last feature index (exclusive)
 SCORE = "score"  # float32 [B]: the decoding score of the segment
 SIGNATURE_OUTPUT_NAMES = (PROBABILITIES, START, END, SCORE)
-# Batch keys of the training input pipeline beside the inputs (vreloc_tf.input_pipeline).
-GROUNDTRUTH = "groundtruth"  # int32 [B, 2]: [start, end) of the ground truth (full supervision)
+# Batch keys beside the inputs: the targets of the losses (vreloc_tf.losses), [B, 2] int32 [start, end).
+GROUNDTRUTH = "groundtruth"  # the labelled segment (full supervision; vreloc_tf.input_pipeline)
+PSEUDO_GROUNDTRUTH = "pseudo_groundtruth"  # the teacher's segment (weak supervision, ours; input_pipeline)
+SELF_TARGET = "self_target"  # the segment of the student's running average (vreloc_tf.training)
 
 
 def reference_windows(length: int, window: int) -> List[Tuple[int, int]]:

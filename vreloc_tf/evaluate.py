@@ -24,7 +24,7 @@ import numpy as np
 
 from vreloc_tf import metrics
 from vreloc_tf.artifacts import Run
-from vreloc_tf.contract import INPUT_NAMES
+from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, REFERENCE_LENGTH
 from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json, write_json_atomic
@@ -60,7 +60,7 @@ def inference_probabilities(model):
     probabilities = _PREDICT_FNS.get(model)
     if probabilities is None:
         probabilities = _PREDICT_FNS[model] = tf.function(
-            lambda inputs: model(inputs, training=False)["probabilities"], reduce_retracing=True)
+            lambda inputs: model(inputs, training=False)[PROBABILITIES], reduce_retracing=True)
     return probabilities
 
 
@@ -81,7 +81,7 @@ def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str
     starts, ends = [], []
     for batch in evaluation_dataset(index, ordered, feature_dim, batch_size):
         probs = probabilities({k: batch[k] for k in INPUT_NAMES}).numpy()
-        s, e, _ = decode(probs, batch["reference_length"].numpy(), max_length)
+        s, e, _ = decode(probs, batch[REFERENCE_LENGTH].numpy(), max_length)
         starts.append(s)
         ends.append(e)
     start, end = np.concatenate(starts), np.concatenate(ends)

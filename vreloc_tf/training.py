@@ -36,6 +36,7 @@ import numpy as np
 
 from vreloc_tf.artifacts import MODEL_FILE
 from vreloc_tf.config import Config
+from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, SELF_TARGET
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import inference_probabilities, predict_segments, score_plan
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
@@ -43,7 +44,6 @@ from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_
 from vreloc_tf.keras_compat import PrebuiltFit
 from vreloc_tf.losses import (average_is_model, per_example_loss, total_loss, truncated_mean, truncation_fraction,
                               uses_self_target)
-from vreloc_tf.model import INPUT_NAMES
 from vreloc_tf.strategy import is_multi_worker, scale_loss_for_replicas
 from vreloc_tf.student_average import StudentAverage
 
@@ -75,8 +75,8 @@ class RelocTrainer(PrebuiltFit, keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.student_average is not None:
             inputs = {k: x[k] for k in INPUT_NAMES}
-            x = dict(x, self_target=self.student_average.segments(self.net, inputs, self.cfg.decode.full_max_length))
-        loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
+            x = {**x, SELF_TARGET: self.student_average.segments(self.net, inputs, self.cfg.decode.full_max_length)}
+        loss = total_loss(self.cfg, x, y_pred[PROBABILITIES], self.optimizer.iterations)
         return scale_loss_for_replicas(loss)
 
 

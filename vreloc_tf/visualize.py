@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from vreloc_tf.artifacts import Run
+from vreloc_tf.contract import ATTENTION, PROBABILITIES, REFERENCE_LENGTH
 from vreloc_tf.decoding import decoder
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import method_name, resolve_pairs
@@ -33,9 +34,9 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     plan = evaluation_plan(index, [pairs[pair]])
     batch = next(iter(evaluation_dataset(index, plan, dataset.feature_dim, batch_size=1)))
     outputs = model(batch, training=False)
-    length = int(batch["reference_length"][0])
-    probs = np.asarray(outputs["probabilities"])[:, :length]
-    attention = np.asarray(outputs["attention"])[0, :length]
+    length = int(batch[REFERENCE_LENGTH][0])
+    probs = np.asarray(outputs[PROBABILITIES])[:, :length]
+    attention = np.asarray(outputs[ATTENTION])[0, :length]
     start, end, score = decoder(cfg.decode_rule, numpy=True)(probs, np.array([length], np.int32),
                                                              cfg.decode_max_length)
     gt = (int(plan[0, 6]), int(plan[0, 7]))

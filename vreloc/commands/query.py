@@ -66,9 +66,10 @@ def main(args: argparse.Namespace) -> int:
         hint = " (is a server listening there?)" if exc.code() == grpc.StatusCode.UNAVAILABLE else ""
         raise RequestRefused(f"{args.server} answered {exc.code().name}: {exc.details()}{hint}") from None
     print(f"model {result['model_name']} version {result['version']}")
-    print(f"start {result['start']}  end {result['end']}  (feature indices, end exclusive)")
+    start, end = result[sig.START], result[sig.END]
+    print(f"start {start}  end {end}  (feature indices, end exclusive)")
     if args.fps is not None:
-        print(f"start {seconds(result['start'], args.frames_per_feature, args.fps):.2f} s  "
-              f"end {seconds(result['end'], args.frames_per_feature, args.fps):.2f} s")
-    print(f"score {result['score']:.6f}")
+        print(f"start {seconds(start, args.frames_per_feature, args.fps):.2f} s  "
+              f"end {seconds(end, args.frames_per_feature, args.fps):.2f} s")
+    print(f"score {result[sig.SCORE]:.6f}")
     return 0

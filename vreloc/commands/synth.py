@@ -5,8 +5,9 @@ import argparse
 
 from pipeline import synth  # synth.generate, looked up when called (tests replace it)
 from pipeline.families import FAMILIES
-from pipeline.synth import DEFAULT_DIM, DEFAULT_FAMILY, GEOMETRIES, distractor_line
+from pipeline.synth import DEFAULT_FAMILY, GEOMETRIES, distractor_line
 from vreloc_tf.benchmark_files import require_splits
+from vreloc_tf.contract import FEATURE_DIM
 
 BENCHMARK = "<the benchmark files>"  # --splits/--lengths given without a value
 
@@ -14,7 +15,7 @@ BENCHMARK = "<the benchmark files>"  # --splits/--lengths given without a value
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (HDF5 + train/val/test.json + length.json)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dim", type=int, default=DEFAULT_DIM,
+    parser.add_argument("--dim", type=int, default=FEATURE_DIM,
                         help="feature dim D (default %(default)s; the demo uses 32)")
     parser.add_argument("--family", default=DEFAULT_FAMILY, choices=list(FAMILIES),
                         help="feature family (docs/DATA.md describes each; default %(default)s)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from vreloc_tf.artifacts import Run
 from vreloc_tf.baselines import frame_level_match
-from vreloc_tf.contract import MAX_WINDOW
+from vreloc_tf.contract import MAX_WINDOW, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
 from vreloc_tf.files import file_sha256
 from vreloc_tf.search.embedding import encoder_of
 
@@ -49,7 +49,7 @@ class Relocalizer:
         self.model, self.mode, self.max_length = model, decode_mode, max_length
         self.max_window, self.feature_dim, self.info, self.batch_size = int(max_window), int(feature_dim), info, batch_size
         self._decode = decoder(decode_mode, numpy=True)
-        self._probabilities = tf.function(lambda batch: model(batch, training=False)["probabilities"],
+        self._probabilities = tf.function(lambda batch: model(batch, training=False)[PROBABILITIES],
                                           reduce_retracing=True)
 
     @classmethod
@@ -81,9 +81,9 @@ class Relocalizer:
             refs = np.zeros((len(rows), _bucket(lengths.max()), self.feature_dim), np.float32)
             for i, r in enumerate(rows):
                 refs[i, :lengths[i]] = spans[r]
-            batch = {"query": np.repeat(q[None], len(rows), axis=0),
-                     "query_length": np.full(len(rows), lq, np.int32),
-                     "reference": refs, "reference_length": lengths}
+            batch = {QUERY: np.repeat(q[None], len(rows), axis=0),
+                     QUERY_LENGTH: np.full(len(rows), lq, np.int32),
+                     REFERENCE: refs, REFERENCE_LENGTH: lengths}
             probs = self._probabilities(batch).numpy()
             s, e, sc = self._decode(probs, lengths, self.max_length)
             start[rows], end[rows], score[rows] = s, e, sc
