@@ -40,6 +40,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from pipeline import c3d, clip, video
+from pipeline.c3d import load_mean
 from vreloc_tf import progress
 from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE
 from vreloc_tf.errors import InputError
@@ -181,7 +183,6 @@ class C3DBackbone(Backbone):
 
     def __init__(self, options: BackboneOptions):
         super().__init__(options)
-        from pipeline import c3d
 
         self.gflops_per_feature = c3d.GFLOPS_PER_CLIP
         batch = options.batch_size or 8
@@ -195,8 +196,6 @@ class C3DBackbone(Backbone):
         return float(video_fps)
 
     def extract(self, path, start=None, end=None, desc=None) -> Extracted:
-        from pipeline import video
-
         check_cut(start, end)
         info = video.probe(path)
         first, stop = _cut_frames(info, start, end)
@@ -226,7 +225,6 @@ class ClipBackbone(Backbone):
 
     def __init__(self, options: BackboneOptions):
         super().__init__(options)
-        from pipeline import clip
 
         if options.random_seed is not None:
             model, converter = clip.random_clip(options.random_seed)
@@ -241,8 +239,6 @@ class ClipBackbone(Backbone):
         return self.sample_fps
 
     def extract(self, path, start=None, end=None, desc=None) -> Extracted:
-        from pipeline import video
-
         check_cut(start, end)
         info = video.probe(path)
         t0 = 0.0 if start is None else float(start)
@@ -345,16 +341,12 @@ def resolve(options: BackboneOptions) -> Tuple[BackboneOptions, FeatureSpec]:
             sha = file_digests(weights)[0]
             check_published(weights, "C3D weights")
     else:
-        from pipeline import clip
-
         if os.path.isdir(weights):
             weights = os.path.abspath(weights)
         local = clip.preset_weights_file(weights)
         sha = file_digests(local)[0]
     raw_dim: Optional[int] = FC7_DIM
     if options.name == "clip":
-        from pipeline import clip
-
         raw_dim = clip.VIT_B32["projection_dim"] if options.random_seed is not None else \
             clip.preset_embedding_dim(weights)
     if options.weights_sha256 and sha and options.weights_sha256.lower() != sha:
@@ -369,7 +361,6 @@ def resolve(options: BackboneOptions) -> Tuple[BackboneOptions, FeatureSpec]:
             mean = os.path.abspath(options.c3d_mean)
             mean_sha = file_digests(mean)[0]
             check_published(mean, "C3D mean")
-            from pipeline.c3d import load_mean
 
             try:
                 load_mean(mean)

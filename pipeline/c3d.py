@@ -75,6 +75,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from pipeline import video
 from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE
 from vreloc_tf.errors import InputError
 
@@ -353,8 +354,6 @@ class C3DExtractor:
         Decodes batch by batch (memory bounded); raises pipeline.video.VideoError like
         :func:`pipeline.video.decode_clips`.
         """
-        from pipeline import video
-
         info = video.probe(path)
         counts: dict = {}
         feats = [self(b) for b in video.iter_clips(path, batch_clips=batch_clips, counts=counts)]

@@ -77,10 +77,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.backbones import BackboneOptions
-from vreloc_tf.contract import FRAMES_PER_FEATURE, MAX_WINDOW
+from pipeline import backbones
+from pipeline.backbones import BackboneOptions, open_backbone
+from pipeline.pca import PCA, PCAStatsCombineFn, fit_pca
+from pipeline.video import VideoError
+from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
 from vreloc_tf.errors import InputError
 from vreloc_tf.feature_spec import MANIFEST_KEY
+from vreloc_tf.schema import UNKNOWN, Record, SchemaError
 
 LOG = logging.getLogger(__name__)
 
@@ -291,14 +295,10 @@ class ExtractFeaturesFn(beam.DoFn):
         self._net = None
 
     def setup(self):
-        from pipeline.backbones import open_backbone
-
         with local_options(self.backbone) as opts:
             self._net = open_backbone(opts)
 
     def process(self, task: VideoTask):
-        from pipeline.video import VideoError
-
         if task.problem:
             for inst in task.instances:
                 yield staged_sink.dead_letter(task.split, task.problem, _entry(task, inst), inst.entry_index, task.path)
@@ -341,14 +341,10 @@ class ToRecordsFn(beam.DoFn):
 
     def setup(self):
         if self.pca_path:
-            from pipeline.pca import PCA
-
             with local_copy(self.pca_path) as path:
                 self._pca = PCA.load(path)
 
     def process(self, video: VideoFeatures, pca=None):
-        from vreloc_tf.schema import UNKNOWN, Record, SchemaError
-
         pca = pca if pca is not None else self._pca
         if pca is None and self.pca_path:
             self.setup()
@@ -391,8 +387,6 @@ class FitPCA(beam.PTransform):
         self.n_components, self.split = n_components, split
 
     def expand(self, videos):
-        from pipeline.pca import PCAStatsCombineFn, fit_pca
-
         n_components, split = self.n_components, self.split
         return (videos
                 | "FittingVideos" >> beam.Filter(lambda v: split is None or v.task.split == split)
@@ -457,7 +451,7 @@ def _local_abs(path: str) -> str:
 
 
 def run(videos: str, out: str, annotations: Optional[str] = None, backbone: Optional[BackboneOptions] = None,
-        pca: Optional[str] = None, n_components: int = 500, runner: str = options.DEFAULT_RUNNER,
+        pca: Optional[str] = None, n_components: int = FEATURE_DIM, runner: str = options.DEFAULT_RUNNER,
         beam_args: Sequence[str] = (), overwrite: bool = False) -> staged_sink.JobSummary:
     """Extract the videos matching ``videos`` into the data folder ``out``.
 
@@ -468,9 +462,6 @@ def run(videos: str, out: str, annotations: Optional[str] = None, backbone: Opti
     ``pipeline.options``; ``overwrite``: see ``pipeline.staged_sink``. Returns the
     per-split counts and the manifest written.
     """
-    from pipeline import backbones
-    from pipeline.pca import PCA
-
     t_start = time.time()
     backbone, raw_spec = backbones.resolve(backbone or BackboneOptions())
     paths = match_videos(videos)

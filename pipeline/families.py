@@ -356,13 +356,23 @@ SECOND_ACTION_MARGIN = 1  # quiet features kept between a second action and an a
 
 
 @dataclasses.dataclass
+class Instance:
+    """One action instance in one video, in the subsampled feature index space
+    (pipeline.synth's geometries and the distractor family's second actions)."""
+
+    label: int
+    start: int
+    end: int  # exclusive
+
+
+@dataclasses.dataclass
 class VideoPlan:
     """The second actions of one video and why it has none where it has none."""
 
     video_id: str
     split: Optional[str]
     label: Optional[int]  # the second action's class (None: the split has no other class)
-    actions: List = dataclasses.field(default_factory=list)  # pipeline.synth.Instance, sorted
+    actions: List = dataclasses.field(default_factory=list)  # Instance, sorted
     drawn_lengths: List[int] = dataclasses.field(default_factory=list)  # before any cut to fit, per action
     windows: List[Tuple[int, int]] = dataclasses.field(default_factory=list)  # the video's entry windows
     no_room: int = 0  # windows without a second action: no free run of the shortest length in them
@@ -406,8 +416,6 @@ class DistractorFamily(DemoFamily):
     def plan(self, geometry) -> Dict[str, object]:
         """Place the second actions of every video of ``geometry`` (a ``pipeline.synth.Geometry``);
         returns the counts (:func:`plan_counts`). Deterministic from (seed, video index)."""
-        from pipeline.synth import Instance
-
         split_of: Dict[str, str] = {}
         windows: Dict[str, set] = {}
         classes: Dict[str, set] = {}

@@ -35,9 +35,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.synth import SYNTHETIC_ATTR
 from vreloc_tf.contract import FRAMES_PER_FEATURE, HDF5_ROW_STRIDE
 from vreloc_tf.errors import InputError
+from vreloc_tf.feature_spec import PUBLISHED_C3D, SYNTHETIC, FeatureSpec
 from vreloc_tf.files import file_sha256
+from vreloc_tf.schema import Record, SchemaError
 
 LOG = logging.getLogger(__name__)
 
@@ -108,9 +111,6 @@ def feature_dim_of_file(path: str) -> int:
 def feature_spec_of_file(path: str, dim: int) -> dict:
     """The FeatureSpec of the file's features: `vreloc synth`'s (marked by a root attribute), or the
     published ActivityNet C3D features, whose weights and PCA files are not known (None: unchecked)."""
-    from pipeline.synth import SYNTHETIC_ATTR
-    from vreloc_tf.feature_spec import PUBLISHED_C3D, SYNTHETIC, FeatureSpec
-
     with open_hdf5(path) as h5:
         family = h5.attrs.get(SYNTHETIC_ATTR)
     if family is not None:
@@ -220,8 +220,6 @@ class ExtractWindowsFn(beam.DoFn):
             self._h5 = None
 
     def process(self, element):
-        from vreloc_tf.schema import Record, SchemaError
-
         if self._h5 is None:  # runners that skip setup (defensive)
             self.setup()
         video_id, items = element

@@ -39,13 +39,12 @@ from typing import BinaryIO, Optional, Tuple, Union
 import apache_beam as beam
 import numpy as np
 
+from vreloc_tf.contract import FEATURE_DIM
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path
 
 log = logging.getLogger("vreloc.pca")
 
-DEFAULT_COMPONENTS = 500
-# The width of ActivityNet's released C3D features: what the published PCA file keeps by default.
-ACTIVITYNET_COMPONENTS = 500
 
 # Values of PCA.source: where a PCA came from, for logs and error messages.
 SOURCE_FITTED = "fitted"
@@ -203,7 +202,6 @@ class PCA:
             with FileSystems.create(path) as fh:
                 fh.write(data)
             return
-        from vreloc_tf.files import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             fh.write(data)
@@ -213,7 +211,7 @@ class PCA:
         """Read ``pca.npz`` or ActivityNet's ``PCA_activitynet_v1-3.hdf5``, told apart by content.
 
         ``n_components`` keeps the first k components: for ``pca.npz`` all of them by default,
-        for the ActivityNet file :data:`ACTIVITYNET_COMPONENTS` (the released features' width).
+        for the ActivityNet file ``vreloc_tf.contract.FEATURE_DIM`` (the released features' width).
         Local paths are read in place; other schemes (gs://...) through Beam's FileSystems.
         Any problem with the file is an :class:`InputError` naming it (and the dataset at fault).
         """
@@ -301,12 +299,12 @@ def load_activitynet_pca(source, path: str, n_components: Optional[int] = None) 
     - 1, 1)``: ``S`` are eigenvalues of the scatter matrix ``A^T A``, so this is the sample
     (ddof=1) variance, the same convention as :func:`fit_pca`. Without ``n_samples`` the
     variances are unknown: NaN, with a warning (the projection does not need them).
-    ``k = n_components`` or :data:`ACTIVITYNET_COMPONENTS`. Only the k columns of ``U`` in use
+    ``k = n_components`` or ``FEATURE_DIM`` (500, the released features' width). Only the k columns of ``U`` in use
     are read (and checked for non-finite values).
     """
     import h5py
 
-    k = ACTIVITYNET_COMPONENTS if n_components is None else int(n_components)
+    k = FEATURE_DIM if n_components is None else int(n_components)
     layout = ("expected ActivityNet's PCA_activitynet_v1-3.hdf5 layout: group 'data' with datasets "
               "x_mean [1, D], U [D, D], S [D] (and n_samples)")
     try:
@@ -411,7 +409,7 @@ def _fix_signs(components: np.ndarray) -> np.ndarray:
     return components * signs[:, None]
 
 
-def fit_pca(stats: PCAStats, n_components: int = DEFAULT_COMPONENTS) -> PCA:
+def fit_pca(stats: PCAStats, n_components: int = FEATURE_DIM) -> PCA:
     """Eigen-decompose the covariance of ``stats`` once; keep the top ``n_components``.
 
     Always returns exactly ``n_components`` components: those beyond the rank of the

@@ -27,6 +27,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from pipeline.video import packaged_sample_video, read_frames, write_test_video
+
 SOURCES = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 SIZE = (240, 320)  # H, W of the annotated videos
 FPS = 25.0
@@ -41,15 +43,11 @@ def _resize(frames: np.ndarray) -> np.ndarray:
 
 
 def _footage() -> Dict[str, np.ndarray]:
-    from pipeline.video import packaged_sample_video, read_frames
-
     return {name: _resize(read_frames(packaged_sample_video(name))) for name in SOURCES}
 
 
 def write(out: str, videos_per_class: int = 6, seed: int = 0) -> dict:
     """Write the folder (see the module docstring); returns a summary."""
-    from pipeline.video import packaged_sample_video, read_frames, write_test_video
-
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out, "library"), exist_ok=True)
     os.makedirs(os.path.join(out, "videos"), exist_ok=True)

@@ -59,8 +59,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from vreloc_tf import __version__
 from vreloc_tf.errors import InputError
-from vreloc_tf.schema import MANIFEST_NAME, read_manifest
+from vreloc_tf.schema import MANIFEST_NAME, encode_record, read_manifest
 
 LOG = logging.getLogger(__name__)
 
@@ -198,8 +199,6 @@ class WriteRecords(beam.PTransform):
 
 
 def _encode_keyed(record):
-    from vreloc_tf.schema import encode_record
-
     Metrics.counter("vreloc", f"written_{record.split}").inc()
     return record.split, encode_record(record)
 
@@ -325,8 +324,6 @@ def _source_text(source: dict) -> str:
 def write_manifest(data_dir: str, fields: dict, source: dict, counts: Dict[str, SplitCounts],
                    shards: Dict[str, List[str]], previous: Optional[dict]) -> dict:
     """Write ``manifest.json``: this run's splits, each with its source, plus ``previous``'s other splits."""
-    from vreloc_tf import __version__
-
     splits = dict((previous or {}).get("splits", {}))
     for split, old in list(splits.items()):
         splits[split] = {"source": split_source(previous, split), **old}  # older manifests name no source per split

@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vreloc_tf.contract import FRAMES_PER_FEATURE, MAX_GROUNDTRUTH, MAX_WINDOW
+from pipeline.families import Instance, make_family
+from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 
@@ -28,18 +29,8 @@ SYNTHETIC_ATTR = "vreloc_synthetic_family"  # root attribute of the HDF5 files `
 HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
 DATASET_NAME = "c3d_features"
 SPLIT_NAMES = ("train", "val", "test")
-DEFAULT_DIM = 500  # the paper's feature dim (C3D fc7 after PCA); the demo writes 32
 DEFAULT_FAMILY = "demo"
 DISTRACTORS_NAME = "distractors.json"  # the distractor family's second actions and counts (in no split file)
-
-@dataclasses.dataclass
-class Instance:
-    """One action instance in one video, in the subsampled feature index space."""
-
-    label: int
-    start: int
-    end: int  # exclusive
-
 
 @dataclasses.dataclass
 class Geometry:
@@ -175,7 +166,7 @@ def interleave_rows(subsampled: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optional[str] = None,
+def generate(out_dir: str, seed: int = 0, dim: int = FEATURE_DIM, lengths: Optional[str] = None,
              splits_dir: Optional[str] = None, family: str = DEFAULT_FAMILY,
              geometry: str = "default") -> Dict[str, object]:
     """Write the HDF5 file, the split JSONs and length.json; return a summary dict.
@@ -184,8 +175,6 @@ def generate(out_dir: str, seed: int = 0, dim: int = DEFAULT_DIM, lengths: Optio
     unless ``lengths`` and ``splits_dir`` give the benchmark's own geometry.
     """
     import h5py
-
-    from pipeline.families import make_family
 
     if (lengths is None) != (splits_dir is None):
         raise InputError("--lengths and --splits go together (the benchmark's length.json and its split folder)")

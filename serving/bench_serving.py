@@ -26,7 +26,16 @@ from typing import Dict, Optional
 import numpy as np
 
 from serving import signature as sig
+from serving.batching import BatchingOptions, allowed_batch_size
+from serving.client import make_request, open_channel, predict
+from serving.export import export_model
+from serving.server import set_tensorflow_threads, start_server
+from vreloc_tf.artifacts import Run, RunManifest
+from vreloc_tf.config import load_config
 from vreloc_tf.contract import MAX_WINDOW
+from vreloc_tf.files import read_json
+from vreloc_tf.model import build_model
+from vreloc_tf.model_bench import make_predict_function
 
 QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
 
@@ -39,11 +48,6 @@ def _percentiles(seconds) -> Dict[str, float]:
 
 def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] = None, jit_compile: bool = True) -> str:
     """A run folder with a freshly built (untrained) model of ``config`` and its export; the version path."""
-    from serving.export import export_model
-    from vreloc_tf.artifacts import Run, RunManifest
-    from vreloc_tf.config import load_config
-    from vreloc_tf.model import build_model
-
     cfg = load_config(config)
     feature_dim = feature_dim or cfg.data.feature_dim
     manifest = RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim, supervision=cfg.supervision)
@@ -59,10 +63,6 @@ def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, s
 
 def compiled_model(version_path: str):
     """The XLA-compiled predict function of the Keras model behind an export (what ``vreloc bench`` times)."""
-    from vreloc_tf.artifacts import Run
-    from vreloc_tf.files import read_json
-    from vreloc_tf.model_bench import make_predict_function
-
     info = read_json(os.path.join(version_path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE), "export metadata file")
     return make_predict_function(Run.open(info["run_dir"]).load_model(), jit_compile=True)
 
@@ -73,8 +73,6 @@ def bench_latency(version_path: str, target: str, query, reference, requests: in
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    from serving.client import make_request, open_channel
 
     fn = tf.saved_model.load(version_path).signatures[sig.SIGNATURE_NAME]
     inputs = {sig.QUERY: tf.constant(query[None]), sig.QUERY_LENGTH: tf.constant([len(query)], tf.int32),
@@ -87,7 +85,7 @@ def bench_latency(version_path: str, target: str, query, reference, requests: in
         for i in range(warmup + requests):
             started = time.perf_counter()
             if predict_fn is not None:
-                _ = predict_fn(inputs)["probabilities"].numpy()
+                _ = predict_fn(inputs)[sig.PROBABILITIES].numpy()
             first = time.perf_counter()
             out = fn(**inputs)
             _ = out[sig.START].numpy()
@@ -112,8 +110,6 @@ def bench_throughput(target: str, query, reference, clients: int = 8, duration: 
                      model_name: str = sig.DEFAULT_MODEL_NAME) -> Dict[str, float]:
     """Requests/s with ``clients`` threads each sending Predicts back to back for ``duration`` seconds."""
     from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    from serving.client import make_request, open_channel
 
     request = make_request(query, reference, model_name)
     latencies, errors = [], []
@@ -160,9 +156,6 @@ def bench_throughput(target: str, query, reference, clients: int = 8, duration: 
 
 def warm_batch_shapes(target: str, query, reference, clients: int, model_name: str = sig.DEFAULT_MODEL_NAME) -> None:
     """One request per batch size the server may form from ``clients`` requests, so none compiles while timed."""
-    from serving.batching import allowed_batch_size
-    from serving.client import predict
-
     sizes = sorted({allowed_batch_size(n, sig.MAX_BATCH_SIZE) for n in range(1, clients + 1)})
     for size in sizes:
         predict(target, np.repeat(query[None], size, 0), np.repeat(reference[None], size, 0), model_name, timeout=300)
@@ -183,9 +176,6 @@ def run_benchmark(config: str = "tiny", lq: int = QUERY_STEPS, lr: int = MAX_WIN
     default; None: TensorFlow's choice); the in-process figures share it.
     """
     import tensorflow as tf
-
-    from serving.batching import BatchingOptions
-    from serving.server import set_tensorflow_threads, start_server
 
     if intra_op_threads is not None:
         set_tensorflow_threads(intra_op_threads)

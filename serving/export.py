@@ -63,6 +63,7 @@ def serving_module(model, feature_dim: int, decode_mode: str, max_length: Option
     """
     import tensorflow as tf
 
+    # heavy: TensorFlow (keras.ops), loaded when a model is exported, not by vreloc export --help
     from vreloc_tf.decoding import decode
 
     class ServingModule(tf.Module):
@@ -74,7 +75,7 @@ def serving_module(model, feature_dim: int, decode_mode: str, max_length: Option
         def probabilities(self, query, query_length, reference, reference_length):
             outputs = self.model({sig.QUERY: query, sig.QUERY_LENGTH: query_length,
                                   sig.REFERENCE: reference, sig.REFERENCE_LENGTH: reference_length}, training=False)
-            return tf.cast(outputs["probabilities"], tf.float32)
+            return tf.cast(outputs[sig.PROBABILITIES], tf.float32)
 
         @tf.function(input_signature=[
             tf.TensorSpec([None, None, feature_dim], tf.float32, name=sig.QUERY),

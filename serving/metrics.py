@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
+from vreloc_tf.errors import InputError
+
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default prometheus_config.path
 # Microseconds: 10 us .. ~100 s, x2.5 apart (TF Serving's latency histograms are in microseconds too).
 LATENCY_BUCKETS_US = tuple(10 * 2.5 ** k for k in range(18))
@@ -114,8 +116,6 @@ def read_monitoring_config(path: str) -> Optional[str]:
 
         prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }
     """
-    from vreloc_tf.errors import InputError
-
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()

@@ -53,7 +53,9 @@ from serving.http_transport import (BodyTooLarge, BoundedHTTPServer, ByteBudget,
                                     RequestBody, RequestHandler, json_answer)
 from serving.json_limits import JsonScanner, JsonTooComplex
 from serving.rest_json import arrays_from_json, json_limits, json_outputs, max_body_bytes, output_array
+from serving.servicers import find_model, model_metadata, model_status, predict
 from serving.status import ServingError, http_status
+from serving.tensor_codec import fill_tensor_proto
 from serving.validation import InvalidRequest
 
 log = logging.getLogger("serving.rest")
@@ -149,8 +151,6 @@ class RestApi:
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
 
-        from serving.servicers import find_model, model_status
-
         spec = self._spec(match)
         if spec.version_label:  # GetModelStatus takes a version: resolve the label the way Predict does
             model = find_model(self.models, spec)
@@ -164,8 +164,6 @@ class RestApi:
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        from serving.servicers import model_metadata
-
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self._spec(match),
                                                                  metadata_field=["signature_def"])
         response = model_metadata(self.models, request)
@@ -178,8 +176,6 @@ class RestApi:
 
     def predict(self, match, body: RequestBody) -> dict:
         """Read, bound, parse and convert the body, then answer it through serving.servicers.predict."""
-        from serving.servicers import predict
-
         started = time.perf_counter()
         reached = False
         try:
@@ -205,9 +201,6 @@ class RestApi:
     def _request(self, match, body: RequestBody):
         """(PredictRequest, format, row lengths) of a predict body, within the budget, the parse slots and the bounds."""
         from tensorflow_serving.apis import predict_pb2
-
-        from serving.servicers import find_model
-        from serving.tensor_codec import fill_tensor_proto
 
         spec = self._spec(match)
         model = find_model(self.models, spec)

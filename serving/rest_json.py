@@ -31,6 +31,7 @@ import numpy as np
 
 from serving import signature as sig
 from serving.json_limits import JsonLimits
+from serving.tensor_codec import packed_array
 from serving.validation import InvalidRequest
 
 JSON_BYTES_PER_VALUE = 24  # "-0.123456789012345678, ": the longest a float32 prints as JSON, with separator
@@ -249,8 +250,6 @@ def json_outputs(outputs: Dict[str, np.ndarray], fmt: str, row_steps: list) -> d
 
 
 def output_array(proto) -> np.ndarray:
-    from serving.tensor_codec import packed_array
-
     array = packed_array(proto)
     if array is None:  # int64, strings, values in repeated fields
         import tensorflow as tf

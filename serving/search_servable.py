@@ -36,14 +36,16 @@ from serving.batching import Abandoned
 from serving.status import ServingError
 from serving.tensor_codec import check_value_count, declared_shape, decode_inputs, dtype_name_of
 from serving.validation import InvalidRequest, RequestLimits
+from vreloc_tf.contract import QUERY
 from vreloc_tf.errors import InputError
 from vreloc_tf.finite import first_non_finite
+from vreloc_tf.search.search import open_search, search
 
 log = logging.getLogger("serving.search_servable")
 
 MODEL_NAME = "search"
 VERSION = 1
-QUERY, TOP_K = "query", "top_k"
+TOP_K = "top_k"  # beside QUERY (vreloc_tf.contract): the query clip's features
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
 INPUT_DTYPES = {QUERY: "float32", TOP_K: "int32"}
@@ -123,8 +125,6 @@ class SearchServable:
 
     def search(self, query: np.ndarray, top_k: int, is_active: Callable[[], bool] = lambda: True) -> Dict[str, np.ndarray]:
         """Run one search (one at a time); the top-k tensors."""
-        from vreloc_tf.search.search import search
-
         with self._lock:
             if not is_active():  # gave up while waiting for the search before it: do not start this one
                 raise Abandoned()
@@ -201,8 +201,6 @@ class SearchModel:
 def open_search_model(index_dir: str, run_dir: Optional[str] = None, model_name: str = MODEL_NAME,
                       limits: RequestLimits = RequestLimits()) -> SearchModel:
     """The index (checked on open) and its re-localizer, warmed up, as a servable model."""
-    from vreloc_tf.search.search import open_search
-
     index, relocalizer, embedder = open_search(index_dir, run_dir)
     servable = SearchServable(index, relocalizer, embedder, model_name, limits)
     servable.warm_up()

@@ -36,12 +36,12 @@ from typing import Dict, Optional
 
 import grpc
 
-from serving import signature as sig
+from serving import model_manager, servicers, signature as sig
 from serving.batching import BatchingOptions
-from serving import model_manager
+from serving.metrics import ServerMetrics
 from serving.model_manager import ServedModel, VersionPolicy
 from serving.rest import RestServer
-from serving.search_servable import MODEL_NAME as SEARCH_MODEL_NAME
+from serving.search_servable import MODEL_NAME as SEARCH_MODEL_NAME, open_search_model
 from serving.validation import RequestLimits
 from vreloc_tf.errors import InputError
 
@@ -255,8 +255,6 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
     if tensorflow_threads is not None:
         set_tensorflow_threads(*tensorflow_threads)
 
-    from serving.metrics import ServerMetrics
-
     models: Dict[str, object] = {}
     metrics = ServerMetrics(models) if metrics_path else None
     if metrics is not None:
@@ -275,15 +273,11 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
             log.warning("model %s: no servable version in %s yet; waiting for one", name, model_base_path)
         models[name] = model
     if index:
-        from serving.search_servable import open_search_model
-
         try:
             models[search_model_name] = open_search_model(index, search_run, search_model_name, limits)
         except BaseException:
             close_models()
             raise
-
-    from serving import servicers  # imports tensorflow_serving.apis
 
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),

@@ -5,18 +5,25 @@ requests against them, the client fills them, and the deployment-file test
 compares the compose/Kubernetes/models.config files with them. Keeping them in
 one place means a rename cannot silently break one of the four.
 
-Nothing here imports TensorFlow, so the CLI and the deployment test stay light.
+The tensor names themselves come from vreloc_tf/contract.py, where the model and the input
+pipeline read them too. Nothing here imports TensorFlow, so the CLI and the deployment test stay light.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from vreloc_tf.contract import MAX_WINDOW
+from vreloc_tf.contract import (END, MAX_WINDOW, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH,
+                                SCORE, START)
 
 # -- SignatureDef ---------------------------------------------------------------
 SIGNATURE_NAME = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 METHOD_NAME = "tensorflow/serving/predict"  # tf.saved_model.PREDICT_METHOD_NAME
+# NumPy dtype name -> (TensorProto DataType enum value, its name), tensorflow/core/framework/types.proto.
+# Here, below serving.tensor_codec (which converts with them) and serving.validation, so that every
+# serving module can read them without an import circle.
+DTYPES = {"float32": (1, "DT_FLOAT"), "int32": (3, "DT_INT32")}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -33,17 +40,10 @@ class TensorSpec:
     @property
     def datatype(self) -> str:
         """The TensorProto DataType enum name, as saved_model_cli prints it (DT_FLOAT, DT_INT32)."""
-        from serving.tensor_codec import DTYPES  # the one home of the dtype codes
-
         return DTYPES[self.dtype][1]
 
 
-# Inputs: batch B, query length Lq, reference length Lr, feature dim D.
-QUERY = "query"
-QUERY_LENGTH = "query_length"
-REFERENCE = "reference"
-REFERENCE_LENGTH = "reference_length"
-
+# Inputs: batch B, query length Lq, reference length Lr, feature dim D (names: vreloc_tf.contract).
 INPUTS = (
     TensorSpec(QUERY, "float32", (None, None, "D")),  # [B, Lq, D]
     TensorSpec(QUERY_LENGTH, "int32", (None,)),  # [B] valid steps of each query
@@ -52,11 +52,6 @@ INPUTS = (
 )
 
 # Outputs: per-step probabilities and the decoded segment [start, end) in feature indices.
-PROBABILITIES = "probabilities"
-START = "start"
-END = "end"
-SCORE = "score"
-
 OUTPUTS = (
     TensorSpec(PROBABILITIES, "float32", (None, None, 4)),  # [B, Lr, 4] softmax over (start, end, action, background)
     TensorSpec(START, "int32", (None,)),  # [B] first feature index of the segment
@@ -64,8 +59,8 @@ OUTPUTS = (
     TensorSpec(SCORE, "float32", (None,)),  # [B] decoding score of the segment
 )
 
-INPUT_NAMES = tuple(s.name for s in INPUTS)
-OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)
+INPUT_NAMES = tuple(s.name for s in INPUTS)  # = vreloc_tf.contract.INPUT_NAMES
+OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)  # = vreloc_tf.contract.SIGNATURE_OUTPUT_NAMES
 
 
 def output_spec(name: str) -> TensorSpec:

@@ -1,4 +1,4 @@
-"""TensorProto <-> NumPy for the signature's tensors, and the one home of the TensorProto dtype codes.
+"""TensorProto <-> NumPy for the signature's tensors (the TensorProto dtype codes: serving.signature.DTYPES).
 
 Why not ``tf.make_ndarray`` / ``tf.make_tensor_proto`` on the hot path: each costs
 more than the rest of a request's handling together (Python dispatch per call),
@@ -17,10 +17,9 @@ from typing import Dict, List, Mapping
 
 import numpy as np
 
+from serving.signature import DTYPES
 from serving.validation import InvalidRequest, RequestLimits, check_dtype, check_names, check_shapes
 
-# NumPy dtype name -> (TensorProto DataType enum value, its name), tensorflow/core/framework/types.proto.
-DTYPES = {"float32": (1, "DT_FLOAT"), "int32": (3, "DT_INT32")}
 _BY_CODE = {code: np.dtype(name) for name, (code, _) in DTYPES.items()}
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from helpers.activitynet_pca import daps_pca, write_activitynet_pca
-from pipeline.pca import (ACTIVITYNET_COMPONENTS, PCA, SOURCE_ACTIVITYNET, SOURCE_NPZ, PCAStatsCombineFn,
-                          fit_pca)
+from pipeline.pca import PCA, SOURCE_ACTIVITYNET, SOURCE_NPZ, PCAStatsCombineFn, fit_pca
+from vreloc_tf.contract import FEATURE_DIM
 from vreloc_tf.errors import InputError
 
 
@@ -75,7 +75,7 @@ def test_real_shape_defaults_to_500_components(tmp_path):
         assert h5["data/n_samples"][()].tolist() == [2_000_000] and h5["data/_n_samples"][0] == b"int"
         assert h5["type"][0] == b"dict" and len(h5.attrs) == 0
     pca = PCA.load(path)
-    assert pca.n_components == ACTIVITYNET_COMPONENTS == 500 and pca.dim == d == 4096
+    assert pca.n_components == FEATURE_DIM == 500 and pca.dim == d == 4096
     assert pca.components.shape == (500, d) and pca.components.flags.c_contiguous
     x = rng.standard_normal((5, d))
     np.testing.assert_allclose(pca.transform(x), (x - x_mean.astype(np.float64)) @ U[:, :500].astype(np.float64),

@@ -1,6 +1,6 @@
 """`vreloc bench`: measured throughput and latency of every stage, on this machine.
 
-Each part runs in its own Python process (``python -m vreloc.bench --part NAME``),
+Each part runs in its own Python process (``python -m vreloc.bench_parts --part NAME``),
 so that one part's memory and thread pools do not colour another's figures, the
 2-device part can split the CPU before TensorFlow starts, and each part's peak
 resident memory is its own. The yardstick is this machine's dense matmul rate:
@@ -30,190 +30,24 @@ search         library search (vreloc_tf.search.bench) at 1k/10k/100k generated 
                exponent; index build records/s on the DirectRunner (1,000 records);
                --quick: 300/1k/3k videos. Not part of the default run (`--only search`).
 =============  =====================================================================
+
+This module is the driver (which parts, the report); vreloc/bench_parts.py holds the parts.
+The driver imports none of what the parts measure, so ``vreloc bench`` itself stays light.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
-
-from vreloc_tf.model_bench import PAPER_SHAPES as SHAPES
+from vreloc_tf.contract import PAPER_SHAPES as SHAPES
 
 PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "backbones", "cgbm_train",
          "cgbm_inference", "search")
 DEFAULT_PARTS = PARTS[:-1]  # search builds a 100k-video library: only with --only search
-LR_SWEEP = (100, 300, 1000, 3000)
-
-
-def _dim(cfg) -> int:
-    """The model's feature dim: the config's, or the paper's where the config leaves it to the data."""
-    return cfg.data.feature_dim or SHAPES["feature_dim"]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-# -- parts (each runs in a fresh process) ---------------------------------------------
-
-def part_matmul(cfg, quick: bool, config: str) -> dict:
-    from vreloc_tf.model_bench import matmul_gflops
-
-    return {"matmul_gflops": matmul_gflops(repeats=3 if quick else 5)}
-
-
-def _train_pairs_per_s(cfg, quick: bool, devices: int) -> dict:
-    """model.fit under MirroredStrategy over ``devices`` logical CPU devices, on random full-size batches."""
-    import keras
-    import tensorflow as tf
-
-    from vreloc_tf.model import build_model
-    from vreloc_tf.model_bench import random_batch, training_flops
-    from vreloc_tf.strategy import make_strategy
-    from vreloc_tf.training import RelocTrainer, make_optimizer
-
-    strategy = make_strategy(devices)
-    dim = _dim(cfg)
-    data = random_batch(SHAPES["batch_size"], SHAPES["query_steps"], SHAPES["reference_steps"], dim)
-    dataset = tf.data.Dataset.from_tensors(data).repeat()
-    with strategy.scope():
-        trainer = RelocTrainer(cfg, build_model(cfg, dim))
-        trainer.compile(optimizer=make_optimizer(cfg))
-
-    class StepTimes(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times: List[float] = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter() - self._t)
-
-    timer = StepTimes()
-    steps = 3 if quick else 6
-    trainer.fit(dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[timer], verbose=0)
-    timed = timer.times[1:]  # the first step traces and compiles
-    median = float(np.median(timed))
-    pairs_per_s = SHAPES["batch_size"] / median
-    gflop_per_pair = training_flops(cfg, dim, SHAPES["query_steps"], SHAPES["reference_steps"]) / 1e9
-    return {"devices": strategy.num_replicas_in_sync, "pairs_per_s": pairs_per_s,
-            "step_s_median": median, "first_step_s": timer.times[0], "gflop_per_pair": gflop_per_pair,
-            "achieved_gflops": pairs_per_s * gflop_per_pair, "peak_rss_mb": _peak_rss_mb()}
-
-
-def part_train1(cfg, quick: bool, config: str) -> dict:
-    return _train_pairs_per_s(cfg, quick, 1)
-
-
-def part_train2(cfg, quick: bool, config: str) -> dict:
-    return _train_pairs_per_s(cfg, quick, 2)
-
-
-def part_inference(cfg, quick: bool, config: str) -> dict:
-    from vreloc_tf.model_bench import inference_latency_ms
-
-    dim = _dim(cfg)
-    out = inference_latency_ms(cfg, SHAPES["query_steps"], SHAPES["reference_steps"], dim, runs=30 if quick else 100)
-    by_lr = {}
-    for lr in LR_SWEEP:
-        by_lr[str(lr)] = inference_latency_ms(cfg, SHAPES["query_steps"], lr, dim, runs=5 if quick else 20)["p50_ms"]
-    ms = np.array([by_lr[str(lr)] for lr in LR_SWEEP])
-    # Growth exponent k of latency ~ Lr^k (log-log least squares): 1 = linear, 2 = quadratic.
-    exponent = float(np.polyfit(np.log(np.array(LR_SWEEP, float)), np.log(ms), 1)[0])
-    return {**out, "latency_ms_by_lr": by_lr, "latency_growth_exponent": exponent,
-            "ms_per_1000_steps_by_lr": {str(lr): 1000 * m / lr for lr, m in zip(LR_SWEEP, ms)},
-            "peak_rss_mb": _peak_rss_mb()}
-
-
-def part_decode(cfg, quick: bool, config: str) -> dict:
-    import tensorflow as tf
-
-    from vreloc_tf.decoding import decode_full, decode_full_np
-
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(4), size=(1, 1000)).astype(np.float32)
-    lengths = np.array([1000], np.int32)
-    limit = cfg.decode.full_max_length
-    runs = 20 if quick else 100
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        decode_full_np(probs, lengths, limit)
-        times.append(1000 * (time.perf_counter() - t0))
-    graph = tf.function(lambda p, n: decode_full(p, n, limit))
-    graph(probs, lengths)
-    gtimes = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        [t.numpy() for t in graph(probs, lengths)]
-        gtimes.append(1000 * (time.perf_counter() - t0))
-    return {"decode_ms_lr1000": float(np.median(times)), "decode_graph_ms_lr1000": float(np.median(gtimes)),
-            "max_length": limit}
-
-
-def part_grpc(cfg, quick: bool, config: str) -> dict:
-    from serving.bench_serving import run_benchmark
-
-    res = run_benchmark(config=config, lq=SHAPES["query_steps"], lr=SHAPES["reference_steps"],
-                        requests=40 if quick else 200, clients=8, duration=3.0 if quick else 10.0)
-    return {"inference": res["inference"], "in_process": res["in_process"], "grpc": res["grpc"],
-            "grpc_overhead_p50_ms": res["grpc_overhead_p50_ms"], "throughput": res["throughput"],
-            "peak_rss_mb": _peak_rss_mb()}
-
-
-def part_ingest(cfg, quick: bool, config: str) -> dict:
-    from pipeline import synth
-    from pipeline.bench_ingest import measure_ingest_records_per_s
-
-    if not quick:
-        return measure_ingest_records_per_s(dim=500)
-    with tempfile.TemporaryDirectory(prefix="vreloc-bench-") as tmp:
-        src = os.path.join(tmp, "synth")
-        synth.generate(src, seed=0, dim=_dim(cfg))
-        out = measure_ingest_records_per_s(synth_dir=src, tmp=tmp)
-        out["dataset"] = f"default synthetic dataset at D = {_dim(cfg)}"
-        return out
-
-
-def _cgbm(cfg):
-    """The config's CGBM twin: Feng et al.'s model, loss and decoding at the config's model.cgbm sizes."""
-    from vreloc_tf.config import CGBM_METHOD, apply_overrides
-
-    return apply_overrides(cfg, CGBM_METHOD)
-
-
-def part_cgbm_train(cfg, quick: bool, config: str) -> dict:
-    from vreloc_tf.model_bench import count_parameters
-
-    cgbm = _cgbm(cfg)
-    return {**_train_pairs_per_s(cgbm, quick, 1), "parameters": count_parameters(cgbm, _dim(cfg))}
-
-
-def part_cgbm_inference(cfg, quick: bool, config: str) -> dict:
-    from vreloc_tf.model_bench import inference_latency_ms
-
-    out = inference_latency_ms(_cgbm(cfg), SHAPES["query_steps"], SHAPES["reference_steps"], _dim(cfg),
-                               runs=30 if quick else 100)
-    return {**out, "peak_rss_mb": _peak_rss_mb()}
-
-
-def part_backbones(cfg, quick: bool, config: str) -> dict:
-    """Each backbone at its default batch (c3d 8 clips, clip 16 frames of 640x360), matmul interleaved."""
-    from pipeline.bench_backbones import measure_backbones
-
-    out = measure_backbones(batches=1 if quick else 2, rounds=1 if quick else 3, matmul_repeats=3 if quick else 5)
-    out["peak_rss_mb"] = _peak_rss_mb()
-    return out
 
 
 _BACKBONE_KEYS = ("seconds_per_video_minute", "seconds_per_video_minute_range", "features_per_s", "gflops_per_s",
@@ -242,49 +76,9 @@ def _backbones_summary(b: Optional[dict]) -> dict:
 
 # -- the driver ------------------------------------------------------------------------
 
-def part_search(cfg, quick: bool, config: str) -> dict:
-    """Search latency at library sizes and the index job's records/s (see the module docstring)."""
-    from vreloc_tf.config import load_config
-    from vreloc_tf.model import build_model
-    from vreloc_tf.search.bench import QUICK_SIZES, SIZES, search_at_sizes
-    from vreloc_tf.search.relocalize import Relocalizer
-
-    tiny, dim = load_config("tiny"), 32
-    model = build_model(tiny, dim)
-    reloc = Relocalizer(model, tiny.decode_rule, tiny.decode_max_length, tiny.data.max_window, dim, {})
-    with tempfile.TemporaryDirectory() as root:
-        out = search_at_sizes(root, reloc, dim, QUICK_SIZES if quick else SIZES, queries=20 if quick else 50)
-        out["build"] = _index_build_rate(root, tiny, model, dim, 300 if quick else 1000)
-    out["peak_rss_mb"] = _peak_rss_mb()
-    return out
-
-
-def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
-    """records/s of `vreloc index build` (the Beam job, DirectRunner) over generated TFRecords."""
-    import tensorflow as tf
-
-    from pipeline import build_index
-    from vreloc_tf.artifacts import Run, RunManifest
-    from vreloc_tf.files import write_json_atomic
-    from vreloc_tf.schema import MANIFEST_NAME, Record, encode_record
-
-    data, run_dir = os.path.join(root, "data"), os.path.join(root, "run")
-    os.makedirs(data)
-    rng = np.random.default_rng(0)
-    with tf.io.TFRecordWriter(os.path.join(data, "test-00000-of-00001.tfrecord")) as w:
-        for i in range(records):
-            n = int(rng.integers(100, 301))
-            w.write(encode_record(Record(f"gen{i}", "test", i, i % 200, (0, n), (0, 1),
-                                         rng.standard_normal((n, dim), dtype=np.float32))))
-    write_json_atomic(os.path.join(data, MANIFEST_NAME), {"feature_dim": dim, "frames_per_feature": 16})
-    Run.create(run_dir, cfg, RunManifest(data, dim, cfg.supervision), model)
-    summary = build_index.run(os.path.join(root, "built"), data, run_dir, ["test"])
-    return {"records": records, "seconds": summary["seconds"], "job_seconds": summary["job_seconds"],
-            "records_per_s": summary["records_per_second"]}
-
-
 def run_part(name: str, config: str, quick: bool, timeout: float = 900) -> dict:
-    cmd = [sys.executable, "-m", "vreloc.bench", "--part", name, "--config", config] + (["--quick"] if quick else [])
+    cmd = [sys.executable, "-m", "vreloc.bench_parts", "--part", name, "--config", config]
+    cmd += ["--quick"] if quick else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -304,6 +98,7 @@ def collect(config: str, quick: bool, parts=PARTS, progress=print) -> dict:
 
 
 def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
+    # heavy: TensorFlow (serving.bench_serving runs a server); the driver itself stays light
     from serving.bench_serving import serving_ratios
 
     get = lambda part, key, default=None: raw.get(part, {}).get(key, default)  # noqa: E731
@@ -406,6 +201,7 @@ def format_report(r: dict) -> str:
 
 
 def _backbone_lines(r: dict) -> List[str]:
+    # heavy: TensorFlow (pipeline.bench_backbones runs the backbones); the driver stays light
     from pipeline.bench_backbones import format_lines
 
     raw = (r.get("raw") or {}).get("backbones")
@@ -413,25 +209,3 @@ def _backbone_lines(r: dict) -> List[str]:
         return ["  backbones (random weights, real input shapes; matmul measured in the same process)"] \
             + format_lines(raw, indent="    ", column=38)
     return ["  backbones                       n/a s per minute of video (part not run)"]
-
-
-def _part_main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vreloc.bench")
-    parser.add_argument("--part", required=True, choices=PARTS)
-    parser.add_argument("--config", default="paper_full")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    if args.part == "train2":
-        from vreloc_tf.strategy import split_cpu
-
-        split_cpu(2)
-    from vreloc_tf.config import load_config
-
-    cfg = load_config(args.config)
-    result = globals()[f"part_{args.part}"](cfg, args.quick, args.config)
-    print(json.dumps(result, default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_part_main())

@@ -19,9 +19,13 @@ import numpy as np
 
 from pipeline import backbones
 from pipeline.backbones import BackboneOptions, Extracted
+from serving import signature as sig
+from serving.versions import latest_version_dir
+from vreloc_tf.artifacts import Dataset, Run
 from vreloc_tf.errors import InputError
 from vreloc_tf.feature_spec import FeatureSpec
 from vreloc_tf.files import read_json
+from vreloc_tf.search.library import LibraryIndex
 
 log = logging.getLogger("vreloc.features")
 
@@ -51,15 +55,10 @@ def spec_of(path: str) -> Tuple[Optional[FeatureSpec], str]:
     if os.path.isfile(manifest):
         content = read_json(manifest, "manifest")
         if isinstance(content, dict) and str(content.get("format", "")).startswith("vreloc-search-index"):
-            from vreloc_tf.search.library import LibraryIndex
-
             return LibraryIndex.open(path).feature_spec, f"the index {path}"
-        from vreloc_tf.artifacts import Dataset
 
         return Dataset.open(path).feature_spec, f"the data folder {path}"
     if os.path.isfile(os.path.join(path, "run.json")):
-        from vreloc_tf.artifacts import Run
-
         return Run.open(path).feature_spec, f"the run {path}"
     version_dir = export_version_dir(path)
     if version_dir:
@@ -70,25 +69,18 @@ def spec_of(path: str) -> Tuple[Optional[FeatureSpec], str]:
 
 def export_version_dir(path: str) -> Optional[str]:
     """The version folder of an export path: the path itself, or the highest version of BASE/NAME."""
-    from serving import signature as sig
-    from serving.versions import latest_version_dir
-
     if os.path.isfile(os.path.join(path, sig.SAVED_MODEL_FILE)):
         return path
     return latest_version_dir(path)  # its folder name, not str(version): version 7 may live in 007/
 
 
 def export_metadata(version_dir: str) -> dict:
-    from serving import signature as sig
-
     info_path = os.path.join(version_dir, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
     return read_json(info_path, "export metadata") if os.path.exists(info_path) else {}
 
 
 def export_spec(version_dir: str) -> Optional[FeatureSpec]:
     """The spec an export records (its PCA path resolved against assets.extra/)."""
-    from serving import signature as sig
-
     info = export_metadata(version_dir)
     if not info.get("features"):
         return None
@@ -150,7 +142,7 @@ def recipe_like(spec: Optional[FeatureSpec], where: str, options: Optional[Backb
         raise InputError(f"the PCA file {pca_path} of {where} is missing; give it with --pca")
     pca = None
     if pca_path:
-        from pipeline.pca import PCA
+        from pipeline.pca import PCA  # heavy: Apache Beam (pipeline.pca's CombineFn), only when a PCA is applied
 
         pca = PCA.load(pca_path, n_components=spec.feature_dim if spec is not None and spec.pca_components else None)
         if raw.raw_dim is not None and pca.dim != raw.raw_dim:

@@ -8,6 +8,8 @@ from typing import Optional
 import numpy as np
 
 from pipeline.backbones import BackboneOptions
+from vreloc import features  # features.extract, looked up when called (tests cache it)
+from vreloc.features import recipe_like
 from vreloc_tf.errors import InputError
 
 
@@ -28,11 +30,10 @@ def query_features(path: str, index, backbone: Optional[BackboneOptions] = None,
         if feats.ndim != 2:
             raise InputError(f"--query {path}: expected features [length, dim], got shape {feats.shape}")
         return feats.astype(np.float32)
-    from vreloc.features import extract, recipe_like
 
     spec = index.feature_spec
     if spec is None and pca_file is None:
         pca_file = index.pca_file
     recipe = recipe_like(spec, f"the index {index.path}", backbone, pca_file)
-    feats, _ = extract(recipe, path, desc="query")
+    feats, _ = features.extract(recipe, path, desc="query")
     return feats

@@ -32,11 +32,17 @@ from typing import Callable, Optional
 import numpy as np
 
 from pipeline.backbones import BackboneOptions
+from pipeline.video import VideoError
+from serving import signature as sig
+from vreloc import features  # features.extract, looked up when called (tests cache it)
+from vreloc.features import export_metadata, export_spec, export_version_dir, recipe_like
 from vreloc_tf import progress
-from vreloc_tf.contract import MAX_WINDOW
-from vreloc_tf.contract import reference_windows as windows
+from vreloc_tf.artifacts import MANIFEST_FILE, Run, RunManifest
+from vreloc_tf.baselines import frame_level_match
+from vreloc_tf.contract import MAX_WINDOW, reference_windows as windows
 from vreloc_tf.errors import InputError
 from vreloc_tf.feature_spec import FeatureSpec
+from vreloc_tf.figures import timeline
 
 log = logging.getLogger("vreloc.locate")
 
@@ -73,8 +79,6 @@ class Matcher:
 
 
 def frame_level_matcher() -> Matcher:
-    from vreloc_tf.baselines import frame_level_match
-
     def match(query, reference):
         start, end, score, sim = frame_level_match(query, reference)  # sim: [L] mean cosine similarity to the query
         return start, end, score, sim[:, None].astype(np.float32)
@@ -83,7 +87,7 @@ def frame_level_matcher() -> Matcher:
 
 
 def keras_run_matcher(run_dir: str) -> Matcher:
-    from vreloc_tf.artifacts import Run
+    # heavy: TensorFlow (keras.ops), only for a model (the frame-level method needs none)
     from vreloc_tf.decoding import decoder
 
     run = Run.open(run_dir)
@@ -91,10 +95,10 @@ def keras_run_matcher(run_dir: str) -> Matcher:
     decode, limit = decoder(cfg.decode_rule, numpy=True), cfg.decode_max_length
 
     def match(query, reference):
-        out = model({"query": query[None].astype(np.float32), "query_length": np.array([len(query)], np.int32),
-                     "reference": reference[None].astype(np.float32),
-                     "reference_length": np.array([len(reference)], np.int32)}, training=False)
-        probs = np.asarray(out["probabilities"])
+        out = model({sig.QUERY: query[None].astype(np.float32), sig.QUERY_LENGTH: np.array([len(query)], np.int32),
+                     sig.REFERENCE: reference[None].astype(np.float32),
+                     sig.REFERENCE_LENGTH: np.array([len(reference)], np.int32)}, training=False)
+        probs = np.asarray(out[sig.PROBABILITIES])
         start, end, score = decode(probs, np.array([len(reference)], np.int32), limit)
         return int(start[0]), int(end[0]), float(score[0]), probs[0]
 
@@ -104,10 +108,6 @@ def keras_run_matcher(run_dir: str) -> Matcher:
 
 def saved_model_matcher(base: str) -> Matcher:
     import tensorflow as tf
-
-    from serving import signature as sig
-    from vreloc.features import export_metadata, export_spec, export_version_dir
-    from vreloc_tf.artifacts import MANIFEST_FILE, RunManifest
 
     path = export_version_dir(base)  # complete SavedModels only, as a server sees them
     if path is None:
@@ -121,11 +121,12 @@ def saved_model_matcher(base: str) -> Matcher:
     dim = int(info.get("feature_dim") or fn.structured_input_signature[1][sig.QUERY].shape[-1])
 
     def match(query, reference):
-        out = fn(query=tf.constant(query[None], tf.float32), query_length=tf.constant([len(query)], tf.int32),
-                 reference=tf.constant(reference[None], tf.float32),
-                 reference_length=tf.constant([len(reference)], tf.int32))
-        return (int(out["start"][0]), int(out["end"][0]), float(out["score"][0]),
-                out["probabilities"].numpy()[0])
+        out = fn(**{sig.QUERY: tf.constant(query[None], tf.float32),
+                    sig.QUERY_LENGTH: tf.constant([len(query)], tf.int32),
+                    sig.REFERENCE: tf.constant(reference[None], tf.float32),
+                    sig.REFERENCE_LENGTH: tf.constant([len(reference)], tf.int32)})
+        return (int(out[sig.START][0]), int(out[sig.END][0]), float(out[sig.SCORE][0]),
+                out[sig.PROBABILITIES].numpy()[0])
 
     return Matcher(match, dim, pca, f"exported model {os.path.dirname(path)} version {os.path.basename(path)}",
                    int(info.get("max_window") or MAX_WINDOW), export_spec(path))
@@ -164,9 +165,6 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
     recorded feature spec; required for the frame-level method). ``window`` (features)
     defaults to the matcher's: the model config's ``data.max_window``.
     """
-    from pipeline.video import VideoError
-    from vreloc.features import extract, recipe_like
-
     if (model is None) == (method is None):
         raise LocateError("give exactly one of --model PATH or --method frame-level")
     if window is not None and window < 1:
@@ -175,8 +173,6 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
         if not os.path.isfile(path):
             raise LocateError(f"{path}: no such file")
     if model is not None:
-        from vreloc_tf.artifacts import MANIFEST_FILE
-
         if os.path.exists(os.path.join(model, MANIFEST_FILE)):
             matcher = keras_run_matcher(model)
         elif os.path.isdir(model):
@@ -201,10 +197,10 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
     pca = recipe.pca()
     try:
         t0 = time.time()
-        q, _ = extract(recipe, query_path, desc="query", pca=pca)
+        q, _ = features.extract(recipe, query_path, desc="query", pca=pca)
         log.info("locate: query %s: %d features in %.1f s", os.path.basename(query_path), len(q), time.time() - t0)
         t0 = time.time()
-        r, got = extract(recipe, reference_path, desc="reference", pca=pca)
+        r, got = features.extract(recipe, reference_path, desc="reference", pca=pca)
         log.info("locate: reference %s: %d features (%.1f s of video) in %.1f s", os.path.basename(reference_path),
                  len(r), len(r) * got.seconds_per_feature, time.time() - t0)
     except VideoError as exc:
@@ -216,8 +212,6 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
     result = Located(start, end, score, round(start * sec, 3), round(end * sec, 3), matcher.name, len(r), len(q),
                      float(got.fps), int(got.frames_per_feature))
     if plot:
-        from vreloc_tf.figures import timeline
-
         names = ["mean cosine similarity to the query frames"] if model is None else None
         timeline(curves, plot, predicted=(start, end), seconds_per_step=sec, names=names,
                  ylabel="similarity" if model is None else None,

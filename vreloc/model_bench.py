@@ -9,8 +9,10 @@ import argparse
 import sys
 from typing import Optional
 
+from serving.server import set_tensorflow_threads
 from vreloc_tf.config import load_config
-from vreloc_tf.model_bench import PAPER_SHAPES, inference_cost_by_batch, run_benchmark
+from vreloc_tf.contract import PAPER_SHAPES
+from vreloc_tf.model_bench import inference_cost_by_batch, run_benchmark
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -32,8 +34,6 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     if args.intra_op_threads is not None:
-        from serving.server import set_tensorflow_threads
-
         set_tensorflow_threads(args.intra_op_threads)
     if args.inference_batches:
         sizes = [int(b) for b in args.inference_batches.split(",")]

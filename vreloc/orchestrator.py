@@ -42,12 +42,19 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
+from pipeline import synth
 from pipeline.backbones import BackboneOptions
-from vreloc_tf import __version__
+from serving.client import predict
+from serving.export import export_model
+from vreloc_tf import __version__, schema
 from vreloc_tf.artifacts import Dataset, Export, Run
+from vreloc_tf.baselines import run_baseline
 from vreloc_tf.config import CGBM_METHOD, Config, apply_overrides
+from vreloc_tf.contract import END, FEATURE_DIM, SCORE, START
 from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import evaluate_run, save_results
 from vreloc_tf.files import atomic_path, clear_folder, read_json, write_json_atomic
+from vreloc_tf.metrics import format_table
 
 log = logging.getLogger("vreloc.pipeline")
 
@@ -117,18 +124,17 @@ def _check_reconciled(job: str, counts: dict) -> None:
 
 def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
     """The data folder ``folder/data`` from synthetic data, an ActivityNet-format folder or raw videos."""
-    from pipeline import synth
-
     runner = {"runner": source.runner} if source.runner else {}
     data_dir = os.path.join(folder, "data")
     if source.data == SYNTH:
         src = os.path.join(folder, "raw")
-        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or synth.DEFAULT_DIM, family=source.family,
+        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or FEATURE_DIM, family=source.family,
                        geometry=source.geometry)
     else:
         src = os.path.abspath(source.data)
     hdf5 = os.path.join(src, synth.HDF5_NAME)
     if os.path.exists(hdf5):
+        # heavy: Apache Beam, only in a featuregen stage that runs (cached stages load nothing)
         from pipeline import ingest_activitynet
 
         _check_reconciled("ingest-activitynet", ingest_activitynet.run(hdf5, src, data_dir, **runner))
@@ -136,11 +142,12 @@ def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
         if source.backbone is None or (source.backbone.weights is None and source.backbone.random_seed is None):
             raise InputError(f"--data {source.data} holds raw videos: give --weights FILE|HANDLE "
                              f"(or --random-weights for a demo), and --backbone clip for CLIP")
+        # heavy: Apache Beam and TensorFlow, only in a featuregen stage that runs on videos
         from pipeline import extract_video
 
         counts = extract_video.run(os.path.join(src, VIDEO_DIR, "*"), data_dir,
                                    annotations=os.path.join(src, VIDEO_ANNOTATIONS), backbone=source.backbone,
-                                   n_components=cfg.data.feature_dim or synth.DEFAULT_DIM, **runner)
+                                   n_components=cfg.data.feature_dim or FEATURE_DIM, **runner)
         _check_reconciled("extract-video", counts)
     else:
         raise InputError(f"--data {source.data}: expected an ActivityNet-format folder ({synth.HDF5_NAME} and "
@@ -169,6 +176,7 @@ def parse_models(text: str) -> tuple:
 
 def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -> Dict[str, Run]:
     """One run per model of ``models`` (default: full and weak) on ``dataset``, in ``folder/<model>``."""
+    # heavy: TensorFlow, only in a trainer stage that runs (cached stages load nothing)
     from vreloc_tf.train import train
 
     runs = {}
@@ -181,9 +189,7 @@ def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -
 
 def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) -> dict:
     """Models and baselines on the fixed val and test pair lists, the blessing, and Figure-4 PNGs."""
-    from vreloc_tf.baselines import run_baseline
-    from vreloc_tf.evaluate import evaluate_run, save_results
-    from vreloc_tf.metrics import format_table
+    # heavy: TensorFlow, only in an evaluator stage that runs (cached stages load nothing)
     from vreloc_tf.visualize import visualize_pair
 
     results: Dict[str, Dict[str, dict]] = {}
@@ -214,8 +220,6 @@ def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) ->
 
 def pusher(folder: str, runs: Dict[str, Run], blessing: dict, model_name: str) -> Dict[str, Export]:
     """Export each blessed run as the next version of ``folder/serving/<model_name>_<mode>``."""
-    from serving.export import export_model
-
     pushed = {}
     for mode, run in runs.items():
         verdict = blessing[mode]
@@ -336,8 +340,6 @@ class PipelineRun:
 
     def serve_and_query(self) -> None:
         """Start the gRPC server on loopback, send one test pair with the stock client, stop the server."""
-        from serving.client import predict
-
         pushed = self.stage_outputs("pusher").get("pushed")
         if not pushed:
             print("[serve] no blessed model was pushed; nothing to serve")
@@ -347,12 +349,10 @@ class PipelineRun:
             query, reference = _demo_pair(self.dataset())
             print(f"[serve] model {export.model_name} at {address}; querying with the stock gRPC client")
             answer = predict(address, query, reference, export.model_name, timeout=30.0)
-            print(f"[serve] model {answer['model_name']} version {answer['version']}: start {answer['start']}  "
-                  f"end {answer['end']}  (feature indices, end exclusive)  score {answer['score']:.6f}")
+            print(f"[serve] model {answer['model_name']} version {answer['version']}: start {answer[START]}  "
+                  f"end {answer[END]}  (feature indices, end exclusive)  score {answer[SCORE]:.6f}")
 
     def _summary(self) -> None:
-        from vreloc_tf.metrics import format_table
-
         print()
         evaluation = self.stage_outputs("evaluator")
         for split, rows in (evaluation.get("results") or {}).items():
@@ -371,8 +371,6 @@ class PipelineRun:
 
 def _demo_pair(dataset: Dataset):
     """A test-split query (its trimmed ground truth) and a same-class reference from another video."""
-    from vreloc_tf import schema
-
     recs = schema.read_records(dataset.path, "test")
     query = recs[0]
     ref = next((r for r in recs[1:] if r.label == query.label and r.video_id != query.video_id), recs[-1])

@@ -36,9 +36,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vreloc_tf.config import CGBM_METHOD
+from pipeline import synth
+from vreloc_tf.baselines import METHODS as KNOWN, run_baseline
+from vreloc_tf.bootstrap import cluster_bootstrap, paired_difference
+from vreloc_tf.config import CGBM_METHOD, load_config
+from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import evaluate_run
 from vreloc_tf.files import read_json, write_json_atomic
+from vreloc_tf.metrics import THRESHOLD_KEYS
+from vreloc_tf.pairs import load_pairs, make_pair_file, save_pairs
 
 log = logging.getLogger("vreloc.quality")
 
@@ -154,8 +161,8 @@ class Study:
 
     def prepare_data(self, draw: int, family: str) -> str:
         """synth -> ingest of ``family`` on data seed ``draw``, and its test pair list (reused when present)."""
-        from pipeline import ingest_activitynet, synth
-        from vreloc_tf.pairs import make_pair_file, save_pairs
+        # heavy: Apache Beam, only when data is made (--finished-only needs none)
+        from pipeline import ingest_activitynet
 
         data = self.data_dir(draw, family)
         records = os.path.join(data, "tfrecords")
@@ -179,9 +186,6 @@ class Study:
 
     def pair_classes(self, draw: int, family: str) -> np.ndarray:
         """The class of every test pair's reference, in pair-list order (the bootstrap's clusters)."""
-        from vreloc_tf.entry_index import load_index
-        from vreloc_tf.pairs import load_pairs
-
         records = os.path.join(self.data_dir(draw, family), "tfrecords")
         index = load_index(records, "test")
         pairs = load_pairs(self.pairs_file(draw, family), "test")
@@ -193,8 +197,6 @@ class Study:
                             f"lr-{rate:g}", f"seed-{seed}")
 
     def base_config(self, method: Method, seed: int, rate: Optional[float] = None):
-        from vreloc_tf.config import load_config
-
         trained = METHODS[method.trains_as] if method.trains_as else method
         extra = [f"train.learning_rate={rate!r}"] if rate is not None else []
         return load_config(trained.config or self.config,
@@ -202,7 +204,7 @@ class Study:
                             *self.overrides, *extra])
 
     def train_run(self, draw: int, family: str, method: Method, rate: float, seed: int, data: str) -> str:
-        from vreloc_tf.train import train
+        from vreloc_tf.train import train  # heavy: TensorFlow, only when a run trains (--finished-only needs none)
 
         run = self.run_dir(draw, family, method, rate, seed)
         if not os.path.exists(os.path.join(run, "run.json")):
@@ -249,8 +251,6 @@ class Study:
         return os.path.join(self.draw_dir(draw), "results", family, f"{leaf}.json")
 
     def score(self, family: str, method: Method, rate: float, tuned: bool, seed: int, swapped: bool) -> dict:
-        from vreloc_tf.evaluate import evaluate_run
-
         draw = self.reporting_seed
         name = method.name + (SWAPPED if swapped else "")
         path = self.result_path(draw, family, name, rate, seed)
@@ -272,8 +272,6 @@ class Study:
         return result
 
     def baselines(self, family: str) -> Dict[str, dict]:
-        from vreloc_tf.baselines import METHODS as KNOWN, run_baseline
-
         draw = self.reporting_seed
         out = {}
         for name in TRAINING_FREE:
@@ -356,9 +354,6 @@ def pick_trial(trials: List[dict]) -> dict:
 def summarize(results: List[dict], classes: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
     """One row: mean and std over seeds of every number, and the 95 % cluster bootstrap interval
     of the mean average (classes and seeds resampled; vreloc_tf.bootstrap)."""
-    from vreloc_tf.bootstrap import cluster_bootstrap
-    from vreloc_tf.metrics import THRESHOLD_KEYS
-
     keys = list(THRESHOLD_KEYS) + ["average"]
     values = np.array([[r["map_at_1"][k] for k in THRESHOLD_KEYS] + [r["average"]] for r in results])
     ious = np.array([r["ious"] for r in results], dtype=np.float64)
@@ -374,8 +369,6 @@ def summarize(results: List[dict], classes: np.ndarray, samples: int = BOOTSTRAP
 
 def summarize_family(rows: Dict[str, List[dict]], classes: np.ndarray, samples: int = BOOTSTRAP_SAMPLES) -> dict:
     """Every row, the paired differences of ours against each comparison, and the targets."""
-    from vreloc_tf.bootstrap import paired_difference
-
     summary = {name: summarize(results, classes, samples) for name, results in rows.items()}
     ious = {name: np.array([r["ious"] for r in results], dtype=np.float64) for name, results in rows.items()}
     differences = {}
@@ -435,8 +428,6 @@ def row_name(name: str) -> str:
 
 def format_family(family: str, summary: dict, markdown: bool = False) -> str:
     """One family's rows as a table (mean +- std over seeds; 95 % CI of the mean average)."""
-    from vreloc_tf.metrics import THRESHOLD_KEYS
-
     rows = summary["rows"]
     order = [n for n in ROW_ORDER if n in rows] + sorted(n for n in rows if n not in ROW_ORDER)
     head = ["mAP@1"] + list(THRESHOLD_KEYS) + ["Avg.", "95% CI (Avg.)", "seeds", "lr"]

@@ -257,6 +257,7 @@ class Run:
         """The selected inference model of the run (or a checkpoint, see :meth:`checkpoint_file`)."""
         import keras
 
+        # heavy: TensorFlow; importing vreloc_tf.model registers the custom layers a load needs
         import vreloc_tf.model  # noqa: F401  (registers the custom layers)
 
         return keras.saving.load_model(self.checkpoint_file(checkpoint), compile=compile)

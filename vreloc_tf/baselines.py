@@ -40,7 +40,13 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from vreloc_tf.artifacts import Dataset
+from vreloc_tf.contract import QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
+from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import resolve_pairs, score_plan
+from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
+from vreloc_tf.schema import shard_files
 
 METHODS = ("random", "prior", "frame-level", "query-free", "window-match")
 METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline", "query-free": "query-free",
@@ -64,8 +70,6 @@ def random_segments(lengths: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndar
 
 def train_prior(data_dir: str, split: str = "train") -> Tuple[float, float]:
     """(mean normalized start, mean normalized end) over the entries of ``split`` with ground truth."""
-    from vreloc_tf.entry_index import load_index
-
     index = load_index(data_dir, split)
     ok = index.has_groundtruth
     if not np.any(ok):
@@ -119,12 +123,10 @@ def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> Tuple[int, 
 
 
 def frame_level_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
-    from vreloc_tf.input_pipeline import evaluation_dataset
-
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
-        q, ql = batch["query"].numpy(), batch["query_length"].numpy()
-        r, rl = batch["reference"].numpy(), batch["reference_length"].numpy()
+        q, ql = batch[QUERY].numpy(), batch[QUERY_LENGTH].numpy()
+        r, rl = batch[REFERENCE].numpy(), batch[REFERENCE_LENGTH].numpy()
         for i in range(q.shape[0]):
             s, e = frame_level_segment(q[i, :ql[i]], r[i, :rl[i]])
             start.append(s)
@@ -176,11 +178,9 @@ def query_free_batch(reference: np.ndarray, reference_length: np.ndarray) -> Tup
 
 def query_free_segments(index, plan: np.ndarray, feature_dim: int) -> Tuple[np.ndarray, np.ndarray]:
     """The query-free predictions over a pair plan, in plan order (only the references are used)."""
-    from vreloc_tf.input_pipeline import evaluation_dataset
-
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
-        s, e = query_free_batch(batch["reference"].numpy(), batch["reference_length"].numpy())
+        s, e = query_free_batch(batch[REFERENCE].numpy(), batch[REFERENCE_LENGTH].numpy())
         start.append(s)
         end.append(e)
     if not start:
@@ -201,8 +201,6 @@ def within_reference_covariance(data_dir: str, feature_dim: int, split: str = "t
     spread of a reference's steps after the centring the window matcher applies; only the features are
     read (no label, no segment)."""
     import tensorflow as tf
-
-    from vreloc_tf.schema import shard_files
 
     spec = {"length": tf.io.FixedLenFeature([], tf.int64), "feature_dim": tf.io.FixedLenFeature([], tf.int64),
             "features": tf.io.VarLenFeature(tf.float32)}
@@ -364,12 +362,10 @@ def window_match_batch(query: np.ndarray, query_length: np.ndarray, reference: n
 def window_match_segments(index, plan: np.ndarray, feature_dim: int,
                           basis: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The window-match predictions over a pair plan, in plan order."""
-    from vreloc_tf.input_pipeline import evaluation_dataset
-
     start, end = [], []
     for batch in evaluation_dataset(index, plan, feature_dim, batch_size=64):
-        s, e = window_match_batch(batch["query"].numpy(), batch["query_length"].numpy(),
-                                  batch["reference"].numpy(), batch["reference_length"].numpy(), basis)
+        s, e = window_match_batch(batch[QUERY].numpy(), batch[QUERY_LENGTH].numpy(),
+                                  batch[REFERENCE].numpy(), batch[REFERENCE_LENGTH].numpy(), basis)
         start.append(s)
         end.append(e)
     if not start:
@@ -380,10 +376,6 @@ def window_match_segments(index, plan: np.ndarray, feature_dim: int,
 def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Optional[str] = None,
                  seed: int = 0, train_split: str = "train", verbose: bool = True) -> dict:
     """Score one baseline on the fixed pair list; returns the result dict (percent)."""
-    from vreloc_tf.artifacts import Dataset
-    from vreloc_tf.evaluate import resolve_pairs, score_plan
-    from vreloc_tf.input_pipeline import evaluation_plan
-
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
     dataset = Dataset.open(data_dir)

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from vreloc_tf import progress
 from vreloc_tf.errors import InputError
 
 LOG = logging.getLogger(__name__)
@@ -186,8 +187,6 @@ class FetchResult:
 def _download(f: BenchmarkFile, url: str, target: str, timeout: float) -> None:
     """``url`` -> ``target`` (a staging path); InputError naming the URL when the download fails or
     the bytes are not the pinned ones (``target`` is removed then)."""
-    from vreloc_tf import progress
-
     h = hashlib.sha256()
     try:
         with contextlib.ExitStack() as stack:

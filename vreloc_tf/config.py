@@ -26,6 +26,7 @@ import yaml
 
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path
 from vreloc_tf.suggest import closest
 
 # The shipped configs: the repository's top-level configs/ (a checkout, an editable install), which a
@@ -67,7 +68,7 @@ class DataConfig:
     # The feature dim the model expects (d_f = d_q = d_r = 500 after PCA, Implementation Details).
     # The data decides: null = whatever the data folder holds; a number is checked against the
     # data's manifest (see vreloc_tf.artifacts.Dataset.check_feature_dim).
-    feature_dim: Optional[int] = 500
+    feature_dim: Optional[int] = contract.FEATURE_DIM
     # Reference window of `vreloc locate` on long videos (the splits cut windows to 300 features).
     max_window: int = contract.MAX_WINDOW
     crop_probability: float = 0.9  # reference cropped around its ground truth (Feng et al.'s code)
@@ -170,7 +171,7 @@ class TrainConfig:
 @dataclass
 class DecodeConfig:
     # 1,024 frames / 16 frames per feature = 64 (Implementation Details)
-    full_max_length: Optional[int] = contract.FULL_DECODE_MAX_FRAMES // contract.FRAMES_PER_FEATURE
+    full_max_length: Optional[int] = contract.FULL_DECODE_MAX_LENGTH
     weak_max_length: Optional[int] = None  # not limited for weak supervision (Implementation Details)
     # The decoding rule (vreloc_tf.decoding): null = the training mode's (Config.decode_rule), or one of
     # full (Eq. 20), weak (the threshold rule), feng (Feng et al.'s decoding loop; limit full_max_length).
@@ -523,8 +524,6 @@ def resolve_config_path(path: str) -> str:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    from vreloc_tf.files import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
             fh.write(cfg.to_yaml())

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 from keras import ops
 
-from vreloc_tf.contract import DECODE_RULES as MODES
+from vreloc_tf.contract import DECODE_RULES as MODES, FULL_DECODE_MAX_LENGTH
 
 _LOG_FLOOR = 1e-30  # probabilities are clipped here before the log, so a 0 never gives NaN
 _NEG = -1e300  # score of an impossible (s, e) in float64
@@ -58,7 +58,7 @@ def _check_probabilities(probabilities, where: str) -> None:
 # keras.ops versions
 # ---------------------------------------------------------------------------
 
-def decode_full(probabilities, reference_length, max_length: Optional[int] = 64):
+def decode_full(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
     """Eq. 20 decoding in keras.ops; see the module docstring."""
     max_length = _check_max_length(max_length, "decode_full")
     probabilities = ops.convert_to_tensor(probabilities)
@@ -159,7 +159,7 @@ def decode_weak(probabilities, reference_length, max_length: Optional[int] = Non
     return start, end, ops.cast(score, "float32")
 
 
-def decode_feng(probabilities, reference_length, max_length: Optional[int] = 64):
+def decode_feng(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
     """Feng et al.'s decoding loop in keras.ops; see the module docstring.
 
     Scores every (s, offset) pair on an [W, Lr] grid, offset-major, so that the first maximum
@@ -229,7 +229,7 @@ def _np_inputs(probabilities, reference_length, where):
     return p, lengths
 
 
-def decode_full_np(probabilities, reference_length, max_length: Optional[int] = 64):
+def decode_full_np(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
     """NumPy twin of :func:`decode_full`."""
     max_length = _check_max_length(max_length, "decode_full_np")
     p, lengths = _np_inputs(probabilities, reference_length, "decode_full_np")
@@ -276,7 +276,7 @@ def decode_weak_np(probabilities, reference_length, max_length: Optional[int] = 
     return start.astype(np.int32), end.astype(np.int32), score.astype(np.float32)
 
 
-def decode_feng_np(probabilities, reference_length, max_length: Optional[int] = 64):
+def decode_feng_np(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
     """NumPy twin of :func:`decode_feng`."""
     max_length = _check_max_length(max_length, "decode_feng_np")
     p, lengths = _np_inputs(probabilities, reference_length, "decode_feng_np")

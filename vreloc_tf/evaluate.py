@@ -23,8 +23,13 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from vreloc_tf import metrics
+from vreloc_tf.artifacts import Run
+from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, REFERENCE_LENGTH
+from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json, write_json_atomic
+from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan, length_sorted
+from vreloc_tf.pairs import SWAP_SEED_OFFSET, check_pairs, load_pairs, pairs_from_index, save_pairs, swap_queries
 
 
 # ---------------------------------------------------------------------------
@@ -33,9 +38,6 @@ from vreloc_tf.files import read_json, write_json_atomic
 
 def resolve_pairs(data_dir: str, split: str, pairs_file: Optional[str] = None, seed: int = 0):
     """(EntryIndex of ``split``, pair list): read ``pairs_file`` if it exists, else make (and save) it."""
-    from vreloc_tf.entry_index import load_index
-    from vreloc_tf.pairs import check_pairs, load_pairs, pairs_from_index, save_pairs
-
     index = load_index(data_dir, split)
     if pairs_file and os.path.exists(pairs_file):
         return index, check_pairs(load_pairs(pairs_file, split), index, pairs_file)
@@ -58,7 +60,7 @@ def inference_probabilities(model):
     probabilities = _PREDICT_FNS.get(model)
     if probabilities is None:
         probabilities = _PREDICT_FNS[model] = tf.function(
-            lambda inputs: model(inputs, training=False)["probabilities"], reduce_retracing=True)
+            lambda inputs: model(inputs, training=False)[PROBABILITIES], reduce_retracing=True)
     return probabilities
 
 
@@ -69,9 +71,8 @@ def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str
     Pairs run in batches of similar reference length (less padding); the NumPy
     decoders of :mod:`vreloc_tf.decoding` read each example's valid steps only.
     """
+    # heavy: TensorFlow (keras.ops); the rest of this module (pair lists, scores) needs none
     from vreloc_tf.decoding import decoder
-    from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted
-    from vreloc_tf.model import INPUT_NAMES
 
     decode = decoder(mode, numpy=True)
     ordered, inverse = length_sorted(plan)
@@ -80,7 +81,7 @@ def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str
     starts, ends = [], []
     for batch in evaluation_dataset(index, ordered, feature_dim, batch_size):
         probs = probabilities({k: batch[k] for k in INPUT_NAMES}).numpy()
-        s, e, _ = decode(probs, batch["reference_length"].numpy(), max_length)
+        s, e, _ = decode(probs, batch[REFERENCE_LENGTH].numpy(), max_length)
         starts.append(s)
         ends.append(e)
     start, end = np.concatenate(starts), np.concatenate(ends)
@@ -109,9 +110,6 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
     ``control="swapped-query"`` scores the pairs with swapped queries (seed ``control_seed``,
     default ``seed + pairs.SWAP_SEED_OFFSET``); the method name then ends in "(swapped query)".
     """
-    from vreloc_tf.artifacts import Run
-    from vreloc_tf.input_pipeline import evaluation_plan
-
     run = Run.open(run_dir)
     dataset = run.dataset(data_dir)
     model = run.load_model(checkpoint=checkpoint)
@@ -123,8 +121,6 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
     index, pairs = resolve_pairs(dataset.path, split, pairs_file, seed)
     control_fields = {}
     if control == "swapped-query":
-        from vreloc_tf.pairs import SWAP_SEED_OFFSET, swap_queries
-
         cseed = seed + SWAP_SEED_OFFSET if control_seed is None else int(control_seed)
         swapped = swap_queries(pairs, index, cseed)
         pairs = swapped["pairs"]

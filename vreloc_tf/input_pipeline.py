@@ -53,7 +53,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vreloc_tf.config import Config
+from vreloc_tf.contract import GROUNDTRUTH, PSEUDO_GROUNDTRUTH, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
 from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, EntryIndex, RecordReader, load_index
+from vreloc_tf.teacher import teacher_segment_tf
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +185,6 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
     """
     import tensorflow as tf
 
-    from vreloc_tf.teacher import teacher_segment_tf
-
     ds = tf.data.Dataset.from_generator(
         generator_fn,
         output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
@@ -197,12 +197,12 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
             query_window = _parse_slice(q_bytes, 0, None, feature_dim)
             query = query_window[s[0]:s[1]]
         reference = _parse_slice(r_bytes, s[2], s[3], feature_dim)
-        out = {"query": query, "query_length": tf.shape(query)[0],
-               "reference": reference, "reference_length": tf.shape(reference)[0]}
+        out = {QUERY: query, QUERY_LENGTH: tf.shape(query)[0], REFERENCE: reference,
+               REFERENCE_LENGTH: tf.shape(reference)[0]}
         if with_groundtruth:
-            out["groundtruth"] = s[4:6]
+            out[GROUNDTRUTH] = s[4:6]
         if teacher is not None:
-            out["pseudo_groundtruth"] = teacher_segment_tf(query_window, s[0], s[1], reference, **teacher)
+            out[PSEUDO_GROUNDTRUTH] = teacher_segment_tf(query_window, s[0], s[1], reference, **teacher)
         return out
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

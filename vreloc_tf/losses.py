@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from vreloc_tf.contract import (GROUNDTRUTH, INPUT_NAMES, PSEUDO_GROUNDTRUTH, QUERY, QUERY_LENGTH, REFERENCE,
+                                REFERENCE_LENGTH, SELF_TARGET)
 from vreloc_tf.decoding import weak_segment
 
 EPSILON = 1e-7  # floor of log arguments and of norms/denominators: no NaN, ever
@@ -168,37 +170,37 @@ def per_example_loss(cfg, batch, probabilities, step):
     Also the label-free selection criterion: the mean of this on val pairs reads no labels in weak mode
     (vreloc_tf.training.objective_on_plan adds the running average's segments when the config uses them).
     """
-    for key in ("query", "query_length", "reference", "reference_length"):
+    for key in INPUT_NAMES:
         if key not in batch:
             raise KeyError(f"total_loss: batch has no '{key}' (keys: {sorted(batch)})")
 
     def coattention(use_masks):
-        return coattention_loss(batch["query"], batch["query_length"], batch["reference"],
-                                batch["reference_length"], probabilities, cfg.loss.alpha, use_masks)
+        return coattention_loss(batch[QUERY], batch[QUERY_LENGTH], batch[REFERENCE],
+                                batch[REFERENCE_LENGTH], probabilities, cfg.loss.alpha, use_masks)
 
     def cross_entropy(key, what):
         if key not in batch:
             raise KeyError(f"total_loss: {what} needs batch['{key}'] ([B, 2] int, [start, end))")
-        return weighted_cross_entropy(probabilities, batch[key], batch["reference_length"], cfg.loss.boundary_weight)
+        return weighted_cross_entropy(probabilities, batch[key], batch[REFERENCE_LENGTH], cfg.loss.boundary_weight)
 
     if cfg.supervision == "weak":
         if cfg.loss.weak_variant == "paper":
             return coattention(ops.greater_equal(step, cfg.loss.coattention_mask_after_steps))
         if cfg.loss.weak_variant == "ours":
-            loss = cross_entropy("pseudo_groundtruth", "weak supervision (ours)")
-            if "self_target" not in batch:
+            loss = cross_entropy(PSEUDO_GROUNDTRUTH, "weak supervision (ours)")
+            if SELF_TARGET not in batch:
                 return loss
             weight = self_target_weight(cfg, step)
-            return (1.0 - weight) * loss + weight * cross_entropy("self_target", "the self target")
+            return (1.0 - weight) * loss + weight * cross_entropy(SELF_TARGET, "the self target")
         raise ValueError(f"total_loss: unknown cfg.loss.weak_variant {cfg.loss.weak_variant!r}")
     if cfg.supervision != "full":
         raise ValueError(f"total_loss: cfg.supervision must be 'full' or 'weak', got {cfg.supervision!r}")
     if cfg.loss.full_losses == "feng":
-        if "groundtruth" not in batch:
-            raise KeyError("total_loss: full supervision needs batch['groundtruth'] ([B, 2] int, [start, end))")
-        return feng_cross_entropy(probabilities, batch["groundtruth"], batch["reference_length"],
+        if GROUNDTRUTH not in batch:
+            raise KeyError(f"total_loss: full supervision needs batch['{GROUNDTRUTH}'] ([B, 2] int, [start, end))")
+        return feng_cross_entropy(probabilities, batch[GROUNDTRUTH], batch[REFERENCE_LENGTH],
                                   cfg.loss.boundary_weight)
-    loss = cross_entropy("groundtruth", "full supervision")
+    loss = cross_entropy(GROUNDTRUTH, "full supervision")
     if cfg.loss.full_losses == "weighted_ce":
         return loss
     if cfg.loss.full_losses == "weighted_ce+coattention":

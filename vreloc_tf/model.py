@@ -30,12 +30,13 @@ import keras
 
 from vreloc_tf.cgbm import BilinearMatching, CrossGatedMatching, CrossGating  # noqa: F401  (registered)
 from vreloc_tf.config import Config
+from vreloc_tf.contract import (ATTENTION, INPUT_NAMES, MODEL_OUTPUT_NAMES, PROBABILITIES, QUERY, QUERY_LENGTH,
+                                REFERENCE, REFERENCE_LENGTH, SELF_ATTENTION)
 from vreloc_tf.layers import (  # noqa: F401  (imported to register them for loading)
     EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention, SequenceMask, SimilarityFeatures,
     merge_head_groups)
 
-INPUT_NAMES = ("query", "query_length", "reference", "reference_length")
-OUTPUT_NAMES = ("probabilities", "attention", "self_attention")
+OUTPUT_NAMES = MODEL_OUTPUT_NAMES  # the model's outputs (INPUT_NAMES: its inputs, both from vreloc_tf.contract)
 
 
 def head_groups(cfg: Config) -> List[Tuple[int, int, int, int]]:
@@ -71,12 +72,11 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
     if int(feature_dim) < 1:
         raise ValueError(f"build_model: feature_dim must be a positive int, got {feature_dim!r}")
     m = cfg.model
-    query = keras.Input(shape=(None, feature_dim), dtype="float32", name="query")
-    query_length = keras.Input(shape=(), dtype="int32", name="query_length")
-    reference = keras.Input(shape=(None, feature_dim), dtype="float32", name="reference")
-    reference_length = keras.Input(shape=(), dtype="int32", name="reference_length")
-    inputs = {"query": query, "query_length": query_length,
-              "reference": reference, "reference_length": reference_length}
+    query = keras.Input(shape=(None, feature_dim), dtype="float32", name=QUERY)
+    query_length = keras.Input(shape=(), dtype="int32", name=QUERY_LENGTH)
+    reference = keras.Input(shape=(None, feature_dim), dtype="float32", name=REFERENCE)
+    reference_length = keras.Input(shape=(), dtype="int32", name=REFERENCE_LENGTH)
+    inputs = {QUERY: query, QUERY_LENGTH: query_length, REFERENCE: reference, REFERENCE_LENGTH: reference_length}
     if m.architecture == "cgbm":
         return _build_cgbm(cfg, inputs)
     if m.architecture != "multiscale_attention":
@@ -92,11 +92,11 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
         h_r, h_q, reference_length, query_length)
     parts = [h_matt]
     if m.self_attention:
-        h_satt = SelfAttention(m.self_attention_heads, m.self_attention_key_dim, name="self_attention")(
+        h_satt = SelfAttention(m.self_attention_heads, m.self_attention_key_dim, name=SELF_ATTENTION)(
             h_r, reference_length)
         parts.append(h_satt)
     else:
-        h_satt = EmptyFeatures(name="self_attention")(h_r)
+        h_satt = EmptyFeatures(name=SELF_ATTENTION)(h_r)
     if m.similarity_features:  # ours: parameter-free similarity on the raw features (layers.SimilarityFeatures)
         parts.append(SimilarityFeatures(m.similarity_temperature, name="similarity_features")(
             reference, query, reference_length, query_length))
@@ -110,17 +110,17 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
         x, mask=mask)
     x = keras.layers.Dropout(m.dropout_after_bilstm, name="dropout_after_bilstm")(x)
     x = keras.layers.LSTM(m.lstm_dim, return_sequences=True, name="lstm")(x, mask=mask)
-    probabilities = keras.layers.Dense(4, activation="softmax", name="probabilities")(x)
+    probabilities = keras.layers.Dense(4, activation="softmax", name=PROBABILITIES)(x)
 
-    outputs = {"probabilities": probabilities, "attention": h_matt, "self_attention": h_satt}
+    outputs = {PROBABILITIES: probabilities, ATTENTION: h_matt, SELF_ATTENTION: h_satt}
     return keras.Model(inputs=inputs, outputs=outputs, name="vreloc_multiscale_attention")
 
 
 def _build_cgbm(cfg: Config, inputs: dict) -> keras.Model:
     """Feng et al.'s CGBM (vreloc_tf.cgbm; the sources of its sizes are in configs/cgbm.yaml)."""
     c = cfg.model.cgbm
-    query, reference = inputs["query"], inputs["reference"]
-    query_length, reference_length = inputs["query_length"], inputs["reference_length"]
+    query, reference = inputs[QUERY], inputs[REFERENCE]
+    query_length, reference_length = inputs[QUERY_LENGTH], inputs[REFERENCE_LENGTH]
     query_mask = SequenceMask(name="query_mask")(query_length, query)
     reference_mask = SequenceMask(name="reference_mask")(reference_length, reference)
 
@@ -136,7 +136,7 @@ def _build_cgbm(cfg: Config, inputs: dict) -> keras.Model:
     # Sec. 3.3: localization LSTM and the four per-step probabilities.
     x = keras.layers.Dropout(c.matching_dropout, name="matching_dropout")(matching)
     x = keras.layers.LSTM(c.attention_dim, return_sequences=True, name="localization_lstm")(x, mask=reference_mask)
-    probabilities = keras.layers.Dense(4, activation="softmax", name="probabilities")(x)
-    outputs = {"probabilities": probabilities, "attention": gates,
-               "self_attention": EmptyFeatures(name="self_attention")(reference)}
+    probabilities = keras.layers.Dense(4, activation="softmax", name=PROBABILITIES)(x)
+    outputs = {PROBABILITIES: probabilities, ATTENTION: gates,
+               SELF_ATTENTION: EmptyFeatures(name=SELF_ATTENTION)(reference)}
     return keras.Model(inputs=inputs, outputs=outputs, name="vreloc_cgbm")

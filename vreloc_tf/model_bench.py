@@ -17,10 +17,12 @@ from typing import Dict
 import numpy as np
 
 from vreloc_tf.config import Config
-from vreloc_tf.contract import MAX_WINDOW
+from vreloc_tf.contract import (GROUNDTRUTH, INPUT_NAMES, PAPER_SHAPES, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE,
+                                REFERENCE_LENGTH)
+from vreloc_tf.losses import total_loss
+from vreloc_tf.model import build_model, head_groups
 
 # The paper's training batch (Implementation Details), a typical query, a full window, D = 500.
-PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, feature_dim=500)
 
 
 # ---------------------------------------------------------------------------
@@ -28,7 +30,6 @@ PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, 
 # ---------------------------------------------------------------------------
 
 def _groups(cfg: Config):
-    from vreloc_tf.model import head_groups
     return head_groups(cfg)
 
 
@@ -150,11 +151,11 @@ def random_batch(batch_size: int, query_steps: int, reference_steps: int, featur
     start = rng.integers(0, reference_steps // 2, size=batch_size)
     end = start + rng.integers(1, reference_steps // 2, size=batch_size)
     return {
-        "query": rng.normal(size=(batch_size, query_steps, feature_dim)).astype("float32"),
-        "query_length": np.full(batch_size, query_steps, "int32"),
-        "reference": rng.normal(size=(batch_size, reference_steps, feature_dim)).astype("float32"),
-        "reference_length": np.full(batch_size, reference_steps, "int32"),
-        "groundtruth": np.stack([start, end], axis=1).astype("int32"),
+        QUERY: rng.normal(size=(batch_size, query_steps, feature_dim)).astype("float32"),
+        QUERY_LENGTH: np.full(batch_size, query_steps, "int32"),
+        REFERENCE: rng.normal(size=(batch_size, reference_steps, feature_dim)).astype("float32"),
+        REFERENCE_LENGTH: np.full(batch_size, reference_steps, "int32"),
+        GROUNDTRUTH: np.stack([start, end], axis=1).astype("int32"),
     }
 
 
@@ -170,9 +171,6 @@ def training_pairs_per_second(cfg: Config, batch_size: int = PAPER_SHAPES["batch
     import keras
     import tensorflow as tf
 
-    from vreloc_tf.losses import total_loss
-    from vreloc_tf.model import INPUT_NAMES, build_model
-
     model = build_model(cfg, feature_dim)
     optimizer = keras.optimizers.Adam(cfg.train.learning_rate, global_clipnorm=cfg.train.clip_norm)
     optimizer.build(model.trainable_variables)
@@ -184,7 +182,7 @@ def training_pairs_per_second(cfg: Config, batch_size: int = PAPER_SHAPES["batch
     def train_step(data):
         with tf.GradientTape() as tape:
             outputs = model({k: data[k] for k in INPUT_NAMES}, training=True)
-            loss = total_loss(cfg, data, outputs["probabilities"], step_var)
+            loss = total_loss(cfg, data, outputs[PROBABILITIES], step_var)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -215,18 +213,16 @@ def inference_latency_ms(cfg: Config, query_steps: int = PAPER_SHAPES["query_ste
     """Single-pair latency (ms) of a compiled predict function: p50 and p99 over ``runs`` calls."""
     import tensorflow as tf
 
-    from vreloc_tf.model import INPUT_NAMES, build_model
-
     model = build_model(cfg, feature_dim)
     predict = make_predict_function(model, jit_compile)
     data = random_batch(1, query_steps, reference_steps, feature_dim)
     inputs = {k: tf.constant(data[k]) for k in INPUT_NAMES}
     for _ in range(3):
-        predict(inputs)["probabilities"].numpy()
+        predict(inputs)[PROBABILITIES].numpy()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        predict(inputs)["probabilities"].numpy()
+        predict(inputs)[PROBABILITIES].numpy()
         times.append(1000 * (time.perf_counter() - t0))
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
@@ -243,8 +239,6 @@ def inference_cost_by_batch(cfg: Config, batch_sizes=(1, 4), query_steps: int = 
     """
     import tensorflow as tf
 
-    from vreloc_tf.model import INPUT_NAMES, build_model
-
     model = build_model(cfg, feature_dim)
     predict = make_predict_function(model, jit_compile)
     out: Dict[str, float] = {}
@@ -252,11 +246,11 @@ def inference_cost_by_batch(cfg: Config, batch_sizes=(1, 4), query_steps: int = 
         data = random_batch(int(size), query_steps, reference_steps, feature_dim)
         inputs = {k: tf.constant(data[k]) for k in INPUT_NAMES}
         for _ in range(3):
-            predict(inputs)["probabilities"].numpy()
+            predict(inputs)[PROBABILITIES].numpy()
         walls, cpus = [], []
         for _ in range(max(pairs // int(size), 8)):
             t0, c0 = time.perf_counter(), time.process_time()
-            predict(inputs)["probabilities"].numpy()
+            predict(inputs)[PROBABILITIES].numpy()
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
         out[f"batch_{size}_wall_ms_per_pair"] = float(1000 * np.median(walls) / size)

@@ -39,6 +39,7 @@ import numpy as np
 
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import read_json
 
 UNKNOWN = -1  # the value of an unknown label, ground truth, or fps
 SPLITS = ("train", "val", "test")
@@ -220,6 +221,4 @@ def read_manifest(data_dir: str) -> dict:
 
     Stages open a data folder as :class:`vreloc_tf.artifacts.Dataset`; this is the raw dict.
     """
-    from vreloc_tf.files import read_json
-
     return read_json(os.path.join(data_dir, MANIFEST_NAME), "data manifest")

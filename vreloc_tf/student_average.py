@@ -25,6 +25,7 @@ import contextlib
 import keras
 from keras import ops
 
+from vreloc_tf.contract import PROBABILITIES, REFERENCE_LENGTH
 from vreloc_tf.decoding import decode_full
 
 
@@ -81,9 +82,9 @@ class StudentAverage(keras.layers.Layer):
         outputs, _ = student.stateless_call([a.value for a in self.averages],
                                             [v.value for v in student.non_trainable_variables], inputs,
                                             training=False)
-        return ops.stop_gradient(outputs["probabilities"])
+        return ops.stop_gradient(outputs[PROBABILITIES])
 
     def segments(self, student: keras.Model, inputs: dict, max_length):
         """[B, 2] int32 [start, end): Eq. 20 decoding of :meth:`probabilities` (the self target)."""
-        start, end, _ = decode_full(self.probabilities(student, inputs), inputs["reference_length"], max_length)
+        start, end, _ = decode_full(self.probabilities(student, inputs), inputs[REFERENCE_LENGTH], max_length)
         return ops.stack([start, end], axis=1)

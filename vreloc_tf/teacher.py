@@ -29,6 +29,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from vreloc_tf.contract import FULL_DECODE_MAX_LENGTH
+
 
 def _scores_np(query_window, query_start, query_end, reference, temperature):
     query_window = np.asarray(query_window, np.float64)
@@ -43,7 +45,8 @@ def _scores_np(query_window, query_start, query_end, reference, temperature):
 
 
 def teacher_segment_np(query_window, query_start: int, query_end: int, reference, temperature: float = 0.2,
-                       threshold_std: float = 0.5, max_length: Optional[int] = 64) -> Tuple[int, int]:
+                       threshold_std: float = 0.5,
+                       max_length: Optional[int] = FULL_DECODE_MAX_LENGTH) -> Tuple[int, int]:
     """[start, end) of the teacher's segment in ``reference`` (NumPy; see the module docstring)."""
     a = _scores_np(query_window, query_start, query_end, reference, temperature)
     x = a - (a.mean() + threshold_std * a.std())
@@ -59,7 +62,7 @@ def teacher_segment_np(query_window, query_start: int, query_end: int, reference
 
 
 def teacher_segment_tf(query_window, query_start, query_end, reference, temperature: float = 0.2,
-                       threshold_std: float = 0.5, max_length: Optional[int] = 64):
+                       threshold_std: float = 0.5, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
     """int32 [2] = [start, end) of the teacher's segment (TF ops, one unbatched pair, for tf.data)."""
     import tensorflow as tf
 

@@ -31,12 +31,20 @@ import sys
 import time
 from typing import Optional
 
-from vreloc_tf.artifacts import (BACKUP_DIR, CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, MANIFEST_FILE, DataRecord,
-                                 Dataset, RunManifest)
+from vreloc_tf.artifacts import (BACKUP_DIR, CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, MANIFEST_FILE, DataRecord, Dataset,
+                                 RunManifest)
 from vreloc_tf.config import Config, load_config, save_config, validate
+from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import clear_folder
 from vreloc_tf.fingerprint import short
+from vreloc_tf.input_pipeline import evaluation_plan, load_training_index, training_dataset
+from vreloc_tf.losses import average_is_model
+from vreloc_tf.model import build_model
+from vreloc_tf.pairs import pairs_from_index, subsample
+from vreloc_tf.strategy import is_chief, make_strategy
+from vreloc_tf.training import (RelocTrainer, SeedStateBackup, StepCheckpoint, Timer, ValidationCallback,
+                                make_optimizer, resume_epoch, schedule)
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +128,6 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
         check_run_folder(cfg, out_dir, dataset, fingerprint)  # refuse before TensorFlow starts
 
     import keras
-
-    from vreloc_tf.entry_index import load_index
-    from vreloc_tf.input_pipeline import evaluation_plan, load_training_index, training_dataset
-    from vreloc_tf.losses import average_is_model
-    from vreloc_tf.model import build_model
-    from vreloc_tf.pairs import pairs_from_index, subsample
-    from vreloc_tf.strategy import is_chief, make_strategy
-    from vreloc_tf.training import (RelocTrainer, SeedStateBackup, StepCheckpoint, Timer, ValidationCallback, make_optimizer,
-                                    resume_epoch, schedule)
 
     strategy = strategy or make_strategy(devices)
     chief = is_chief(strategy)

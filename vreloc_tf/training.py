@@ -34,20 +34,24 @@ from typing import Optional
 import keras
 import numpy as np
 
+from vreloc_tf.artifacts import MODEL_FILE
 from vreloc_tf.config import Config
+from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, SELF_TARGET
 from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import inference_probabilities, predict_segments, score_plan
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
+from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
 from vreloc_tf.keras_compat import PrebuiltFit
-from vreloc_tf.model import INPUT_NAMES
+from vreloc_tf.losses import (average_is_model, per_example_loss, total_loss, truncated_mean, truncation_fraction,
+                              uses_self_target)
+from vreloc_tf.strategy import is_multi_worker, scale_loss_for_replicas
+from vreloc_tf.student_average import StudentAverage
 
 
 class RelocTrainer(PrebuiltFit, keras.Model):
     """Training wrapper around the inference model: the loss, and for weak "ours" the running average."""
 
     def __init__(self, cfg: Config, net: keras.Model, **kwargs):
-        from vreloc_tf.losses import uses_self_target
-        from vreloc_tf.student_average import StudentAverage
-
         super().__init__(name="vreloc_trainer", **kwargs)
         self.cfg = cfg
         self.net = net
@@ -59,8 +63,6 @@ class RelocTrainer(PrebuiltFit, keras.Model):
         return self.net({k: inputs[k] for k in INPUT_NAMES}, training=training)
 
     def train_step(self, data):
-        from vreloc_tf.strategy import is_multi_worker
-
         logs = super().train_step(data)
         if self.student_average is not None:
             self.student_average.update(self.net)  # after the optimizer step
@@ -71,13 +73,10 @@ class RelocTrainer(PrebuiltFit, keras.Model):
         return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        from vreloc_tf.losses import total_loss
-        from vreloc_tf.strategy import scale_loss_for_replicas
-
         if self.student_average is not None:
             inputs = {k: x[k] for k in INPUT_NAMES}
-            x = dict(x, self_target=self.student_average.segments(self.net, inputs, self.cfg.decode.full_max_length))
-        loss = total_loss(self.cfg, x, y_pred["probabilities"], self.optimizer.iterations)
+            x = {**x, SELF_TARGET: self.student_average.segments(self.net, inputs, self.cfg.decode.full_max_length)}
+        loss = total_loss(self.cfg, x, y_pred[PROBABILITIES], self.optimizer.iterations)
         return scale_loss_for_replicas(loss)
 
 
@@ -87,8 +86,6 @@ def saved_weights(trainer: keras.Model):
     The student's own, except for weak "ours" with ``loss.self_target_as_model``: there the
     running average's (:meth:`vreloc_tf.student_average.StudentAverage.swapped_into`).
     """
-    from vreloc_tf.losses import average_is_model
-
     average = getattr(trainer, "student_average", None)
     if average is not None and average_is_model(trainer.cfg):
         return average.swapped_into(trainer.net)
@@ -146,10 +143,6 @@ def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Con
     the segments of ``average`` (the run's :class:`~vreloc_tf.student_average.StudentAverage`)
     when the config uses a self target; it is the ``label_free`` selection criterion.
     """
-    from vreloc_tf.evaluate import inference_probabilities
-    from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
-    from vreloc_tf.losses import per_example_loss, truncated_mean, truncation_fraction, uses_self_target
-
     if cfg.supervision != "weak":
         raise ValueError("objective_on_plan: the label-free criterion exists for weak supervision only")
     if uses_self_target(cfg) and average is None:
@@ -217,16 +210,11 @@ class ValidationCallback(keras.callbacks.Callback):
         return criterion > self.best_criterion if self.rule == "val_map" else criterion < self.best_criterion
 
     def _score(self, net) -> dict:
-        from vreloc_tf.evaluate import predict_segments, score_plan
-
         start, end = predict_segments(net, self.index, self.plan, self.feature_dim, self.mode, self.max_length,
                                       self.batch_size)
         return score_plan(self.plan, start, end, "val", "val")
 
     def on_epoch_end(self, epoch, logs=None):
-        from vreloc_tf.artifacts import MODEL_FILE
-        from vreloc_tf.losses import average_is_model
-
         step = (epoch + 1) * self.steps_per_epoch
         if step % self.validate_every and step != self.total_steps:
             return

@@ -10,19 +10,20 @@ from typing import Optional
 
 import numpy as np
 
+from vreloc_tf.artifacts import Run
+from vreloc_tf.contract import ATTENTION, PROBABILITIES, REFERENCE_LENGTH
+from vreloc_tf.decoding import decoder
+from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import method_name, resolve_pairs
+from vreloc_tf.figures import figure4
+from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
+from vreloc_tf.metrics import temporal_iou
+from vreloc_tf.model import attention_groups, attention_label
+
 
 def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int, out: str,
                    pairs_file: Optional[str] = None, seed: int = 0) -> dict:
     """Draw pair ``pair`` of ``split`` through the run's model; returns what was drawn."""
-    from vreloc_tf.artifacts import Run
-    from vreloc_tf.decoding import decoder
-    from vreloc_tf.errors import InputError
-    from vreloc_tf.evaluate import method_name, resolve_pairs
-    from vreloc_tf.figures import figure4
-    from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
-    from vreloc_tf.metrics import temporal_iou
-    from vreloc_tf.model import attention_groups, attention_label
-
     run = Run.open(run_dir)
     cfg = run.config
     dataset = run.dataset(data_dir)
@@ -33,9 +34,9 @@ def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int,
     plan = evaluation_plan(index, [pairs[pair]])
     batch = next(iter(evaluation_dataset(index, plan, dataset.feature_dim, batch_size=1)))
     outputs = model(batch, training=False)
-    length = int(batch["reference_length"][0])
-    probs = np.asarray(outputs["probabilities"])[:, :length]
-    attention = np.asarray(outputs["attention"])[0, :length]
+    length = int(batch[REFERENCE_LENGTH][0])
+    probs = np.asarray(outputs[PROBABILITIES])[:, :length]
+    attention = np.asarray(outputs[ATTENTION])[0, :length]
     start, end, score = decoder(cfg.decode_rule, numpy=True)(probs, np.array([length], np.int32),
                                                              cfg.decode_max_length)
     gt = (int(plan[0, 6]), int(plan[0, 7]))

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from vreloc_tf.baselines import METHODS
+from vreloc.commands.evaluate import print_results
+from vreloc_tf.baselines import METHODS, run_baseline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.commands.evaluate import print_results
-    from vreloc_tf.baselines import run_baseline
-
     methods = METHODS if args.method == "all" else (args.method,)
     results = [run_baseline(m, args.data, args.split, args.pairs, args.seed) for m in methods]
     print_results(results if args.method == "all" else results[0], args.json)

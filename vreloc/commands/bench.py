@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc.bench import DEFAULT_PARTS, PARTS, collect, format_report
+from vreloc_tf.files import write_json_atomic
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vreloc.bench import PARTS
-
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and small ingest data (< 3 min)")
     parser.add_argument("--config", default="paper_full", help="model config (default paper_full)")
     parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
@@ -16,9 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
     import time
-
-    from vreloc.bench import DEFAULT_PARTS, collect, format_report
-    from vreloc_tf.files import write_json_atomic
 
     t0 = time.perf_counter()
     result = collect(args.config, args.quick, args.only or DEFAULT_PARTS)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc_tf import benchmark_files as bf
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vreloc_tf import benchmark_files as bf
-
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fetch = sub.add_parser("fetch", help="download the pinned split files and check their sha256")
     fetch.add_argument("--dest", metavar="DIR", default=None,
@@ -30,8 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc_tf import benchmark_files as bf
-
     if args.action == "fetch":
         result = bf.fetch(args.dest, base_url=args.base_url, timeout=args.timeout)
         print(result.summary())

@@ -16,6 +16,7 @@ import argparse
 
 from vreloc_tf.contract import DECODE_RULES
 from vreloc_tf.errors import InputError
+from vreloc_tf.evaluate import evaluate_run, format_table, load_results, save_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_results(results, json_path=None) -> None:
     """Print results as one table (with header), and write them as JSON if asked."""
-    from vreloc_tf.evaluate import save_results
-    from vreloc_tf.metrics import format_table
-
     rows = results if isinstance(results, list) else [results]
     print(format_table(rows))
     for r in rows:
@@ -56,8 +54,6 @@ def print_results(results, json_path=None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc_tf.evaluate import evaluate_run, format_table, load_results
-
     if args.table:
         print(format_table(load_results(args.table), args.title))
         return 0

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc_tf.files import write_json_atomic
+from vreloc_tf.search.evaluate import evaluate_search
+from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR, open_search
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR
-
     parser.add_argument("--index", required=True, help="index of the split's videos (`vreloc index build --split`)")
     parser.add_argument("--model", metavar="RUN", help="run folder (default: the index's re-localizer: the model "
                         "it was built with, or the frame-level method if none)")
@@ -31,10 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import json
-
-    from vreloc_tf.files import write_json_atomic
-    from vreloc_tf.search.evaluate import evaluate_search
-    from vreloc_tf.search.search import open_search
 
     index, relocalizer, embedder = open_search(args.index, args.model)
     result = evaluate_search(index, relocalizer, embedder, args.data, args.split, args.candidates, args.rerank,

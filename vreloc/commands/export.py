@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from serving.export import CONFIG_LIMIT, export_model
 from vreloc_tf.contract import DECODE_RULES
 from vreloc_tf.errors import InputError
 
@@ -23,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_max_length(text: str):
     """--max-length: 'config' -> the config's limit, 'none' -> unlimited, else a positive integer."""
-    from serving.export import CONFIG_LIMIT
-
     if text == "config":
         return CONFIG_LIMIT
     if text.lower() == "none":
@@ -35,8 +34,6 @@ def parse_max_length(text: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    from serving.export import export_model
-
     export = export_model(args.model, args.out, args.version, args.decode, parse_max_length(args.max_length),
                           jit_compile=args.xla)
     print(f"exported {export.model_name} version {export.version} to {export.path}")

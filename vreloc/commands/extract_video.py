@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.options import add_beam_arguments
+from pipeline.options import add_beam_arguments, enable_progress_logging
 from vreloc.backbone_args import add_backbone_arguments, options_from_args
+from vreloc_tf.contract import FEATURE_DIM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,15 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pca", default=None,
                         help="reuse a fitted PCA (an earlier DATA/pca.npz, or ActivityNet's PCA_activitynet_v1-3.hdf5) "
                              "instead of fitting one")
-    parser.add_argument("--pca-components", type=int, default=500, help="PCA output dims when fitting (default 500)")
+    parser.add_argument("--pca-components", type=int, default=FEATURE_DIM,
+                        help="PCA output dims when fitting (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset of another source or feature dim in --out (default: refuse)")
     add_beam_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import extract_video
-    from pipeline.options import enable_progress_logging
+    from pipeline import extract_video  # heavy: Apache Beam, loaded when the job runs, not for --help
 
     enable_progress_logging()
     summary = extract_video.run(args.videos, args.out, annotations=args.annotations,

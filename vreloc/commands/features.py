@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc import backbone_args
+from vreloc import features  # features.extract, looked up when called (tests cache it)
 from vreloc.backbone_args import add_backbone_arguments
+from vreloc.features import default_options, recipe_like, spec_of
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import atomic_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +37,6 @@ def main(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from vreloc import backbone_args
-    from vreloc.features import default_options, extract, recipe_like, spec_of
-    from vreloc_tf.errors import InputError
-    from vreloc_tf.files import atomic_path
-
     if not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: expected a .npy file name")
     if args.like:
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     options = backbone_args.options_from_args(args, default_options(spec)) if backbone_args.given(args) else None
     recipe = recipe_like(spec, where, options, args.pca)
     t0 = time.time()
-    feats, got = extract(recipe, args.video, args.start, args.end)
+    feats, got = features.extract(recipe, args.video, args.start, args.end)
     with atomic_path(args.out) as tmp:
         np.save(tmp, feats)
     seconds_of_video = len(feats) * got.seconds_per_feature

@@ -13,17 +13,18 @@ build/add run the Beam job pipeline.build_index; remove and info use vreloc_tf.s
 from __future__ import annotations
 
 import argparse
-
-from pipeline.backbones import BACKBONES
 import json
 
-from pipeline.options import add_beam_arguments
+from pipeline.backbones import BACKBONES
+from pipeline.options import add_beam_arguments, enable_progress_logging
+from vreloc_tf.artifacts import Dataset
+from vreloc_tf.errors import InputError
+from vreloc_tf.feature_spec import FeatureMismatchError
+from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, KINDS
+from vreloc_tf.search.library import INDEX_TYPES, LibraryIndex, describe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, KINDS
-    from vreloc_tf.search.library import INDEX_TYPES
-
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = sub.add_parser("build", help="build an index from TFRecords (a Beam job)")
     build.add_argument("--data", required=True, metavar="DIR", help="TFRecord data folder (ingest or extract-video)")
@@ -57,9 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_backbone(data_dir: str, backbone) -> None:
     """``--backbone``: refuse a data folder whose features another backbone made."""
-    from vreloc_tf.artifacts import Dataset
-    from vreloc_tf.feature_spec import FeatureMismatchError
-
     if backbone is None:
         return
     spec = Dataset.open(data_dir).feature_spec
@@ -71,12 +69,8 @@ def check_backbone(data_dir: str, backbone) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc_tf.errors import InputError
-    from vreloc_tf.search.library import LibraryIndex, describe
-
     if args.action in ("build", "add"):
-        from pipeline import build_index
-        from pipeline.options import enable_progress_logging
+        from pipeline import build_index  # heavy: Apache Beam, for build/add only (info, remove and --help need none)
 
         enable_progress_logging()
         if args.action == "build":

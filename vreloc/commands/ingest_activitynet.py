@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.options import add_beam_arguments
+from pipeline.options import add_beam_arguments, enable_progress_logging
+from vreloc_tf.benchmark_files import require_splits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline import ingest_activitynet
-    from pipeline.options import enable_progress_logging
+    from pipeline import ingest_activitynet  # heavy: Apache Beam, loaded when the job runs, not for --help
 
     splits = args.splits
     if splits is None:  # resolved now, not at import: `vreloc benchmark fetch` may have run since
-        from vreloc_tf.benchmark_files import require_splits
-
         splits = require_splits("--splits")
     enable_progress_logging()
     summary = ingest_activitynet.run(args.features, splits, args.out, runner=args.runner,

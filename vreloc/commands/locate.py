@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from vreloc import backbone_args
 from vreloc.backbone_args import add_backbone_arguments
+from vreloc.features import default_options, spec_of
+from vreloc.locate import locate
+from vreloc_tf.files import write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,16 +38,10 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
-    from vreloc import backbone_args
-    from vreloc.locate import locate
-    from vreloc_tf.files import write_json_atomic
-
     backbone = None
     if backbone_args.given(args):
         default = None
         if args.model:
-            from vreloc.features import default_options, spec_of
-
             default = default_options(spec_of(args.model)[0])
         backbone = backbone_args.options_from_args(args, default)
     t0 = time.time()

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.synth import GEOMETRIES
+from vreloc import backbone_args
 from vreloc.backbone_args import add_backbone_arguments
-from vreloc.orchestrator import STAGES
+from vreloc.orchestrator import STAGES, FeatureSource, PipelineRun, parse_models
+from vreloc_tf.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.synth import GEOMETRIES
-
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run (or resume) the pipeline in a work folder")
     run.add_argument("--workdir", required=True, help="run folder (created; reruns skip unchanged stages)")
@@ -37,12 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc.orchestrator import FeatureSource, PipelineRun, parse_models
-    from vreloc_tf.config import load_config
-
     models = parse_models(args.models)
     cfg = load_config(args.config, args.set)
-    from vreloc import backbone_args
 
     backbone = backbone_args.options_from_args(args) if backbone_args.given(args) else None
     source = FeatureSource(args.data, family=args.family, geometry=args.geometry, runner=args.runner,

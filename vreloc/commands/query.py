@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from serving import signature as sig
+from serving.client import predict, seconds
+from vreloc.features import looks_like_video
 from vreloc_tf.contract import FRAMES_PER_FEATURE
 from vreloc_tf.errors import InputError
 
@@ -34,8 +36,6 @@ def load_features(path: str, name: str):
     """An [L, D] array from a .npy file; InputError naming the file otherwise (a video file gets the way on)."""
     import numpy as np
 
-    from vreloc.features import looks_like_video
-
     if looks_like_video(path):
         raise InputError(f"--{name} {path} is a video file; vreloc query sends features (.npy [L, D]): make them with "
                          f"`vreloc features --video {path} --like DATA_OR_MODEL --out {name}.npy`, or find a clip in a "
@@ -52,8 +52,6 @@ def load_features(path: str, name: str):
 def main(args: argparse.Namespace) -> int:
     import grpc
 
-    from serving.client import predict, seconds
-
     if (args.frames_per_feature is None) != (args.fps is None):
         raise InputError("give both --frames-per-feature and --fps to print seconds")
     if args.fps is not None and (args.fps <= 0 or args.frames_per_feature <= 0):
@@ -68,9 +66,10 @@ def main(args: argparse.Namespace) -> int:
         hint = " (is a server listening there?)" if exc.code() == grpc.StatusCode.UNAVAILABLE else ""
         raise RequestRefused(f"{args.server} answered {exc.code().name}: {exc.details()}{hint}") from None
     print(f"model {result['model_name']} version {result['version']}")
-    print(f"start {result['start']}  end {result['end']}  (feature indices, end exclusive)")
+    start, end = result[sig.START], result[sig.END]
+    print(f"start {start}  end {end}  (feature indices, end exclusive)")
     if args.fps is not None:
-        print(f"start {seconds(result['start'], args.frames_per_feature, args.fps):.2f} s  "
-              f"end {seconds(result['end'], args.frames_per_feature, args.fps):.2f} s")
-    print(f"score {result['score']:.6f}")
+        print(f"start {seconds(start, args.frames_per_feature, args.fps):.2f} s  "
+              f"end {seconds(end, args.frames_per_feature, args.fps):.2f} s")
+    print(f"score {result[sig.SCORE]:.6f}")
     return 0

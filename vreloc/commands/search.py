@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc import backbone_args
+from vreloc import library_search  # library_search.query_features, looked up when called (tests replace it)
 from vreloc.backbone_args import add_backbone_arguments
+from vreloc.features import default_options
+from vreloc_tf.errors import InputError
+from vreloc_tf.files import write_json_atomic
+from vreloc_tf.search.search import (DEFAULT_CANDIDATES, DEFAULT_RERANK, DEFAULT_TOP_K, SPAN_FACTOR, open_search,
+                                     search)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR, DEFAULT_TOP_K
-
     parser.add_argument("--index", required=True, help="index folder (`vreloc index build`)")
     parser.add_argument("--query", required=True, metavar="CLIP.mp4|Q.npy", help="query clip or features [L, D]")
     parser.add_argument("--model", metavar="RUN", help="run folder whose model re-ranks (default: the index's "
@@ -38,20 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
-    from vreloc import backbone_args
-    from vreloc.features import default_options
-    from vreloc.library_search import query_features
-    from vreloc_tf.errors import InputError
-    from vreloc_tf.files import write_json_atomic
-    from vreloc_tf.search.search import open_search, search
-
     for name in ("top_k", "candidates", "rerank"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
     index, relocalizer, embedder = open_search(args.index, args.model)
     backbone = backbone_args.options_from_args(args, default_options(index.feature_spec)) \
         if backbone_args.given(args) else None
-    query = query_features(args.query, index, backbone, args.pca)
+    query = library_search.query_features(args.query, index, backbone, args.pca)
     hits = [h.to_json() for h in search(index, relocalizer, embedder, query, args.top_k, args.candidates, args.rerank,
                            span_factor=args.span_factor)]
     for rank, h in enumerate(hits, 1):

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 
 from serving import signature as sig
+from serving.batching import BatchingOptions
+from serving.metrics import PROMETHEUS_PATH, read_monitoring_config
+from serving.validation import RequestLimits
 
 
 def _label(text: str):
@@ -75,10 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from serving.batching import BatchingOptions
-    from serving.metrics import PROMETHEUS_PATH, read_monitoring_config
+    # heavy: TensorFlow (Serving), loaded when the server starts, not for --help
     from serving.server import default_xla_cache_dir, serve_until_signal, start_server
-    from serving.validation import RequestLimits
 
     metrics_path = PROMETHEUS_PATH if args.enable_prometheus else None
     if args.monitoring_config_file:

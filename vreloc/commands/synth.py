@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import synth  # synth.generate, looked up when called (tests replace it)
+from pipeline.families import FAMILIES
+from pipeline.synth import DEFAULT_FAMILY, GEOMETRIES, distractor_line
+from vreloc_tf.benchmark_files import require_splits
+from vreloc_tf.contract import FEATURE_DIM
+
 BENCHMARK = "<the benchmark files>"  # --splits/--lengths given without a value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.families import FAMILIES
-    from pipeline.synth import DEFAULT_DIM, DEFAULT_FAMILY, GEOMETRIES
-
     parser.add_argument("--out", required=True, help="output folder (HDF5 + train/val/test.json + length.json)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dim", type=int, default=DEFAULT_DIM,
+    parser.add_argument("--dim", type=int, default=FEATURE_DIM,
                         help="feature dim D (default %(default)s; the demo uses 32)")
     parser.add_argument("--family", default=DEFAULT_FAMILY, choices=list(FAMILIES),
                         help="feature family (docs/DATA.md describes each; default %(default)s)")
@@ -34,8 +37,6 @@ def benchmark_geometry(lengths, splits):
     partner is the file or folder beside the one given (both live in one folder, the benchmark's or a synth's)."""
     import os
 
-    from vreloc_tf.benchmark_files import require_splits
-
     if lengths is None and splits is None:
         return None, None
     if splits == BENCHMARK:
@@ -50,10 +51,8 @@ def benchmark_geometry(lengths, splits):
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.synth import distractor_line, generate
-
     lengths, splits = benchmark_geometry(args.lengths, args.splits)
-    summary = generate(args.out, seed=args.seed, dim=args.dim, lengths=lengths, splits_dir=splits,
+    summary = synth.generate(args.out, seed=args.seed, dim=args.dim, lengths=lengths, splits_dir=splits,
                        family=args.family, geometry=args.geometry)
     print(f"synth: wrote {summary['videos']} videos ({summary['rows']} rows, D={summary['dim']}) to "
           f"{summary['hdf5']}; family {summary['family']}, entries {summary['entries']} ({summary['geometry']} geometry) "

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 
+from vreloc_tf.config import load_config
+from vreloc_tf.errors import InputError
+from vreloc_tf.strategy import split_cpu
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config YAML (or a name in configs/: tiny, paper_full, ...)")
@@ -21,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load and check everything (config ranges, flags) before `train` writes anything."""
-    from vreloc_tf.config import load_config
-    from vreloc_tf.errors import InputError
-    from vreloc_tf.train import train
+    from vreloc_tf.train import train  # heavy: TensorFlow, loaded when training runs, not for --help
 
     for flag, value in (("--steps", args.steps), ("--devices", args.devices)):
         if value is not None and value < 1:
@@ -34,8 +36,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)  # InputError naming the key, value and legal range
     if args.devices is not None and args.devices > 1:
         import tensorflow as tf
-
-        from vreloc_tf.strategy import split_cpu
 
         if not tf.config.list_physical_devices("GPU"):
             split_cpu(args.devices)

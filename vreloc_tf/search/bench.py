@@ -16,6 +16,7 @@ import numpy as np
 
 from vreloc_tf.search.embedding import Embedder, EmbeddingSpec
 from vreloc_tf.search.library import LibraryIndex, VideoEmbedding
+from vreloc_tf.search.search import DEFAULT_CANDIDATES, search
 
 SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (300, 1_000, 3_000)
@@ -52,8 +53,6 @@ def search_at_sizes(root: str, relocalizer, dim: int, sizes: Sequence[int] = SIZ
                     spec: EmbeddingSpec = EmbeddingSpec(), seed: int = 0) -> dict:
     """Per size: build seconds, index bytes, RSS, search and ANN p50/p99; growth exponents."""
     import psutil
-
-    from vreloc_tf.search.search import DEFAULT_CANDIDATES, search
 
     rng = np.random.default_rng(seed + 1)
     qs = [rng.standard_normal((int(rng.integers(8, 64)), dim), dtype=np.float32) for _ in range(queries)]

@@ -17,8 +17,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vreloc_tf.entry_index import RecordReader, load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.metrics import temporal_iou
+from vreloc_tf.schema import decode_record
 from vreloc_tf.search.embedding import Embedder
 from vreloc_tf.search.library import LibraryIndex
 from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR, Hit, exhaustive, search
@@ -30,9 +32,6 @@ IOU_THRESHOLD = 0.5
 def load_queries(data_dir: str, split: str):
     """(queries [(video_id, label, features)], truth {video_id: [(label, start, end), ...]}), the truth's
     segments in the source video's feature steps."""
-    from vreloc_tf.entry_index import RecordReader, load_index
-    from vreloc_tf.schema import decode_record
-
     entries = load_index(data_dir, split)
     queries, truth = [], {}
     with RecordReader(entries) as reader:

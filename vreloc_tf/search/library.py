@@ -49,6 +49,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from vreloc_tf.contract import FRAMES_PER_FEATURE
 from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
 from vreloc_tf.files import atomic_path, file_sha256, read_json, write_json_atomic
@@ -176,7 +177,7 @@ class VideoEmbedding:
     spans: np.ndarray  # int32 [N, 3] (start, end, scale), relative to the piece
     vectors: np.ndarray  # float32 [N, E]
     fps: float = -1.0
-    frames_per_feature: int = 16
+    frames_per_feature: int = FRAMES_PER_FEATURE
     merged: Tuple[Tuple[str, int], ...] = ()
 
     @property

@@ -22,8 +22,11 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from vreloc_tf.contract import MAX_WINDOW
+from vreloc_tf.artifacts import Run
+from vreloc_tf.baselines import frame_level_match
+from vreloc_tf.contract import MAX_WINDOW, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
 from vreloc_tf.files import file_sha256
+from vreloc_tf.search.embedding import encoder_of
 
 LENGTH_BUCKET = 32
 FRAME_LEVEL = "frame-level"
@@ -40,18 +43,17 @@ class Relocalizer:
                  batch_size: int = 64):
         import tensorflow as tf
 
+        # heavy: TensorFlow (keras.ops); an index without a model re-localizes without it
         from vreloc_tf.decoding import decoder
 
         self.model, self.mode, self.max_length = model, decode_mode, max_length
         self.max_window, self.feature_dim, self.info, self.batch_size = int(max_window), int(feature_dim), info, batch_size
         self._decode = decoder(decode_mode, numpy=True)
-        self._probabilities = tf.function(lambda batch: model(batch, training=False)["probabilities"],
+        self._probabilities = tf.function(lambda batch: model(batch, training=False)[PROBABILITIES],
                                           reduce_retracing=True)
 
     @classmethod
     def from_run(cls, run_dir: str, batch_size: int = 64) -> "Relocalizer":
-        from vreloc_tf.artifacts import Run
-
         run = Run.open(run_dir)
         model, cfg = run.load_model(), run.config
         info = {"method": "model", "run": os.path.abspath(run_dir),
@@ -61,8 +63,6 @@ class Relocalizer:
                    int(run.manifest.feature_dim), info, batch_size)
 
     def encoder(self):
-        from vreloc_tf.search.embedding import encoder_of
-
         return encoder_of(self.model)
 
     def locate(self, query: np.ndarray, spans: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,9 +81,9 @@ class Relocalizer:
             refs = np.zeros((len(rows), _bucket(lengths.max()), self.feature_dim), np.float32)
             for i, r in enumerate(rows):
                 refs[i, :lengths[i]] = spans[r]
-            batch = {"query": np.repeat(q[None], len(rows), axis=0),
-                     "query_length": np.full(len(rows), lq, np.int32),
-                     "reference": refs, "reference_length": lengths}
+            batch = {QUERY: np.repeat(q[None], len(rows), axis=0),
+                     QUERY_LENGTH: np.full(len(rows), lq, np.int32),
+                     REFERENCE: refs, REFERENCE_LENGTH: lengths}
             probs = self._probabilities(batch).numpy()
             s, e, sc = self._decode(probs, lengths, self.max_length)
             start[rows], end[rows], score[rows] = s, e, sc
@@ -105,8 +105,6 @@ class FrameLevelRelocalizer:
 
     def locate(self, query: np.ndarray, spans: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start, end, score) arrays [N]: the frame-level segment (relative to each span) and its mean similarity."""
-        from vreloc_tf.baselines import frame_level_match
-
         n = len(spans)
         start, end, score = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32)
         for i, span in enumerate(spans):
