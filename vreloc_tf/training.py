@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from vreloc_tf.config import Config
-from vreloc_tf.errors import InputError
+from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 from vreloc_tf.keras_compat import PrebuiltFit
 from vreloc_tf.model import INPUT_NAMES
@@ -325,7 +325,7 @@ class SeedStateBackup(keras.callbacks.Callback):
             saved = np.load(self.path)
             gens = seed_generators(self.model)
             if len(saved.files) != len(gens):
-                raise ValueError(f"{self.path}: {len(saved.files)} seed states for {len(gens)} generators")
+                raise DataError(f"{self.path}: {len(saved.files)} seed states for {len(gens)} generators")
             for i, sg in enumerate(gens):
                 sg.state.assign(saved[f"s{i}"])
 
