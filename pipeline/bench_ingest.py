@@ -16,6 +16,8 @@ import tempfile
 import time
 from typing import Optional
 
+from vreloc_tf.errors import add_debug_option, run_entry_point
+
 
 def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500, tmp: Optional[str] = None,
                                  splits_dir: Optional[str] = None, runner: str = "DirectRunner",
@@ -53,7 +55,8 @@ def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = 500
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_ingest", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
     parser.add_argument("--synth", default=None, help="an existing `vreloc synth --lengths ... --splits ...` folder")
     parser.add_argument("--dim", type=int, default=500, help="feature dim when generating (default 500 = full size)")
     parser.add_argument("--tmp", default=None, help="where to generate and write (default: the system temp folder)")
@@ -68,4 +71,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_ingest"))

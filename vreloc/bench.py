@@ -45,6 +45,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from vreloc_tf.errors import add_debug_option, run_entry_point
 from vreloc_tf.model_bench import PAPER_SHAPES as SHAPES
 
 PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "backbones", "cgbm_train",
@@ -417,6 +418,7 @@ def _backbone_lines(r: dict) -> List[str]:
 
 def _part_main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vreloc.bench")
+    add_debug_option(parser)
     parser.add_argument("--part", required=True, choices=PARTS)
     parser.add_argument("--config", default="paper_full")
     parser.add_argument("--quick", action="store_true")
@@ -434,4 +436,4 @@ def _part_main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_part_main())
+    sys.exit(run_entry_point(_part_main, "python -m vreloc.bench"))
