@@ -32,7 +32,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from pipeline import c3d, video
 from pipeline.backbones import DEFAULT_CLIP_FPS, BackboneOptions, open_backbone
-from vreloc_tf.model_bench import matmul_rates as rates
+from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
 
 VIDEO_FPS = 25.0  # the per-minute figures assume 25-fps video (C3D's features follow the video's rate)
 FRAME_SHAPE = (360, 640)  # (height, width) of the random frames given to frame backbones
@@ -50,6 +50,9 @@ def _timed(fn: Callable[[], object], n: int) -> Tuple[float, float]:
 
 def matmul_rates(repeats: int = 5, rounds: int = 3, size: int = MATMUL_SIZE) -> dict:
     """The matmul yardstick in this process (vreloc_tf.model_bench.matmul_rates, the ``matmul`` part's)."""
+    # heavy: TensorFlow and Keras (model_bench imports the losses), so that --help and a bad flag answer at once
+    from vreloc_tf.model_bench import matmul_rates as rates
+
     return rates(size, repeats, rounds)
 
 
@@ -107,7 +110,7 @@ def measure_backbones(names: Sequence[str] = ("c3d", "clip"), batch_sizes: Optio
     runs it); ``batches`` timed batches per backbone per round, after one warm-up batch.
     """
     if batches < 1 or rounds < 1:
-        raise ValueError(f"batches and rounds must be >= 1, got {batches}, {rounds}")
+        raise InputError(f"batches and rounds must be >= 1, got {batches}, {rounds}")
     batch_sizes = dict(batch_sizes or {})
     load_before = os.getloadavg()
     nets, inputs, backbones, warmup = {}, {}, {}, {}
@@ -227,7 +230,8 @@ def format_lines(r: dict, indent: str = "  ", column: int = 34) -> list:
 def main(argv: Optional[list] = None) -> int:
     import json
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_backbones", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
     parser.add_argument("--only", action="append", choices=("c3d", "clip"), help="this backbone only (repeatable)")
     parser.add_argument("--batches", type=int, default=2, help="timed batches per backbone per round (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of [matmul, backbones] (default 3)")
@@ -238,7 +242,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON too")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    h, w = (int(v) for v in args.frame.lower().split("x"))
+    try:
+        h, w = (int(v) for v in args.frame.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--frame {args.frame!r}: expected HxW, e.g. 360x640") from None
     r = measure_backbones(names=tuple(args.only or ("c3d", "clip")),
                           batch_sizes={"c3d": args.c3d_batch, "clip": args.clip_batch}, batches=args.batches,
                           rounds=args.rounds, frame_shape=(h, w), decode=not args.no_decode)
@@ -249,4 +256,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_backbones"))

@@ -13,6 +13,7 @@ import time
 from typing import Optional
 
 from pipeline import c3d
+from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
 
 
 def measure_c3d_clips_per_s(batch_size: int = 8, batches: int = 3, seed: int = 0,
@@ -26,7 +27,7 @@ def measure_c3d_clips_per_s(batch_size: int = 8, batches: int = 3, seed: int = 0
     import tensorflow as tf
 
     if batch_size < 1 or batches < 1:
-        raise ValueError(f"batch_size and batches must be >= 1, got {batch_size}, {batches}")
+        raise InputError(f"batch_size and batches must be >= 1, got {batch_size}, {batches}")
     if extractor is None:
         extractor = c3d.C3DExtractor.random(seed=seed, batch_size=batch_size)
     rng = np.random.default_rng(seed)
@@ -50,7 +51,8 @@ def measure_c3d_clips_per_s(batch_size: int = 8, batches: int = 3, seed: int = 0
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_c3d", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
     parser.add_argument("--batch", type=int, default=8, help="clips per batch (default 8)")
     parser.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
     parser.add_argument("--seed", type=int, default=0)
@@ -64,4 +66,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_c3d"))

@@ -19,6 +19,8 @@ from typing import Optional
 from pipeline import ingest_activitynet, synth
 from vreloc_tf.benchmark_files import require_splits
 from vreloc_tf.contract import FEATURE_DIM
+from vreloc_tf.errors import add_debug_option, run_entry_point
+
 
 
 def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = FEATURE_DIM, tmp: Optional[str] = None,
@@ -54,7 +56,8 @@ def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = FEA
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_ingest", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
     parser.add_argument("--synth", default=None, help="an existing `vreloc synth --lengths ... --splits ...` folder")
     parser.add_argument("--dim", type=int, default=FEATURE_DIM,
                         help="feature dim when generating (default %(default)s = full size)")
@@ -70,4 +73,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_ingest"))

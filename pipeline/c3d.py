@@ -286,7 +286,7 @@ def load_mean(mean: Union[None, PathLike, np.ndarray, Sequence[float]] = None) -
         top, left = (128 - CROP_SIZE) // 2, (171 - CROP_SIZE) // 2
         cube = cube[:, top:top + CROP_SIZE, left:left + CROP_SIZE]
     if cube.shape != INPUT_SHAPE:
-        raise ValueError(f"C3D mean has shape {np.shape(mean)}; expected 3 channel values or a mean cube "
+        raise InputError(f"C3D mean has shape {np.shape(mean)}; expected 3 channel values or a mean cube "
                          f"(1,3,16,128,171), (3,16,128,171), (16,128,171,3) or {INPUT_SHAPE}")
     return np.ascontiguousarray(cube)
 

@@ -167,20 +167,20 @@ def check_same_draw(out: str, features: str, sha256: str, splits) -> None:
 
 
 def check_entry(entry) -> Tuple[str, Tuple[int, int], Tuple[int, int], int]:
-    """(video id, window, ground truth, label) of an entry; ValueError naming the field at fault."""
+    """(video id, window, ground truth, label) of an entry; InputError naming the field at fault."""
     if not isinstance(entry, dict):
-        raise ValueError(f"malformed entry: expected an object, got {type(entry).__name__}")
+        raise InputError(f"malformed entry: expected an object, got {type(entry).__name__}")
     for key in ("id", "label", "location", "groundtruth"):
         if key not in entry:
-            raise ValueError(f"malformed entry: missing '{key}'")
+            raise InputError(f"malformed entry: missing '{key}'")
     try:
         window = tuple(int(v) for v in entry["location"])
         gt = tuple(int(v) for v in entry["groundtruth"])
         label = int(entry["label"])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"malformed entry: non-integer location/groundtruth/label ({exc})") from None
+        raise InputError(f"malformed entry: non-integer location/groundtruth/label ({exc})") from None
     if len(window) != 2 or len(gt) != 2:
-        raise ValueError("malformed entry: location and groundtruth must be [start, end)")
+        raise InputError("malformed entry: location and groundtruth must be [start, end)")
     return str(entry["id"]), window, gt, label
 
 

@@ -142,7 +142,7 @@ class PCAStatsCombineFn(beam.CombineFn):
     def extract_output(self, accumulator: Accumulator) -> PCAStats:
         count, total, outer = accumulator
         if total is None or count == 0:
-            raise ValueError("PCA statistics are empty: no training vectors reached the combiner")
+            raise InputError("PCA statistics are empty: no training vectors reached the combiner")
         return PCAStats(count=int(count), total=total, outer=outer)
 
 

@@ -28,6 +28,7 @@ from typing import Dict, List
 import numpy as np
 
 from pipeline.video import packaged_sample_video, read_frames, write_test_video
+from vreloc_tf.errors import add_debug_option, run_entry_point
 
 SOURCES = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 SIZE = (240, 320)  # H, W of the annotated videos
@@ -92,7 +93,8 @@ def write(out: str, videos_per_class: int = 6, seed: int = 0) -> dict:
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sample_videos", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--videos-per-class", type=int, default=6,
                         help="annotated videos per label, cycling over train, train, val, val, test, test (default 6)")
@@ -105,4 +107,4 @@ def main(argv: List[str] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_entry_point(main, "python -m pipeline.sample_videos"))

@@ -36,6 +36,7 @@ from vreloc_tf.contract import MAX_WINDOW
 from vreloc_tf.files import read_json
 from vreloc_tf.model import build_model
 from vreloc_tf.model_bench import make_predict_function
+from vreloc_tf.errors import add_debug_option, run_entry_point
 
 QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
 
@@ -246,6 +247,7 @@ def format_report(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.bench_serving", description=__doc__.split("\n")[0])
+    add_debug_option(parser)
     parser.add_argument("--config", default="tiny", help="model config to build and export (tiny | paper_full | ...)")
     parser.add_argument("--export", default=None, metavar="BASE/NAME/VERSION", help="benchmark this export instead")
     parser.add_argument("--lq", type=int, default=QUERY_STEPS)
@@ -270,4 +272,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(run_entry_point(main, "python -m serving.bench_serving"))

@@ -30,6 +30,7 @@ from serving.batching import BatchingOptions, Executor, allowed_batch_sizes
 from serving.status import ServingError
 from serving.tensor_codec import check_declared, decode_inputs
 from serving.validation import InvalidRequest, RequestLimits, check_shapes, validate_inputs
+from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json
 
 log = logging.getLogger("serving.model_servable")
@@ -53,7 +54,7 @@ class LoadedVersion:
         self._saved = tf.saved_model.load(path)
         self.signatures = dict(self._saved.signatures)
         if sig.SIGNATURE_NAME not in self.signatures:
-            raise ValueError(f"{path}: no '{sig.SIGNATURE_NAME}' signature (found {sorted(self.signatures)})")
+            raise InputError(f"{path}: no '{sig.SIGNATURE_NAME}' signature (found {sorted(self.signatures)})")
         # The SignatureDefs as written (method name included), for GetModelMetadata.
         saved_model = saved_model_pb2.SavedModel()
         with open(os.path.join(path, sig.SAVED_MODEL_FILE), "rb") as fh:

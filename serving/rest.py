@@ -57,6 +57,7 @@ from serving.servicers import find_model, model_metadata, model_status, predict
 from serving.status import ServingError, http_status
 from serving.tensor_codec import fill_tensor_proto
 from serving.validation import InvalidRequest
+from vreloc_tf.errors import InputError
 
 log = logging.getLogger("serving.rest")
 
@@ -264,7 +265,7 @@ class RestServer:
                  *, metrics=None, metrics_path: Optional[str] = None, max_connections: int = sig.REST_MAX_CONNECTIONS,
                  body_budget_bytes: Optional[int] = None, parse_slots: int = PARSE_SLOTS):
         if timeout <= 0 or max_connections < 1 or parse_slots < 1:
-            raise ValueError(f"REST server: timeout must be > 0, max_connections and parse_slots >= 1 (got "
+            raise InputError(f"REST server: timeout must be > 0, max_connections and parse_slots >= 1 (got "
                              f"{timeout}, {max_connections}, {parse_slots})")
         self.api = RestApi(models, timeout, metrics, metrics_path, body_budget_bytes, parse_slots)
         handler = type("RestHandler", (RequestHandler,), {"api": self.api, "timeout": timeout})

@@ -48,6 +48,11 @@ from vreloc_tf.errors import InputError
 log = logging.getLogger("serving.server")
 
 
+class PortUnavailable(InputError):
+    """A port the user asked for (``--port``, ``--rest-port``, ``--host``) cannot be bound: another
+    process holds it, or it is not this machine's. The user's to change, so an InputError (exit 2)."""
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -286,17 +291,20 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
                          options=options)
     servicers.add_to_server(server, models, metrics)
     address = _address(host, port)
-    if tls_cert:
-        with open(tls_key, "rb") as fh:
-            key = fh.read()
-        with open(tls_cert, "rb") as fh:
-            cert = fh.read()
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
-    else:
-        bound = server.add_insecure_port(address)
+    try:
+        if tls_cert:
+            with open(tls_key, "rb") as fh:
+                key = fh.read()
+            with open(tls_cert, "rb") as fh:
+                cert = fh.read()
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.50 raises "Failed to bind to address ..." where it returned 0
+        bound = 0
     if not bound:
         close_models()
-        raise OSError(f"could not bind {address} (is the port in use?)")
+        raise PortUnavailable(f"could not bind {address} (is the port in use?)")
     rest = None
     if rest_port is not None:
         try:
@@ -304,7 +312,7 @@ def start_server(model_base_path: Optional[str] = None, model_name: Optional[str
                               metrics_path=metrics_path, max_connections=rest_max_connections)
         except OSError as exc:
             close_models()
-            raise OSError(f"could not bind the REST port {_address(host, rest_port)}: {exc.strerror}") from None
+            raise PortUnavailable(f"could not bind the REST port {_address(host, rest_port)}: {exc.strerror}") from None
     server.start()
     handle = ServerHandle(server=server, host=host, port=bound, models=models, rest=rest, metrics=metrics)
     if poll_interval > 0 and model is not None:

@@ -22,6 +22,7 @@ from vreloc_tf.artifacts import Run, RunManifest
 from vreloc_tf.config import CGBM_METHOD, apply_overrides, load_config
 from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, PAPER_SHAPES as SHAPES
 from vreloc_tf.decoding import decode_full, decode_full_np
+from vreloc_tf.errors import add_debug_option, run_entry_point
 from vreloc_tf.files import write_json_atomic
 from vreloc_tf.model import build_model
 from vreloc_tf.model_bench import count_parameters, inference_latency_ms, matmul_gflops, random_batch, training_flops
@@ -214,6 +215,7 @@ def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
 
 def _part_main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vreloc.bench_parts")
+    add_debug_option(parser)
     parser.add_argument("--part", required=True, choices=PARTS)
     parser.add_argument("--config", default="paper_full")
     parser.add_argument("--quick", action="store_true")
@@ -228,4 +230,4 @@ def _part_main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_part_main())
+    sys.exit(run_entry_point(_part_main, "python -m vreloc.bench_parts"))

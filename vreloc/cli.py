@@ -2,11 +2,13 @@
 
 Why one error path: a bad input (a missing folder, a wrong config value, a corrupt file)
 should cost the user one line that says what is wrong, where, and what to do -- not a
-traceback. Every subcommand runs inside :func:`main`, which turns
-:class:`vreloc_tf.errors.InputError` (and the OS/value errors of bad paths and values)
-into ``vreloc CMD: error: ...`` on stderr and exit code 2; anything else is a bug and
-exits 1 with a one-line summary. ``--debug`` shows the full traceback instead. Argument
-errors are one line too, with the closest flag, command or choice when there is one
+traceback; and a bug of ours must not read as the user's fault. Every subcommand runs inside
+:func:`main`, on :func:`vreloc_tf.errors.run_guarded` (the path the ``python -m`` entry points
+take too): :class:`vreloc_tf.errors.InputError` (and an OSError about the user's path or disk)
+becomes ``vreloc CMD: error: ...`` on stderr and exit code 2; anything else is a bug and exits 1
+with ``vreloc CMD: internal error: TYPE: MESSAGE -- this is a bug, please report it (rerun with
+--debug for the traceback)``. ``--debug`` shows the full traceback instead. Argument errors are
+one line too, with the closest flag, command or choice when there is one
 (``unrecognized arguments: --topk (did you mean --top-k?)``).
 
 Why quiet: TensorFlow's C++ start-up notices (oneDNN, CUDA factories, absl), its Python
@@ -34,7 +36,7 @@ import warnings
 from typing import List, Optional, Sequence
 
 from vreloc_tf import __version__
-from vreloc_tf.errors import InputError
+from vreloc_tf.errors import run_guarded, wants_debug
 from vreloc_tf.suggest import closest, is_flag
 
 # name -> one-line help; the module is vreloc.commands.<name with '-' as '_'>
@@ -60,7 +62,6 @@ COMMANDS = {
     "evaluate-search": "recall@k and latency of library search vs the exhaustive model on a split",
 }
 
-INPUT_ERRORS = (InputError, OSError, ValueError)  # bad paths, files and values: exit 2, one line
 
 # -- quiet start-up -------------------------------------------------------------------------------
 
@@ -340,45 +341,36 @@ def _selected_command(argv: List[str]) -> Optional[str]:
     return None
 
 
-def one_line(exc: BaseException) -> str:
-    """The error message on one line (multi-line messages are joined)."""
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        text = str(exc.args[0])
-    return text or type(exc).__name__
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``vreloc ARGV``; the exit code. As the program (``argv`` None: the console script,
     ``python -m vreloc``) it first makes the process quiet (:func:`quiet_start`); a caller that
-    passes ``argv`` (tests, scripts) keeps its own environment, warnings and imports as they are."""
+    passes ``argv`` (tests, scripts) keeps its own environment, warnings and imports as they are.
+
+    Everything after the quiet start -- importing the command, parsing, running it -- is on the
+    one error path (:func:`vreloc_tf.errors.run_guarded`); until parsing is done, the command and
+    ``--debug`` are read from the raw arguments."""
     program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = verbosity(argv)
     if program:
         quiet_start(verbose)  # before build_parser: a command's add_arguments may import TensorFlow
     configure_logging(verbose)
-    parser = build_parser(_selected_command(argv))
-    args = parser.parse_args(argv)
-    if args.verbose != verbose:  # e.g. an abbreviated --verb
-        configure_logging(args.verbose)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(command_module(args.command).main(args) or 0)
-    except KeyboardInterrupt:
-        print(f"vreloc {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # the one error path of every command
-        if args.debug:
-            raise
-        if isinstance(exc, INPUT_ERRORS):
-            print(f"vreloc {args.command}: error: {one_line(exc)}", file=sys.stderr)
+    selected = _selected_command(argv)
+    state = {"prog": f"vreloc {selected}" if selected else "vreloc", "debug": wants_debug(argv)}
+
+    def run() -> int:
+        parser = build_parser(selected)
+        args = parser.parse_args(argv)
+        state["debug"] = args.debug
+        if args.verbose != verbose:  # e.g. an abbreviated --verb
+            configure_logging(args.verbose)
+        if args.command is None:
+            parser.print_help()
             return 2
-        print(f"vreloc {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} "
-              f"(rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        state["prog"] = f"vreloc {args.command}"
+        return int(command_module(args.command).main(args) or 0)
+
+    return run_guarded(run, lambda: state["prog"], lambda: state["debug"])
 
 
 if __name__ == "__main__":  # pragma: no cover

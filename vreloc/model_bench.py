@@ -12,11 +12,13 @@ from typing import Optional
 from serving.server import set_tensorflow_threads
 from vreloc_tf.config import load_config
 from vreloc_tf.contract import PAPER_SHAPES
+from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
 from vreloc_tf.model_bench import inference_cost_by_batch, run_benchmark
 
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vreloc.model_bench", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
     parser.add_argument("--config", default="paper_full", help="config name or path (default paper_full)")
     parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
     parser.add_argument("--batch-size", type=int, default=PAPER_SHAPES["batch_size"])
@@ -36,7 +38,11 @@ def main(argv: Optional[list] = None) -> int:
     if args.intra_op_threads is not None:
         set_tensorflow_threads(args.intra_op_threads)
     if args.inference_batches:
-        sizes = [int(b) for b in args.inference_batches.split(",")]
+        try:
+            sizes = [int(b) for b in args.inference_batches.split(",")]
+        except ValueError:
+            raise InputError(f"--inference-batches {args.inference_batches!r}: expected comma-separated batch "
+                             f"sizes, e.g. 1,8,32") from None
         costs = inference_cost_by_batch(cfg, sizes, args.query_steps, args.reference_steps, args.feature_dim,
                                         jit_compile=not args.no_jit_predict)
         print(f"config {args.config}  Lq={args.query_steps} Lr={args.reference_steps} D={args.feature_dim}  "
@@ -54,4 +60,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main, "python -m vreloc.model_bench"))

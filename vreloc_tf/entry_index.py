@@ -263,7 +263,7 @@ def load_index(data_dir: str, split: str, hide_groundtruth_of: Optional[str] = N
             rows.append((shard_no, offset, video_id, entry, label, length, gt, role))
             del f, data
     if not rows:
-        raise ValueError(f"split '{split}' in {data_dir} has no records")
+        raise DataError(f"split '{split}' in {data_dir} has no records")
     rows.sort(key=lambda r: r[3])
     entries = np.array([r[3] for r in rows], dtype=np.int64)
     if np.any(np.diff(entries) == 0):

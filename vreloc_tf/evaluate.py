@@ -163,8 +163,9 @@ def load_results(paths: List[str]) -> List[dict]:
     for path in paths:
         doc = read_json(path, "result JSON")
         for item in doc if isinstance(doc, list) else [doc]:
-            if not isinstance(item, dict) or "map_at_1" not in item:
-                raise InputError(f"{path}: not a result JSON (expected objects with 'method' and 'map_at_1')")
+            if not isinstance(item, dict) or not all(k in item for k in ("method", "map_at_1", "average")):
+                raise InputError(f"{path}: not a result JSON (expected objects with 'method', 'map_at_1' and "
+                                 f"'average')")
             out.append(item)
     return out
 

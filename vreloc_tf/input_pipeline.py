@@ -56,6 +56,7 @@ from vreloc_tf.config import Config
 from vreloc_tf.contract import GROUNDTRUTH, PSEUDO_GROUNDTRUTH, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
 from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, EntryIndex, RecordReader, load_index
 from vreloc_tf.teacher import teacher_segment_tf
+from vreloc_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class PairPlanner:
                 self.candidates[int(q)] = cands[ok]
         self.usable = np.array(sorted(self.candidates), dtype=np.int64)
         if self.usable.size == 0:
-            raise ValueError(f"split '{index.split}': no query has a valid {supervision}-supervision reference "
+            raise InputError(f"split '{index.split}': no query has a valid {supervision}-supervision reference "
                              "(same class, different video, window at least as long as the query)")
         log.info("%s pairs: %d of %d queries have a valid reference", supervision, self.usable.size,
                  self.query_rows.size)
@@ -239,7 +240,7 @@ def evaluation_plan(index: EntryIndex, pairs: Sequence[dict]) -> np.ndarray:
     for name, rows in (("query", q_rows), ("reference", r_rows)):
         missing = rows[gt[rows, 0] < 0]
         if missing.size:
-            raise ValueError(f"pair list names {name} entry {int(index.entry_index[missing[0]])} "
+            raise InputError(f"pair list names {name} entry {int(index.entry_index[missing[0]])} "
                              f"of split '{index.split}', which has no ground truth")
     plan = np.stack([q_rows, r_rows, gt[q_rows, 0], gt[q_rows, 1],
                      np.zeros_like(r_rows), index.length[r_rows], gt[r_rows, 0], gt[r_rows, 1]], axis=1)

@@ -15,6 +15,8 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
+from vreloc_tf.errors import InputError
+
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD_KEYS = tuple(f"{t:.1f}" for t in THRESHOLDS)
 
@@ -37,7 +39,7 @@ def map_at_1(ious: Sequence[float]) -> Dict[str, float]:
     """Percentage of pairs with IoU > t for every threshold t, keyed ``"0.5"`` ... ``"0.9"``."""
     ious = np.asarray(ious, dtype=np.float64)
     if ious.size == 0:
-        raise ValueError("map_at_1: no pairs were scored")
+        raise InputError("map_at_1: no pairs were scored")
     return {k: float(100.0 * np.mean(ious > t)) for k, t in zip(THRESHOLD_KEYS, THRESHOLDS)}
 
 
@@ -55,7 +57,7 @@ def bootstrap_interval(ious: Sequence[float], samples: int = BOOTSTRAP_SAMPLES, 
     """
     ious = np.asarray(ious, dtype=np.float64)
     if ious.size == 0:
-        raise ValueError("bootstrap_interval: no pairs were scored")
+        raise InputError("bootstrap_interval: no pairs were scored")
     rng = np.random.default_rng(seed)
     hits = ious[None, :] > np.asarray(THRESHOLDS)[:, None]  # [T, N]
     picks = rng.integers(0, ious.size, size=(samples, ious.size))

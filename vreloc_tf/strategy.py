@@ -24,6 +24,8 @@ import logging
 import os
 from typing import Optional
 
+from vreloc_tf.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ def split_cpu(devices: int) -> None:
     import tensorflow as tf
 
     if devices < 1:
-        raise ValueError(f"--devices must be >= 1, got {devices}")
+        raise InputError(f"--devices must be >= 1, got {devices}")
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is not None and len(current) == devices:
@@ -56,7 +58,7 @@ def make_strategy(devices: Optional[int] = None):
     if gpus:
         names = [f"/gpu:{i}" for i in range(len(gpus) if devices is None else min(devices, len(gpus)))]
         if devices is not None and devices > len(gpus):
-            raise ValueError(f"--devices {devices}: only {len(gpus)} GPU(s) visible")
+            raise InputError(f"--devices {devices}: only {len(gpus)} GPU(s) visible")
         return tf.distribute.MirroredStrategy(names)
     if devices is not None and devices > 1:
         split_cpu(devices)

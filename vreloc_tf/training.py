@@ -37,7 +37,7 @@ import numpy as np
 from vreloc_tf.artifacts import MODEL_FILE
 from vreloc_tf.config import Config
 from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, SELF_TARGET
-from vreloc_tf.errors import InputError
+from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.evaluate import inference_probabilities, predict_segments, score_plan
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
 from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
@@ -313,7 +313,7 @@ class SeedStateBackup(keras.callbacks.Callback):
             saved = np.load(self.path)
             gens = seed_generators(self.model)
             if len(saved.files) != len(gens):
-                raise ValueError(f"{self.path}: {len(saved.files)} seed states for {len(gens)} generators")
+                raise DataError(f"{self.path}: {len(saved.files)} seed states for {len(gens)} generators")
             for i, sg in enumerate(gens):
                 sg.state.assign(saved[f"s{i}"])
 
