@@ -73,6 +73,11 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    for name in args.methods:  # before anything is looked for or made
+        if name not in METHODS:
+            raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
+    if not args.learning_rates or any(r <= 0 for r in args.learning_rates):
+        raise InputError(f"--learning-rates: give positive rates, got {args.learning_rates}")
     splits = args.benchmark_splits
     if splits is None and BENCHMARK in (args.geometry, *args.families):  # resolved now: `vreloc benchmark fetch` may have run since
         splits = benchmark_files.find_splits()
@@ -80,8 +85,6 @@ def main(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--benchmark-splits: not given, and {benchmark_files.not_found_message()} "
                 f"(or give --benchmark-splits DIR, or --geometry default for synth's own)")
-    if not args.learning_rates or any(r <= 0 for r in args.learning_rates):
-        raise InputError(f"--learning-rates: give positive rates, got {args.learning_rates}")
     study = Study(args.out, args.families, args.seeds, args.methods, args.config, args.set, args.dim,
                   args.geometry, splits, finished_only=args.finished_only, tune=not args.no_tuning,
                   learning_rates=args.learning_rates)
