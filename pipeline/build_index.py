@@ -39,7 +39,6 @@ import glob
 import logging
 import os
 import re
-import struct
 import time
 import typing
 import uuid
@@ -51,9 +50,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import schema
+from vreloc_tf import schema, tfrecord
 from vreloc_tf.artifacts import Dataset, Run
-from vreloc_tf.entry_index import iter_framed
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import file_sha256
 from vreloc_tf.schema import SchemaError, decode_record
@@ -77,19 +75,10 @@ ALREADY_INDEXED = "already in the index (remove it first to replace it)"
 # --------------------------------------------------------------------------- inputs
 
 
-def count_records(path: str) -> int:
-    """Records in a local TFRecord file, from the length headers only (no data read)."""
-    n = 0
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        while fh.tell() < size:
-            header = fh.read(12)
-            if len(header) < 12:
-                break
-            (length,) = struct.unpack("<Q", header[:8])
-            fh.seek(length + 4, os.SEEK_CUR)
-            n += 1
-    return n
+def count_inputs(shards: Dict[str, List[str]]) -> Dict[str, int]:
+    """Records per split of the input shards, both checksums of every record checked: a damaged shard
+    is refused here, before the job (``vreloc_tf.tfrecord.CorruptRecordError`` naming the file and byte)."""
+    return {split: sum(tfrecord.count_records(p) for p in paths) for split, paths in shards.items()}
 
 
 def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[str]]:
@@ -206,9 +195,9 @@ class ReadShardFn(beam.DoFn):
     def process(self, element):
         split, path = element
         try:
-            for _, data in iter_framed(path):
+            for _, data in tfrecord.iter_records(path):
                 yield split, data
-        except SchemaError as exc:
+        except tfrecord.CorruptRecordError as exc:
             yield staged_sink.dead_letter(split, f"unreadable shard: {exc}", {"shard": path}, -1, path)
 
 
@@ -456,7 +445,7 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
                                                 "index data made like the run's training features")
         pca_source = _data_pca(dataset)
         check_pca_file(pca_source, data_spec)  # before the job, not after it
-    read_counts = {s: sum(count_records(p) for p in paths) for s, paths in shards.items()}
+    read_counts = count_inputs(shards)
     LOG.info("%s: %d records of %s from %s, %s embeddings at scales %s, re-localized by %s, runner %s", JOB,
              sum(read_counts.values()), "/".join(shards), data_dir, spec.kind, list(spec.scales),
              run_dir or "the frame-level method", runner)
@@ -479,7 +468,7 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
             counts[split].dead_lettered = sum(staged_sink.count_lines(p)
                                               for p in _staged_dead_letters(staging_dir, split))
             for path in paths:
-                pieces.extend(VideoEmbedding.from_bytes(data) for _, data in iter_framed(path))
+                pieces.extend(VideoEmbedding.from_bytes(data) for _, data in tfrecord.iter_records(path))
         for piece in pieces:
             for split, _ in piece.merged:
                 counts[split].merged += 1

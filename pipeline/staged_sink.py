@@ -8,7 +8,9 @@ its writers' outputs to :func:`run_and_publish`.
 How outputs are written, and why not with ``WriteToTFRecord``
 -------------------------------------------------------------
 Records are encoded with ``vreloc_tf.schema.encode_record`` and written by
-:class:`WriteBundleFilesFn`: one file per bundle and split, first under a
+:class:`WriteBundleFilesFn` (framed by ``vreloc_tf.tfrecord.write_record``, the
+project's one TFRecord writer; counted back, every checksum checked, by
+``vreloc_tf.tfrecord.count_stream``): one file per bundle and split, first under a
 per-run staging folder ``DATA_DIR/.staging-<uuid>/``. Only after the pipeline
 finished does the launcher count what is there, check that
 ``read = written + dead_lettered`` for every split, replace the split's old
@@ -59,7 +61,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import __version__
+from vreloc_tf import __version__, tfrecord
 from vreloc_tf.errors import InputError
 from vreloc_tf.schema import MANIFEST_NAME, encode_record, read_manifest
 
@@ -158,10 +160,7 @@ class WriteBundleFilesFn(beam.DoFn):
         split, payload = element
         entry = self._file(split)
         if self.framing == "tfrecord":
-            from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
-
-            _TFRecordUtil.write_record(entry[0], payload)
-            entry[3] += len(payload) + 16  # 8-byte length, 4-byte length CRC, 4-byte data CRC
+            entry[3] += tfrecord.write_record(entry[0], payload)
         else:
             data = payload.encode("utf-8") + b"\n"
             entry[0].write(data)
@@ -220,15 +219,12 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def count_tfrecords(path: str) -> int:
-    """Records in one TFRecord file, checking every length and data checksum."""
+    """Records in one TFRecord file on any Beam file system, every length and data checksum checked
+    (``vreloc_tf.tfrecord.CorruptRecordError`` naming the file and byte offset otherwise)."""
     from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.tfrecordio import _TFRecordUtil
 
-    n = 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        while _TFRecordUtil.read_record(fh) is not None:
-            n += 1
-    return n
+        return tfrecord.count_stream(fh, path)
 
 
 def count_lines(path: str) -> int:
