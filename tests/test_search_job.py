@@ -62,6 +62,22 @@ def test_count_inputs_counts_every_record_and_refuses_a_truncated_shard(tmp_path
         build_index.count_inputs({"test": [path, truncated]})
 
 
+def test_counts_that_do_not_reconcile_leave_no_index_and_no_staging(search_data, tmp_path, monkeypatch):
+    """The index build runs on staged_sink.run_job: a count that does not add up is a ReconciliationError
+    naming the index build's sum, before any index is made, and the staging folder is gone."""
+    from pipeline import staged_sink
+
+    data = search_data[0]
+    ix = str(tmp_path / "ix")
+    real = build_index.count_inputs
+    monkeypatch.setattr(build_index, "count_inputs", lambda shards: {s: n + 1 for s, n in real(shards).items()})
+    with pytest.raises(staged_sink.ReconciliationError,
+                       match=r"index-build: counts do not reconcile \(read != added \+ merged \+ dead_lettered\): "
+                             r"test: read 13, added 12, merged 0, dead_lettered 0; the index in .* is unchanged"):
+        build_index.run(ix, data, splits=["test"], scales=(8, 16), beam_args=DIRECT)
+    assert os.listdir(ix) == []
+
+
 @pytest.fixture(scope="module")
 def search_data(tmp_path_factory):
     """test: 4 classes x 3 entries of learnable records; extra: 2 more entries, for `index add`."""
