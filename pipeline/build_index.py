@@ -19,6 +19,11 @@ process anyway.
 Why merge: a video with two annotated instances is two records (two windows, each centred on an
 instance); indexed as two items, search returned the same video (often the same segment) twice.
 
+The launcher first counts the input records through ``vreloc_tf.tfrecord`` (both checksums of every
+record checked): a damaged shard is refused there, a DataError naming the file and byte offset, before
+the job runs (the job's own dead letter for an unreadable shard only catches one damaged later). The
+job runs on ``staged_sink.run_job``, the runner every Beam job here shares.
+
 Counts, per split, before anything is appended: records read = added (a record that starts a
 piece; the piece is staged under its split) + merged (into another record's piece) +
 dead-lettered, or nothing is appended (:class:`staged_sink.ReconciliationError`). At append time
@@ -39,10 +44,8 @@ import glob
 import logging
 import os
 import re
-import struct
 import time
 import typing
-import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pipeline import options, staged_sink  # options first: it quiets Beam's import-time warning
@@ -51,9 +54,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import schema
+from vreloc_tf import schema, tfrecord
 from vreloc_tf.artifacts import Dataset, Run
-from vreloc_tf.entry_index import iter_framed
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import file_sha256
 from vreloc_tf.schema import SchemaError, decode_record
@@ -77,19 +79,10 @@ ALREADY_INDEXED = "already in the index (remove it first to replace it)"
 # --------------------------------------------------------------------------- inputs
 
 
-def count_records(path: str) -> int:
-    """Records in a local TFRecord file, from the length headers only (no data read)."""
-    n = 0
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        while fh.tell() < size:
-            header = fh.read(12)
-            if len(header) < 12:
-                break
-            (length,) = struct.unpack("<Q", header[:8])
-            fh.seek(length + 4, os.SEEK_CUR)
-            n += 1
-    return n
+def count_inputs(shards: Dict[str, List[str]]) -> Dict[str, int]:
+    """Records per split of the input shards, both checksums of every record checked: a damaged shard
+    is refused here, before the job (``vreloc_tf.tfrecord.CorruptRecordError`` naming the file and byte)."""
+    return {split: sum(tfrecord.count_records(p) for p in paths) for split, paths in shards.items()}
 
 
 def shards_of(data_dir: str, splits: Optional[Sequence[str]]) -> Dict[str, List[str]]:
@@ -206,9 +199,9 @@ class ReadShardFn(beam.DoFn):
     def process(self, element):
         split, path = element
         try:
-            for _, data in iter_framed(path):
+            for _, data in tfrecord.iter_records(path):
                 yield split, data
-        except SchemaError as exc:
+        except tfrecord.CorruptRecordError as exc:
             yield staged_sink.dead_letter(split, f"unreadable shard: {exc}", {"shard": path}, -1, path)
 
 
@@ -363,10 +356,6 @@ class IndexCounts:
     def reconciles(self) -> bool:
         return self.read == self.added + self.merged + self.dead_lettered
 
-    def __str__(self) -> str:
-        return (f"read {self.read}, added {self.added}, merged {self.merged}, "
-                f"dead-lettered {self.dead_lettered}")
-
 
 def staging_sink_path(staging_dir: str, split: str) -> str:
     return staged_sink.staging_path(staging_dir, EMBEDDED, split)
@@ -446,8 +435,8 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
             raise InputError(f"--out {index_dir}: already holds an index; add videos with `vreloc index add`, "
                              f"or rebuild with --overwrite")
         run_dir = os.path.abspath(model) if model else None
+        index, trained = None, Run.open(model) if model else None  # the index is made once the counts reconcile
         if model:
-            trained = Run.open(model)
             if trained.manifest.feature_dim != dataset.feature_dim:
                 raise InputError(f"--model {model} takes {trained.manifest.feature_dim}-d features but --data "
                                  f"{data_dir} holds {dataset.feature_dim}-d features")
@@ -456,20 +445,13 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
                                                 "index data made like the run's training features")
         pca_source = _data_pca(dataset)
         check_pca_file(pca_source, data_spec)  # before the job, not after it
-    read_counts = {s: sum(count_records(p) for p in paths) for s, paths in shards.items()}
+    read_counts = count_inputs(shards)
     LOG.info("%s: %d records of %s from %s, %s embeddings at scales %s, re-localized by %s, runner %s", JOB,
              sum(read_counts.values()), "/".join(shards), data_dir, spec.kind, list(spec.scales),
              run_dir or "the frame-level method", runner)
-    os.makedirs(index_dir, exist_ok=True)
-    staging_dir = os.path.join(index_dir, f".staging-{uuid.uuid4().hex[:12]}")
-    try:
-        pipeline = beam.Pipeline(options=options.pipeline_options(runner, beam_args))
-        tokens = build(pipeline, staging_dir, shards, dataset.feature_dim, spec, run_dir)
-        _ = (tuple(tokens) | "AllOutputs" >> beam.Flatten()
-             | "CountPerSplit" >> beam.combiners.Count.PerKey()
-             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: %s: %s elements through the writers", JOB, *kv)))
-        result = pipeline.run()
-        result.wait_until_finish()
+
+    def append_staged(staging_dir: str, result) -> dict:
+        """Count and reconcile what the job staged, then append its pieces to the index; the summary."""
         t_job = time.time() - t0
         counts = {s: IndexCounts(read) for s, read in read_counts.items()}
         pieces: List[VideoEmbedding] = []
@@ -479,32 +461,20 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
             counts[split].dead_lettered = sum(staged_sink.count_lines(p)
                                               for p in _staged_dead_letters(staging_dir, split))
             for path in paths:
-                pieces.extend(VideoEmbedding.from_bytes(data) for _, data in iter_framed(path))
+                pieces.extend(VideoEmbedding.from_bytes(data) for _, data in tfrecord.iter_records(path))
         for piece in pieces:
             for split, _ in piece.merged:
                 counts[split].merged += 1
         staged_sink.compare_with_metrics(JOB, result, {s: staged_sink.SplitCounts(c.read, c.added, c.dead_lettered)
                                                        for s, c in counts.items()})
-        bad = {s: c for s, c in counts.items() if not c.reconciles()}
-        if bad:
-            raise staged_sink.ReconciliationError(
-                f"{JOB}: counts do not reconcile (read != added + merged + dead_lettered): "
-                + "; ".join(f"{s}: {c}" for s, c in bad.items()) + f"; the index in {index_dir} is unchanged")
+        staged_sink.check_reconciled(JOB, counts, f"the index in {index_dir} is unchanged")
         pieces.sort(key=lambda v: (v.video_id, v.window_start, v.split, v.entry_index))
-        if not add:
-            encoder_dim, model_info = None, None
-            if model:
-                if spec.kind == "encoder":
-                    encoder_dim = int(Relocalizer.from_run(run_dir).encoder().units)
-                model_info = {"run": run_dir, "model_sha256": file_sha256(os.path.join(run_dir, "model.keras")),
-                              "feature_dim": int(trained.manifest.feature_dim), "decode": trained.manifest.decode}
-            index = LibraryIndex.create(index_dir, dataset.feature_dim, spec, encoder_dim or dataset.feature_dim,
-                                        model_info, index_type, overwrite=overwrite, features=data_spec,
-                                        pca_file=pca_source, relocalizer="model" if model else "frame-level")
-        fresh, refused = against_index(index, pieces)
-        new_videos = len({p.video_id for p in fresh} - index.live_video_ids(among={p.video_id for p in fresh}))
+        target = index if index is not None else _create_index(index_dir, dataset, spec, trained, run_dir, index_type,
+                                                                overwrite, pca_source)
+        fresh, refused = against_index(target, pieces)
+        new_videos = len({p.video_id for p in fresh} - target.live_video_ids(among={p.video_id for p in fresh}))
         for i in range(0, len(fresh), PART_PIECES):
-            index.append(fresh[i:i + PART_PIECES])
+            target.append(fresh[i:i + PART_PIECES])
             LOG.info("%s: appended %d/%d pieces to %s", JOB, min(i + PART_PIECES, len(fresh)), len(fresh), index_dir)
         for piece, _ in refused:
             counts[piece.split].added -= 1
@@ -513,18 +483,34 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
                 counts[split].merged -= 1
                 counts[split].dead_lettered += 1
         _publish_dead_letters(staging_dir, index_dir, shards, refused)
-    finally:
-        import shutil
+        total = sum(c.read for c in counts.values())
+        return {"job": JOB, "index": os.path.abspath(index_dir), "relocalizer": target.relocalizer,
+                "counts": {s: dataclasses.asdict(c) for s, c in counts.items()},
+                "added": {"videos": new_videos, "pieces": len(fresh),
+                          "windows": int(sum(len(p.spans) for p in fresh))},
+                "videos": target.live_videos, "pieces": target.live_pieces, "windows": target.live_windows,
+                "seconds": round(time.time() - t0, 2), "job_seconds": round(t_job, 2),
+                "records_per_second": round(total / max(t_job, 1e-9), 1)}
 
-        shutil.rmtree(staging_dir, ignore_errors=True)
-    seconds = time.time() - t0
-    total = sum(c.read for c in counts.values())
-    return {"job": JOB, "index": os.path.abspath(index_dir), "relocalizer": index.relocalizer,
-            "counts": {s: dataclasses.asdict(c) for s, c in counts.items()},
-            "added": {"videos": new_videos, "pieces": len(fresh), "windows": int(sum(len(p.spans) for p in fresh))},
-            "videos": index.live_videos, "pieces": index.live_pieces, "windows": index.live_windows,
-            "seconds": round(seconds, 2), "job_seconds": round(t_job, 2),
-            "records_per_second": round(total / max(t_job, 1e-9), 1)}
+    return staged_sink.run_job(
+        JOB, options.pipeline_options(runner, beam_args), index_dir,
+        lambda pipeline, staging_dir: build(pipeline, staging_dir, shards, dataset.feature_dim, spec, run_dir),
+        append_staged)
+
+
+def _create_index(index_dir: str, dataset, spec: EmbeddingSpec, trained: Optional[Run], run_dir: Optional[str],
+                  index_type: str, overwrite: bool, pca_source: Optional[str]) -> LibraryIndex:
+    """A new, empty index for ``index build`` (once the job's counts reconcile); ``trained``: the run
+    whose model re-localizes (None: the frame-level method)."""
+    encoder_dim, model_info = None, None
+    if trained is not None:
+        if spec.kind == "encoder":
+            encoder_dim = int(Relocalizer.from_run(run_dir).encoder().units)
+        model_info = {"run": run_dir, "model_sha256": file_sha256(os.path.join(run_dir, "model.keras")),
+                      "feature_dim": int(trained.manifest.feature_dim), "decode": trained.manifest.decode}
+    return LibraryIndex.create(index_dir, dataset.feature_dim, spec, encoder_dim or dataset.feature_dim,
+                               model_info, index_type, overwrite=overwrite, features=dataset.feature_spec,
+                               pca_file=pca_source, relocalizer="model" if trained is not None else "frame-level")
 
 
 def _publish_dead_letters(staging_dir: str, index_dir: str, shards, refused) -> None:

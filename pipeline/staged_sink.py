@@ -8,7 +8,9 @@ its writers' outputs to :func:`run_and_publish`.
 How outputs are written, and why not with ``WriteToTFRecord``
 -------------------------------------------------------------
 Records are encoded with ``vreloc_tf.schema.encode_record`` and written by
-:class:`WriteBundleFilesFn`: one file per bundle and split, first under a
+:class:`WriteBundleFilesFn` (framed by ``vreloc_tf.tfrecord.write_record``, the
+project's one TFRecord writer; counted back, every checksum checked, by
+``vreloc_tf.tfrecord.count_stream``): one file per bundle and split, first under a
 per-run staging folder ``DATA_DIR/.staging-<uuid>/``. Only after the pipeline
 finished does the launcher count what is there, check that
 ``read = written + dead_lettered`` for every split, replace the split's old
@@ -51,7 +53,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
 
 from pipeline import options as _options  # noqa: F401  (quiets Beam's import-time warning first)
 
@@ -59,7 +61,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import __version__
+from vreloc_tf import __version__, tfrecord
 from vreloc_tf.errors import InputError
 from vreloc_tf.schema import MANIFEST_NAME, encode_record, read_manifest
 
@@ -69,6 +71,7 @@ DEAD_LETTER = "dead_letter"  # the tag of dead-letter outputs
 DEAD_LETTER_DIR = "dead_letter"  # DATA_DIR/dead_letter/<split>.jsonl
 SHARD_PATTERN = "*-*-of-*.tfrecord"
 _RECORDS = "records"
+T = TypeVar("T")
 
 
 class ReconciliationError(RuntimeError):
@@ -158,10 +161,7 @@ class WriteBundleFilesFn(beam.DoFn):
         split, payload = element
         entry = self._file(split)
         if self.framing == "tfrecord":
-            from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
-
-            _TFRecordUtil.write_record(entry[0], payload)
-            entry[3] += len(payload) + 16  # 8-byte length, 4-byte length CRC, 4-byte data CRC
+            entry[3] += tfrecord.write_record(entry[0], payload)
         else:
             data = payload.encode("utf-8") + b"\n"
             entry[0].write(data)
@@ -220,15 +220,12 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def count_tfrecords(path: str) -> int:
-    """Records in one TFRecord file, checking every length and data checksum."""
+    """Records in one TFRecord file on any Beam file system, every length and data checksum checked
+    (``vreloc_tf.tfrecord.CorruptRecordError`` naming the file and byte offset otherwise)."""
     from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.tfrecordio import _TFRecordUtil
 
-    n = 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        while _TFRecordUtil.read_record(fh) is not None:
-            n += 1
-    return n
+        return tfrecord.count_stream(fh, path)
 
 
 def count_lines(path: str) -> int:
@@ -467,11 +464,59 @@ class JobSummary(Mapping):
         return "\n".join(lines)
 
 
+def run_job(job: str, options, out_dir: str, build: Callable[[beam.Pipeline, str], Sequence[beam.PCollection]],
+            finish: Callable[[str, object], T]) -> T:
+    """The one Beam job runner (every job here: ingest, extract-video, the index build); ``finish``'s value.
+
+    Makes ``out_dir`` if needed and a fresh staging folder ``out_dir/.staging-<uuid>``;
+    ``build(pipeline, staging_dir)`` composes the job and returns the token PCollections of its
+    writers, which are flattened into one last transform (the Dask runner computes only the last
+    one); runs the pipeline and waits (closing the Dask runner's client); then
+    ``finish(staging_dir, result)`` counts, reconciles and publishes what was staged. The staging
+    folder is deleted whatever happens, so a failed run leaves the previous outputs as they were.
+    """
+    if not FileSystems.exists(out_dir):
+        FileSystems.mkdirs(out_dir)
+    staging_dir = FileSystems.join(out_dir, f".staging-{uuid.uuid4().hex[:12]}")
+    t0 = time.time()
+    try:
+        pipeline = beam.Pipeline(options=options)
+        tokens = build(pipeline, staging_dir)
+        _ = (tuple(tokens) | "AllOutputs" >> beam.Flatten()
+             | "CountPerSplit" >> beam.combiners.Count.PerKey()
+             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: %s: %s elements through the writers", job, kv[0], kv[1])))
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)  # the Dask runner's client stays open otherwise
+            if client is not None:
+                client.close()
+        LOG.info("%s: pipeline finished in %.1f s; counting the staged outputs", job, time.time() - t0)
+        return finish(staging_dir, result)
+    finally:
+        if FileSystems.exists(staging_dir):
+            FileSystems.delete([staging_dir])
+
+
+def check_reconciled(job: str, counts: Mapping, unchanged: str) -> None:
+    """:class:`ReconciliationError` unless every split's counts reconcile (``counts``: split -> a dataclass
+    whose first field is what was read and the others where each read input went, with ``reconciles()``);
+    ``unchanged`` says what a failed run leaves as it was."""
+    bad = {s: c for s, c in counts.items() if not c.reconciles()}
+    if bad:
+        names = [f.name for f in dataclasses.fields(next(iter(bad.values())))]
+        raise ReconciliationError(
+            f"{job}: counts do not reconcile ({names[0]} != {' + '.join(names[1:])}): "
+            + "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(c).items())
+                        for s, c in bad.items()) + f"; {unchanged}")
+
+
 def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int],
                     build: Callable[[beam.Pipeline, str], Sequence[beam.PCollection]],
                     manifest_fields: dict, source: dict, shardless: Sequence[str] = (),
                     on_success: Optional[Callable[[str], dict]] = None, overwrite: bool = False) -> JobSummary:
-    """Build, run, count, reconcile, publish, write the manifest; the :class:`JobSummary`.
+    """Build, run (:func:`run_job`), count, reconcile, publish, write the manifest; the :class:`JobSummary`.
 
     ``build(pipeline, staging_dir)`` composes the job and returns the token
     PCollections of its writers. ``manifest_fields`` must hold ``feature_dim``;
@@ -488,32 +533,12 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
     """
     record_names = [s for s in read_counts if s not in shardless]
     check_no_mixing(data_dir, manifest_fields["feature_dim"], source, record_names, overwrite)
-    if not FileSystems.exists(data_dir):
-        FileSystems.mkdirs(data_dir)
-    staging_dir = FileSystems.join(data_dir, f".staging-{uuid.uuid4().hex[:12]}")
     t0 = time.time()
-    try:
-        pipeline = beam.Pipeline(options=options)
-        tokens = build(pipeline, staging_dir)
-        # The last transform depends on every writer: the Dask runner computes only the last one.
-        _ = (tuple(tokens) | "AllOutputs" >> beam.Flatten()
-             | "CountPerSplit" >> beam.combiners.Count.PerKey()
-             | "LogCounts" >> beam.Map(lambda kv: LOG.info("%s: %s: %s elements through the writers", job, kv[0], kv[1])))
-        result = pipeline.run()
-        try:
-            result.wait_until_finish()
-        finally:
-            client = getattr(result, "client", None)  # the Dask runner's client stays open otherwise
-            if client is not None:
-                client.close()
-        LOG.info("%s: pipeline finished in %.1f s; counting the staged outputs", job, time.time() - t0)
+
+    def publish_staged(staging_dir: str, result) -> JobSummary:
         counts = count_staged(staging_dir, read_counts)
         compare_with_metrics(job, result, counts)
-        bad = {s: c for s, c in counts.items() if not c.reconciles()}
-        if bad:
-            raise ReconciliationError(f"{job}: counts do not reconcile (read != written + dead_lettered): "
-                                      + "; ".join(f"{s}: {dataclasses.asdict(c)}" for s, c in bad.items())
-                                      + f"; previous outputs in {data_dir} left unchanged")
+        check_reconciled(job, counts, f"previous outputs in {data_dir} left unchanged")
         extra = on_success(staging_dir) if on_success else {}
         previous = None if overwrite else read_existing_manifest(data_dir)
         if overwrite:
@@ -528,7 +553,6 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
             data_dir, {**manifest_fields, **extra, **({"unassigned": unassigned} if unassigned else {})},
             source, record_splits, shards, previous)
         LOG.info("%s: counted, published and wrote the manifest at %.1f s", job, time.time() - t0)
-    finally:
-        if FileSystems.exists(staging_dir):
-            FileSystems.delete([staging_dir])
-    return JobSummary(job, data_dir, int(manifest_fields["feature_dim"]), counts, manifest, time.time() - t0)
+        return JobSummary(job, data_dir, int(manifest_fields["feature_dim"]), counts, manifest, time.time() - t0)
+
+    return run_job(job, options, data_dir, build, publish_staged)

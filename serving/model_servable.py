@@ -32,6 +32,7 @@ from serving.tensor_codec import check_declared, decode_inputs
 from serving.validation import InvalidRequest, RequestLimits, check_shapes, validate_inputs
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json
+from vreloc_tf.tfrecord import iter_records
 
 log = logging.getLogger("serving.model_servable")
 _NO_LIMITS = RequestLimits(2**31 - 1, 2**31 - 1, 2**31 - 1)
@@ -126,15 +127,14 @@ class LoadedVersion:
         client-facing size limits, which a server may set below the warm-up shapes.
         """
         import numpy as np
-        import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
 
         path = os.path.join(self.path, sig.ASSETS_EXTRA_DIR, sig.WARMUP_FILE)
         if not os.path.exists(path):
             return 0
         count = 0
-        for record in tf.data.TFRecordDataset(path):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for _, record in iter_records(path):
+            entry = prediction_log_pb2.PredictionLog.FromString(record)
             request = entry.predict_log.request
             arrays = decode_inputs(request.inputs)
             validate_inputs(arrays, self.feature_dim, _NO_LIMITS)

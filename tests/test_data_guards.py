@@ -2,7 +2,7 @@
 naming the file at fault (one line, exit 2 through the CLI), never an internal error, never read silently.
 
 Row 12: a features file regenerated at the same path must not mix draws in one data folder.
-Row 13: our own TFRecord reader (vreloc_tf/entry_index.py) checks both CRCs of every record.
+Row 13: our own TFRecord reader (vreloc_tf/tfrecord.py) checks both CRCs of every record.
 Row 15: a library index part tampered with at the same size (NaN features, numbers outside their table).
 """
 import glob
@@ -18,7 +18,7 @@ import pytest
 from helpers.records import make_data_dir
 from pipeline import ingest_activitynet as ingest, staged_sink
 from vreloc import cli
-from vreloc_tf import entry_index, schema
+from vreloc_tf import entry_index, schema, tfrecord
 from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.files import file_sha256
 
@@ -136,20 +136,20 @@ def _records(path):
 
 
 def test_checked_reader_reads_what_tensorflow_reads(data_dir):
-    """iter_framed, count_framed and reads by offset (backwards) agree with tf.data.TFRecordDataset record
+    """iter_records, count_records and reads by offset (backwards) agree with tf.data.TFRecordDataset record
     for record, and the Python checksum agrees with the one TensorFlow wrote."""
     import tensorflow as tf
 
     for path in schema.shard_files(data_dir, "train"):
         want = [r.numpy() for r in tf.data.TFRecordDataset(path)]
-        got = list(entry_index.iter_framed(path))
+        got = list(tfrecord.iter_records(path))
         assert [data for _, data in got] == want and len(want) > 1
         assert [off for off, _ in got] == [off for off, _ in _records(path)]
-        assert entry_index.count_framed(path) == len(want)
-        reader = entry_index.FramedReader(path)
+        assert tfrecord.count_records(path) == len(want)
+        reader = tfrecord.FramedReader(path)
         assert [reader.read(off)[0] for off, _ in reversed(got)] == want[::-1]
         with open(path, "rb") as fh:  # the Python checker (what explains a refused record) accepts them too
-            assert [entry_index._read_record(fh, path, off, reader.size) for off, _ in got] == want
+            assert list(tfrecord.iter_stream(fh, path)) == got
 
 
 def _damage(path, how):
@@ -174,7 +174,7 @@ def test_a_corrupt_record_is_a_data_error_naming_the_file(data_dir, capsys, how)
     path = schema.shard_files(data_dir, "test")[0]
     offset = _damage(path, how)
     with pytest.raises(DataError, match=rf"{path}: corrupt TFRecord file at byte {offset}: "):
-        list(entry_index.iter_framed(path))
+        list(tfrecord.iter_records(path))
     with pytest.raises(DataError, match=str(path)):
         entry_index.load_index(data_dir, "test")
     _one_line_exit_2(capsys, ["baseline", "--method", "random", "--data", data_dir, "--split", "test"],

@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from helpers.synth_data import make_synth_with_bad
 from pipeline import ingest_activitynet as ingest, options, staged_sink, synth
-from vreloc_tf import __version__
+from vreloc_tf import __version__, tfrecord
 from vreloc_tf.files import file_sha256
 from vreloc_tf.schema import decode_record, read_manifest, read_records
 
@@ -148,12 +148,8 @@ def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5
     assert not glob.glob(f"{staging}/**/*.inprogress", recursive=True)
     # each file is closed once it passes 300 bytes: 3 records of ~200 bytes per split -> 2 files
     assert len(glob.glob(f"{staging}/records/train/*.tfrecord")) == len(glob.glob(f"{staging}/records/val/*.tfrecord")) == 2
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-    got = []
-    for path in glob.glob(f"{staging}/records/*/*.tfrecord"):
-        with open(path, "rb") as fh:
-            while (raw := _TFRecordUtil.read_record(fh)) is not None:
-                got.append(decode_record(raw))
+    got = [decode_record(raw) for path in glob.glob(f"{staging}/records/*/*.tfrecord")
+           for _, raw in tfrecord.iter_records(path)]  # TensorFlow's reader reads what the bundle writer framed
     got.sort(key=lambda r: r.entry_index)
     assert [r.entry_index for r in got] == list(range(6))
     for r, want in zip(got, recs):

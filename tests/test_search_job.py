@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from helpers.records import TINY_DIM, make_records, write_manifest, write_split
 from pipeline import build_index
 from vreloc_tf import schema
+from vreloc_tf.errors import DataError
 from vreloc_tf.search.embedding import EmbeddingSpec, window_spans
 
 DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -54,9 +55,27 @@ def test_embed_videos_outputs_and_dead_letters(tmp_path):
             ("test", "unreadable shard", -1)]), label="dead")
 
 
-def test_count_records_reads_headers_only(tmp_path):
-    _, _, path, _ = _shard_with_problems(tmp_path)
-    assert build_index.count_records(path) == 5
+def test_count_inputs_counts_every_record_and_refuses_a_truncated_shard(tmp_path):
+    _, _, path, truncated = _shard_with_problems(tmp_path)
+    assert build_index.count_inputs({"test": [path]}) == {"test": 5}
+    with pytest.raises(DataError, match=rf"{truncated}: corrupt TFRecord file at byte 0: "):
+        build_index.count_inputs({"test": [path, truncated]})
+
+
+def test_counts_that_do_not_reconcile_leave_no_index_and_no_staging(search_data, tmp_path, monkeypatch):
+    """The index build runs on staged_sink.run_job: a count that does not add up is a ReconciliationError
+    naming the index build's sum, before any index is made, and the staging folder is gone."""
+    from pipeline import staged_sink
+
+    data = search_data[0]
+    ix = str(tmp_path / "ix")
+    real = build_index.count_inputs
+    monkeypatch.setattr(build_index, "count_inputs", lambda shards: {s: n + 1 for s, n in real(shards).items()})
+    with pytest.raises(staged_sink.ReconciliationError,
+                       match=r"index-build: counts do not reconcile \(read != added \+ merged \+ dead_lettered\): "
+                             r"test: read 13, added 12, merged 0, dead_lettered 0; the index in .* is unchanged"):
+        build_index.run(ix, data, splits=["test"], scales=(8, 16), beam_args=DIRECT)
+    assert os.listdir(ix) == []
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import resolve_pairs, score_plan
 from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
 from vreloc_tf.schema import shard_files
+from vreloc_tf.tfrecord import iter_records
 
 METHODS = ("random", "prior", "frame-level", "query-free", "window-match")
 METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline", "query-free": "query-free",
@@ -194,6 +195,20 @@ WINDOW_MATCH_ZERO = 1e-9  # a query direction shorter than this is no direction 
 WINDOW_MATCH_BATCH = 64  # train records parsed and centred together (at most 64 x 300 steps at once)
 
 
+def _record_batches(paths, size: int):
+    """Lists of ``size`` serialized records (the last one shorter) of the files ``paths`` in order, read
+    through ``vreloc_tf.tfrecord`` (both checksums checked: a damaged record is a DataError)."""
+    batch = []
+    for path in paths:
+        for _, data in iter_records(path):
+            batch.append(data)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
 def within_reference_covariance(data_dir: str, feature_dim: int, split: str = "train") -> Tuple[np.ndarray, int]:
     """(W [D, D], N): the covariance of the steps of every entry of ``split`` about their own entry's mean,
     W = (1/N) sum_entries sum_t (x_t - m_entry)(x_t - m_entry)^T over all N steps (float64; entries in
@@ -212,8 +227,8 @@ def within_reference_covariance(data_dir: str, feature_dim: int, split: str = "t
     dim = int(feature_dim)
     scatter = np.zeros((dim, dim))
     count = 0
-    ds = tf.data.TFRecordDataset(shard_files(data_dir, split)).batch(WINDOW_MATCH_BATCH).map(parse).prefetch(2)
-    for values, lengths, dims in ds.as_numpy_iterator():
+    for serialized in _record_batches(shard_files(data_dir, split), WINDOW_MATCH_BATCH):
+        values, lengths, dims = (t.numpy() for t in parse(tf.constant(serialized)))
         if np.any(dims != dim) or values.size != int(np.sum(lengths)) * dim:
             raise InputError(f"window-match baseline: a '{split}' record of {data_dir} does not hold "
                              f"length x {dim} features (the data folder's feature dim)")

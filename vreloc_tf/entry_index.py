@@ -14,28 +14,21 @@ never stored), so nothing downstream can use it. The query/reference division by
 source video is :func:`weak_role` (a hash of the video id, so it is deterministic,
 independent of shard order, and the same on every worker).
 
-TFRecord framing (for the offsets): each record is ``uint64 length, uint32 masked
-crc32c(length bytes), data[length], uint32 masked crc32c(data)``, little endian. Every
-record read here has both checksums checked (the length's before the length is
-trusted, so a corrupt header never allocates) and the file must not end mid-record.
-Records are read by TensorFlow's C++ random-access reader (hardware CRC-32C: 0.15 ms per
-300 KB record, measured, against 1.3 ms for crcmod's; training reads two per pair); where
-it refuses one, the framing is re-read here in Python to say what is damaged. A corrupt record is a
-:class:`CorruptRecordError` (a ``DataError``: one line naming the file and byte offset,
-exit 2), as is a record whose checksums hold but which is not an Example.
+Records are read, both checksums checked, through :mod:`vreloc_tf.tfrecord` (the one reader of
+TFRecord framing): a damaged record is its ``CorruptRecordError`` (a ``DataError``: one line naming
+the file and byte offset, exit 2), as is a record whose checksums hold but which is not an Example.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import struct
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
 from vreloc_tf import schema
 from vreloc_tf.errors import DataError
+from vreloc_tf.tfrecord import CorruptRecordError, FramedReader, iter_records
 
 QUERY_PART, REFERENCE_PART = 0, 1
 
@@ -46,142 +39,6 @@ def weak_role(video_id: str, query_fraction: float) -> int:
         raise ValueError(f"data.weak_query_fraction must be in (0, 1), got {query_fraction}")
     h = int(hashlib.sha1(video_id.encode("utf-8")).hexdigest()[:8], 16) / 2.0 ** 32
     return QUERY_PART if h < query_fraction else REFERENCE_PART
-
-
-class CorruptRecordError(DataError, schema.SchemaError):
-    """A TFRecord file is damaged (a checksum differs, it ends mid-record, a record does not parse).
-
-    A :class:`DataError` (exit 2, the message names the file and byte offset) and a
-    ``SchemaError``, so callers that dead-letter an unreadable shard
-    (``pipeline.build_index.ReadShardFn``) keep doing so.
-    """
-
-
-_HEADER = 12  # uint64 length + uint32 masked crc of the length
-_FOOTER = 4  # uint32 masked crc of the data
-_MASK_DELTA = 0xA282EAD8
-_crc32c = None
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data``: google-crc32c's C code where installed, else crcmod's C
-    extension (installed with apache-beam[tfrecord]), the fastest of what the environment has."""
-    global _crc32c
-    if _crc32c is None:
-        try:
-            import google_crc32c
-
-            _crc32c = google_crc32c.value
-        except ImportError:
-            import crcmod.predefined
-
-            _crc32c = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
-    return _crc32c(data)
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC: ``((crc >> 15) | (crc << 17)) + 0xa282ead8`` mod 2**32."""
-    crc = crc32c(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
-
-
-def _damaged(path: str, offset: int, what: str) -> CorruptRecordError:
-    return CorruptRecordError(f"{path}: corrupt TFRecord file at byte {offset}: {what}; the file was damaged "
-                              f"after it was written: restore it or re-run the job that wrote it")
-
-
-def _read_length(fh, path: str, offset: int, size: int) -> Optional[int]:
-    """The data length of the record at ``offset`` (``fh`` positioned there; ``size``: the file's bytes),
-    its checksum checked before it is trusted; None at the end of the file."""
-    header = fh.read(_HEADER)
-    if not header:
-        return None
-    if len(header) < _HEADER:
-        raise _damaged(path, offset, f"the file ends inside a record header ({len(header)} of {_HEADER} bytes)")
-    length, length_crc = struct.unpack("<QI", header)
-    if masked_crc32c(header[:8]) != length_crc:
-        raise _damaged(path, offset, "the length header's checksum differs (corrupt length)")
-    if offset + _HEADER + length + _FOOTER > size:
-        raise _damaged(path, offset, f"the file ends inside the record ({length} data bytes announced, "
-                                     f"{max(size - offset - _HEADER - _FOOTER, 0)} left)")
-    return length
-
-
-def _read_record(fh, path: str, offset: int, size: int) -> Optional[bytes]:
-    """The data of the record at ``offset`` (``fh`` positioned there), both checksums checked here in
-    Python; None at the end of the file; :class:`CorruptRecordError` saying what is wrong otherwise."""
-    length = _read_length(fh, path, offset, size)
-    if length is None:
-        return None
-    data = fh.read(length)
-    footer = fh.read(_FOOTER)
-    if len(data) != length or len(footer) != _FOOTER:
-        raise _damaged(path, offset, "the file ends inside the record")
-    if masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-        raise _damaged(path, offset, f"the data checksum differs ({length} bytes)")
-    return data
-
-
-class FramedReader:
-    """Checked reads of one TFRecord file, sequential (iteration) or by offset (:meth:`read`)."""
-
-    def __init__(self, path: str):
-        from tensorflow.python.lib.io import tf_record
-
-        self.path = path
-        self.size = os.path.getsize(path)
-        self._reader = tf_record.tf_record_random_reader(path)
-
-    def read(self, offset: int) -> Tuple[bytes, int]:
-        """(data, offset of the next record) of the record at ``offset``; :class:`CorruptRecordError`
-        naming the file, the offset and what is damaged."""
-        from tensorflow.python.framework.errors_impl import DataLossError, OutOfRangeError
-
-        if not 0 <= offset < self.size:
-            raise _damaged(self.path, offset, f"no record there (the file has {self.size} bytes; it is shorter "
-                                              f"than when its entries were indexed)")
-        try:
-            return self._reader.read(offset)
-        except (DataLossError, OutOfRangeError, IndexError) as exc:
-            raise self._explain(offset, exc) from None
-
-    def _explain(self, offset: int, exc: Exception) -> CorruptRecordError:
-        """TensorFlow refused the record at ``offset``: the Python checker says which part is damaged."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(offset)
-                _read_record(fh, self.path, offset, self.size)
-        except CorruptRecordError as err:
-            return err
-        return _damaged(self.path, offset, f"TensorFlow's reader refused it ({str(exc).splitlines()[0]})")
-
-    def __iter__(self):
-        """``(offset, data)`` of every record, in file order."""
-        offset = 0
-        while offset < self.size:
-            data, end = self.read(offset)
-            yield offset, data
-            offset = end
-
-
-def iter_framed(path: str):
-    """Yield ``(offset, serialized)`` for every record of one TFRecord file, every checksum checked
-    (:class:`CorruptRecordError` naming the file and offset otherwise)."""
-    yield from FramedReader(path)
-
-
-def count_framed(path: str) -> int:
-    """Records in one TFRecord file from the length headers only (no data read): each length's
-    checksum is checked before it is trusted, and the file must not end mid-record."""
-    n = 0
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        offset = 0
-        while (length := _read_length(fh, path, offset, size)) is not None:
-            offset += _HEADER + length + _FOOTER
-            fh.seek(offset)
-            n += 1
-    return n
 
 
 def parse_example(data: bytes, path: str, number: int, offset: int):
@@ -242,7 +99,7 @@ def load_index(data_dir: str, split: str, hide_groundtruth_of: Optional[str] = N
     paths = schema.shard_files(data_dir, split)
     rows = []
     for shard_no, path in enumerate(paths):
-        for number, (offset, data) in enumerate(iter_framed(path)):
+        for number, (offset, data) in enumerate(iter_records(path)):
             f = parse_example(data, path, number, offset).features.feature
             try:
                 video_id = f["video_id"].bytes_list.value[0].decode("utf-8")

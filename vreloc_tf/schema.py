@@ -40,6 +40,7 @@ import numpy as np
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json
+from vreloc_tf.tfrecord import iter_records
 
 UNKNOWN = -1  # the value of an unknown label, ground truth, or fps
 SPLITS = ("train", "val", "test")
@@ -206,14 +207,8 @@ def shard_files(data_dir: str, split: str) -> List[str]:
 
 
 def read_records(data_dir: str, split: str) -> List[Record]:
-    """All records of a split, in shard order (small data, tests and tools only)."""
-    import tensorflow as tf
-
-    out = []
-    for path in shard_files(data_dir, split):
-        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            out.append(decode_record(raw))
-    return out
+    """All records of a split, in shard order (small data, tests and tools only), checksums checked."""
+    return [decode_record(data) for path in shard_files(data_dir, split) for _, data in iter_records(path)]
 
 
 def read_manifest(data_dir: str) -> dict:
