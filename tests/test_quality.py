@@ -128,6 +128,11 @@ def test_one_command_writes_the_whole_page_and_a_second_call_reproduces_it(tmp_p
     assert cli.main(STUDY + ["--out", out, "--report", page, "--finished-only"]) == 0
     with open(page) as fh:
         assert fh.read() == first
+    # a study asked for with more seeds than finished says which rows it left out
+    assert cli.main(STUDY + ["--out", out, "--report", page, "--finished-only", "--seeds", "0,1"]) == 0
+    with open(page) as fh:
+        text = fh.read()
+    assert "## Not finished yet" in text and "* demo: full seed 1, full+swapped seed 1" in text
 
 
 @pytest.mark.slow
@@ -166,3 +171,4 @@ def test_finished_only_on_an_empty_study_trains_nothing(tmp_path):
     assert study.run(progress=lines.append) == {}
     assert lines == ["[quality] substates: nothing finished, left out"]
     assert os.listdir(tmp_path) == []
+    assert study.unfinished == {"substates": ["every row"]}

@@ -148,6 +148,7 @@ class Study:
     reporting_seed: int = REPORTING_DATA_SEED
     bootstrap_samples: int = BOOTSTRAP_SAMPLES
     timings: Dict[str, float] = field(default_factory=dict)
+    unfinished: Dict[str, List[str]] = field(default_factory=dict)  # --finished-only: rows left out, per family
 
     # -- data ------------------------------------------------------------------------
     def draw_dir(self, draw: int) -> str:
@@ -295,13 +296,15 @@ class Study:
             seeds = list(self.seeds)[: method.max_seeds] if method.max_seeds else list(self.seeds)
             try:
                 rate, tuned = self.rate(family, method, progress)
-            except FileNotFoundError:
-                continue  # --finished-only: tuning not finished
+            except FileNotFoundError:  # --finished-only: tuning not finished
+                self.unfinished.setdefault(family, []).append(f"{name} (tuning)")
+                continue
             for swapped in (False, True) if method.controlled else (False,):
                 row = method.name + (SWAPPED if swapped else "")
                 for seed in seeds:
                     if self.finished_only and not os.path.exists(
                             self.result_path(self.reporting_seed, family, row, rate, seed)):
+                        self.unfinished.setdefault(family, []).append(f"{row} seed {seed}")
                         continue
                     progress(f"[quality] {family}: {row}, seed {seed} (learning rate {rate:g})")
                     rows.setdefault(row, []).append(self.score(family, method, rate, tuned, seed, swapped))
@@ -316,6 +319,7 @@ class Study:
             draw = self.reporting_seed
             if self.finished_only and not os.path.exists(self.pairs_file(draw, family)):
                 progress(f"[quality] {family}: nothing finished, left out")
+                self.unfinished[family] = ["every row"]
                 continue
             rows = self.family_rows(family, progress)
             classes = self.pair_classes(draw, family)

@@ -111,6 +111,15 @@ def _provenance(summary: Dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _unfinished(study: Study) -> str:
+    if not study.unfinished:
+        return ""
+    lines = ["## Not finished yet\n", "This page was written with `--finished-only` while the study was still running; "
+             "these rows are left out (the same command without `--finished-only` trains them, resuming):\n"]
+    lines += [f"* {family}: {', '.join(rows)}" for family, rows in study.unfinished.items()]
+    return "\n".join(lines) + "\n"
+
+
 def render(study: Study, summary: Dict[str, dict], command: str) -> str:
     families = ", ".join(f"`{f}`" for f in summary) or "none finished yet"
     parts = [
@@ -141,6 +150,7 @@ def render(study: Study, summary: Dict[str, dict], command: str) -> str:
         "| choice | made on |\n|---|---|\n" + "\n".join(f"| {c} | {d} |" for c, d in CHOICES) + "\n",
         "Methods:\n",
         _methods_text(study) + "\n",
+        _unfinished(study),
         "## Targets at a glance (issue #26)\n",
         _glance(summary),
         f"## Results (reporting draw, data seed {study.reporting_seed})\n",
