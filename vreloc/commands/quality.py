@@ -94,5 +94,10 @@ def main(args: argparse.Namespace) -> int:
         write_report(study, summary, args.report, command)
         print(f"wrote {args.report}")
     missed = [f"{family}: {name}" for family, s in summary.items() for name, c in s["checks"].items() if not c["met"]]
-    print("quality targets: " + ("all met" if not missed else "MISSED " + "; ".join(missed)))
+    checked = sum(len(s["checks"]) for s in summary.values())
+    verdict = f"{checked} checked, " + ("all met" if not missed else "MISSED " + "; ".join(missed))
+    if study.unfinished:  # --finished-only: say that the verdict covers only what finished
+        verdict += "; not finished: " + "; ".join(
+            f"{f}: {rows[0] if rows == ['every row'] else f'{len(rows)} rows'}" for f, rows in study.unfinished.items())
+    print("quality targets: " + verdict)
     return 0
