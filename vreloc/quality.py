@@ -212,10 +212,11 @@ class Study:
             if self.finished_only:
                 raise FileNotFoundError(run)
             cfg = self.base_config(method, seed, rate)
+            where = provenance()  # before training: the code the run starts with
             t0 = time.time()
             train(cfg, data, run, verbose=0, overwrite=True)
             self.timings[f"draw-{draw}/{family}/{method.name}/lr-{rate:g}/{seed}"] = time.time() - t0
-            write_json_atomic(os.path.join(run, "provenance.json"), provenance())
+            write_json_atomic(os.path.join(run, "provenance.json"), where)
         return run
 
     # -- tuning ------------------------------------------------------------------------
