@@ -260,6 +260,7 @@ def test_stalled_clients_are_dropped_and_threads_bounded(served, no_tracebacks):
         sock.sendall(head)
         sockets.append(sock)
         peak = max(peak, threading.active_count())
+    opening = time.monotonic() - started  # seconds to open all 300 (long on a loaded machine)
     closed = _wait_closed(sockets, TIMEOUT + 6)
     took = time.monotonic() - started
     time.sleep(0.3)
@@ -272,7 +273,10 @@ def test_stalled_clients_are_dropped_and_threads_bounded(served, no_tracebacks):
         sock.close()
     assert len(closed) == 300, f"{300 - len(closed)} connection(s) still held after {TIMEOUT + 6:g} s"
     assert set(counts) <= {b"408", b"503"}, counts
-    assert counts.get(b"408", 0) >= 1 and counts.get(b"503", 0) >= 200, counts
+    # a slot frees only when its stalled client is dropped after TIMEOUT, so while the 300 arrive at most
+    # 64 x (1 + opening // TIMEOUT) of them can be admitted (408); every other one is refused at once (503)
+    admitted_at_most = 64 * (1 + int(opening // TIMEOUT))
+    assert 1 <= counts.get(b"408", 0) <= admitted_at_most, (counts, f"opened in {opening:.1f} s")
     assert peak <= baseline + 64 + 2, (baseline, peak)
     assert after <= baseline + 1, (baseline, after)
     assert call(served.rest_port, "GET", f"/v1/models/{H.MODEL_NAME}")[0] == 200  # still serving
