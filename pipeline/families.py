@@ -128,11 +128,6 @@ class DemoFamily:
         return (self.common + scene + activity @ self.u_action + jitter + sensor).astype(np.float32)
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 # --------------------------------------------------------------------------- the other families
 
 

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline import synth
-from vreloc_tf.baselines import METHODS as KNOWN, run_baseline
+from vreloc_tf.baselines import run_baseline
 from vreloc_tf.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.config import CGBM_METHOD, load_config
 from vreloc_tf.entry_index import load_index
@@ -171,7 +171,7 @@ class Study:
             raw = os.path.join(data, "raw")
             if BENCHMARK in (family, self.geometry):
                 if not self.benchmark_splits:
-                    raise InputError(f"the benchmark geometry needs --benchmark-splits DIR "
+                    raise InputError("the benchmark geometry needs --benchmark-splits DIR "
                                      "(length.json + train/val/test.json; `vreloc benchmark fetch`)")
                 synth.generate(raw, seed=draw, dim=self.dim, lengths=os.path.join(self.benchmark_splits, "length.json"),
                                splits_dir=self.benchmark_splits, family="demo" if family == BENCHMARK else family)
@@ -277,8 +277,6 @@ class Study:
         draw = self.reporting_seed
         out = {}
         for name in TRAINING_FREE:
-            if name not in KNOWN:
-                continue
             path = self.result_path(draw, family, name)
             if not os.path.exists(path):
                 if self.finished_only:
@@ -312,9 +310,7 @@ class Study:
         return rows
 
     def run(self, progress=print) -> dict:
-        for name in self.methods:
-            if name not in METHODS:
-                raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
+        check_methods(self.methods)
         summary = {}
         for family in self.families:
             draw = self.reporting_seed
@@ -330,6 +326,12 @@ class Study:
             write_json_atomic(os.path.join(self.draw_dir(draw), "results", family, "summary.json"), summary[family])
             progress(format_family(family, summary[family]))
         return summary
+
+
+def check_methods(names: Sequence[str]) -> None:
+    for name in names:
+        if name not in METHODS:
+            raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
 # -- tuning --------------------------------------------------------------------------------
@@ -463,5 +465,5 @@ def load_summaries(out: str, families: Sequence[str], reporting_seed: int = REPO
             for f in families}
 
 
-__all__ = ["Study", "METHODS", "MAIN_METHODS", "FAMILIES", "summarize", "summarize_family", "targets",
+__all__ = ["Study", "METHODS", "check_methods", "MAIN_METHODS", "FAMILIES", "summarize", "summarize_family", "targets",
            "format_family", "tuning_score", "pick_trial", "provenance", "load_summaries"]

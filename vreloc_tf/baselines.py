@@ -46,7 +46,7 @@ from vreloc_tf.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluate import resolve_pairs, score_plan
 from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
-from vreloc_tf.schema import shard_files
+from vreloc_tf.schema import feature_spec, shard_files
 from vreloc_tf.tfrecord import iter_records
 
 METHODS = ("random", "prior", "frame-level", "query-free", "window-match")
@@ -217,8 +217,7 @@ def within_reference_covariance(data_dir: str, feature_dim: int, split: str = "t
     read (no label, no segment)."""
     import tensorflow as tf
 
-    spec = {"length": tf.io.FixedLenFeature([], tf.int64), "feature_dim": tf.io.FixedLenFeature([], tf.int64),
-            "features": tf.io.VarLenFeature(tf.float32)}
+    spec = {key: value for key, value in feature_spec().items() if key in ("length", "feature_dim", "features")}
 
     def parse(serialized):  # a batch of records -> (their features, concatenated; lengths; dims)
         parsed = tf.io.parse_example(serialized, spec)

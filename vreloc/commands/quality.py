@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from vreloc.quality import FAMILIES, LEARNING_RATES, MAIN_METHODS, METHODS, BENCHMARK, Study
+from vreloc.quality import BENCHMARK, FAMILIES, LEARNING_RATES, MAIN_METHODS, METHODS, Study, check_methods
 from vreloc.quality_report import write_report
 from vreloc_tf import benchmark_files
 from vreloc_tf.errors import InputError
@@ -73,9 +73,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    for name in args.methods:  # before anything is looked for or made
-        if name not in METHODS:
-            raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
+    check_methods(args.methods)  # before anything is looked for or made
     if not args.learning_rates or any(r <= 0 for r in args.learning_rates):
         raise InputError(f"--learning-rates: give positive rates, got {args.learning_rates}")
     splits = args.benchmark_splits
