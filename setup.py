@@ -27,7 +27,7 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
         "tensorboard>=2.21,<2.22",  # Keras's TensorBoard callback (training logs)
-        "apache-beam[dask,tfrecord]>=2.77,<2.78",  # [tfrecord]: crcmod (C CRC-32C for vreloc_tf/tfrecord.py); [dask]: DaskRunner
+        "apache-beam[dask,tfrecord]>=2.77,<2.78",  # [tfrecord]: crcmod (C CRC-32C for vreloc_tf/data/tfrecord.py); [dask]: DaskRunner
         "tensorflow-serving-api>=2.21,<2.22",
         "grpcio>=1.60",
         "h5py>=3.10",

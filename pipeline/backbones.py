@@ -4,7 +4,7 @@ Why one interface: `extract-video`, `locate`, `features`, `index build` and `sea
 video into features, and a model only understands features made exactly like its training
 features. Each of them builds a backbone from :class:`BackboneOptions` (plain, picklable: a
 Beam worker rebuilds the same network in ``setup``), and records the
-:class:`vreloc_tf.feature_spec.FeatureSpec` that :func:`resolve` and :func:`feature_spec`
+:class:`vreloc_tf.data.feature_spec.FeatureSpec` that :func:`resolve` and :func:`feature_spec`
 derive from the options (weights checksum, frame rate) and the PCA.
 
 ==========  ==========================================  ======================  ===============
@@ -45,7 +45,7 @@ from pipeline.c3d import load_mean
 from vreloc_tf import progress
 from vreloc_tf.contract import FC7_DIM, FRAMES_PER_FEATURE
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import FeatureSpec
+from vreloc_tf.data.feature_spec import FeatureSpec
 from vreloc_tf.suggest import closest
 
 log = logging.getLogger("vreloc.backbones")

@@ -17,7 +17,7 @@ import time
 from typing import Optional
 
 from pipeline import ingest_activitynet, synth
-from vreloc_tf.benchmark_files import require_splits
+from vreloc_tf.data.benchmark_files import require_splits
 from vreloc_tf.contract import FEATURE_DIM
 from vreloc_tf.errors import add_debug_option, run_entry_point
 

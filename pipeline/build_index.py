@@ -19,7 +19,7 @@ process anyway.
 Why merge: a video with two annotated instances is two records (two windows, each centred on an
 instance); indexed as two items, search returned the same video (often the same segment) twice.
 
-The launcher first counts the input records through ``vreloc_tf.tfrecord`` (both checksums of every
+The launcher first counts the input records through ``vreloc_tf.data.tfrecord`` (both checksums of every
 record checked): a damaged shard is refused there, a DataError naming the file and byte offset, before
 the job runs (the job's own dead letter for an unreadable shard only catches one damaged later). The
 job runs on ``staged_sink.run_job``, the runner every Beam job here shares.
@@ -54,11 +54,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import schema, tfrecord
-from vreloc_tf.artifacts import Dataset, Run
+from vreloc_tf.data import schema
+from vreloc_tf.data import tfrecord
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import file_sha256
-from vreloc_tf.schema import SchemaError, decode_record
+from vreloc_tf.data.schema import SchemaError, decode_record
 from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, Embedder, EmbeddingSpec, encoder_of
 from vreloc_tf.search.library import LibraryIndex, VideoEmbedding, check_pca_file
 from vreloc_tf.search.relocalize import Relocalizer
@@ -81,7 +82,7 @@ ALREADY_INDEXED = "already in the index (remove it first to replace it)"
 
 def count_inputs(shards: Dict[str, List[str]]) -> Dict[str, int]:
     """Records per split of the input shards, both checksums of every record checked: a damaged shard
-    is refused here, before the job (``vreloc_tf.tfrecord.CorruptRecordError`` naming the file and byte)."""
+    is refused here, before the job (``vreloc_tf.data.tfrecord.CorruptRecordError`` naming the file and byte)."""
     return {split: sum(tfrecord.count_records(p) for p in paths) for split, paths in shards.items()}
 
 
@@ -137,7 +138,7 @@ def _same_rate(a: float, b: float) -> bool:
 
 
 def merge_records(records: Iterable) -> Tuple[List[Piece], List[Tuple[object, str]]]:
-    """(pieces, [(record, reason)] refused) of one video's records (vreloc_tf.schema.Record, same video_id).
+    """(pieces, [(record, reason)] refused) of one video's records (vreloc_tf.data.schema.Record, same video_id).
 
     Records in order of window start (then longest first, split, entry): one that overlaps or touches
     the current piece extends it (its features must equal the piece's on the overlap, within

@@ -1,7 +1,7 @@
 """``vreloc extract-video``: raw videos -> a backbone -> PCA -> sharded TFRecords.
 
 So that any folder of videos becomes a dataset in the same contract as the benchmark
-(``vreloc_tf.schema``): with annotations, a training set; without, a library to search.
+(``vreloc_tf.data.schema``): with annotations, a training set; without, a library to search.
 Composed of the library pieces ``pipeline.video`` (PyAV decode), ``pipeline.backbones``
 (``c3d``: Sports-1M C3D fc7 per 16-frame clip, the paper's; ``clip``: a keras-hub CLIP
 image encoder on one frame every ``1 / fps`` seconds) and ``pipeline.pca`` (mergeable PCA
@@ -49,7 +49,7 @@ Rules (documented here because they define the data):
   saved as ``OUT/pca.npz``. With fewer samples than components, the components
   beyond the data's rank are zero (``pipeline.pca`` warns), so even a small
   folder runs end to end.
-* The manifest records the :class:`vreloc_tf.feature_spec.FeatureSpec` (backbone,
+* The manifest records the :class:`vreloc_tf.data.feature_spec.FeatureSpec` (backbone,
   weights SHA-256, sampling rate, PCA SHA-256) under ``features``; every consumer
   (train, locate, features, index, search) checks it.
 
@@ -83,8 +83,8 @@ from pipeline.pca import PCA, PCAStatsCombineFn, fit_pca
 from pipeline.video import VideoError
 from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, MAX_WINDOW
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import MANIFEST_KEY
-from vreloc_tf.schema import UNKNOWN, Record, SchemaError
+from vreloc_tf.data.feature_spec import MANIFEST_KEY
+from vreloc_tf.data.schema import UNKNOWN, Record, SchemaError
 
 LOG = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.synth import SYNTHETIC_ATTR
 from vreloc_tf.contract import FRAMES_PER_FEATURE, HDF5_ROW_STRIDE
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import PUBLISHED_C3D, SYNTHETIC, FeatureSpec
+from vreloc_tf.data.feature_spec import PUBLISHED_C3D, SYNTHETIC, FeatureSpec
 from vreloc_tf.files import file_sha256
-from vreloc_tf.schema import Record, SchemaError
+from vreloc_tf.data.schema import Record, SchemaError
 
 LOG = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """How a Beam job's outputs reach a data folder: dead letters, staged shards, reconciled counts, one manifest.
 
 Why a module of its own: every job (``ingest-activitynet``, ``extract-video``)
-must write the same contract (``vreloc_tf.schema``) the same way, on every
+must write the same contract (``vreloc_tf.data.schema``) the same way, on every
 runner, and prove its counts. A job composes its own transforms and hands
 its writers' outputs to :func:`run_and_publish`.
 
 How outputs are written, and why not with ``WriteToTFRecord``
 -------------------------------------------------------------
-Records are encoded with ``vreloc_tf.schema.encode_record`` and written by
-:class:`WriteBundleFilesFn` (framed by ``vreloc_tf.tfrecord.write_record``, the
+Records are encoded with ``vreloc_tf.data.schema.encode_record`` and written by
+:class:`WriteBundleFilesFn` (framed by ``vreloc_tf.data.tfrecord.write_record``, the
 project's one TFRecord writer; counted back, every checksum checked, by
-``vreloc_tf.tfrecord.count_stream``): one file per bundle and split, first under a
+``vreloc_tf.data.tfrecord.count_stream``): one file per bundle and split, first under a
 per-run staging folder ``DATA_DIR/.staging-<uuid>/``. Only after the pipeline
 finished does the launcher count what is there, check that
 ``read = written + dead_lettered`` for every split, replace the split's old
@@ -61,9 +61,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import __version__, tfrecord
+from vreloc_tf import __version__
+from vreloc_tf.data import tfrecord
 from vreloc_tf.errors import InputError
-from vreloc_tf.schema import MANIFEST_NAME, encode_record, read_manifest
+from vreloc_tf.data.schema import MANIFEST_NAME, encode_record, read_manifest
 
 LOG = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class WriteBundleFilesFn(beam.DoFn):
 
 
 class WriteRecords(beam.PTransform):
-    """``vreloc_tf.schema.Record`` elements -> staged TFRecord files, per split; yields (split, 1) tokens."""
+    """``vreloc_tf.data.schema.Record`` elements -> staged TFRecord files, per split; yields (split, 1) tokens."""
 
     def __init__(self, staging_dir: str, max_file_bytes: int = 256 << 20, label: Optional[str] = None):
         super().__init__(label)
@@ -221,7 +222,7 @@ class WriteDeadLetters(beam.PTransform):
 
 def count_tfrecords(path: str) -> int:
     """Records in one TFRecord file on any Beam file system, every length and data checksum checked
-    (``vreloc_tf.tfrecord.CorruptRecordError`` naming the file and byte offset otherwise)."""
+    (``vreloc_tf.data.tfrecord.CorruptRecordError`` naming the file and byte offset otherwise)."""
     from apache_beam.io.filesystem import CompressionTypes
 
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
@@ -271,7 +272,7 @@ def count_staged(staging_dir: str, read_counts: Dict[str, int]) -> Dict[str, Spl
 def read_existing_manifest(data_dir: str) -> Optional[dict]:
     """The manifest of ``data_dir`` if it has one, else None.
 
-    ``vreloc_tf.schema.read_manifest`` is the one reader; it reads plain paths.
+    ``vreloc_tf.data.schema.read_manifest`` is the one reader; it reads plain paths.
     A remote folder's (gs://...) manifest is first copied to a local temporary
     folder through Beam's FileSystems, so the parsing still happens there only.
     """

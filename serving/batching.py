@@ -11,7 +11,7 @@ Shapes: a model call gets (batch, Lq, Lr) padded up to an allowed batch size
 (powers of two up to ``max_batch_size``) and to the smallest of
 ``signature.QUERY_BUCKETS`` / ``signature.REFERENCE_BUCKETS`` that holds it.
 Padded steps lie beyond each row's length and padded rows have length 1, so
-no valid output changes (vreloc_tf/layers.py: padding never changes a valid
+no valid output changes (vreloc_tf/model/layers.py: padding never changes a valid
 step); outputs are cut back to each request's own shape.
 
 Chunks: at most ``max_batch_size`` pairs and ``max_batch_steps`` padded

@@ -30,11 +30,11 @@ from serving.batching import BatchingOptions, allowed_batch_size
 from serving.client import make_request, open_channel, predict
 from serving.export import export_model
 from serving.server import set_tensorflow_threads, start_server
-from vreloc_tf.artifacts import Run, RunManifest
+from vreloc_tf.data.artifacts import Run, RunManifest
 from vreloc_tf.config import load_config
 from vreloc_tf.contract import MAX_WINDOW
 from vreloc_tf.files import read_json
-from vreloc_tf.model import build_model
+from vreloc_tf.model.functional import build_model
 from vreloc_tf.model_bench import make_predict_function
 from vreloc_tf.errors import add_debug_option, run_entry_point
 

@@ -19,7 +19,7 @@ the decoded segment (start, end exclusive, score): decoding runs inside the
 graph, so a client needs nothing of this package. The rule is the run's own
 (``cfg.decode_rule``, limit ``cfg.decode.max_length(rule)``); ``decode="full"`` /
 ``"weak"`` / ``"feng"`` exports that rule instead. `vreloc export` runs
-:func:`export_model` and gets an :class:`vreloc_tf.artifacts.Export` back.
+:func:`export_model` and gets an :class:`vreloc_tf.data.artifacts.Export` back.
 
 The version appears atomically: it is written into a hidden ``.tmp-<version>-<uuid>``
 folder beside the versions, then renamed to its integer name, so a server
@@ -37,7 +37,7 @@ import numpy as np
 
 from serving import signature as sig
 from serving.versions import INT64_MAX, existing_versions, next_version
-from vreloc_tf.artifacts import Export, Run
+from vreloc_tf.data.artifacts import Export, Run
 from vreloc_tf.contract import DECODE_RULES, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import write_json_atomic
@@ -64,7 +64,7 @@ def serving_module(model, feature_dim: int, decode_mode: str, max_length: Option
     import tensorflow as tf
 
     # heavy: TensorFlow (keras.ops), loaded when a model is exported, not by vreloc export --help
-    from vreloc_tf.decoding import decode
+    from vreloc_tf.model.decoding import decode
 
     class ServingModule(tf.Module):
         def __init__(self):

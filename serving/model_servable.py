@@ -32,7 +32,7 @@ from serving.tensor_codec import check_declared, decode_inputs
 from serving.validation import InvalidRequest, RequestLimits, check_shapes, validate_inputs
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json
-from vreloc_tf.tfrecord import iter_records
+from vreloc_tf.data.tfrecord import iter_records
 
 log = logging.getLogger("serving.model_servable")
 _NO_LIMITS = RequestLimits(2**31 - 1, 2**31 - 1, 2**31 - 1)

@@ -30,10 +30,10 @@ from helpers.records import TINY_DIM  # noqa: E402
 @pytest.fixture(scope="session")
 def shared_splits_dir():
     """The benchmark split files, read in place (never copied) from ../shared/data/activitynet_reloc beside
-    the repo or the cache `vreloc benchmark fetch` fills (vreloc_tf.benchmark_files.find_splits: every file
+    the repo or the cache `vreloc benchmark fetch` fills (vreloc_tf.data.benchmark_files.find_splits: every file
     with its pinned sha256); a fresh clone without either skips, saying which command gets them, and a
     folder holding other files than the published ones fails."""
-    from vreloc_tf import benchmark_files
+    from vreloc_tf.data import benchmark_files
 
     found = benchmark_files.find_splits()
     if found is None:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from helpers import records as F
-from vreloc_tf.artifacts import MANIFEST_FILE, Dataset, Run, RunManifest
+from vreloc_tf.data.artifacts import MANIFEST_FILE, Dataset, Run, RunManifest
 from vreloc_tf.config import load_config
 from vreloc_tf.errors import InputError
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from helpers import records as F
-from vreloc_tf import baselines, metrics, schema
+from vreloc_tf.evaluation import baselines
+from vreloc_tf.evaluation import metrics
+from vreloc_tf.data import schema
 from vreloc.cli import main as cli_main
-from vreloc_tf.entry_index import load_index
+from vreloc_tf.data.entry_index import load_index
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +181,8 @@ def test_query_free_never_reads_padding():
 
 
 def test_query_free_never_reads_the_query(data_dir, tmp_path):
-    from vreloc_tf.evaluate import resolve_pairs
-    from vreloc_tf.input_pipeline import evaluation_plan
+    from vreloc_tf.evaluation.scoring import resolve_pairs
+    from vreloc_tf.data.input_pipeline import evaluation_plan
 
     pairs_file = str(tmp_path / "pairs.json")
     index, pairs = resolve_pairs(data_dir, "test", pairs_file, 0)

@@ -1,4 +1,4 @@
-"""`vreloc benchmark fetch|where` and vreloc_tf.benchmark_files: pinned files, checked, cached, found.
+"""`vreloc benchmark fetch|where` and vreloc_tf.data.benchmark_files: pinned files, checked, cached, found.
 
 The "upstream" here is a local HTTP server laid out like the repository (``<commit>/data/<file>``),
 built from the benchmark files the suite already has (../shared or the cache; skipped without them).
@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from vreloc import cli
-from vreloc_tf import benchmark_files as bf
+from vreloc_tf.data import benchmark_files as bf
 from vreloc_tf.errors import InputError
 
 

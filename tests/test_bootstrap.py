@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from vreloc_tf import bootstrap, metrics
+from vreloc_tf.evaluation import bootstrap
+from vreloc_tf.evaluation import metrics
 
 
 def _average(ious):

@@ -1,4 +1,4 @@
-"""Feng et al.'s CGBM (vreloc_tf.cgbm): layers against one-example NumPy references written after
+"""Feng et al.'s CGBM (vreloc_tf.model.cgbm): layers against one-example NumPy references written after
 their TF1 code, padding, serialization, the model contract, and Feng's loss and decoding."""
 import keras
 import numpy as np
@@ -7,12 +7,12 @@ import tensorflow as tf
 
 from helpers import reference_numpy as ref
 from vreloc_tf import model_bench
-from vreloc_tf.cgbm import BilinearMatching, CrossGatedMatching, CrossGating
+from vreloc_tf.model.cgbm import BilinearMatching, CrossGatedMatching, CrossGating
 from vreloc_tf.config import CGBM_METHOD, load_config
-from vreloc_tf.decoding import decode_feng, decode_feng_np, decode_full_np, decoder
-from vreloc_tf.evaluate import method_name
-from vreloc_tf.losses import feng_cross_entropy, total_loss, weighted_cross_entropy
-from vreloc_tf.model import INPUT_NAMES, OUTPUT_NAMES, attention_groups, build_model
+from vreloc_tf.model.decoding import decode_feng, decode_feng_np, decode_full_np, decoder
+from vreloc_tf.evaluation.scoring import method_name
+from vreloc_tf.model.losses import feng_cross_entropy, total_loss, weighted_cross_entropy
+from vreloc_tf.model.functional import INPUT_NAMES, OUTPUT_NAMES, attention_groups, build_model
 
 DIM = 12
 

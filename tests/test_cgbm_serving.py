@@ -15,7 +15,7 @@ from serving.client import make_request
 from serving.server import start_server
 from vreloc import cli
 from vreloc_tf.config import CGBM_METHOD
-from vreloc_tf.decoding import decode_feng_np
+from vreloc_tf.model.decoding import decode_feng_np
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import ingest_activitynet as ingest, staged_sink, synth
 from pipeline.backbones import BackboneOptions
-from vreloc_tf.schema import read_manifest, read_records
+from vreloc_tf.data.schema import read_manifest, read_records
 
 from helpers.synth_data import make_synth_with_bad
 

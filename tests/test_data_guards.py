@@ -2,7 +2,7 @@
 naming the file at fault (one line, exit 2 through the CLI), never an internal error, never read silently.
 
 Row 12: a features file regenerated at the same path must not mix draws in one data folder.
-Row 13: our own TFRecord reader (vreloc_tf/tfrecord.py) checks both CRCs of every record.
+Row 13: our own TFRecord reader (vreloc_tf/data/tfrecord.py) checks both CRCs of every record.
 Row 15: a library index part tampered with at the same size (NaN features, numbers outside their table).
 """
 import glob
@@ -18,7 +18,9 @@ import pytest
 from helpers.records import make_data_dir
 from pipeline import ingest_activitynet as ingest, staged_sink
 from vreloc import cli
-from vreloc_tf import entry_index, schema, tfrecord
+from vreloc_tf.data import entry_index
+from vreloc_tf.data import schema
+from vreloc_tf.data import tfrecord
 from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.files import file_sha256
 

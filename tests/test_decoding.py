@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import reference_numpy as ref
-from vreloc_tf.decoding import decode, decode_full, decode_full_np, decode_weak, decode_weak_np, decoder
+from vreloc_tf.model.decoding import decode, decode_full, decode_full_np, decode_weak, decode_weak_np, decoder
 
 
 def random_probabilities(rng, batch, steps, temperature=2.0):

@@ -146,7 +146,7 @@ def test_a_bug_through_the_console_script_has_no_traceback_unless_debug(tmp_path
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import vreloc_tf.metrics as m\n"
+        "import vreloc_tf.evaluation.metrics as m\n"
         "def broken(results, title=''):\n"
         "    raise ValueError('format_table: an invariant broke')\n"
         "m.format_table = broken\n")
@@ -242,7 +242,7 @@ def test_argparse_usage_errors_pass_through_unchanged():
 def test_reclassified_checks_are_input_errors():
     """A sample of the raises that moved from ValueError to InputError (messages kept)."""
     from pipeline.ingest_activitynet import check_entry
-    from vreloc_tf.metrics import map_at_1
+    from vreloc_tf.evaluation.metrics import map_at_1
 
     with pytest.raises(InputError, match="malformed entry: missing 'label'"):
         check_entry({"id": "v", "location": [0, 4], "groundtruth": [1, 2]})

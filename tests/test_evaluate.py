@@ -7,11 +7,12 @@ import pytest
 
 from helpers import records as F
 from vreloc.cli import main as cli_main
-from vreloc_tf import metrics, schema
-from vreloc_tf.artifacts import Run
-from vreloc_tf.decoding import decode_full_np, decode_weak_np
+from vreloc_tf.evaluation import metrics
+from vreloc_tf.data import schema
+from vreloc_tf.data.artifacts import Run
+from vreloc_tf.model.decoding import decode_full_np, decode_weak_np
 from vreloc_tf.errors import InputError
-from vreloc_tf.evaluate import evaluate_run
+from vreloc_tf.evaluation.scoring import evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +135,10 @@ def test_the_run_folder_defaults_evaluation_to_its_own_data(run_dir, data_dir):
 
 def test_the_swapped_query_control_scores_the_same_references_with_other_queries(run_dir, data_dir, tmp_path,
                                                                                  capsys):
-    from vreloc_tf.entry_index import load_index
-    from vreloc_tf.evaluate import predict_segments, resolve_pairs, score_plan
-    from vreloc_tf.input_pipeline import evaluation_plan
-    from vreloc_tf.pairs import SWAP_SEED_OFFSET, swap_queries
+    from vreloc_tf.data.entry_index import load_index
+    from vreloc_tf.evaluation.scoring import predict_segments, resolve_pairs, score_plan
+    from vreloc_tf.data.input_pipeline import evaluation_plan
+    from vreloc_tf.data.pairs import SWAP_SEED_OFFSET, swap_queries
 
     pairs = str(tmp_path / "pairs.json")
     plain_json, swap_json = str(tmp_path / "plain.json"), str(tmp_path / "swap.json")

@@ -12,8 +12,8 @@ from serving import signature as sig
 from serving.export import export_model
 from serving.versions import next_version
 from vreloc.cli import main as cli_main
-from vreloc_tf.artifacts import Export, Run
-from vreloc_tf.decoding import decode_full_np, decode_weak_np
+from vreloc_tf.data.artifacts import Export, Run
+from vreloc_tf.model.decoding import decode_full_np, decode_weak_np
 from vreloc_tf.errors import InputError
 
 

@@ -19,7 +19,7 @@ from helpers.videos import colour_video
 from pipeline import extract_video as ev, staged_sink
 from pipeline.backbones import BackboneOptions
 from pipeline.pca import PCA
-from vreloc_tf.schema import read_manifest, read_records
+from vreloc_tf.data.schema import read_manifest, read_records
 
 DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 RANDOM = BackboneOptions(random_seed=0)  # C3D with seeded random weights
@@ -205,7 +205,7 @@ def test_counts_reconcile_and_every_bad_input_is_dead_lettered_with_its_reason(j
     assert "unassigned" not in m and set(m["splits"]) == {"train", "val", "library"}
     # relative to the data folder, so the folder can move; Dataset resolves it (read by vreloc train)
     assert m["pca_file"] == "pca.npz" and os.path.exists(os.path.join(out, "pca.npz"))
-    from vreloc_tf.artifacts import Dataset
+    from vreloc_tf.data.artifacts import Dataset
 
     assert Dataset.open(out).pca_file == os.path.join(os.path.abspath(out), "pca.npz")
     assert not [p for p in os.listdir(out) if p.startswith((".staging", "beam-temp"))]

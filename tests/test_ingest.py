@@ -17,9 +17,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from helpers.synth_data import make_synth_with_bad
 from pipeline import ingest_activitynet as ingest, options, staged_sink, synth
-from vreloc_tf import __version__, tfrecord
+from vreloc_tf import __version__
+from vreloc_tf.data import tfrecord
 from vreloc_tf.files import file_sha256
-from vreloc_tf.schema import decode_record, read_manifest, read_records
+from vreloc_tf.data.schema import decode_record, read_manifest, read_records
 
 DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -131,7 +132,7 @@ def test_entries_to_records_cuts_windows_and_dead_letters_each_kind(small_h5):
 
 
 def test_write_records_and_dead_letters_stage_decodable_files(tmp_path, small_h5):
-    from vreloc_tf.schema import Record
+    from vreloc_tf.data.schema import Record
 
     rng = np.random.default_rng(0)
     recs = [Record(f"v{i}", ["train", "val"][i % 2], i, i, (0, 3), (0, 1), rng.standard_normal((3, 4)).astype(np.float32))
@@ -346,7 +347,7 @@ def test_benchmark_geometry_every_entry_reproduced(shared_splits_dir, benchmark_
 def iter_records(data_dir, split):
     """Records shard by shard (memory stays at one shard's worth even at full size)."""
     import tensorflow as tf
-    from vreloc_tf.schema import shard_files
+    from vreloc_tf.data.schema import shard_files
 
     for path in shard_files(data_dir, split):
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from helpers import records as F
-from vreloc_tf import schema
+from vreloc_tf.data import schema
 from vreloc_tf.config import load_config
-from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, load_index, weak_role
-from vreloc_tf.input_pipeline import BUCKET_SPAN, PairPlanner, load_training_index, training_dataset
+from vreloc_tf.data.entry_index import QUERY_PART, REFERENCE_PART, load_index, weak_role
+from vreloc_tf.data.input_pipeline import BUCKET_SPAN, PairPlanner, load_training_index, training_dataset
 
 DIM = 8
 

@@ -10,6 +10,7 @@
 * ``vreloc --help`` and every command's ``--help`` load neither TensorFlow nor Apache Beam.
 * The model's tensor names and the benchmark's numbers are spelled once, in ``vreloc_tf/contract.py``;
   every other module imports them.
+* ``vreloc_tf/`` is in rooms (model, data, training, evaluation, search), at most 12 modules at its top.
 """
 import ast
 import glob
@@ -192,3 +193,20 @@ def test_the_benchmark_numbers_are_spelled_once():
                     spelled.append(f"{path}:{value.lineno}: {name} = {value.value}")
     assert not spelled, "use vreloc_tf.contract's FEATURE_DIM / FULL_DECODE_MAX_LENGTH / FRAMES_PER_FEATURE:\n  " \
         + "\n  ".join(spelled)
+
+
+ROOMS = ("data", "evaluation", "model", "search", "training")
+
+
+def test_the_library_is_in_rooms_with_few_modules_at_the_top():
+    """Issue #27: vreloc_tf/ keeps at most 12 modules at its top; the rest live in rooms, each of which says
+    in its __init__ docstring what it holds."""
+    top = sorted(n for n in os.listdir(os.path.join(ROOT, "vreloc_tf")) if n.endswith(".py"))
+    assert len(top) <= 12, top
+    rooms = sorted(n for n in os.listdir(os.path.join(ROOT, "vreloc_tf"))
+                   if os.path.isfile(os.path.join(ROOT, "vreloc_tf", n, "__init__.py")))
+    assert tuple(rooms) == ROOMS, rooms
+    for room in rooms:
+        with open(os.path.join(ROOT, "vreloc_tf", room, "__init__.py")) as fh:
+            doc = ast.get_docstring(ast.parse(fh.read()))
+        assert doc and len(doc) > 40, f"vreloc_tf/{room}/__init__.py says nothing of what the room holds"

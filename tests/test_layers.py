@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import reference_numpy as ref
-from vreloc_tf.layers import (EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention,
+from vreloc_tf.model.layers import (EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention,
                               SequenceMask, SimilarityFeatures, merge_head_groups, sequence_mask)
 
 # Groups with two different key widths and a duplicate setting, to exercise merging and ordering.

@@ -9,7 +9,7 @@ from pipeline.backbones import BackboneOptions
 from pipeline.video import packaged_sample_video, read_frames, write_test_video
 from vreloc import cli
 from vreloc.locate import LocateError, locate, search, windows
-from vreloc_tf.metrics import temporal_iou
+from vreloc_tf.evaluation.metrics import temporal_iou
 
 H, W = 144, 176
 RANDOM = BackboneOptions(random_seed=0)  # C3D with seeded random weights (the features are meaningless)
@@ -106,7 +106,7 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
     from pipeline.pca import PCA
     from serving.export import export_model
     from helpers.runs import FEATURE_DIM, make_run
-    from vreloc_tf.artifacts import RunManifest
+    from vreloc_tf.data.artifacts import RunManifest
 
     folder, q, r, _ = spliced
     # A run whose training features were fc7 reduced by a PCA to the model's dim (a random orthonormal
@@ -146,7 +146,7 @@ def test_the_window_is_the_model_configs_max_window(tmp_path):
     from helpers.runs import make_run
     from serving.export import export_model
     from vreloc.locate import frame_level_matcher, keras_run_matcher, saved_model_matcher
-    from vreloc_tf.artifacts import CONFIG_FILE, Run
+    from vreloc_tf.data.artifacts import CONFIG_FILE, Run
     from vreloc_tf.config import save_config
     from vreloc_tf.contract import MAX_WINDOW
 

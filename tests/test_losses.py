@@ -6,7 +6,7 @@ from keras import ops
 
 from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
-from vreloc_tf.losses import (coattention_loss, cosine_similarity, self_target_weight, total_loss, truncated_mean,
+from vreloc_tf.model.losses import (coattention_loss, cosine_similarity, self_target_weight, total_loss, truncated_mean,
                               truncation_fraction, uses_self_target, weighted_cross_entropy)
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vreloc_tf import metrics
+from vreloc_tf.evaluation import metrics
 
 
 def _set_iou(p, g):

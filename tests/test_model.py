@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from vreloc_tf import model_bench
 from vreloc_tf.config import load_config
-from vreloc_tf.losses import coattention_loss, total_loss, weighted_cross_entropy
-from vreloc_tf.model import INPUT_NAMES, OUTPUT_NAMES, build_model, head_groups
+from vreloc_tf.model.losses import coattention_loss, total_loss, weighted_cross_entropy
+from vreloc_tf.model.functional import INPUT_NAMES, OUTPUT_NAMES, build_model, head_groups
 
 DIM = 32  # tiny.yaml's feature_dim
 

@@ -127,7 +127,7 @@ def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
     assert cli.main(args) == 2  # raw videos need backbone weights: a clear one-line error, not a guess
     assert "--weights" in capsys.readouterr().err
     assert cli.main(args + ["--random-weights"]) == 0
-    from vreloc_tf.schema import read_manifest
+    from vreloc_tf.data.schema import read_manifest
 
     manifest = read_manifest(os.path.join(workdir, "featuregen", "data"))
     pca_file = os.path.join(workdir, "featuregen", "data", manifest["pca_file"])  # relative to the data folder

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from helpers import records as F
-from vreloc_tf import schema
-from vreloc_tf.entry_index import load_index
+from vreloc_tf.data import schema
+from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
-from vreloc_tf.pairs import (check_pairs, load_pairs, make_pair_file, make_pairs, pairs_from_index, save_pairs,
+from vreloc_tf.data.pairs import (check_pairs, load_pairs, make_pair_file, make_pairs, pairs_from_index, save_pairs,
                              subsample)
 
 
@@ -137,7 +137,7 @@ def test_check_pairs_refuses_lists_that_do_not_fit_the_data(data_dir):
 
 def _table(rows):
     """A hand-made EntryIndex of (video, label, window length, ground-truth length or None) rows."""
-    from vreloc_tf.entry_index import EntryIndex
+    from vreloc_tf.data.entry_index import EntryIndex
 
     n = len(rows)
     gt = np.array([[1, 1 + g] if g is not None else [-1, -1] for _, _, _, g in rows], dtype=np.int32)
@@ -158,7 +158,7 @@ SWAP_ROWS = [  # video, class, window, ground-truth length
 
 
 def test_swap_queries_takes_another_class_of_the_closest_length_never_the_references_video():
-    from vreloc_tf.pairs import swap_queries
+    from vreloc_tf.data.pairs import swap_queries
 
     index = _table(SWAP_ROWS)
     ent = index.entry_index
@@ -198,7 +198,7 @@ def test_swap_queries_takes_another_class_of_the_closest_length_never_the_refere
 
 
 def test_swap_queries_names_a_pair_without_candidate():
-    from vreloc_tf.pairs import swap_queries
+    from vreloc_tf.data.pairs import swap_queries
 
     # every entry of another class is from the reference's video or has no usable ground truth
     index = _table([("a", 1, 50, 5), ("b", 1, 50, 5), ("b", 2, 50, 5), ("c", 2, 50, None), ("d", 2, 50, 40)])

@@ -9,8 +9,8 @@ import pytest
 
 from vreloc import cli
 from vreloc.quality import (METHODS, SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score)
-from vreloc_tf.bootstrap import cluster_bootstrap, paired_difference
-from vreloc_tf.metrics import THRESHOLD_KEYS, THRESHOLDS
+from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
+from vreloc_tf.evaluation.metrics import THRESHOLD_KEYS, THRESHOLDS
 
 
 def _result(method, ious, **extra):

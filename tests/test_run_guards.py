@@ -100,7 +100,7 @@ def test_a_file_is_blamed_for_its_own_values_and_an_override_may_correct_it(tmp_
 
 
 def test_train_validates_a_config_built_in_code_before_writing(tiny_data_dir, tmp_path):
-    from vreloc_tf.train import train
+    from vreloc_tf.training.run import train
 
     cfg = load_config("tiny", [f"data.feature_dim={DIM}"])
     cfg.train.batch_size = 0
@@ -132,7 +132,7 @@ def _interrupted_run(data_dir: str, out: str, cfg) -> None:
     """`train` killed at step 3 of 4 (after the backup of step 2), as test_training's resume test does."""
     import keras
 
-    from vreloc_tf.train import train
+    from vreloc_tf.training.run import train
 
     class Kill(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -144,8 +144,8 @@ def _interrupted_run(data_dir: str, out: str, cfg) -> None:
 
 
 def test_an_interrupted_run_resumes_only_on_the_data_it_started_on(tiny_data_dir, tmp_path, capsys):
-    from vreloc_tf.artifacts import Dataset, Run
-    from vreloc_tf.fingerprint import content_fingerprint
+    from vreloc_tf.data.artifacts import Dataset, Run
+    from vreloc_tf.data.fingerprint import content_fingerprint
 
     out = str(tmp_path / "run")
     cfg = load_config("tiny", [f"data.feature_dim={DIM}", "train.batch_size=4", "train.validate_every=2",
@@ -196,7 +196,7 @@ def test_an_interrupted_run_resumes_only_on_the_data_it_started_on(tiny_data_dir
 
 
 def test_the_fingerprint_is_of_names_lengths_and_bytes_not_paths(tmp_path):
-    from vreloc_tf.fingerprint import content_fingerprint
+    from vreloc_tf.data.fingerprint import content_fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vreloc_tf import schema
+from vreloc_tf.data import schema
 
 
 def _record(rng, length=7, dim=5, gt=(2, 5)):

@@ -273,7 +273,7 @@ def test_a_video_in_two_pieces_is_one_item_found_once_and_removed_whole(tmp_path
 
 
 def test_frame_level_relocalizer_is_the_baseline_with_its_mean_similarity():
-    from vreloc_tf.baselines import frame_level_segment, frame_level_similarity
+    from vreloc_tf.evaluation.baselines import frame_level_segment, frame_level_similarity
     from vreloc_tf.contract import MAX_WINDOW
     from vreloc_tf.search.relocalize import FrameLevelRelocalizer
 
@@ -362,7 +362,7 @@ def test_an_index_built_before_items_were_videos_still_opens_and_searches(tmp_pa
 
 
 def _spec(pca_file=None, pca_sha256=None, **kw):
-    from vreloc_tf.feature_spec import FeatureSpec
+    from vreloc_tf.data.feature_spec import FeatureSpec
 
     return FeatureSpec(**{"backbone": "c3d", "feature_dim": DIM, "raw_dim": 4096, "weights_sha256": "ab" * 32,
                           "pca_file": pca_file, "pca_sha256": pca_sha256, "pca_components": DIM, **kw})
@@ -373,7 +373,7 @@ def test_the_pca_is_copied_into_the_index_and_found_from_anywhere(tmp_path, monk
     import json
     import shutil
 
-    from vreloc_tf.feature_spec import FeatureMismatchError
+    from vreloc_tf.data.feature_spec import FeatureMismatchError
     from vreloc_tf.files import file_sha256
 
     os.makedirs(tmp_path / "data")
@@ -410,7 +410,7 @@ def test_query_file_npy_and_clip_take_the_index_features_path(tmp_path):
     from pipeline.backbones import BackboneOptions
     from vreloc.features import extract, recipe_like
     from vreloc.library_search import query_features
-    from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
+    from vreloc_tf.data.feature_spec import FeatureMismatchError, FeatureSpec
 
     @dataclasses.dataclass
     class Index:  # what query_features reads of a LibraryIndex

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from helpers.records import TINY_DIM, make_records, write_manifest, write_split
 from pipeline import build_index
-from vreloc_tf import schema
+from vreloc_tf.data import schema
 from vreloc_tf.errors import DataError
 from vreloc_tf.search.embedding import EmbeddingSpec, window_spans
 

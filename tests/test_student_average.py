@@ -6,8 +6,8 @@ import pytest
 
 from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
-from vreloc_tf.model import build_model
-from vreloc_tf.student_average import StudentAverage
+from vreloc_tf.model.functional import build_model
+from vreloc_tf.model.student_average import StudentAverage
 
 DIM = 6
 

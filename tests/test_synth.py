@@ -262,7 +262,7 @@ def demo_pairs(tmp_path_factory):
 
 def test_coattention_np_matches_the_training_loss(demo_pairs):
     """The NumPy reference below is the loss training uses (one-hot probabilities, no masks)."""
-    from vreloc_tf.losses import coattention_loss
+    from vreloc_tf.model.losses import coattention_loss
 
     for query, reference, (s, e) in demo_pairs["val"][:6]:
         probs = np.zeros((1, len(reference), 4), np.float32)
@@ -296,7 +296,7 @@ def test_weak_signal_is_in_the_raw_segment_means(demo_pairs, split):
 def test_frame_level_baseline_is_far_from_solving_it_segment_means_are_not(demo_pairs, split):
     """The project's frame-level baseline scores low; minimizing the co-attention loss over all
     segments of the raw features (what weak training asks for) scores far higher."""
-    from vreloc_tf.baselines import frame_level_segment
+    from vreloc_tf.evaluation.baselines import frame_level_segment
 
     frame_level, coattention = [], []
     for query, reference, gt in demo_pairs[split]:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vreloc_tf.teacher import teacher_segment_np, teacher_segment_tf
+from vreloc_tf.model.teacher import teacher_segment_np, teacher_segment_tf
 
 
 def planted_pair(rng, dim=16, length=40, action=(12, 21), noise=0.3):

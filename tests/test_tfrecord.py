@@ -1,4 +1,4 @@
-"""vreloc_tf/tfrecord.py, the one reader and writer of TFRecord framing (issue #27 item 4).
+"""vreloc_tf/data/tfrecord.py, the one reader and writer of TFRecord framing (issue #27 item 4).
 
 A damaged record -- a flipped byte in the payload, a wrong length CRC, a truncated final record -- is
 a DataError naming the file and the byte offset of the record through every public entry point that
@@ -14,7 +14,9 @@ import pytest
 
 from helpers.records import TINY_DIM, make_records
 from pipeline import build_index, staged_sink
-from vreloc_tf import entry_index, schema, tfrecord
+from vreloc_tf.data import entry_index
+from vreloc_tf.data import schema
+from vreloc_tf.data import tfrecord
 from vreloc_tf.errors import DataError
 
 DAMAGES = ["flipped payload byte", "wrong length crc", "truncated final record"]

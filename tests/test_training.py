@@ -11,7 +11,7 @@ from helpers import records as F
 from helpers.records import TINY_DIM as DIM
 from vreloc_tf.config import load_config
 from vreloc_tf.errors import InputError
-from vreloc_tf.training import make_optimizer, schedule
+from vreloc_tf.training.fit import make_optimizer, schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,10 +51,10 @@ def test_learning_rate_is_staircase_decay_and_clipping_is_global():
 
 
 def test_trainer_loss_is_total_loss_at_the_optimizer_step(data_dir):
-    from vreloc_tf.input_pipeline import load_training_index, training_dataset
-    from vreloc_tf.losses import total_loss
-    from vreloc_tf.model import build_model
-    from vreloc_tf.training import RelocTrainer
+    from vreloc_tf.data.input_pipeline import load_training_index, training_dataset
+    from vreloc_tf.model.losses import total_loss
+    from vreloc_tf.model.functional import build_model
+    from vreloc_tf.training.fit import RelocTrainer
 
     cfg = load_config("tiny", ["train.batch_size=4"])
     trainer = RelocTrainer(cfg, build_model(cfg, DIM))
@@ -70,10 +70,10 @@ def test_trainer_loss_is_total_loss_at_the_optimizer_step(data_dir):
 
 def test_weak_ours_trainer_targets_the_segments_of_its_running_average(data_dir):
     """compute_loss = total_loss with batch["self_target"] = the average's Eq. 20 segments."""
-    from vreloc_tf.input_pipeline import load_training_index, training_dataset
-    from vreloc_tf.losses import total_loss
-    from vreloc_tf.model import INPUT_NAMES, build_model
-    from vreloc_tf.training import RelocTrainer
+    from vreloc_tf.data.input_pipeline import load_training_index, training_dataset
+    from vreloc_tf.model.losses import total_loss
+    from vreloc_tf.model.functional import INPUT_NAMES, build_model
+    from vreloc_tf.training.fit import RelocTrainer
 
     cfg = load_config("tiny", ["supervision=weak", "train.batch_size=4", "loss.self_target_start=0",
                                "loss.self_target_ramp_steps=0", "loss.self_target_weight=0.5"])
@@ -93,11 +93,11 @@ def test_weak_ours_trainer_targets_the_segments_of_its_running_average(data_dir)
 
 TWO_REPLICAS = """
 import json, sys
-from vreloc_tf.strategy import split_cpu
+from vreloc_tf.training.strategy import split_cpu
 split_cpu(2)
 import keras, numpy as np
 from vreloc_tf.config import load_config
-from vreloc_tf.train import train
+from vreloc_tf.training.run import train
 
 class Probe(keras.callbacks.Callback):
     losses, spread, devices, n = [], None, set(), 0
@@ -124,7 +124,7 @@ print(json.dumps({"losses": probe.losses, "spread": probe.spread, "replicas_in_v
 
 
 def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_path):
-    from vreloc_tf.artifacts import Dataset, Run
+    from vreloc_tf.data.artifacts import Dataset, Run
 
     out = str(tmp_path / "run")
     report, stdout = _run_script(TWO_REPLICAS, data_dir, out)
@@ -148,11 +148,11 @@ def test_two_logical_cpu_replicas_train_with_identical_weights(data_dir, tmp_pat
 
 TWO_REPLICAS_WEAK = """
 import json, sys
-from vreloc_tf.strategy import split_cpu
+from vreloc_tf.training.strategy import split_cpu
 split_cpu(2)
 import keras, numpy as np
 from vreloc_tf.config import load_config
-from vreloc_tf.train import train
+from vreloc_tf.training.run import train
 # weak "ours": the student's running average is updated in the replica context; it must stay mirrored
 weak = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.validate_every=4",
                             "train.checkpoint_every=4", "train.batch_size=8", "train.validation_pairs=8",
@@ -193,7 +193,7 @@ import json, sys, shutil
 import keras, numpy as np, tensorflow as tf
 tf.config.experimental.enable_op_determinism()
 from vreloc_tf.config import load_config
-from vreloc_tf.train import train
+from vreloc_tf.training.run import train
 
 data, a, b = sys.argv[1:4]
 # weak "ours" holds the most state: the teacher in tf.data and the student's running average
@@ -236,8 +236,8 @@ def test_a_killed_run_resumes_to_the_same_weights(data_dir, tmp_path):
 
 
 def test_resuming_with_another_config_is_refused(data_dir, tmp_path):
-    from vreloc_tf.artifacts import Dataset
-    from vreloc_tf.train import prepare_run_folder
+    from vreloc_tf.data.artifacts import Dataset
+    from vreloc_tf.training.run import prepare_run_folder
 
     out, dataset = str(tmp_path / "run"), Dataset.open(data_dir)
     prepare_run_folder(load_config("tiny"), out, dataset)
@@ -248,7 +248,7 @@ def test_resuming_with_another_config_is_refused(data_dir, tmp_path):
 
 
 def test_the_data_decides_the_feature_dim_and_the_config_checks_it(data_dir, tmp_path):
-    from vreloc_tf.train import train
+    from vreloc_tf.training.run import train
 
     with pytest.raises(InputError) as err:  # configs/tiny.yaml expects 32-d features
         train(load_config("tiny"), data_dir, str(tmp_path / "run"))
@@ -263,7 +263,7 @@ def test_a_finished_run_folder_refuses_data_of_another_dim_or_source(tiny_run, d
     import shutil
 
     from vreloc import cli
-    from vreloc_tf.artifacts import Dataset, Run
+    from vreloc_tf.data.artifacts import Dataset, Run
 
     run = str(tmp_path / "run")
     shutil.copytree(tiny_run, run)
@@ -323,13 +323,13 @@ def test_label_free_selection_reads_no_reference_labels(tiny_run, data_dir):
     columns of the plan (what scoring reads) leaves it unchanged, for both weak variants."""
     import numpy as np
 
-    from vreloc_tf.artifacts import Run
-    from vreloc_tf.entry_index import load_index
-    from vreloc_tf.evaluate import inference_probabilities
-    from vreloc_tf.input_pipeline import evaluation_plan
-    from vreloc_tf.pairs import pairs_from_index
-    from vreloc_tf.student_average import StudentAverage
-    from vreloc_tf.training import _average_segments, objective_on_plan
+    from vreloc_tf.data.artifacts import Run
+    from vreloc_tf.data.entry_index import load_index
+    from vreloc_tf.evaluation.scoring import inference_probabilities
+    from vreloc_tf.data.input_pipeline import evaluation_plan
+    from vreloc_tf.data.pairs import pairs_from_index
+    from vreloc_tf.model.student_average import StudentAverage
+    from vreloc_tf.training.fit import _average_segments, objective_on_plan
 
     model = Run.open(tiny_run).load_model()
     index = load_index(data_dir, "val")
@@ -374,7 +374,7 @@ def _end_weights_probe():
 @pytest.fixture(scope="module")
 def weak_run(data_dir, tmp_path_factory):
     """A weak run folder trained for 4 steps (do not modify), and the weights at its end."""
-    from vreloc_tf.train import train
+    from vreloc_tf.training.run import train
 
     run, probe = str(tmp_path_factory.mktemp("weak") / "a"), _end_weights_probe()
     manifest = train(load_config("tiny", WEAK_TINY), data_dir, run, callbacks=[probe], verbose=0)
@@ -387,8 +387,8 @@ def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
     import keras
     import numpy as np
 
-    from vreloc_tf.artifacts import Run
-    from vreloc_tf.train import train
+    from vreloc_tf.data.artifacts import Run
+    from vreloc_tf.training.run import train
 
     run, _, _ = weak_run
     train(load_config("tiny", WEAK_TINY), data_dir, str(tmp_path / "b"), verbose=0)
@@ -400,7 +400,7 @@ def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
 def test_weak_runs_are_selected_without_labels(weak_run, data_dir, capsys):
     """A weak run records its label-free selection; evaluation reports it and can take the last step instead."""
     from vreloc.commands.evaluate import print_results
-    from vreloc_tf.evaluate import evaluate_run
+    from vreloc_tf.evaluation.scoring import evaluate_run
 
     run, manifest, _ = weak_run
     assert manifest.selection == "label_free" and manifest.decode == "full"
@@ -437,8 +437,8 @@ def test_weak_ours_saves_and_validates_its_running_average(weak_run):
 def test_saved_weights_is_the_average_only_for_weak_ours_with_self_target_as_model():
     import numpy as np
 
-    from vreloc_tf.model import build_model
-    from vreloc_tf.training import RelocTrainer, saved_weights
+    from vreloc_tf.model.functional import build_model
+    from vreloc_tf.training.fit import RelocTrainer, saved_weights
 
     for overrides, average_saved in (([], True), (["loss.self_target_as_model=false"], False)):
         cfg = load_config("tiny", ["supervision=weak", "loss.self_target_momentum=0.5", *overrides])

@@ -19,7 +19,7 @@ import pytest
 from pipeline import backbones, video
 from pipeline.backbones import BackboneOptions
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
+from vreloc_tf.data.feature_spec import FeatureMismatchError, FeatureSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -114,7 +114,7 @@ def test_features_of_a_cut_equal_the_library_features_at_the_same_times(three_cl
     data, _ = library
     vreloc("features", "--video", str(three_clips / "clips" / "bikes.mp4"), "--start", "3", "--end", "6", "--like",
            str(data), "--out", "cut.npy", cwd=tmp_path)
-    from vreloc_tf.schema import read_records
+    from vreloc_tf.data.schema import read_records
 
     lib = {r.video_id: r for r in read_records(str(data), "library")}["bikes"]
     assert lib.window == (0, 20) and lib.groundtruth == (-1, -1) and lib.fps == 2.0 and lib.frames_per_feature == 1
@@ -243,8 +243,8 @@ def test_a_model_on_published_activitynet_features_takes_new_videos_with_their_p
     from helpers.activitynet_pca import write_activitynet_pca
     from helpers.runs import FEATURE_DIM, make_run
     from vreloc.locate import locate
-    from vreloc_tf.artifacts import RunManifest
-    from vreloc_tf.feature_spec import PUBLISHED_C3D
+    from vreloc_tf.data.artifacts import RunManifest
+    from vreloc_tf.data.feature_spec import PUBLISHED_C3D
 
     run = str(tmp_path / "run")
     shutil.copytree(make_run(0, "full"), run)

@@ -18,19 +18,19 @@ from pipeline import synth
 from pipeline.bench_backbones import measure_backbones
 from serving.bench_serving import run_benchmark
 from vreloc.bench import PARTS
-from vreloc_tf.artifacts import Run, RunManifest
+from vreloc_tf.data.artifacts import Run, RunManifest
 from vreloc_tf.config import CGBM_METHOD, apply_overrides, load_config
 from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, PAPER_SHAPES as SHAPES
-from vreloc_tf.decoding import decode_full, decode_full_np
+from vreloc_tf.model.decoding import decode_full, decode_full_np
 from vreloc_tf.errors import add_debug_option, run_entry_point
 from vreloc_tf.files import write_json_atomic
-from vreloc_tf.model import build_model
+from vreloc_tf.model.functional import build_model
 from vreloc_tf.model_bench import count_parameters, inference_latency_ms, matmul_gflops, random_batch, training_flops
-from vreloc_tf.schema import MANIFEST_NAME, Record, encode_record
+from vreloc_tf.data.schema import MANIFEST_NAME, Record, encode_record
 from vreloc_tf.search.bench import QUICK_SIZES, SIZES, search_at_sizes
 from vreloc_tf.search.relocalize import Relocalizer
-from vreloc_tf.strategy import make_strategy, split_cpu
-from vreloc_tf.training import RelocTrainer, make_optimizer
+from vreloc_tf.training.strategy import make_strategy, split_cpu
+from vreloc_tf.training.fit import RelocTrainer, make_optimizer
 
 LR_SWEEP = (100, 300, 1000, 3000)
 

@@ -21,9 +21,9 @@ from pipeline import backbones
 from pipeline.backbones import BackboneOptions, Extracted
 from serving import signature as sig
 from serving.versions import latest_version_dir
-from vreloc_tf.artifacts import Dataset, Run
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import FeatureSpec
+from vreloc_tf.data.feature_spec import FeatureSpec
 from vreloc_tf.files import read_json
 from vreloc_tf.search.library import LibraryIndex
 

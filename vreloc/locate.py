@@ -13,7 +13,7 @@ Matchers:
   model folder ``BASE/NAME`` (its highest version). The PCA comes from ``--pca``,
   else from the export's ``assets.extra/``, else from the run's manifest.
 * ``--method frame-level``: the training-free baseline of Feng et al. (see
-  vreloc_tf.baselines) on the backbone given by the flags; without ``--pca`` it
+  vreloc_tf.evaluation.baselines) on the backbone given by the flags; without ``--pca`` it
   compares the raw backbone features directly.
 
 Long references are cut into windows of ``window`` features (default: the model's
@@ -37,12 +37,12 @@ from serving import signature as sig
 from vreloc import features  # features.extract, looked up when called (tests cache it)
 from vreloc.features import export_metadata, export_spec, export_version_dir, recipe_like
 from vreloc_tf import progress
-from vreloc_tf.artifacts import MANIFEST_FILE, Run, RunManifest
-from vreloc_tf.baselines import frame_level_match
+from vreloc_tf.data.artifacts import MANIFEST_FILE, Run, RunManifest
+from vreloc_tf.evaluation.baselines import frame_level_match
 from vreloc_tf.contract import MAX_WINDOW, reference_windows as windows
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import FeatureSpec
-from vreloc_tf.figures import timeline
+from vreloc_tf.data.feature_spec import FeatureSpec
+from vreloc_tf.evaluation.figures import timeline
 
 log = logging.getLogger("vreloc.locate")
 
@@ -88,7 +88,7 @@ def frame_level_matcher() -> Matcher:
 
 def keras_run_matcher(run_dir: str) -> Matcher:
     # heavy: TensorFlow (keras.ops), only for a model (the frame-level method needs none)
-    from vreloc_tf.decoding import decoder
+    from vreloc_tf.model.decoding import decoder
 
     run = Run.open(run_dir)
     model, cfg = run.load_model(), run.config

@@ -8,9 +8,9 @@ not change; ``--force STAGE`` reruns it (and, as its outputs change, everything
 after it).
 
 Each stage is a function that calls the library (``pipeline.synth.generate``, the
-Beam launchers, ``vreloc_tf.train.train``, the evaluation and baseline functions,
+Beam launchers, ``vreloc_tf.training.run.train``, the evaluation and baseline functions,
 ``serving.export.export_model``) and hands typed artifacts on
-(:mod:`vreloc_tf.artifacts`); a stage's folder layout is its own business::
+(:mod:`vreloc_tf.data.artifacts`); a stage's folder layout is its own business::
 
     WORKDIR/
       featuregen/  stage.json, raw/ (synthetic ActivityNet-format input), data/ (TFRecords + manifest;
@@ -46,15 +46,16 @@ from pipeline import synth
 from pipeline.backbones import BackboneOptions
 from serving.client import predict
 from serving.export import export_model
-from vreloc_tf import __version__, schema
-from vreloc_tf.artifacts import Dataset, Export, Run
-from vreloc_tf.baselines import run_baseline
+from vreloc_tf import __version__
+from vreloc_tf.data import schema
+from vreloc_tf.data.artifacts import Dataset, Export, Run
+from vreloc_tf.evaluation.baselines import run_baseline
 from vreloc_tf.config import CGBM_METHOD, Config, apply_overrides
 from vreloc_tf.contract import END, FEATURE_DIM, SCORE, START
 from vreloc_tf.errors import InputError
-from vreloc_tf.evaluate import evaluate_run, save_results
+from vreloc_tf.evaluation.scoring import evaluate_run, save_results
 from vreloc_tf.files import atomic_path, clear_folder, read_json, write_json_atomic
-from vreloc_tf.metrics import format_table
+from vreloc_tf.evaluation.metrics import format_table
 
 log = logging.getLogger("vreloc.pipeline")
 
@@ -177,7 +178,7 @@ def parse_models(text: str) -> tuple:
 def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -> Dict[str, Run]:
     """One run per model of ``models`` (default: full and weak) on ``dataset``, in ``folder/<model>``."""
     # heavy: TensorFlow, only in a trainer stage that runs (cached stages load nothing)
-    from vreloc_tf.train import train
+    from vreloc_tf.training.run import train
 
     runs = {}
     for model in models:
@@ -190,7 +191,7 @@ def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -
 def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) -> dict:
     """Models and baselines on the fixed val and test pair lists, the blessing, and Figure-4 PNGs."""
     # heavy: TensorFlow, only in an evaluator stage that runs (cached stages load nothing)
-    from vreloc_tf.visualize import visualize_pair
+    from vreloc_tf.evaluation.visualize import visualize_pair
 
     results: Dict[str, Dict[str, dict]] = {}
     for split in SPLITS:

@@ -17,7 +17,7 @@ each time, and keeps every run folder so that a second call resumes instead of r
 * **Controls as rows**: the training-free baselines (random, prior, Feng's frame-level, the
   stronger window matcher, the query-free rule) and each of our models scored with swapped
   queries (``vreloc evaluate --control swapped-query``).
-* **Honest intervals** (vreloc_tf.bootstrap): classes and seeds resampled, and paired intervals
+* **Honest intervals** (vreloc_tf.evaluation.bootstrap): classes and seeds resampled, and paired intervals
   for the difference between ours and each rival on the same test pairs.
 * **Provenance per row**: the machine, the commit and the config digest each run was trained with.
 
@@ -37,15 +37,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline import synth
-from vreloc_tf.baselines import run_baseline
-from vreloc_tf.bootstrap import cluster_bootstrap, paired_difference
+from vreloc_tf.evaluation.baselines import run_baseline
+from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.config import CGBM_METHOD, load_config
-from vreloc_tf.entry_index import load_index
+from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
-from vreloc_tf.evaluate import evaluate_run
+from vreloc_tf.evaluation.scoring import evaluate_run
 from vreloc_tf.files import read_json, write_json_atomic
-from vreloc_tf.metrics import THRESHOLD_KEYS
-from vreloc_tf.pairs import load_pairs, make_pair_file, save_pairs
+from vreloc_tf.evaluation.metrics import THRESHOLD_KEYS
+from vreloc_tf.data.pairs import load_pairs, make_pair_file, save_pairs
 
 log = logging.getLogger("vreloc.quality")
 
@@ -205,7 +205,7 @@ class Study:
                             *self.overrides, *extra])
 
     def train_run(self, draw: int, family: str, method: Method, rate: float, seed: int, data: str) -> str:
-        from vreloc_tf.train import train  # heavy: TensorFlow, only when a run trains (--finished-only needs none)
+        from vreloc_tf.training.run import train  # heavy: TensorFlow, only when a run trains (--finished-only needs none)
 
         run = self.run_dir(draw, family, method, rate, seed)
         if not os.path.exists(os.path.join(run, "run.json")):
@@ -360,7 +360,7 @@ def pick_trial(trials: List[dict]) -> dict:
 
 def summarize(results: List[dict], classes: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
     """One row: mean and std over seeds of every number, and the 95 % cluster bootstrap interval
-    of the mean average (classes and seeds resampled; vreloc_tf.bootstrap)."""
+    of the mean average (classes and seeds resampled; vreloc_tf.evaluation.bootstrap)."""
     keys = list(THRESHOLD_KEYS) + ["average"]
     values = np.array([[r["map_at_1"][k] for k in THRESHOLD_KEYS] + [r["average"]] for r in results])
     ious = np.array([r["ious"] for r in results], dtype=np.float64)

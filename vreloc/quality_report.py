@@ -32,7 +32,7 @@ CHOICES = (
 INTERVALS = """* **Numbers.** mAP@1 on the reporting draw's fixed test pair list; trained rows give mean ± std
   over their training seeds (the `seeds` column).
 * **Intervals.** The 95 % interval of a row's mean average is a two-level bootstrap
-  (vreloc_tf/bootstrap.py): each resample draws the training seeds with replacement and the test
+  (vreloc_tf/evaluation/bootstrap.py): each resample draws the training seeds with replacement and the test
   *classes* with replacement (every pair of a drawn class comes along), so it holds the
   seed-to-seed spread and the fact that pairs of one class are not independent.
 * **Differences.** "ours − rival" intervals are paired: each resample draws the classes once and

@@ -67,7 +67,7 @@ def _table1_heads() -> List[HeadGroup]:
 class DataConfig:
     # The feature dim the model expects (d_f = d_q = d_r = 500 after PCA, Implementation Details).
     # The data decides: null = whatever the data folder holds; a number is checked against the
-    # data's manifest (see vreloc_tf.artifacts.Dataset.check_feature_dim).
+    # data's manifest (see vreloc_tf.data.artifacts.Dataset.check_feature_dim).
     feature_dim: Optional[int] = contract.FEATURE_DIM
     # Reference window of `vreloc locate` on long videos (the splits cut windows to 300 features).
     max_window: int = contract.MAX_WINDOW
@@ -77,7 +77,7 @@ class DataConfig:
 
 @dataclass
 class CGBMConfig:
-    """Feng et al.'s CGBM (``model.architecture: cgbm``, vreloc_tf.cgbm). The defaults are the flags and
+    """Feng et al.'s CGBM (``model.architecture: cgbm``, vreloc_tf.model.cgbm). The defaults are the flags and
     constants of their code (fengyang0317/video_reloc); configs/cgbm.yaml names the line of each."""
 
     memory_dim: int = 128  # mem_dim: the video LSTM shared by query and reference (match.py flag mem_dim)
@@ -89,8 +89,8 @@ class CGBMConfig:
 
 @dataclass
 class ModelConfig:
-    # multiscale_attention = the paper's model (vreloc_tf.model); cgbm = Feng et al.'s CGBM, the paper's
-    # Table 4 competitor (vreloc_tf.cgbm; configs/cgbm.yaml). Both keep the same inputs and outputs.
+    # multiscale_attention = the paper's model (vreloc_tf.model.functional); cgbm = Feng et al.'s CGBM, the paper's
+    # Table 4 competitor (vreloc_tf.model.cgbm; configs/cgbm.yaml). Both keep the same inputs and outputs.
     architecture: Literal["multiscale_attention", "cgbm"] = "multiscale_attention"
     hidden_dim: int = 128  # d_h (Implementation Details)
     lstm_dim: int = 128  # d_l (Implementation Details)
@@ -103,7 +103,7 @@ class ModelConfig:
     dropout_before_bilstm: float = 0.4  # (Implementation Details)
     dropout_after_bilstm: float = 0.2  # (Implementation Details)
     # Ours, not in the paper (off in the paper's configs): parameter-free similarity features
-    # (vreloc_tf.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY_HISTORY.md has the ablation.
+    # (vreloc_tf.model.layers.SimilarityFeatures) next to H^matt and H^satt; docs/QUALITY_HISTORY.md has the ablation.
     similarity_features: bool = False
     similarity_temperature: float = 0.2  # tau of their soft maximum over query frames (ours)
     cgbm: CGBMConfig = field(default_factory=CGBMConfig)  # read only when architecture = cgbm
@@ -113,9 +113,9 @@ class ModelConfig:
 class LossConfig:
     # Weak supervision: "paper" = the co-attention loss with masks (Eqs. 13-18, Implementation
     # Details), kept exact so Table 2's row stays reproducible; "ours" (the project's default) =
-    # Eq. 19 on the label-free teacher's pseudo segments (vreloc_tf.teacher; docs/QUALITY_HISTORY.md).
+    # Eq. 19 on the label-free teacher's pseudo segments (vreloc_tf.model.teacher; docs/QUALITY_HISTORY.md).
     weak_variant: Literal["ours", "paper"] = "ours"
-    teacher_temperature: float = 0.2  # ours: soft maximum over query frames (vreloc_tf.teacher)
+    teacher_temperature: float = 0.2  # ours: soft maximum over query frames (vreloc_tf.model.teacher)
     teacher_threshold_std: float = 0.5  # ours: a step is "action" above mean + 0.5 std of its score
     # ours: once the student overtakes its teacher it starts to fit the teacher's errors (the drift
     # measured on `demo`, docs/QUALITY_HISTORY.md). Each batch's highest-loss pairs, this fraction of them, are
@@ -125,7 +125,7 @@ class LossConfig:
     teacher_truncation_ramp_steps: int = 200
     # ours: the default remedy for that drift (docs/QUALITY_HISTORY.md has the ablation). A running
     # average of the student's weights (momentum `self_target_momentum`; a mean teacher, Tarvainen &
-    # Valpola 2017; vreloc_tf.student_average) decodes a second segment per pair (Eq. 20), and the
+    # Valpola 2017; vreloc_tf.model.student_average) decodes a second segment per pair (Eq. 20), and the
     # target is the teacher's segment with weight 1 - w and the average's with w: w ramps linearly from
     # 0 at step `self_target_start` to `self_target_weight` at `self_target_start + self_target_ramp_steps`.
     # 0 = off (the teacher alone).
@@ -145,7 +145,7 @@ class LossConfig:
     coattention_mask_after_steps: int = 100
     # Full supervision: Eq. 19 ("weighted_ce"), Eq. 19 + loss^c (Table 4's best row, the default), or
     # "feng": Feng et al.'s Eq. 10 as their code computes it (Eq. 19's labels and weights, normalised by
-    # all valid steps of the batch instead of per example; vreloc_tf.losses.feng_cross_entropy).
+    # all valid steps of the batch instead of per example; vreloc_tf.model.losses.feng_cross_entropy).
     full_losses: Literal["weighted_ce", "weighted_ce+coattention", "feng"] = "weighted_ce+coattention"
     coattention_weight: float = 1.0  # weight of loss^c when added to loss^w (Table 4 uses a plain sum)
 
@@ -173,7 +173,7 @@ class DecodeConfig:
     # 1,024 frames / 16 frames per feature = 64 (Implementation Details)
     full_max_length: Optional[int] = contract.FULL_DECODE_MAX_LENGTH
     weak_max_length: Optional[int] = None  # not limited for weak supervision (Implementation Details)
-    # The decoding rule (vreloc_tf.decoding): null = the training mode's (Config.decode_rule), or one of
+    # The decoding rule (vreloc_tf.model.decoding): null = the training mode's (Config.decode_rule), or one of
     # full (Eq. 20), weak (the threshold rule), feng (Feng et al.'s decoding loop; limit full_max_length).
     rule: Optional[Literal["full", "weak", "feng"]] = None
 

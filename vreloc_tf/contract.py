@@ -29,7 +29,7 @@ FC7_DIM = 4096  # C3D fc7 width, before PCA
 # batch of 128 pairs, a 16-step query, a reference of one whole window, the paper's feature dim.
 PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, feature_dim=FEATURE_DIM)
 SUPERVISIONS = ("full", "weak")
-# Decoding rules (vreloc_tf.decoding): Eq. 20, the weak threshold rule, Feng et al. 2018's decoding loop
+# Decoding rules (vreloc_tf.model.decoding): Eq. 20, the weak threshold rule, Feng et al. 2018's decoding loop
 DECODE_RULES = ("full", "weak", "feng")
 
 # -- tensor names ------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ QUERY_LENGTH = "query_length"  # int32 [B]: valid steps of each query
 REFERENCE = "reference"  # float32 [B, Lr, D]
 REFERENCE_LENGTH = "reference_length"  # int32 [B]: valid steps of each reference
 INPUT_NAMES = (QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH)
-# Outputs of the Keras model (vreloc_tf.model).
+# Outputs of the Keras model (vreloc_tf.model.functional).
 PROBABILITIES = "probabilities"  # float32 [B, Lr, 4]: softmax over (start, end, action, background)
 ATTENTION = "attention"  # float32 [B, Lr, k]: the multiscale attention (CGBM: its cross gates)
 SELF_ATTENTION = "self_attention"  # float32 [B, Lr, h*d_k] ([B, Lr, 0] when off)
@@ -49,10 +49,10 @@ START = "start"  # int32 [B]: first feature index of the segment
 END = "end"  # int32 [B]: one past its last feature index (exclusive)
 SCORE = "score"  # float32 [B]: the decoding score of the segment
 SIGNATURE_OUTPUT_NAMES = (PROBABILITIES, START, END, SCORE)
-# Batch keys beside the inputs: the targets of the losses (vreloc_tf.losses), [B, 2] int32 [start, end).
-GROUNDTRUTH = "groundtruth"  # the labelled segment (full supervision; vreloc_tf.input_pipeline)
+# Batch keys beside the inputs: the targets of the losses (vreloc_tf.model.losses), [B, 2] int32 [start, end).
+GROUNDTRUTH = "groundtruth"  # the labelled segment (full supervision; vreloc_tf.data.input_pipeline)
 PSEUDO_GROUNDTRUTH = "pseudo_groundtruth"  # the teacher's segment (weak supervision, ours; input_pipeline)
-SELF_TARGET = "self_target"  # the segment of the student's running average (vreloc_tf.training)
+SELF_TARGET = "self_target"  # the segment of the student's running average (vreloc_tf.training.fit)
 
 
 def reference_windows(length: int, window: int) -> List[Tuple[int, int]]:

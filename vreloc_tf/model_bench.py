@@ -19,8 +19,8 @@ import numpy as np
 from vreloc_tf.config import Config
 from vreloc_tf.contract import (GROUNDTRUTH, INPUT_NAMES, PAPER_SHAPES, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE,
                                 REFERENCE_LENGTH)
-from vreloc_tf.losses import total_loss
-from vreloc_tf.model import build_model, head_groups
+from vreloc_tf.model.losses import total_loss
+from vreloc_tf.model.functional import build_model, head_groups
 
 # The paper's training batch (Implementation Details), a typical query, a full window, D = 500.
 
@@ -37,7 +37,7 @@ SIMILARITY_FEATURES = 6  # width of layers.SimilarityFeatures' output
 
 
 def _cgbm_parameters(cfg: Config, feature_dim: int) -> int:
-    """CGBM (vreloc_tf.cgbm): video LSTM, matching (attention, gates, bilinear, two LSTMs), pointer LSTM, Dense."""
+    """CGBM (vreloc_tf.model.cgbm): video LSTM, matching (attention, gates, bilinear, two LSTMs), pointer LSTM, Dense."""
     c = cfg.model.cgbm
     m, u, k = c.memory_dim, c.attention_dim, c.bilinear_factors
     total = 4 * m * (feature_dim + m) + 4 * m  # the video LSTM, shared by query and reference

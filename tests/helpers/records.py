@@ -10,7 +10,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from vreloc_tf import schema
+from vreloc_tf.data import schema
 from vreloc_tf.contract import FRAMES_PER_FEATURE
 from vreloc_tf.files import write_json_atomic
 

@@ -154,7 +154,7 @@ def similarity_features(reference, query, temperature):
     return np.concatenate([standardized, raw], axis=1)
 
 
-# --- Feng et al.'s CGBM (vreloc_tf.cgbm), written after their TF1 code one step at a time ----------
+# --- Feng et al.'s CGBM (vreloc_tf.model.cgbm), written after their TF1 code one step at a time ----------
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))

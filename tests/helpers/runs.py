@@ -49,9 +49,9 @@ def make_run(seed: int = 0, supervision: str = "full", overrides: tuple = ()) ->
 def _make_run(seed: int, supervision: str, overrides: tuple = ()) -> str:
     import keras
 
-    from vreloc_tf.artifacts import Run, RunManifest
+    from vreloc_tf.data.artifacts import Run, RunManifest
     from vreloc_tf.config import load_config
-    from vreloc_tf.model import build_model
+    from vreloc_tf.model.functional import build_model
 
     cfg = load_config("tiny", [f"supervision={supervision}", f"seed={seed}", f"data.feature_dim={FEATURE_DIM}",
                                *overrides])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from vreloc.commands.evaluate import print_results
-from vreloc_tf.baselines import METHODS, run_baseline
+from vreloc_tf.evaluation.baselines import METHODS, run_baseline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

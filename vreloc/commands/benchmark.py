@@ -7,13 +7,13 @@
 fengyang0317/video_reloc at pinned commits, checks each sha256 and keeps them in the cache
 (``$VRELOC_CACHE`` or ``~/.cache/vreloc``, ``benchmark/activitynet_reloc/``); files already
 there are not downloaded again. ``where`` prints the folder the commands use when
-``--splits``/``--lengths`` are left out. vreloc_tf.benchmark_files does the work.
+``--splits``/``--lengths`` are left out. vreloc_tf.data.benchmark_files does the work.
 """
 from __future__ import annotations
 
 import argparse
 
-from vreloc_tf import benchmark_files as bf
+from vreloc_tf.data import benchmark_files as bf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

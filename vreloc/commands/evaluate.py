@@ -16,7 +16,7 @@ import argparse
 
 from vreloc_tf.contract import DECODE_RULES
 from vreloc_tf.errors import InputError
-from vreloc_tf.evaluate import evaluate_run, format_table, load_results, save_results
+from vreloc_tf.evaluation.scoring import evaluate_run, format_table, load_results, save_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

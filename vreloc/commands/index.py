@@ -17,9 +17,9 @@ import json
 
 from pipeline.backbones import BACKBONES
 from pipeline.options import add_beam_arguments, enable_progress_logging
-from vreloc_tf.artifacts import Dataset
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import FeatureMismatchError
+from vreloc_tf.data.feature_spec import FeatureMismatchError
 from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, KINDS
 from vreloc_tf.search.library import INDEX_TYPES, LibraryIndex, describe
 

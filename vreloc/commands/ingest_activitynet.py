@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.options import add_beam_arguments, enable_progress_logging
-from vreloc_tf.benchmark_files import require_splits
+from vreloc_tf.data.benchmark_files import require_splits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import shlex
 
 from vreloc.quality import BENCHMARK, FAMILIES, LEARNING_RATES, MAIN_METHODS, METHODS, Study, check_methods
 from vreloc.quality_report import write_report
-from vreloc_tf import benchmark_files
+from vreloc_tf.data import benchmark_files
 from vreloc_tf.errors import InputError
 
 

@@ -6,7 +6,7 @@ import argparse
 from pipeline import synth  # synth.generate, looked up when called (tests replace it)
 from pipeline.families import FAMILIES
 from pipeline.synth import DEFAULT_FAMILY, GEOMETRIES, distractor_line
-from vreloc_tf.benchmark_files import require_splits
+from vreloc_tf.data.benchmark_files import require_splits
 from vreloc_tf.contract import FEATURE_DIM
 
 BENCHMARK = "<the benchmark files>"  # --splits/--lengths given without a value

@@ -8,7 +8,7 @@ import argparse
 
 from vreloc_tf.config import load_config
 from vreloc_tf.errors import InputError
-from vreloc_tf.strategy import split_cpu
+from vreloc_tf.training.strategy import split_cpu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load and check everything (config ranges, flags) before `train` writes anything."""
-    from vreloc_tf.train import train  # heavy: TensorFlow, loaded when training runs, not for --help
+    from vreloc_tf.training.run import train  # heavy: TensorFlow, loaded when training runs, not for --help
 
     for flag, value in (("--steps", args.steps), ("--devices", args.devices)):
         if value is not None and value < 1:

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vreloc_tf.visualize import visualize_pair  # heavy: TensorFlow, loaded when the figure is drawn, not for --help
+    from vreloc_tf.evaluation.visualize import visualize_pair  # heavy: TensorFlow, loaded when the figure is drawn, not for --help
 
     res = visualize_pair(args.model, args.data, args.split, args.pair, args.out, args.pairs, args.seed)
     print(f"wrote {os.path.abspath(res['out'])}: predicted {list(res['predicted'])}, ground truth "

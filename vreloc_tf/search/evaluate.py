@@ -17,10 +17,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vreloc_tf.entry_index import RecordReader, load_index
+from vreloc_tf.data.entry_index import RecordReader, load_index
 from vreloc_tf.errors import InputError
-from vreloc_tf.metrics import temporal_iou
-from vreloc_tf.schema import decode_record
+from vreloc_tf.evaluation.metrics import temporal_iou
+from vreloc_tf.data.schema import decode_record
 from vreloc_tf.search.embedding import Embedder
 from vreloc_tf.search.library import LibraryIndex
 from vreloc_tf.search.search import DEFAULT_CANDIDATES, DEFAULT_RERANK, SPAN_FACTOR, Hit, exhaustive, search

@@ -51,7 +51,7 @@ import numpy as np
 
 from vreloc_tf.contract import FRAMES_PER_FEATURE
 from vreloc_tf.errors import DataError, InputError
-from vreloc_tf.feature_spec import FeatureMismatchError, FeatureSpec
+from vreloc_tf.data.feature_spec import FeatureMismatchError, FeatureSpec
 from vreloc_tf.files import atomic_path, file_sha256, read_json, write_json_atomic
 from vreloc_tf.finite import first_non_finite
 from vreloc_tf.search.embedding import EmbeddingSpec

@@ -5,15 +5,15 @@ Two re-localizers with one interface (``locate(query, spans) -> (start, end, sco
 
 * :class:`Relocalizer`: a trained run's model and its decoding rule (score: the decoded segment's
   Eq.-20 value, or the weak rule's);
-* :class:`FrameLevelRelocalizer`: the training-free frame-level method (vreloc_tf.baselines), for an
+* :class:`FrameLevelRelocalizer`: the training-free frame-level method (vreloc_tf.evaluation.baselines), for an
   index built without a model (score: the segment's mean cosine similarity to the query frames).
 
 Why the model is batched and bucketed: search re-localizes the query in ~10 candidate spans and the exhaustive
 reference in every library video; one model call per span would cost a Python round trip and a
 trace per new shape. Spans are padded to a multiple of ``LENGTH_BUCKET`` steps (the model masks
-padding, so results do not change: vreloc_tf.layers) and run ``batch_size`` at a time through one
+padding, so results do not change: vreloc_tf.model.layers) and run ``batch_size`` at a time through one
 ``tf.function``; the NumPy decoder of the run's own rule (Eq. 20, or the weak rule) picks each
-span's segment and score, as ``vreloc evaluate`` does (vreloc_tf.evaluate.predict_segments).
+span's segment and score, as ``vreloc evaluate`` does (vreloc_tf.evaluation.scoring.predict_segments).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from vreloc_tf.artifacts import Run
-from vreloc_tf.baselines import frame_level_match
+from vreloc_tf.data.artifacts import Run
+from vreloc_tf.evaluation.baselines import frame_level_match
 from vreloc_tf.contract import MAX_WINDOW, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
 from vreloc_tf.files import file_sha256
 from vreloc_tf.search.embedding import encoder_of
@@ -44,7 +44,7 @@ class Relocalizer:
         import tensorflow as tf
 
         # heavy: TensorFlow (keras.ops); an index without a model re-localizes without it
-        from vreloc_tf.decoding import decoder
+        from vreloc_tf.model.decoding import decoder
 
         self.model, self.mode, self.max_length = model, decode_mode, max_length
         self.max_window, self.feature_dim, self.info, self.batch_size = int(max_window), int(feature_dim), info, batch_size
@@ -92,9 +92,9 @@ class Relocalizer:
 
 
 class FrameLevelRelocalizer:
-    """The training-free frame-level method (Feng et al.'s baseline, vreloc_tf.baselines) as a re-localizer.
+    """The training-free frame-level method (Feng et al.'s baseline, vreloc_tf.evaluation.baselines) as a re-localizer.
 
-    Per span: :func:`vreloc_tf.baselines.frame_level_match` -- the window of the query's length
+    Per span: :func:`vreloc_tf.evaluation.baselines.frame_level_match` -- the window of the query's length
     (at most the span's) with the highest mean similarity to the query steps; its score is that mean.
     ``max_window``: the contract's MAX_WINDOW, so search cuts spans as it does for a model.
     """

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from vreloc_tf.contract import reference_windows
-from vreloc_tf.feature_spec import FeatureSpec
+from vreloc_tf.data.feature_spec import FeatureSpec
 from vreloc_tf.search.embedding import Embedder
 from vreloc_tf.search.library import IndexError_, LibraryIndex
 from vreloc_tf.search.relocalize import FrameLevelRelocalizer, Relocalizer

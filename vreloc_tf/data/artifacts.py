@@ -26,12 +26,13 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from vreloc_tf import __version__, contract, schema
+from vreloc_tf import __version__, contract
+from vreloc_tf.data import schema
 from vreloc_tf.config import Config, load_config, save_config
 from vreloc_tf.errors import InputError
-from vreloc_tf.feature_spec import FeatureSpec
+from vreloc_tf.data.feature_spec import FeatureSpec
 from vreloc_tf.files import read_json, write_json_atomic
-from vreloc_tf.fingerprint import content_fingerprint
+from vreloc_tf.data.fingerprint import content_fingerprint
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.json"
@@ -115,7 +116,7 @@ class Dataset:
 
     def content_fingerprint(self, splits: Sequence[str] = TRAINING_SPLITS) -> str:
         """SHA-256 of the record files of ``splits`` (default: those training reads), by content and
-        names relative to the folder, so a moved or copied folder keeps it (vreloc_tf.fingerprint)."""
+        names relative to the folder, so a moved or copied folder keeps it (vreloc_tf.data.fingerprint)."""
         return content_fingerprint(self.record_files(splits), root=self.path)
 
     def check_feature_dim(self, expected: Optional[int], what: str = "data.feature_dim") -> int:
@@ -181,7 +182,7 @@ class DataRecord:
 
     def write(self, run_dir: str) -> str:
         data = dict(dataclasses.asdict(self), splits=list(self.splits), hash="sha256 over the record files of "
-                    "the splits, sorted by name; per file its name, length and bytes (vreloc_tf.fingerprint)")
+                    "the splits, sorted by name; per file its name, length and bytes (vreloc_tf.data.fingerprint)")
         return write_json_atomic(os.path.join(run_dir, DATA_FILE), data)
 
     @classmethod
@@ -257,8 +258,8 @@ class Run:
         """The selected inference model of the run (or a checkpoint, see :meth:`checkpoint_file`)."""
         import keras
 
-        # heavy: TensorFlow; importing vreloc_tf.model registers the custom layers a load needs
-        import vreloc_tf.model  # noqa: F401  (registers the custom layers)
+        # heavy: TensorFlow; importing vreloc_tf.model.functional registers the custom layers a load needs
+        import vreloc_tf.model.functional  # noqa: F401  (registers the custom layers)
 
         return keras.saving.load_model(self.checkpoint_file(checkpoint), compile=compile)
 

@@ -40,7 +40,7 @@ from typing import Tuple
 import numpy as np
 
 from vreloc_tf.finite import first_non_finite
-from vreloc_tf.metrics import THRESHOLDS
+from vreloc_tf.evaluation.metrics import THRESHOLDS
 
 _THRESHOLDS = np.asarray(THRESHOLDS, dtype=np.float64)
 

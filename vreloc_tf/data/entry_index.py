@@ -14,7 +14,7 @@ never stored), so nothing downstream can use it. The query/reference division by
 source video is :func:`weak_role` (a hash of the video id, so it is deterministic,
 independent of shard order, and the same on every worker).
 
-Records are read, both checksums checked, through :mod:`vreloc_tf.tfrecord` (the one reader of
+Records are read, both checksums checked, through :mod:`vreloc_tf.data.tfrecord` (the one reader of
 TFRecord framing): a damaged record is its ``CorruptRecordError`` (a ``DataError``: one line naming
 the file and byte offset, exit 2), as is a record whose checksums hold but which is not an Example.
 """
@@ -26,9 +26,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from vreloc_tf import schema
+from vreloc_tf.data import schema
 from vreloc_tf.errors import DataError
-from vreloc_tf.tfrecord import CorruptRecordError, FramedReader, iter_records
+from vreloc_tf.data.tfrecord import CorruptRecordError, FramedReader, iter_records
 
 QUERY_PART, REFERENCE_PART = 0, 1
 

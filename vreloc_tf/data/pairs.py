@@ -31,7 +31,7 @@ from typing import List, Optional
 import numpy as np
 
 from vreloc_tf import contract
-from vreloc_tf.entry_index import EntryIndex, load_index
+from vreloc_tf.data.entry_index import EntryIndex, load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json, write_json_atomic
 

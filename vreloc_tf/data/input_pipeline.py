@@ -1,7 +1,7 @@
 """tf.data input: query/reference pairs read from the TFRecord shards, padded per length bucket.
 
 Design (memory independent of the dataset size): the pairs are *planned* in NumPy from
-the small per-entry index (:mod:`vreloc_tf.entry_index`: shard, byte offset, video id,
+the small per-entry index (:mod:`vreloc_tf.data.entry_index`: shard, byte offset, video id,
 label, window length, ground truth — ~100 bytes an entry), and a generator reads only
 the two serialized records of each planned pair by offset; parsing, slicing and padding
 run as parallel tf.data maps, followed by prefetch. In memory at any time: the index,
@@ -22,7 +22,7 @@ batches an uninterrupted run would):
   (As in Feng's code the length test uses the uncropped window, so a cropped reference
   may end up shorter than its query.)
 * **weak** — the train split is divided by source video into a query part and a
-  reference part (:func:`vreloc_tf.entry_index.weak_role`, fraction
+  reference part (:func:`vreloc_tf.data.entry_index.weak_role`, fraction
   ``cfg.data.weak_query_fraction``). Queries come from the query part only, trimmed to
   their own ground-truth segment (a query *is* a trimmed clip by definition; the
   paper's weak setting only forbids reference annotations). References come from the
@@ -41,7 +41,7 @@ Batch dict: ``query`` float32 [B, Lq, D], ``query_length`` int32 [B], ``referenc
 float32 [B, Lr, D], ``reference_length`` int32 [B], and for full supervision
 ``groundtruth`` int32 [B, 2] ([start, end) in the reference, end exclusive); for weak
 supervision "ours" ``pseudo_groundtruth`` int32 [B, 2], the segment of the label-free teacher
-(:mod:`vreloc_tf.teacher`), computed in the parse map from the query's whole source window
+(:mod:`vreloc_tf.model.teacher`), computed in the parse map from the query's whole source window
 and the reference -- features only, so weak batches stay independent of reference labels.
 """
 from __future__ import annotations
@@ -54,8 +54,8 @@ import numpy as np
 
 from vreloc_tf.config import Config
 from vreloc_tf.contract import GROUNDTRUTH, PSEUDO_GROUNDTRUTH, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
-from vreloc_tf.entry_index import QUERY_PART, REFERENCE_PART, EntryIndex, RecordReader, load_index
-from vreloc_tf.teacher import teacher_segment_tf
+from vreloc_tf.data.entry_index import QUERY_PART, REFERENCE_PART, EntryIndex, RecordReader, load_index
+from vreloc_tf.model.teacher import teacher_segment_tf
 from vreloc_tf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _parse_slice(serialized, start, end, feature_dim: int):
 
 
 def teacher_options(cfg: Config) -> Optional[dict]:
-    """Arguments of :func:`vreloc_tf.teacher.teacher_segment_tf` for weak "ours", else None."""
+    """Arguments of :func:`vreloc_tf.model.teacher.teacher_segment_tf` for weak "ours", else None."""
     if cfg.supervision != "weak" or cfg.loss.weak_variant != "ours":
         return None
     return {"temperature": cfg.loss.teacher_temperature, "threshold_std": cfg.loss.teacher_threshold_std,

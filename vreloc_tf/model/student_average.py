@@ -1,12 +1,12 @@
 """A running average of the student's weights: the second target of weak "ours" (a mean teacher).
 
-Why: the label-free teacher (vreloc_tf.teacher) names the right segment for about two thirds of
+Why: the label-free teacher (vreloc_tf.model.teacher) names the right segment for about two thirds of
 the `demo` pairs. The student overtakes it within a few hundred steps and, trained on, then
 learns the teacher's errors as well: val average 80.6 at step 200, 69.2 at step 1,000
 (docs/QUALITY_HISTORY.md, "Does weak training drift?"). An exponential moving average of the student's
 weights (Tarvainen & Valpola 2017) is the student of the last ~1 / (1 - momentum) steps; once
 the student is better than its teacher, so is the average. The segment it decodes (Eq. 20) is
-blended into the target (``loss.self_target_*``, vreloc_tf.losses.per_example_loss), which holds
+blended into the target (``loss.self_target_*``, vreloc_tf.model.losses.per_example_loss), which holds
 the student near what it has learnt instead of pulling it back to the teacher's mistakes.
 
 The averages are the trainer's variables, separate from the student's (BackupAndRestore saves
@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 from vreloc_tf.contract import PROBABILITIES, REFERENCE_LENGTH
-from vreloc_tf.decoding import decode_full
+from vreloc_tf.model.decoding import decode_full
 
 
 class StudentAverage(keras.layers.Layer):

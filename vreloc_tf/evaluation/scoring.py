@@ -5,12 +5,12 @@ limit wherever p1/p2 are trained -- full supervision and weak "ours" -- and the 
 for the paper's weak objective) unless ``decode`` says otherwise; the result records which
 checkpoint-selection rule picked the model (``selection``); the
 result is the paper's row (mAP@1 at IoU > 0.5 ... 0.9 and the average, in percent) as a
-dict (``vreloc_tf.metrics.result_dict``). A pair file is read if it exists -- and checked
+dict (``vreloc_tf.evaluation.metrics.result_dict``). A pair file is read if it exists -- and checked
 against the data, so a list made for another (or relabelled) split is refused -- and
 otherwise written with the list made here, so later models and baselines reuse it.
 
 ``control="swapped-query"`` scores the same pairs with each query replaced by one of another
-class (:func:`vreloc_tf.pairs.swap_queries`; reference and ground truth unchanged): a model that
+class (:func:`vreloc_tf.data.pairs.swap_queries`; reference and ground truth unchanged): a model that
 reads the query should collapse there. The result names the control and records its seed.
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from vreloc_tf import metrics
-from vreloc_tf.artifacts import Run
+from vreloc_tf.evaluation import metrics
+from vreloc_tf.data.artifacts import Run
 from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, REFERENCE_LENGTH
-from vreloc_tf.entry_index import load_index
+from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json, write_json_atomic
-from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan, length_sorted
-from vreloc_tf.pairs import SWAP_SEED_OFFSET, check_pairs, load_pairs, pairs_from_index, save_pairs, swap_queries
+from vreloc_tf.data.input_pipeline import evaluation_dataset, evaluation_plan, length_sorted
+from vreloc_tf.data.pairs import SWAP_SEED_OFFSET, check_pairs, load_pairs, pairs_from_index, save_pairs, swap_queries
 
 
 # ---------------------------------------------------------------------------
@@ -69,10 +69,10 @@ def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str
     """Decoded (start, end) [N] for the pairs of an evaluation plan, in plan order.
 
     Pairs run in batches of similar reference length (less padding); the NumPy
-    decoders of :mod:`vreloc_tf.decoding` read each example's valid steps only.
+    decoders of :mod:`vreloc_tf.model.decoding` read each example's valid steps only.
     """
     # heavy: TensorFlow (keras.ops); the rest of this module (pair lists, scores) needs none
-    from vreloc_tf.decoding import decoder
+    from vreloc_tf.model.decoding import decoder
 
     decode = decoder(mode, numpy=True)
     ordered, inverse = length_sorted(plan)
@@ -171,7 +171,7 @@ def load_results(paths: List[str]) -> List[dict]:
 
 
 def format_table(results: List[dict], title: str = "") -> str:
-    """Several results as one table (re-exported from :mod:`vreloc_tf.metrics`)."""
+    """Several results as one table (re-exported from :mod:`vreloc_tf.evaluation.metrics`)."""
     return metrics.format_table(results, title)
 
 

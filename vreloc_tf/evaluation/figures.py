@@ -15,7 +15,7 @@ PROBABILITY_COLORS = ("tab:green", "tab:red", "tab:blue", "tab:gray")
 
 def head_group_labels(groups: Sequence) -> List[Tuple[int, int, str]]:
     """[(first row, last row exclusive, label), ...] from the model's (count, label) groups of the
-    attention output (``vreloc_tf.model.attention_groups``), in their order."""
+    attention output (``vreloc_tf.model.functional.attention_groups``), in their order."""
     out, start = [], 0
     for count, label in groups:
         out.append((start, start + count, label))
@@ -71,7 +71,7 @@ def figure4(attention: np.ndarray, probabilities: np.ndarray, groups: Sequence, 
     """Heads × reference steps heat map (like the paper's Figure 4) above the probability curves.
 
     ``attention``: [Lr, k] for one pair (valid steps only); ``probabilities``: [Lr, 4]; ``groups``:
-    (count, label) rows of the attention output (``vreloc_tf.model.attention_groups``: heads grouped by
+    (count, label) rows of the attention output (``vreloc_tf.model.functional.attention_groups``: heads grouped by
     kernel/dilation, or CGBM's forward and backward gates), ``row_label`` what a row is.
     The ground-truth segment is framed in red.
     """

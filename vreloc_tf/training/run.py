@@ -1,16 +1,16 @@
 """Training a run: `model.fit` under a tf.distribute strategy (full or weak supervision).
 
-:func:`train` writes the run folder of :mod:`vreloc_tf.artifacts` (config.yaml, run.json,
+:func:`train` writes the run folder of :mod:`vreloc_tf.data.artifacts` (config.yaml, run.json,
 model.keras = the checkpoint the selection rule prefers, checkpoints/, backup/, logs/). Calling it again
 on the same folder resumes from the last finished epoch (BackupAndRestore); a finished run
-is left as it is. The data decides the feature dim (:class:`~vreloc_tf.artifacts.Dataset`);
+is left as it is. The data decides the feature dim (:class:`~vreloc_tf.data.artifacts.Dataset`);
 ``data.feature_dim`` in the config is a checked expectation (null = any).
 
 Run folders refuse to mix: a folder holding a run of another config, a run started on data of
 other content, or a finished run of another feature dim or another data source, is an
 InputError unless ``overwrite=True``, which starts the folder clean. Before the first step the
 folder gets data.json, the SHA-256 of the record files training reads
-(:mod:`vreloc_tf.fingerprint`), so even an interrupted run knows its data: a path can be reused
+(:mod:`vreloc_tf.data.fingerprint`), so even an interrupted run knows its data: a path can be reused
 for other data, and a copy of the data at another path is still the same data. run.json records
 the data's source and fingerprint.
 
@@ -19,7 +19,7 @@ ranges (:func:`vreloc_tf.config.validate`), the data, the run folder, the indexe
 model. A refused start leaves the folder as it was, so the corrected command just works.
 
 Determinism: with the same config (seed) and data, the batches of every epoch are the
-same whether the run was interrupted or not (see :mod:`vreloc_tf.input_pipeline`);
+same whether the run was interrupted or not (see :mod:`vreloc_tf.data.input_pipeline`);
 weights then match up to floating-point non-determinism of TensorFlow's kernels, which
 ``tf.config.experimental.enable_op_determinism()`` removes (the resume test does so).
 """
@@ -31,19 +31,19 @@ import sys
 import time
 from typing import Optional
 
-from vreloc_tf.artifacts import (BACKUP_DIR, CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, MANIFEST_FILE, DataRecord, Dataset,
+from vreloc_tf.data.artifacts import (BACKUP_DIR, CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, MANIFEST_FILE, DataRecord, Dataset,
                                  RunManifest)
 from vreloc_tf.config import Config, load_config, save_config, validate
-from vreloc_tf.entry_index import load_index
+from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import clear_folder
-from vreloc_tf.fingerprint import short
-from vreloc_tf.input_pipeline import evaluation_plan, load_training_index, training_dataset
-from vreloc_tf.losses import average_is_model
-from vreloc_tf.model import build_model
-from vreloc_tf.pairs import pairs_from_index, subsample
-from vreloc_tf.strategy import is_chief, make_strategy
-from vreloc_tf.training import (RelocTrainer, SeedStateBackup, StepCheckpoint, Timer, ValidationCallback,
+from vreloc_tf.data.fingerprint import short
+from vreloc_tf.data.input_pipeline import evaluation_plan, load_training_index, training_dataset
+from vreloc_tf.model.losses import average_is_model
+from vreloc_tf.model.functional import build_model
+from vreloc_tf.data.pairs import pairs_from_index, subsample
+from vreloc_tf.training.strategy import is_chief, make_strategy
+from vreloc_tf.training.fit import (RelocTrainer, SeedStateBackup, StepCheckpoint, Timer, ValidationCallback,
                                 make_optimizer, resume_epoch, schedule)
 
 log = logging.getLogger(__name__)

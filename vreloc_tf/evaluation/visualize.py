@@ -2,7 +2,7 @@
 
 The pair comes from the same fixed pair list as `vreloc evaluate` (a pair file, made
 with ``seed`` if it does not exist), so a figure can be matched with a row of the
-results table. Drawing is in vreloc_tf.figures.
+results table. Drawing is in vreloc_tf.evaluation.figures.
 """
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Optional
 
 import numpy as np
 
-from vreloc_tf.artifacts import Run
+from vreloc_tf.data.artifacts import Run
 from vreloc_tf.contract import ATTENTION, PROBABILITIES, REFERENCE_LENGTH
-from vreloc_tf.decoding import decoder
+from vreloc_tf.model.decoding import decoder
 from vreloc_tf.errors import InputError
-from vreloc_tf.evaluate import method_name, resolve_pairs
-from vreloc_tf.figures import figure4
-from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
-from vreloc_tf.metrics import temporal_iou
-from vreloc_tf.model import attention_groups, attention_label
+from vreloc_tf.evaluation.scoring import method_name, resolve_pairs
+from vreloc_tf.evaluation.figures import figure4
+from vreloc_tf.data.input_pipeline import evaluation_dataset, evaluation_plan
+from vreloc_tf.evaluation.metrics import temporal_iou
+from vreloc_tf.model.functional import attention_groups, attention_label
 
 
 def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int, out: str,

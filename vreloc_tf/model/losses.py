@@ -4,8 +4,8 @@ All in ``keras.ops`` (backend agnostic). Per-example losses are [B]; :func:`tota
 averages them over the batch and combines them as ``cfg`` says:
 
 * ``cfg.supervision == 'weak'``: loss^c only (``loss.weak_variant = paper``, Table 2), or Eq. 19
-  on the label-free teacher's pseudo segments (``ours``, the default; vreloc_tf.teacher), blended
-  with Eq. 19 on the segments of the student's running average (vreloc_tf.student_average);
+  on the label-free teacher's pseudo segments (``ours``, the default; vreloc_tf.model.teacher), blended
+  with Eq. 19 on the segments of the student's running average (vreloc_tf.model.student_average);
 * ``cfg.supervision == 'full'``: loss^w (``full_losses = weighted_ce``),
   loss^w + ``coattention_weight`` * loss^c (``weighted_ce+coattention``, Table 4), or Feng et
   al.'s Eq. 10 as their code computes it (``feng``, :func:`feng_cross_entropy`).
@@ -25,7 +25,7 @@ from keras import ops
 
 from vreloc_tf.contract import (GROUNDTRUTH, INPUT_NAMES, PSEUDO_GROUNDTRUTH, QUERY, QUERY_LENGTH, REFERENCE,
                                 REFERENCE_LENGTH, SELF_TARGET)
-from vreloc_tf.decoding import weak_segment
+from vreloc_tf.model.decoding import weak_segment
 
 EPSILON = 1e-7  # floor of log arguments and of norms/denominators: no NaN, ever
 
@@ -99,7 +99,7 @@ def region_masks(probabilities, reference_length, use_masks):
 
     Without masks (warm-up) both are the valid-step mask. With masks (the paper's
     "Implementation Details"), the predicted action region is the weak decoding segment
-    (longest run of p3 above its mean, :func:`vreloc_tf.decoding.weak_segment`): the action
+    (longest run of p3 above its mean, :func:`vreloc_tf.model.decoding.weak_segment`): the action
     mask is 1 inside it, the background mask 1 on the other valid steps. The masks are
     computed from stop-gradient probabilities, so they are constants for the optimizer.
     ``use_masks`` may be a Python bool or a boolean scalar tensor (e.g. step >= N).
@@ -162,13 +162,13 @@ def per_example_loss(cfg, batch, probabilities, step):
       or Feng et al.'s Eq. 10 (``feng``);
     * weak, ``loss.weak_variant = paper``: loss^c, with the masks from the step
       ``coattention_mask_after_steps`` on (``step`` is an int or a scalar tensor);
-    * weak, ``ours``: Eq. 19 on the label-free teacher's ``pseudo_groundtruth`` (vreloc_tf.teacher);
+    * weak, ``ours``: Eq. 19 on the label-free teacher's ``pseudo_groundtruth`` (vreloc_tf.model.teacher);
       with ``batch["self_target"]`` ([B, 2], the segments of the student's running average,
-      vreloc_tf.student_average), (1 - w) x that + w x Eq. 19 on the self target,
+      vreloc_tf.model.student_average), (1 - w) x that + w x Eq. 19 on the self target,
       w = :func:`self_target_weight` at ``step``.
 
     Also the label-free selection criterion: the mean of this on val pairs reads no labels in weak mode
-    (vreloc_tf.training.objective_on_plan adds the running average's segments when the config uses them).
+    (vreloc_tf.training.fit.objective_on_plan adds the running average's segments when the config uses them).
     """
     for key in INPUT_NAMES:
         if key not in batch:

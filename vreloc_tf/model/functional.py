@@ -1,6 +1,6 @@
 """The models as Keras functional models: the multiscale attention model (Huang et al., AAAI 2020,
 Fig. 2; ``model.architecture: multiscale_attention``, the default) and Feng et al.'s CGBM
-(``cgbm``; vreloc_tf.cgbm has its layers and how its outputs fill the contract below).
+(``cgbm``; vreloc_tf.model.cgbm has its layers and how its outputs fill the contract below).
 
     Q, R --Eq.7 encoders--> H^q, H^r --Eq.8 multiscale attention--> H^matt [B, Lr, k]
                                   H^r --Eq.9 self-attention-------> H^satt [B, Lr, h*d_k]
@@ -28,11 +28,11 @@ from typing import List, Tuple
 
 import keras
 
-from vreloc_tf.cgbm import BilinearMatching, CrossGatedMatching, CrossGating  # noqa: F401  (registered)
+from vreloc_tf.model.cgbm import BilinearMatching, CrossGatedMatching, CrossGating  # noqa: F401  (registered)
 from vreloc_tf.config import Config
 from vreloc_tf.contract import (ATTENTION, INPUT_NAMES, MODEL_OUTPUT_NAMES, PROBABILITIES, QUERY, QUERY_LENGTH,
                                 REFERENCE, REFERENCE_LENGTH, SELF_ATTENTION)
-from vreloc_tf.layers import (  # noqa: F401  (imported to register them for loading)
+from vreloc_tf.model.layers import (  # noqa: F401  (imported to register them for loading)
     EmptyFeatures, MaskedConvEncoder, MultiscaleAttention, SelfAttention, SequenceMask, SimilarityFeatures,
     merge_head_groups)
 
@@ -117,7 +117,7 @@ def build_model(cfg: Config, feature_dim: int) -> keras.Model:
 
 
 def _build_cgbm(cfg: Config, inputs: dict) -> keras.Model:
-    """Feng et al.'s CGBM (vreloc_tf.cgbm; the sources of its sizes are in configs/cgbm.yaml)."""
+    """Feng et al.'s CGBM (vreloc_tf.model.cgbm; the sources of its sizes are in configs/cgbm.yaml)."""
     c = cfg.model.cgbm
     query, reference = inputs[QUERY], inputs[REFERENCE]
     query_length, reference_length = inputs[QUERY_LENGTH], inputs[REFERENCE_LENGTH]

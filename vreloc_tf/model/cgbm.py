@@ -30,16 +30,16 @@ What is the same as Feng's code and what is not:
   query step's logit, which the softmax over the query steps removes exactly (its gradient
   is zero), so it is left out: the same numbers.
 * Padding: Feng's ``dynamic_rnn(sequence_length=...)`` and ``reverse_sequence``; here the
-  sequences are masked (vreloc_tf.layers' rules): padded steps carry the state unchanged
+  sequences are masked (vreloc_tf.model.layers' rules): padded steps carry the state unchanged
   and give zero outputs, the backward direction starts at each example's last valid step.
 
-Outputs of the model (the contract of vreloc_tf.model): ``probabilities`` [B, Lr, 4];
+Outputs of the model (the contract of vreloc_tf.model.functional): ``probabilities`` [B, Lr, 4];
 ``attention`` [B, Lr, 2] = the reference-side cross gate sigmoid(W q_t + b) averaged over
 its channels, in the forward and the backward direction: how far the query attended at
 step t opens step t (zero at padded steps); ``self_attention`` [B, Lr, 0], a placeholder
 (CGBM has no self-attention).
 
-Loss and decoding (vreloc_tf.losses, vreloc_tf.decoding) are selectable for either model:
+Loss and decoding (vreloc_tf.model.losses, vreloc_tf.model.decoding) are selectable for either model:
 ``loss.full_losses: feng`` is Feng's Eq. 10 as coded (the weights and labels of our Eq. 19,
 but normalised by all valid steps of the batch, not per example), ``decode.rule: feng`` his
 decoding loop (Eq. 20's search, but the mean of log p3 leaves out the end step).
@@ -51,7 +51,7 @@ from typing import Optional
 import keras
 from keras import ops
 
-from vreloc_tf.layers import _NEG_INF, sequence_mask
+from vreloc_tf.model.layers import _NEG_INF, sequence_mask
 
 
 @keras.saving.register_keras_serializable(package="vreloc")

@@ -1,7 +1,7 @@
 """The TFRecord contract between the Beam jobs and training — defined once, here.
 
 Every Beam job (``pipeline/``) writes records with :func:`encode_record`; every
-reader (tf.data in ``vreloc_tf/input_pipeline.py``, tests, tools) parses them
+reader (tf.data in ``vreloc_tf/data/input_pipeline.py``, tests, tools) parses them
 with :func:`parse_record_tf` or :func:`decode_record`. ARCHITECTURE.md refers
 to this module rather than restating it.
 
@@ -40,7 +40,7 @@ import numpy as np
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import read_json
-from vreloc_tf.tfrecord import iter_records
+from vreloc_tf.data.tfrecord import iter_records
 
 UNKNOWN = -1  # the value of an unknown label, ground truth, or fps
 SPLITS = ("train", "val", "test")
@@ -214,6 +214,6 @@ def read_records(data_dir: str, split: str) -> List[Record]:
 def read_manifest(data_dir: str) -> dict:
     """The data folder's ``manifest.json`` (InputError naming the file if it is missing or corrupt).
 
-    Stages open a data folder as :class:`vreloc_tf.artifacts.Dataset`; this is the raw dict.
+    Stages open a data folder as :class:`vreloc_tf.data.artifacts.Dataset`; this is the raw dict.
     """
     return read_json(os.path.join(data_dir, MANIFEST_NAME), "data manifest")

@@ -1,6 +1,6 @@
 """The training-free comparison methods of the paper (Tables 2 and 4), as `vreloc baseline` runs them.
 
-Scored on the same fixed pair list as the models (see :mod:`vreloc_tf.pairs`). For a
+Scored on the same fixed pair list as the models (see :mod:`vreloc_tf.data.pairs`). For a
 reference of L steps (segments [start, end), end exclusive):
 
 * ``random`` — two boundaries drawn independently and uniformly from {0, ..., L} with a
@@ -40,14 +40,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from vreloc_tf.artifacts import Dataset
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.contract import QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH
-from vreloc_tf.entry_index import load_index
+from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
-from vreloc_tf.evaluate import resolve_pairs, score_plan
-from vreloc_tf.input_pipeline import evaluation_dataset, evaluation_plan
-from vreloc_tf.schema import feature_spec, shard_files
-from vreloc_tf.tfrecord import iter_records
+from vreloc_tf.evaluation.scoring import resolve_pairs, score_plan
+from vreloc_tf.data.input_pipeline import evaluation_dataset, evaluation_plan
+from vreloc_tf.data.schema import feature_spec, shard_files
+from vreloc_tf.data.tfrecord import iter_records
 
 METHODS = ("random", "prior", "frame-level", "query-free", "window-match")
 METHOD_NAMES = {"random": "Random", "prior": "Stat. prior", "frame-level": "FL Baseline", "query-free": "query-free",
@@ -197,7 +197,7 @@ WINDOW_MATCH_BATCH = 64  # train records parsed and centred together (at most 64
 
 def _record_batches(paths, size: int):
     """Lists of ``size`` serialized records (the last one shorter) of the files ``paths`` in order, read
-    through ``vreloc_tf.tfrecord`` (both checksums checked: a damaged record is a DataError)."""
+    through ``vreloc_tf.data.tfrecord`` (both checksums checked: a damaged record is a DataError)."""
     batch = []
     for path in paths:
         for _, data in iter_records(path):

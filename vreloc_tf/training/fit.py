@@ -1,16 +1,16 @@
 """The `model.fit` wrapper: loss, optimizer, learning-rate schedule and the callbacks of a run.
 
 :class:`RelocTrainer` wraps the functional inference model of
-:func:`vreloc_tf.model.build_model` (``self.net``, the model that is saved as
+:func:`vreloc_tf.model.functional.build_model` (``self.net``, the model that is saved as
 ``model.keras``) and overrides ``compute_loss`` (and extends ``train_step`` by one update
 after it, below): Keras' own ``train_step`` does the forward pass, the gradient tape and the
-optimizer update, also per replica under a tf.distribute strategy. The loss is :func:`vreloc_tf.losses.total_loss` at the current
+optimizer update, also per replica under a tf.distribute strategy. The loss is :func:`vreloc_tf.model.losses.total_loss` at the current
 optimizer step (the co-attention masks switch on after the warm-up; weak "ours" blends in the
-segments of the student's running average, :class:`vreloc_tf.student_average.StudentAverage`,
+segments of the student's running average, :class:`vreloc_tf.model.student_average.StudentAverage`,
 which ``train_step`` updates after each optimizer step), divided by the
 number of replicas as Keras does for its compiled losses (gradients are summed across
-replicas; :func:`vreloc_tf.strategy.scale_loss_for_replicas`). The model is built before
-``fit()`` (:class:`vreloc_tf.keras_compat.PrebuiltFit` explains why that matters).
+replicas; :func:`vreloc_tf.training.strategy.scale_loss_for_replicas`). The model is built before
+``fit()`` (:class:`vreloc_tf.model.keras_compat.PrebuiltFit` explains why that matters).
 
 Optimizer (paper, Implementation Details): Adam, learning rate
 ``lr * factor ** (step // decay_steps)`` (staircase exponential decay: 1e-3 divided by 10
@@ -34,18 +34,18 @@ from typing import Optional
 import keras
 import numpy as np
 
-from vreloc_tf.artifacts import MODEL_FILE
+from vreloc_tf.data.artifacts import MODEL_FILE
 from vreloc_tf.config import Config
 from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, SELF_TARGET
 from vreloc_tf.errors import DataError, InputError
-from vreloc_tf.evaluate import inference_probabilities, predict_segments, score_plan
+from vreloc_tf.evaluation.scoring import inference_probabilities, predict_segments, score_plan
 from vreloc_tf.files import atomic_path, read_json, write_json_atomic
-from vreloc_tf.input_pipeline import evaluation_dataset, length_sorted, teacher_options
-from vreloc_tf.keras_compat import PrebuiltFit
-from vreloc_tf.losses import (average_is_model, per_example_loss, total_loss, truncated_mean, truncation_fraction,
+from vreloc_tf.data.input_pipeline import evaluation_dataset, length_sorted, teacher_options
+from vreloc_tf.model.keras_compat import PrebuiltFit
+from vreloc_tf.model.losses import (average_is_model, per_example_loss, total_loss, truncated_mean, truncation_fraction,
                               uses_self_target)
-from vreloc_tf.strategy import is_multi_worker, scale_loss_for_replicas
-from vreloc_tf.student_average import StudentAverage
+from vreloc_tf.training.strategy import is_multi_worker, scale_loss_for_replicas
+from vreloc_tf.model.student_average import StudentAverage
 
 
 class RelocTrainer(PrebuiltFit, keras.Model):
@@ -84,7 +84,7 @@ def saved_weights(trainer: keras.Model):
     """A context in which ``trainer.net`` holds the weights a run saves and evaluates as its model.
 
     The student's own, except for weak "ours" with ``loss.self_target_as_model``: there the
-    running average's (:meth:`vreloc_tf.student_average.StudentAverage.swapped_into`).
+    running average's (:meth:`vreloc_tf.model.student_average.StudentAverage.swapped_into`).
     """
     average = getattr(trainer, "student_average", None)
     if average is not None and average_is_model(trainer.cfg):
@@ -136,11 +136,11 @@ def _average_segments(average, model, max_length):
 
 def objective_on_plan(model, index, plan: np.ndarray, feature_dim: int, cfg: Config, step: int,
                       batch_size: int = 64, average=None) -> float:
-    """The mean training objective (:func:`vreloc_tf.losses.per_example_loss`) over an evaluation plan.
+    """The mean training objective (:func:`vreloc_tf.model.losses.per_example_loss`) over an evaluation plan.
 
     For weak supervision this reads no labels: "paper" is the co-attention loss of the raw
     features, "ours" the cross-entropy against the label-free teacher's segments, blended with
-    the segments of ``average`` (the run's :class:`~vreloc_tf.student_average.StudentAverage`)
+    the segments of ``average`` (the run's :class:`~vreloc_tf.model.student_average.StudentAverage`)
     when the config uses a self target; it is the ``label_free`` selection criterion.
     """
     if cfg.supervision != "weak":
