@@ -1,6 +1,6 @@
 """``python -m vreloc.model_bench``: the model's size and speed on this machine, one table.
 
-The measuring functions are :mod:`vreloc_tf.model_bench`; this is their command line
+The measuring functions are :mod:`vreloc.bench.model`; this is their command line
 (``vreloc bench`` runs the same functions part by part, each in its own process).
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ import sys
 from typing import Optional
 
 from serving.server import set_tensorflow_threads
+from vreloc.bench.model import inference_cost_by_batch, run_benchmark
 from vreloc_tf.config import load_config
 from vreloc_tf.contract import PAPER_SHAPES
 from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
-from vreloc_tf.model_bench import inference_cost_by_batch, run_benchmark
 
 
 def main(argv: Optional[list] = None) -> int:
