@@ -193,7 +193,7 @@ def test_every_python_m_entry_point_takes_the_one_error_path():
         assert "run_entry_point(" in block, f"{path}: its __main__ block bypasses vreloc_tf.errors.run_entry_point"
         if "argparse.ArgumentParser(" in source:
             assert "add_debug_option(parser)" in source, f"{path}: its parser has no --debug"
-    assert {"vreloc/bench/parts.py", "vreloc/model_bench.py", "vreloc/bench/c3d.py", "vreloc/bench/ingest.py",
+    assert {"vreloc/bench/parts.py", "vreloc/bench/model.py", "vreloc/bench/c3d.py", "vreloc/bench/ingest.py",
             "vreloc/bench/backbones.py", "pipeline/sample_videos.py", "vreloc/bench/serving.py"} <= set(found)
     assert "run_guarded(" in open(os.path.join(ROOT, "vreloc", "cli.py")).read()
 

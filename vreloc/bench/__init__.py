@@ -4,7 +4,7 @@
                                  it imports none of what the parts measure)
 * :mod:`vreloc.bench.parts`      each part in a process of its own (``python -m vreloc.bench.parts --part NAME``)
 * :mod:`vreloc.bench.model`      the model's analytic parameter and FLOP counts, matmul rate, training pairs/s,
-                                 inference latency (``python -m vreloc.model_bench`` prints them as one table)
+                                 inference latency, and their command line (``python -m vreloc.bench.model``)
 * :mod:`vreloc.bench.serving`    the compiled model, the exported signature and gRPC, interleaved; requests/s
                                  with concurrent clients (``python -m vreloc.bench.serving``)
 * :mod:`vreloc.bench.ingest`     ingest-activitynet records/s (``python -m vreloc.bench.ingest``)

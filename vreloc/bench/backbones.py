@@ -50,7 +50,7 @@ def _timed(fn: Callable[[], object], n: int) -> Tuple[float, float]:
 
 def matmul_rates(repeats: int = 5, rounds: int = 3, size: int = MATMUL_SIZE) -> dict:
     """The matmul yardstick in this process (vreloc.bench.model.matmul_rates, the ``matmul`` part's)."""
-    # heavy: TensorFlow and Keras (vreloc.bench.model imports the losses), so that --help and a bad flag answer at once
+    # heavy: TensorFlow, Keras (vreloc.bench.model imports the losses): --help and a bad flag answer at once
     from vreloc.bench.model import matmul_rates as rates
 
     return rates(size, repeats, rounds)
