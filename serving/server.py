@@ -121,7 +121,7 @@ def set_tensorflow_threads(intra_op: int, inter_op: int = 0) -> bool:
     ``--tensorflow_inter_op_parallelism``); 0 leaves a pool at TensorFlow's choice (one thread per core).
 
     Why 1 intra-op thread is the server's default (serving/README.md, "TensorFlow threads", has the
-    figures of ``python -m vreloc.model_bench --inference-batches``): one XLA call gains little or no
+    figures of ``python -m vreloc.bench.model --inference-batches``): one XLA call gains little or no
     wall time from a second thread on a 2-core CPU and spends more CPU waiting in the pool, so calls
     side by side -- concurrent requests, or the batching threads -- use the cores better. Works only
     before the process's first TensorFlow op; returns whether it took effect (a warning says so when

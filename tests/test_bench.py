@@ -2,7 +2,7 @@
 import json
 
 from vreloc import cli
-from vreloc import bench
+from vreloc.bench import driver
 
 PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "inference.p50_ms",
             "inference.p99_ms", "grpc.p50_ms", "grpc.p99_ms", "grpc.requests_per_s_8_clients",
@@ -41,29 +41,29 @@ def test_cheap_parts_measure_and_every_promised_key_exists(tmp_path, capsys):
 
 
 def test_a_failing_part_is_reported_not_hidden(monkeypatch):
-    monkeypatch.setattr(bench, "run_part", lambda name, config, quick: {"error": f"part {name} exited 1: boom"})
-    result = bench.collect("tiny", True, parts=("matmul",), progress=lambda *_: None)
+    monkeypatch.setattr(driver, "run_part", lambda name, config, quick: {"error": f"part {name} exited 1: boom"})
+    result = driver.collect("tiny", True, parts=("matmul",), progress=lambda *_: None)
     assert result["errors"] == {"matmul": "part matmul exited 1: boom"}
-    assert "ERROR in matmul" in bench.format_report(result)
+    assert "ERROR in matmul" in driver.format_report(result)
 
 
 def test_grpc_ratios_are_taken_within_the_grpc_part():
     raw = {"grpc": {"inference": {"p50_ms": 20.0}, "in_process": {"p50_ms": 22.0},
                     "grpc": {"p50_ms": 30.0, "p99_ms": 41.0}, "grpc_overhead_p50_ms": 8.0, "throughput": {"requests_per_s": 80.0}},
            "inference": {"p50_ms": 50.0, "p99_ms": 60.0}}  # another process, another load: not in the ratios
-    g = bench.summarize(raw, "tiny", True)["grpc"]
+    g = driver.summarize(raw, "tiny", True)["grpc"]
     assert g["model_p50_ms"] == 20.0 and abs(g["p50_over_model_p50"] - 1.5) < 1e-12
     assert abs(g["requests_per_s_over_one_at_a_time"] - 80.0 * 30.0 / 1000.0) < 1e-12
-    text = bench.format_report(bench.summarize(raw, "tiny", True))
+    text = driver.format_report(driver.summarize(raw, "tiny", True))
     assert "gRPC / compiled model, p50      1.50" in text and "(2.40 x one at a time)" in text
 
 
 def test_backbones_part_reports_compute_per_video_minute_against_the_same_process_matmul():
     """Tiny batches (one clip, one frame, one round): the figures' keys and their arithmetic, no speed thresholds."""
     from pipeline.backbones import BackboneOptions, open_backbone
-    from pipeline.bench_backbones import measure_backbones
+    from vreloc.bench.backbones import measure_backbones
 
-    assert "backbones" in bench.DEFAULT_PARTS and "c3d" not in bench.PARTS
+    assert "backbones" in driver.DEFAULT_PARTS and "c3d" not in driver.PARTS
     raw = measure_backbones(batch_sizes={"c3d": 1, "clip": 1}, batches=1, rounds=1, matmul_repeats=1)
     assert len(raw["matmul_gflops"]) == 2 and all(v > 0 for v in raw["matmul_gflops"])
     for name, per_minute in (("c3d", 60 * 25 / 16), ("clip", 60 * 0.5)):
@@ -84,12 +84,12 @@ def test_backbones_part_reports_compute_per_video_minute_against_the_same_proces
     assert d["video"] == "bikes.mp4" and d["seconds_of_video"] == 10.0
     assert d["c3d"]["seconds_per_video_minute"] == d["c3d"]["seconds"] * 6 > 0 and d["clip"]["seconds"] > 0
 
-    result = bench.summarize({"backbones": raw}, "tiny", True)
+    result = driver.summarize({"backbones": raw}, "tiny", True)
     b = result["backbones"]
     assert b["c3d"]["seconds_per_video_minute"] == raw["c3d"]["seconds_per_video_minute"]
     assert b["clip_over_c3d"] == raw["clip_over_c3d"] and result["c3d"]["clips_per_s"] == raw["c3d"]["features_per_s"]
     assert b["decode"]["clip_seconds_per_video_minute"] == d["clip"]["seconds_per_video_minute"]
-    text = bench.format_report(result)
+    text = driver.format_report(result)
     for label in ("c3d compute per video minute", "clip compute per video minute", "c3d GFLOP/s, share of matmul",
                   "clip / c3d, compute per minute", "matmul in the same process", "PyAV decode, per video minute",
                   "NOT backbone compute", "decode + compute, per minute"):

@@ -276,7 +276,7 @@ def test_extract_video_decodes_and_extracts_every_clip(random_extractor, tmp_pat
 
 
 def test_benchmark_reports_consistent_throughput(random_extractor):
-    from pipeline.bench_c3d import measure_c3d_clips_per_s
+    from vreloc.bench.c3d import measure_c3d_clips_per_s
 
     r = measure_c3d_clips_per_s(batch_size=1, batches=1, extractor=random_extractor)
     assert r["clips"] == 1 and r["seconds"] > 0

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import reference_numpy as ref
-from vreloc_tf import model_bench
+from vreloc.bench import model as bench_model
 from vreloc_tf.model.cgbm import BilinearMatching, CrossGatedMatching, CrossGating
 from vreloc_tf.config import CGBM_METHOD, load_config
 from vreloc_tf.model.decoding import decode_feng, decode_feng_np, decode_full_np, decoder
@@ -192,8 +192,8 @@ def test_inference_compiles_with_xla_to_the_same_numbers(cgbm_model):
 @pytest.mark.parametrize("config,overrides,dim", [("tiny", ["model.architecture=cgbm"], 32), ("cgbm", [], 500)])
 def test_analytic_parameter_count_and_flops(config, overrides, dim):
     cfg = load_config(config, overrides)
-    assert build_model(cfg, dim).count_params() == model_bench.count_parameters(cfg, dim)
-    f = [model_bench.forward_flops(cfg, dim, 16, n) for n in (0, 100, 200)]
+    assert build_model(cfg, dim).count_params() == bench_model.count_parameters(cfg, dim)
+    f = [bench_model.forward_flops(cfg, dim, 16, n) for n in (0, 100, 200)]
     assert f[2] - f[1] == f[1] - f[0] > 0  # linear in Lr: recurrent, no Lr x Lr term
 
 

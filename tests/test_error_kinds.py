@@ -193,8 +193,8 @@ def test_every_python_m_entry_point_takes_the_one_error_path():
         assert "run_entry_point(" in block, f"{path}: its __main__ block bypasses vreloc_tf.errors.run_entry_point"
         if "argparse.ArgumentParser(" in source:
             assert "add_debug_option(parser)" in source, f"{path}: its parser has no --debug"
-    assert {"vreloc/bench_parts.py", "vreloc/model_bench.py", "pipeline/bench_c3d.py", "pipeline/bench_ingest.py",
-            "pipeline/bench_backbones.py", "pipeline/sample_videos.py", "serving/bench_serving.py"} <= set(found)
+    assert {"vreloc/bench/parts.py", "vreloc/bench/model.py", "vreloc/bench/c3d.py", "vreloc/bench/ingest.py",
+            "vreloc/bench/backbones.py", "pipeline/sample_videos.py", "vreloc/bench/serving.py"} <= set(found)
     assert "run_guarded(" in open(os.path.join(ROOT, "vreloc", "cli.py")).read()
 
 
@@ -206,13 +206,13 @@ def _python_m(module, *args):
 
 
 def test_a_python_m_entry_point_answers_a_user_error_in_one_line():
-    proc = _python_m("pipeline.bench_backbones", "--frame", "wide")
+    proc = _python_m("vreloc.bench.backbones", "--frame", "wide")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == \
-        "python -m pipeline.bench_backbones: error: --frame 'wide': expected HxW, e.g. 360x640"
-    proc = _python_m("pipeline.bench_backbones", "--frame", "wide", "--debug")
+        "python -m vreloc.bench.backbones: error: --frame 'wide': expected HxW, e.g. 360x640"
+    proc = _python_m("vreloc.bench.backbones", "--frame", "wide", "--debug")
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr, proc.stderr
-    assert "--debug" in _python_m("pipeline.bench_backbones", "--help").stdout
+    assert "--debug" in _python_m("vreloc.bench.backbones", "--help").stdout
 
 
 def test_run_entry_point_answers_a_bug_like_the_cli(capsys):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vreloc_tf import model_bench
+from vreloc.bench import model as bench_model
 from vreloc_tf.config import load_config
 from vreloc_tf.model.losses import coattention_loss, total_loss, weighted_cross_entropy
 from vreloc_tf.model.functional import INPUT_NAMES, OUTPUT_NAMES, build_model, head_groups
@@ -145,23 +145,23 @@ def test_ablations_follow_table_2(tiny_cfg):
     ("paper_full", [], 500)])
 def test_analytic_parameter_count_matches_the_model(config, overrides, dim):
     cfg = load_config(config, overrides)
-    assert build_model(cfg, dim).count_params() == model_bench.count_parameters(cfg, dim)
+    assert build_model(cfg, dim).count_params() == bench_model.count_parameters(cfg, dim)
 
 
 def test_benchmark_functions_run_on_tiny_shapes(tiny_cfg):
-    flops = model_bench.forward_flops(tiny_cfg, DIM, 4, 10)
-    assert model_bench.training_flops(tiny_cfg, DIM, 4, 10) == 3 * flops > 0
+    flops = bench_model.forward_flops(tiny_cfg, DIM, 4, 10)
+    assert bench_model.training_flops(tiny_cfg, DIM, 4, 10) == 3 * flops > 0
     # the work grows faster than linearly in Lr (self-attention is quadratic), linearly without it
-    f = [model_bench.forward_flops(tiny_cfg, DIM, 4, n) for n in (0, 10, 20)]
+    f = [bench_model.forward_flops(tiny_cfg, DIM, 4, n) for n in (0, 10, 20)]
     assert f[2] - f[1] > f[1] - f[0]
     no_satt = load_config("tiny", ["model.self_attention=false"])
-    f = [model_bench.forward_flops(no_satt, DIM, 4, n) for n in (0, 10, 20)]
+    f = [bench_model.forward_flops(no_satt, DIM, 4, n) for n in (0, 10, 20)]
     assert f[2] - f[1] == f[1] - f[0]
-    train = model_bench.training_pairs_per_second(tiny_cfg, 2, 4, 10, DIM, steps=1)
+    train = bench_model.training_pairs_per_second(tiny_cfg, 2, 4, 10, DIM, steps=1)
     assert train["best_pairs_per_s"] > 0
-    latency = model_bench.inference_latency_ms(tiny_cfg, 4, 10, DIM, runs=3, jit_compile=False)
+    latency = bench_model.inference_latency_ms(tiny_cfg, 4, 10, DIM, runs=3, jit_compile=False)
     assert 0 < latency["p50_ms"] <= latency["p99_ms"]
-    costs = model_bench.inference_cost_by_batch(tiny_cfg, (1, 2), 4, 10, DIM, pairs=4, jit_compile=False)
+    costs = bench_model.inference_cost_by_batch(tiny_cfg, (1, 2), 4, 10, DIM, pairs=4, jit_compile=False)
     assert sorted(costs) == sorted(f"batch_{b}_{what}_ms_per_pair" for b in (1, 2) for what in ("wall", "cpu"))
     assert all(v > 0 for v in costs.values())
 

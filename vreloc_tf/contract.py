@@ -25,7 +25,7 @@ FULL_DECODE_MAX_FRAMES = 1024  # longest predicted segment under full supervisio
 FULL_DECODE_MAX_LENGTH = FULL_DECODE_MAX_FRAMES // FRAMES_PER_FEATURE  # = 64 features: Eq. 20's and Feng's limit
 FEATURE_DIM = 500  # the paper's feature dim: C3D fc7 reduced by ActivityNet's PCA (the released features' width)
 FC7_DIM = 4096  # C3D fc7 width, before PCA
-# The shapes every speed figure is measured at (`vreloc bench`, vreloc_tf.model_bench): the paper's
+# The shapes every speed figure is measured at (`vreloc bench`, vreloc/bench/model.py): the paper's
 # batch of 128 pairs, a 16-step query, a reference of one whole window, the paper's feature dim.
 PAPER_SHAPES = dict(batch_size=128, query_steps=16, reference_steps=MAX_WINDOW, feature_dim=FEATURE_DIM)
 SUPERVISIONS = ("full", "weak")

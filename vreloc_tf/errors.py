@@ -141,7 +141,7 @@ def run_entry_point(main: Callable[[List[str]], Optional[int]], prog: str,
     """Run a ``python -m`` module's ``main(argv)`` on the one error path (:func:`run_guarded`):
 
         if __name__ == "__main__":
-            sys.exit(run_entry_point(main, "python -m pipeline.bench_c3d"))
+            sys.exit(run_entry_point(main, "python -m vreloc.bench.c3d"))
     """
     args = list(sys.argv[1:] if argv is None else argv)
     return run_guarded(lambda: main(args), prog, wants_debug(args))

@@ -1,9 +1,9 @@
-"""`vreloc bench`: measured throughput and latency of every stage (see vreloc/bench.py)."""
+"""`vreloc bench`: measured throughput and latency of every stage (see vreloc/bench/driver.py)."""
 from __future__ import annotations
 
 import argparse
 
-from vreloc.bench import DEFAULT_PARTS, PARTS, collect, format_report
+from vreloc.bench.driver import DEFAULT_PARTS, PARTS, collect, format_report
 from vreloc_tf.files import write_json_atomic
 
 

@@ -20,7 +20,7 @@ Importing this module registers every custom layer, so ``keras.saving.load_model
 needs no ``custom_objects``.
 
 Size: the paper configuration (``configs/paper_full.yaml``, D = 500) has 1,698,820 trainable
-parameters (``vreloc_tf.model_bench.count_parameters`` gives the same number analytically).
+parameters (``vreloc.bench.model.count_parameters`` gives the same number analytically).
 """
 from __future__ import annotations
 

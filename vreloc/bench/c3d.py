@@ -1,9 +1,9 @@
-"""C3D throughput on this machine: ``python -m pipeline.bench_c3d [--batch 8 --batches 3]``.
+"""C3D throughput on this machine: ``python -m vreloc.bench.c3d [--batch 8 --batches 3]``.
 
 Random weights (the speed does not depend on their values) and random uint8 clips go
 through :class:`pipeline.c3d.C3DExtractor`, the path ``vreloc extract-video`` uses.
 One warm-up batch (tracing, allocation) is not timed. ``vreloc bench`` times every backbone
-against the matmul rate of the same process instead (:mod:`pipeline.bench_backbones`).
+against the matmul rate of the same process instead (:mod:`vreloc.bench.backbones`).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def measure_c3d_clips_per_s(batch_size: int = 8, batches: int = 3, seed: int = 0
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_c3d", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench.c3d", description=__doc__.splitlines()[0])
     add_debug_option(parser)
     parser.add_argument("--batch", type=int, default=8, help="clips per batch (default 8)")
     parser.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up (default 3)")
@@ -66,4 +66,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_c3d"))
+    raise SystemExit(run_entry_point(main, "python -m vreloc.bench.c3d"))

@@ -8,7 +8,7 @@ figures see the same load and their ratios are what serving costs over the
 model. Then requests/s with concurrent clients (after an untimed warm-up of
 the same load, so the batch shapes are compiled).
 
-``python -m serving.bench_serving`` prints the figures; ``vreloc bench`` calls
+``python -m vreloc.bench.serving`` prints the figures; ``vreloc bench`` calls
 :func:`run_benchmark`, whose ``figures`` hold ``inference.p50_ms``,
 ``grpc.p50_ms`` and ``grpc.requests_per_s_8_clients`` of one run. The model
 has random weights: latency does not depend on them.
@@ -30,12 +30,12 @@ from serving.batching import BatchingOptions, allowed_batch_size
 from serving.client import make_request, open_channel, predict
 from serving.export import export_model
 from serving.server import set_tensorflow_threads, start_server
+from vreloc.bench.model import make_predict_function
 from vreloc_tf.data.artifacts import Run, RunManifest
 from vreloc_tf.config import load_config
 from vreloc_tf.contract import MAX_WINDOW
 from vreloc_tf.files import read_json
 from vreloc_tf.model.functional import build_model
-from vreloc_tf.model_bench import make_predict_function
 from vreloc_tf.errors import add_debug_option, run_entry_point
 
 QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
@@ -246,7 +246,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.bench_serving", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench.serving", description=__doc__.split("\n")[0])
     add_debug_option(parser)
     parser.add_argument("--config", default="tiny", help="model config to build and export (tiny | paper_full | ...)")
     parser.add_argument("--export", default=None, metavar="BASE/NAME/VERSION", help="benchmark this export instead")
@@ -272,4 +272,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(run_entry_point(main, "python -m serving.bench_serving"))
+    raise SystemExit(run_entry_point(main, "python -m vreloc.bench.serving"))

@@ -1,4 +1,4 @@
-"""Ingest throughput: ``python -m pipeline.bench_ingest [--synth DIR] [--dim 500] [--tmp DIR]``.
+"""Ingest throughput: ``python -m vreloc.bench.ingest [--synth DIR] [--dim 500] [--tmp DIR]``.
 
 Runs the ingest job (``pipeline.ingest_activitynet.run``, default DirectRunner settings, i.e. the
 multi-process mode at this size) on the synthetic dataset with the benchmark's
@@ -56,7 +56,7 @@ def measure_ingest_records_per_s(synth_dir: Optional[str] = None, dim: int = FEA
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench.ingest", description=__doc__.splitlines()[0])
     add_debug_option(parser)
     parser.add_argument("--synth", default=None, help="an existing `vreloc synth --lengths ... --splits ...` folder")
     parser.add_argument("--dim", type=int, default=FEATURE_DIM,
@@ -73,4 +73,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_ingest"))
+    raise SystemExit(run_entry_point(main, "python -m vreloc.bench.ingest"))

@@ -1,6 +1,10 @@
-"""How fast is the model here? Matmul rate, analytic FLOPs, training pairs/s, inference latency.
+"""``python -m vreloc.bench.model``: the model's size and speed on this machine, one table.
 
-Why one module: ``vreloc bench`` and ``python -m vreloc.model_bench`` print the model's
+How fast is the model here? Matmul rate, analytic FLOPs, training pairs/s, inference latency:
+the measuring functions and, at the end, their command line (``vreloc bench`` runs the same
+functions part by part, each in its own process: vreloc/bench/parts.py).
+
+Why one module: ``vreloc bench`` and ``python -m vreloc.bench.model`` print the model's
 throughput next to the dense-matmul rate *measured in the same run*, so numbers from a
 shared, noisy machine can be read relative to what the CPU delivered at that moment.
 
@@ -11,14 +15,18 @@ This module is TensorFlow-specific (tf.function, GradientTape), unlike the model
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
-from vreloc_tf.config import Config
+from serving.server import set_tensorflow_threads
+from vreloc_tf.config import Config, load_config
 from vreloc_tf.contract import (GROUNDTRUTH, INPUT_NAMES, PAPER_SHAPES, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE,
                                 REFERENCE_LENGTH)
+from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
 from vreloc_tf.model.losses import total_loss
 from vreloc_tf.model.functional import build_model, head_groups
 
@@ -281,3 +289,54 @@ def run_benchmark(cfg: Config, batch_size: int = PAPER_SHAPES["batch_size"],
         results[f"train_{which}_gflops"] = achieved
         results[f"train_{which}_fraction_of_matmul"] = achieved / results["matmul_gflops"]
     return results
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench.model", description=__doc__.splitlines()[0])
+    add_debug_option(parser)
+    parser.add_argument("--config", default="paper_full", help="config name or path (default paper_full)")
+    parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    parser.add_argument("--batch-size", type=int, default=PAPER_SHAPES["batch_size"])
+    parser.add_argument("--query-steps", type=int, default=PAPER_SHAPES["query_steps"])
+    parser.add_argument("--reference-steps", type=int, default=PAPER_SHAPES["reference_steps"])
+    parser.add_argument("--feature-dim", type=int, default=PAPER_SHAPES["feature_dim"])
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--jit-train", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--no-jit-predict", action="store_true", help="run inference without XLA")
+    parser.add_argument("--inference-batches", default=None, metavar="B1,B2,...",
+                        help="only time the compiled predict function at these batch sizes (wall and CPU ms per pair)")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="TensorFlow intra-op threads for this process (default: TensorFlow's choice)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    if args.intra_op_threads is not None:
+        set_tensorflow_threads(args.intra_op_threads)
+    if args.inference_batches:
+        try:
+            sizes = [int(b) for b in args.inference_batches.split(",")]
+        except ValueError:
+            raise InputError(f"--inference-batches {args.inference_batches!r}: expected comma-separated batch "
+                             f"sizes, e.g. 1,8,32") from None
+        costs = inference_cost_by_batch(cfg, sizes, args.query_steps, args.reference_steps, args.feature_dim,
+                                        jit_compile=not args.no_jit_predict)
+        print(f"config {args.config}  Lq={args.query_steps} Lr={args.reference_steps} D={args.feature_dim}  "
+              f"intra-op threads {args.intra_op_threads if args.intra_op_threads is not None else 'auto'}")
+        for key, value in costs.items():
+            print(f"{key:32s} {value:,.2f}")
+        return 0
+    results = run_benchmark(cfg, args.batch_size, args.query_steps, args.reference_steps, args.feature_dim,
+                            args.train_steps, args.latency_runs, args.jit_train, not args.no_jit_predict)
+    print(f"config {args.config}  B={args.batch_size} Lq={args.query_steps} Lr={args.reference_steps} "
+          f"D={args.feature_dim}")
+    for key, value in results.items():
+        print(f"{key:32s} {value:,.3f}" if isinstance(value, float) else f"{key:32s} {value:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(main, "python -m vreloc.bench.model"))

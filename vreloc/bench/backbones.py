@@ -1,4 +1,4 @@
-"""Backbone compute per minute of video, against this process's matmul rate: ``python -m pipeline.bench_backbones``.
+"""Backbone compute per minute of video, against this process's matmul rate: ``python -m vreloc.bench.backbones``.
 
 ``vreloc bench`` runs :func:`measure_backbones` as its ``backbones`` part. For every backbone of
 :data:`pipeline.backbones.BACKBONES`, built with random weights (speed does not depend on their
@@ -49,9 +49,9 @@ def _timed(fn: Callable[[], object], n: int) -> Tuple[float, float]:
 
 
 def matmul_rates(repeats: int = 5, rounds: int = 3, size: int = MATMUL_SIZE) -> dict:
-    """The matmul yardstick in this process (vreloc_tf.model_bench.matmul_rates, the ``matmul`` part's)."""
-    # heavy: TensorFlow and Keras (model_bench imports the losses), so that --help and a bad flag answer at once
-    from vreloc_tf.model_bench import matmul_rates as rates
+    """The matmul yardstick in this process (vreloc.bench.model.matmul_rates, the ``matmul`` part's)."""
+    # heavy: TensorFlow, Keras (vreloc.bench.model imports the losses): --help and a bad flag answer at once
+    from vreloc.bench.model import matmul_rates as rates
 
     return rates(size, repeats, rounds)
 
@@ -230,7 +230,7 @@ def format_lines(r: dict, indent: str = "  ", column: int = 34) -> list:
 def main(argv: Optional[list] = None) -> int:
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_backbones", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench.backbones", description=__doc__.splitlines()[0])
     add_debug_option(parser)
     parser.add_argument("--only", action="append", choices=("c3d", "clip"), help="this backbone only (repeatable)")
     parser.add_argument("--batches", type=int, default=2, help="timed batches per backbone per round (default 2)")
@@ -256,4 +256,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_entry_point(main, "python -m pipeline.bench_backbones"))
+    raise SystemExit(run_entry_point(main, "python -m vreloc.bench.backbones"))

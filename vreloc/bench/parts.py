@@ -1,5 +1,5 @@
-"""The parts of `vreloc bench` (see vreloc/bench.py, the driver): each runs in a process of its own,
-``python -m vreloc.bench_parts --part NAME [--config C] [--quick]``, and prints one JSON line.
+"""The parts of `vreloc bench` (see vreloc/bench/driver.py, the driver): each runs in a process of its own,
+``python -m vreloc.bench.parts --part NAME [--config C] [--quick]``, and prints one JSON line.
 """
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from typing import List, Optional
 import numpy as np
 
 from pipeline import synth
-from pipeline.bench_backbones import measure_backbones
-from serving.bench_serving import run_benchmark
-from vreloc.bench import PARTS
+from vreloc.bench.backbones import measure_backbones
+from vreloc.bench.driver import PARTS
+from vreloc.bench.model import count_parameters, inference_latency_ms, matmul_gflops, random_batch, training_flops
+from vreloc.bench.search import QUICK_SIZES, SIZES, search_at_sizes
+from vreloc.bench.serving import run_benchmark
 from vreloc_tf.data.artifacts import Run, RunManifest
 from vreloc_tf.config import CGBM_METHOD, apply_overrides, load_config
 from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, PAPER_SHAPES as SHAPES
@@ -25,9 +27,7 @@ from vreloc_tf.model.decoding import decode_full, decode_full_np
 from vreloc_tf.errors import add_debug_option, run_entry_point
 from vreloc_tf.files import write_json_atomic
 from vreloc_tf.model.functional import build_model
-from vreloc_tf.model_bench import count_parameters, inference_latency_ms, matmul_gflops, random_batch, training_flops
 from vreloc_tf.data.schema import MANIFEST_NAME, Record, encode_record
-from vreloc_tf.search.bench import QUICK_SIZES, SIZES, search_at_sizes
 from vreloc_tf.search.relocalize import Relocalizer
 from vreloc_tf.training.strategy import make_strategy, split_cpu
 from vreloc_tf.training.fit import RelocTrainer, make_optimizer
@@ -142,7 +142,7 @@ def part_grpc(cfg, quick: bool, config: str) -> dict:
 
 def part_ingest(cfg, quick: bool, config: str) -> dict:
     # heavy: Apache Beam, in the ingest part only: every part's peak RSS is its own
-    from pipeline.bench_ingest import measure_ingest_records_per_s
+    from vreloc.bench.ingest import measure_ingest_records_per_s
 
     if not quick:
         return measure_ingest_records_per_s(dim=FEATURE_DIM)
@@ -214,7 +214,7 @@ def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
 
 
 def _part_main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vreloc.bench_parts")
+    parser = argparse.ArgumentParser(prog="python -m vreloc.bench.parts")
     add_debug_option(parser)
     parser.add_argument("--part", required=True, choices=PARTS)
     parser.add_argument("--config", default="paper_full")
@@ -230,4 +230,4 @@ def _part_main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_entry_point(_part_main, "python -m vreloc.bench_parts"))
+    sys.exit(run_entry_point(_part_main, "python -m vreloc.bench.parts"))

@@ -1,6 +1,6 @@
 """`vreloc bench`: measured throughput and latency of every stage, on this machine.
 
-Each part runs in its own Python process (``python -m vreloc.bench_parts --part NAME``),
+Each part runs in its own Python process (``python -m vreloc.bench.parts --part NAME``),
 so that one part's memory and thread pools do not colour another's figures, the
 2-device part can split the CPU before TensorFlow starts, and each part's peak
 resident memory is its own. The yardstick is this machine's dense matmul rate:
@@ -9,7 +9,7 @@ resident memory is its own. The yardstick is this machine's dense matmul rate:
 Parts (model figures use ``--config``, default ``paper_full``: D = 500, 40 heads):
 
 =============  =====================================================================
-matmul         dense float32 matmul GFLOP/s (vreloc_tf.model_bench.matmul_gflops)
+matmul         dense float32 matmul GFLOP/s (vreloc.bench.model.matmul_gflops)
 train1/train2  training pairs/s at batch 128, Lq 16, Lr 300 on 1 and 2 logical CPU
                devices (the 2-device run is model.fit under MirroredStrategy)
 inference      single-pair p50/p99 of the compiled predict function, and p50 for
@@ -20,18 +20,18 @@ ingest         ingest-activitynet records/s (full: the benchmark geometry at D =
                --quick: the small synthetic dataset)
 backbones      per video backbone (c3d, clip; random weights, real input shapes): features/s,
                GFLOP/s, seconds of compute per minute of 25-fps video and the share of the matmul
-               rate measured in the same process, interleaved (pipeline.bench_backbones); clip /
+               rate measured in the same process, interleaved (vreloc.bench.backbones); clip /
                c3d; PyAV decode time per minute of video, labelled apart (not backbone compute)
 cgbm_train     Feng et al.'s CGBM (the config + vreloc_tf.config.CGBM_METHOD: model.cgbm's
                sizes, Feng's loss): training pairs/s as train1, beside ours
 cgbm_inference CGBM single-pair p50/p99 as inference (Lq 16, Lr 300)
-search         library search (vreloc_tf.search.bench) at 1k/10k/100k generated videos of
+search         library search (vreloc.bench.search) at 1k/10k/100k generated videos of
                100-300 steps, 32-d, tiny-config model: p50/p99, memory, latency growth
                exponent; index build records/s on the DirectRunner (1,000 records);
                --quick: 300/1k/3k videos. Not part of the default run (`--only search`).
 =============  =====================================================================
 
-This module is the driver (which parts, the report); vreloc/bench_parts.py holds the parts.
+This module is the driver (which parts, the report); vreloc/bench/parts.py holds the parts.
 The driver imports none of what the parts measure, so ``vreloc bench`` itself stays light.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _backbones_summary(b: Optional[dict]) -> dict:
 # -- the driver ------------------------------------------------------------------------
 
 def run_part(name: str, config: str, quick: bool, timeout: float = 900) -> dict:
-    cmd = [sys.executable, "-m", "vreloc.bench_parts", "--part", name, "--config", config]
+    cmd = [sys.executable, "-m", "vreloc.bench.parts", "--part", name, "--config", config]
     cmd += ["--quick"] if quick else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     t0 = time.perf_counter()
@@ -98,8 +98,8 @@ def collect(config: str, quick: bool, parts=PARTS, progress=print) -> dict:
 
 
 def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
-    # heavy: TensorFlow (serving.bench_serving runs a server); the driver itself stays light
-    from serving.bench_serving import serving_ratios
+    # heavy: TensorFlow (vreloc.bench.serving runs a server); the driver itself stays light
+    from vreloc.bench.serving import serving_ratios
 
     get = lambda part, key, default=None: raw.get(part, {}).get(key, default)  # noqa: E731
     matmul = get("matmul", "matmul_gflops")
@@ -201,8 +201,8 @@ def format_report(r: dict) -> str:
 
 
 def _backbone_lines(r: dict) -> List[str]:
-    # heavy: TensorFlow (pipeline.bench_backbones runs the backbones); the driver stays light
-    from pipeline.bench_backbones import format_lines
+    # heavy: TensorFlow (vreloc.bench.backbones runs the backbones); the driver stays light
+    from vreloc.bench.backbones import format_lines
 
     raw = (r.get("raw") or {}).get("backbones")
     if raw and "error" not in raw:
