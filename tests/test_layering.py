@@ -210,3 +210,15 @@ def test_the_library_is_in_rooms_with_few_modules_at_the_top():
         with open(os.path.join(ROOT, "vreloc_tf", room, "__init__.py")) as fh:
             doc = ast.get_docstring(ast.parse(fh.read()))
         assert doc and len(doc) > 40, f"vreloc_tf/{room}/__init__.py says nothing of what the room holds"
+
+
+ALLOWED = {"vreloc_tf": {"vreloc_tf"}, "pipeline": {"pipeline", "vreloc_tf"}, "serving": {"serving", "vreloc_tf"},
+           "vreloc": set(PACKAGES)}
+
+
+def test_packages_import_only_downwards():
+    """vreloc_tf imports nothing of ours above it; pipeline and serving only vreloc_tf (never each other, never the
+    command line); benchmarks, which cross packages, live in the top layer's room vreloc/bench/ (ARCHITECTURE.md)."""
+    upward = sorted(f"{MODULES[m]}:{node.lineno} imports {t}" for m, node, _, targets in _imports() for t in targets
+                    if t.split(".")[0] not in ALLOWED[m.split(".")[0]])
+    assert not upward, "imports against the layering:\n  " + "\n  ".join(upward)
