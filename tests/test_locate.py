@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from pipeline.backbones import BackboneOptions
-from pipeline.video import packaged_sample_video, read_frames, write_test_video
+from pipeline.footage import packaged_sample_video, write_video
+from pipeline.video import read_frames
 from vreloc import cli
 from vreloc.locate import LocateError, locate, search, windows
 from vreloc_tf.evaluation.metrics import temporal_iou
@@ -27,8 +28,8 @@ def spliced(tmp_path_factory):
     bikes = _resized(read_frames(packaged_sample_video("bikes.mp4"), 0, 170))
     clip = phone[32:80]
     reference = np.concatenate([bikes[:64], clip, bikes[100:164]])
-    q = write_test_video(str(folder / "query.mp4"), clip, fps=29.97)
-    r = write_test_video(str(folder / "reference.mp4"), reference, fps=29.97)
+    q = write_video(str(folder / "query.mp4"), clip, fps=29.97)
+    r = write_video(str(folder / "reference.mp4"), reference, fps=29.97)
     return folder, q, r, (64 // 16, (64 + 48) // 16)
 
 

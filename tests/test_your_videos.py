@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import backbones, video
+from pipeline import backbones, footage, video
 from pipeline.backbones import BackboneOptions
 from vreloc_tf.errors import InputError
 from vreloc_tf.data.feature_spec import FeatureMismatchError, FeatureSpec
@@ -56,9 +56,9 @@ def three_clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("mine")
     (root / "clips").mkdir()
     for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
-        shutil.copyfile(video.packaged_sample_video(name), root / "clips" / name)
-    frames = video.read_frames(video.packaged_sample_video("bikes.mp4"), 75, 150)  # 25 fps: 3.0 s to 6.0 s
-    video.write_test_video(str(root / "CLIP.mp4"), frames, fps=25.0)
+        shutil.copyfile(footage.packaged_sample_video(name), root / "clips" / name)
+    frames = video.read_frames(footage.packaged_sample_video("bikes.mp4"), 75, 150)  # 25 fps: 3.0 s to 6.0 s
+    footage.write_video(str(root / "CLIP.mp4"), frames, fps=25.0)
     return root
 
 
@@ -156,7 +156,7 @@ def test_c3d_cut_starts_its_clips_at_the_first_frame_shown_in_the_cut():
     """A C3D cut [s, e) makes clips from the first frame shown at or after s; cut at frame 16 of a 29.97-fps
     video it gives exactly the full video's clips 1..4 (frames 16..88 hold four whole clips)."""
     net = backbones.open_backbone(BackboneOptions(random_seed=0))
-    path = video.packaged_sample_video("carphone_pristine.mp4")  # 29.97 fps, 120 frames, 7 clips
+    path = footage.packaged_sample_video("carphone_pristine.mp4")  # 29.97 fps, 120 frames, 7 clips
     full = net.extract(path)
     cut = net.extract(path, start=16 / full.video_fps, end=3.0)
     assert full.features.shape == (7, 4096) and cut.features.shape == (4, 4096)
@@ -170,7 +170,7 @@ def test_c3d_cut_starts_its_clips_at_the_first_frame_shown_in_the_cut():
 
 def test_clip_backbone_is_deterministic_normalized_and_seeded():
     a = backbones.open_backbone(BackboneOptions(name="clip", random_seed=0, sample_fps=1.0))
-    path = video.packaged_sample_video("carphone_pristine.mp4")
+    path = footage.packaged_sample_video("carphone_pristine.mp4")
     got = a.extract(path)
     assert got.features.shape == (4, 512) and got.fps == 1.0 and got.frames_per_feature == 1
     np.testing.assert_allclose(np.linalg.norm(got.features, axis=1), 1.0, atol=1e-5)
@@ -257,8 +257,8 @@ def test_a_model_on_published_activitynet_features_takes_new_videos_with_their_p
     u = np.concatenate([u, np.zeros((4096, 4096 - 64))], axis=1).astype(np.float32)
     pca_file = write_activitynet_pca(str(tmp_path / "PCA_activitynet_v1-3.hdf5"), rng.normal(size=(1, 4096)),
                                      u, np.linspace(2, 1, 4096), 1000)
-    q = video.packaged_sample_video("carphone_pristine.mp4")
-    r = video.packaged_sample_video("bikes.mp4")
+    q = footage.packaged_sample_video("carphone_pristine.mp4")
+    r = footage.packaged_sample_video("bikes.mp4")
     c3d = BackboneOptions(weights=c3d_standin_file)
     with pytest.raises(InputError, match="whose file is not known here; give it with --pca"):
         locate(q, r, model=run, backbone=c3d)

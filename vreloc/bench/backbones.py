@@ -30,7 +30,7 @@ import statistics
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from pipeline import c3d, video
+from pipeline import c3d, footage, video
 from pipeline.backbones import DEFAULT_CLIP_FPS, BackboneOptions, open_backbone
 from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
 
@@ -80,7 +80,7 @@ def measure_decode(path: Optional[str] = None, sample_fps: Optional[float] = Non
     converted to full-size RGB (pipeline.video.iter_sampled_frames); ``frames_only``: every frame
     decoded, none converted. Best of ``repeats`` (wall); CPU seconds of the same run beside it.
     """
-    path = path or video.packaged_sample_video(DECODE_VIDEO)
+    path = path or footage.packaged_sample_video(DECODE_VIDEO)
     info = video.probe(path)
     sample_fps = float(sample_fps or DEFAULT_CLIP_FPS)
     numbers = video.sample_times(info.n_frames, info.fps, sample_fps)
