@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Protocol, Tuple
 
 import grpc
 
-from serving.status import ServingError
+from serving.status import Refusal, ServingError
 
 log = logging.getLogger("serving.rest")  # the REST server's log: one name for its API and its transport
 
@@ -46,16 +46,22 @@ WATCHDOG_BACKSTOP_SECONDS = 1.0  # past a body's deadline, before the watchdog c
 JSON = "application/json"
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(Refusal):
     """A body larger than any request within the limits: refused before it is read (HTTP 413)."""
 
+    CODE, http = grpc.StatusCode.RESOURCE_EXHAUSTED, 413
 
-class ClientStalled(Exception):
+
+class ClientStalled(Refusal):
     """The client did not send its body before the request's deadline (HTTP 408; the connection is closed)."""
 
+    CODE, http = grpc.StatusCode.DEADLINE_EXCEEDED, 408
 
-class ClientGone(Exception):
-    """The client closed the connection (or it failed) mid-body: nobody to answer."""
+
+class ClientGone(Refusal):
+    """The client closed the connection (or it failed) mid-body: nobody to answer (499 in the metrics only)."""
+
+    CODE, http = grpc.StatusCode.CANCELLED, 499
 
 
 class RequestBody:

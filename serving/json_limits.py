@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.status import Refusal
+
 CHUNK_BYTES = 1 << 16
 
 _OPEN_LIST, _OPEN_OBJECT, _CLOSE, _COMMA, _QUOTE, _BACKSLASH = 1, 2, 3, 4, 5, 6
@@ -37,8 +39,8 @@ for _byte, _code in ((b"[", _OPEN_LIST), (b"{", _OPEN_OBJECT), (b"]", _CLOSE), (
     _CLASS[_byte[0]] = _code
 
 
-class JsonTooComplex(ValueError):
-    """The body exceeds one of the bounds; the message names which, the count reached, and the bound."""
+class JsonTooComplex(Refusal, ValueError):
+    """The body exceeds one of the bounds (INVALID_ARGUMENT); the message names which, the count reached, and the bound."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ import grpc
 from serving import signature as sig
 from serving.http_transport import (BodyTooLarge, BoundedHTTPServer, ByteBudget, ClientGone, ClientStalled,
                                     RequestBody, RequestHandler, json_answer)
-from serving.json_limits import JsonScanner, JsonTooComplex
+from serving.json_limits import JsonScanner
 from serving.rest_json import arrays_from_json, json_limits, json_outputs, max_body_bytes, output_array
 from serving.servicers import find_model, model_metadata, model_status, predict
 from serving.status import ServingError, http_status
@@ -70,17 +70,7 @@ INT64_MAX = 2**63 - 1
 
 def _status_name(exc: BaseException) -> str:
     """The gRPC code name a refusal is counted under in the metrics."""
-    if isinstance(exc, ServingError):
-        return exc.code.name
-    if isinstance(exc, (InvalidRequest, JsonTooComplex)):
-        return "INVALID_ARGUMENT"
-    if isinstance(exc, BodyTooLarge):
-        return "RESOURCE_EXHAUSTED"
-    if isinstance(exc, ClientStalled):
-        return "DEADLINE_EXCEEDED"
-    if isinstance(exc, ClientGone):
-        return "CANCELLED"
-    return "INTERNAL"
+    return exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
 
 
 class RestApi:
@@ -109,18 +99,10 @@ class RestApi:
                 payload, content_type = self.metrics.exposition()
                 return 200, payload, content_type
             return json_answer(200, self._route(method, path, body))
-        except ServingError as exc:
-            return json_answer(http_status(exc.code), {"error": exc.message})
-        except (InvalidRequest, JsonTooComplex) as exc:
-            return json_answer(http_status(grpc.StatusCode.INVALID_ARGUMENT), {"error": str(exc)})
-        except BodyTooLarge as exc:
-            return json_answer(413, {"error": str(exc)})
-        except ClientStalled as exc:
-            log.debug("REST %s %s: %s", method, path, exc)
-            return json_answer(408, {"error": str(exc)})
-        except ClientGone as exc:
-            log.debug("REST %s %s: %s", method, path, exc)
-            return json_answer(499, {"error": str(exc)})  # not sent: the connection is closed
+        except ServingError as exc:  # every refusal: its code says the HTTP status (413, 408, 499 where REST differs)
+            if isinstance(exc, (ClientStalled, ClientGone)):
+                log.debug("REST %s %s: %s", method, path, exc)
+            return json_answer(exc.http_status, {"error": exc.message})
         except Exception as exc:  # noqa: BLE001 - a bug of ours: answer 500 (with a traceback in the log), keep serving
             log.exception("REST %s %s failed", method, path)
             return json_answer(http_status(grpc.StatusCode.INTERNAL), {"error": f"{type(exc).__name__}: {exc}"})

@@ -27,7 +27,6 @@ from serving import signature as sig
 from serving.batching import Abandoned, WouldMissDeadline
 from serving.status import ServingError
 from serving.tensor_codec import fill_tensor_proto
-from serving.validation import InvalidRequest
 
 log = logging.getLogger("serving.servicers")
 Models = Dict[str, "object"]  # name -> ServedModel (serving/model_manager.py) or SearchModel (serving/search_servable.py)
@@ -79,10 +78,7 @@ def predict(models: Models, request, is_active: Callable[[], bool] = lambda: Tru
         for name, value in outputs.items():
             fill_tensor_proto(response.outputs[name], value)
         return response
-    except InvalidRequest as exc:
-        code = "INVALID_ARGUMENT"
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-    except ServingError as exc:
+    except ServingError as exc:  # every refusal (InvalidRequest included) carries its code
         code = exc.code.name
         raise
     except tf.errors.InvalidArgumentError as exc:  # what validation did not foresee

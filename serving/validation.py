@@ -20,14 +20,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from serving import signature as sig
+from serving.status import Refusal
 from vreloc_tf.finite import first_non_finite
 
 
 _SPECS = {spec.name: spec for spec in sig.INPUTS}
 
 
-class InvalidRequest(ValueError):
-    """The request is malformed; the message names the input and what is wrong with it."""
+class InvalidRequest(Refusal, ValueError):
+    """The request is malformed (INVALID_ARGUMENT); the message names the input and what is wrong with it."""
 
 
 @dataclass(frozen=True)
