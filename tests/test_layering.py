@@ -222,3 +222,19 @@ def test_packages_import_only_downwards():
     upward = sorted(f"{MODULES[m]}:{node.lineno} imports {t}" for m, node, _, targets in _imports() for t in targets
                     if t.split(".")[0] not in ALLOWED[m.split(".")[0]])
     assert not upward, "imports against the layering:\n  " + "\n  ".join(upward)
+
+
+ROOM_ORDER = ("model", "data", "evaluation", "training", "search")  # a room imports only rooms before it
+
+
+def test_rooms_import_only_earlier_rooms():
+    """Inside vreloc_tf: the top modules import no room; model/ only the top; data/ model/; evaluation/ data/ and
+    model/; training/ and search/ any of those (ARCHITECTURE.md). One direction, so a room can be read bottom-up."""
+    def rank(module):
+        parts = module.split(".")
+        return ROOM_ORDER.index(parts[1]) if len(parts) > 2 and parts[1] in ROOM_ORDER else -1
+
+    against = sorted(f"{MODULES[m]}:{node.lineno} imports {t}" for m, node, _, targets in _imports() for t in targets
+                     if m.startswith("vreloc_tf") and t.startswith("vreloc_tf") and rank(t) > rank(m)
+                     and t.split(".")[:2] != m.split(".")[:2])
+    assert not against, "a room imports a later room (or a top module imports a room):\n  " + "\n  ".join(against)
