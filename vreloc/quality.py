@@ -42,6 +42,7 @@ import numpy as np
 
 from vreloc.orchestrator import BASELINES, BENCHMARK_GEOMETRY, FeatureSource, featuregen, train_model
 from vreloc_tf.data.artifacts import Dataset
+from vreloc_tf.data.schema import MANIFEST_NAME
 from vreloc_tf.evaluation.baselines import run_baseline
 from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.config import CGBM_METHOD, load_config
@@ -178,7 +179,7 @@ class Study:
         ``data_dir/{raw,tfrecords}``, and its test pair list (each reused when present)."""
         data = self.data_dir(draw, family)
         records = os.path.join(data, RECORDS)
-        if not os.path.exists(os.path.join(records, "manifest.json")):
+        if not os.path.exists(os.path.join(records, MANIFEST_NAME)):
             featuregen(data, None, self.feature_source(draw, family), data_name=RECORDS)
         if not os.path.exists(self.pairs_file(draw, family)):
             save_pairs(make_pair_file(records, "test", draw), self.pairs_file(draw, family))
