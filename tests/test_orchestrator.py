@@ -5,6 +5,7 @@ import os
 import pytest
 
 from vreloc import cli
+from vreloc_tf.errors import InputError
 
 FAST = ["--set", "train.steps=4", "--set", "train.validate_every=2", "--set", "train.checkpoint_every=2",
         "--set", "train.batch_size=8", "--set", "train.validation_pairs=16"]
@@ -65,6 +66,74 @@ def test_synthetic_data_flags_with_a_data_folder_are_refused_not_ignored(tmp_pat
     assert cli.main(["pipeline", "run", "--workdir", workdir, "--data", str(tmp_path), *flags]) == 2
     assert "--family/--geometry describe generated data (--data synth)" in capsys.readouterr().err
     assert not os.path.exists(workdir)  # refused before anything was written
+
+
+class _Counts:
+    def __init__(self, ok):
+        self.ok = ok
+
+    def reconciles(self):
+        return self.ok
+
+
+def _fake_feature_jobs(monkeypatch, calls, reconciles=True):
+    """synth.generate and ingest-activitynet replaced by recorders (no Beam, no data)."""
+    from pipeline import ingest_activitynet, synth
+
+    def generate(out, **kw):
+        calls.append(("generate", out, kw))
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, synth.HDF5_NAME), "w").close()
+
+    def ingest(hdf5, src, out, **kw):
+        calls.append(("ingest", out))
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "manifest.json"), "w") as fh:
+            json.dump({"feature_dim": 7, "splits": {}}, fh)
+        return {"train": _Counts(True), "test": _Counts(reconciles)}
+
+    monkeypatch.setattr(synth, "generate", generate)
+    monkeypatch.setattr(ingest_activitynet, "run", ingest)
+
+
+def test_featuregen_takes_a_seed_dim_and_benchmark_splits_of_its_own(tmp_path, monkeypatch):
+    """What `vreloc quality` needs of the feature stage: its data seed (not cfg.seed), its dim, the
+    benchmark's split files, and its own name for the data folder; counts that do not reconcile fail."""
+    from vreloc.orchestrator import FeatureSource, StageFailed, featuregen
+    from vreloc_tf.config import load_config
+
+    calls = []
+    _fake_feature_jobs(monkeypatch, calls)
+    splits = str(tmp_path / "splits")
+    source = FeatureSource(family="substates", geometry="benchmark", seed=20261207, dim=32, splits=splits)
+    dataset = featuregen(str(tmp_path / "f"), None, source, data_name="tfrecords")
+    assert dataset.path == str(tmp_path / "f" / "tfrecords")
+    assert calls == [("generate", str(tmp_path / "f" / "raw"),
+                      {"seed": 20261207, "dim": 32, "lengths": os.path.join(splits, "length.json"),
+                       "splits_dir": splits, "family": "substates"}),
+                     ("ingest", str(tmp_path / "f" / "tfrecords"))]
+    calls.clear()  # without seed/dim: the config's, as before
+    featuregen(str(tmp_path / "g"), load_config("tiny", ["seed=5"]), FeatureSource(geometry="smoke"))
+    assert calls[0] == ("generate", str(tmp_path / "g" / "raw"),
+                        {"seed": 5, "dim": 32, "family": "demo", "geometry": "smoke"})
+    _fake_feature_jobs(monkeypatch, calls, reconciles=False)
+    with pytest.raises(StageFailed, match=r"ingest-activitynet: read != written \+ dead-lettered for \['test'\]"):
+        featuregen(str(tmp_path / "h"), None, FeatureSource(seed=1, dim=8))
+
+
+def test_feature_source_checks_the_benchmark_geometry_and_keeps_old_fingerprints(tmp_path):
+    from vreloc.orchestrator import FeatureSource
+
+    with pytest.raises(InputError, match="the benchmark geometry needs --benchmark-splits DIR"):
+        FeatureSource(geometry="benchmark")
+    with pytest.raises(InputError, match="split files are the benchmark geometry's"):
+        FeatureSource(geometry="smoke", splits=str(tmp_path))
+    with pytest.raises(InputError, match="describe generated data"):
+        FeatureSource(str(tmp_path), seed=3)
+    # a work folder made before seed/dim/splits existed keeps its featuregen fingerprint
+    assert FeatureSource(geometry="smoke").fingerprint() == {
+        "data": "synth", "family": "demo", "geometry": "smoke", "source": None, "c3d": None, "random_c3d": False}
+    assert FeatureSource(seed=3, dim=16).fingerprint()["seed"] == 3
 
 
 @pytest.mark.slow  # 30-110 s on 2 cores: in `make test-slow` to keep `make test` near 15 min

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from vreloc import cli
+from vreloc.orchestrator import FeatureSource
 from vreloc.quality import (METHODS, SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score)
 from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
+from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.metrics import THRESHOLD_KEYS, THRESHOLDS
 
 
@@ -172,3 +174,17 @@ def test_finished_only_on_an_empty_study_trains_nothing(tmp_path):
     assert lines == ["[quality] substates: nothing finished, left out"]
     assert os.listdir(tmp_path) == []
     assert study.unfinished == {"substates": ["every row"]}
+
+
+def test_the_study_draws_its_data_with_the_pipelines_feature_stage(tmp_path):
+    """Study.prepare_data is orchestrator.featuregen on the study's own seed, dim and geometry."""
+    study = Study(str(tmp_path), ["substates"], [0], ["full"], dim=48, benchmark_splits="/b")
+    assert study.feature_source(20261207, "substates") == FeatureSource(
+        family="substates", geometry="benchmark", seed=20261207, dim=48, splits="/b")
+    assert study.feature_source(0, "benchmark") == FeatureSource(  # an older study's family: demo on the benchmark
+        family="demo", geometry="benchmark", seed=0, dim=48, splits="/b")
+    smoke = Study(str(tmp_path), ["shots"], [0], ["full"], geometry="smoke", benchmark_splits="/b")
+    assert smoke.feature_source(3, "shots") == FeatureSource(family="shots", geometry="smoke", seed=3, dim=32)
+    with pytest.raises(InputError, match="the benchmark geometry needs --benchmark-splits DIR"):
+        Study(str(tmp_path), ["shots"], [0], ["full"]).prepare_data(0, "shots")
+    assert os.listdir(tmp_path) == []  # refused before anything was made

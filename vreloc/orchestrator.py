@@ -10,7 +10,8 @@ after it).
 Each stage is a function that calls the library (``pipeline.synth.generate``, the
 Beam launchers, ``vreloc_tf.training.run.train``, the evaluation and baseline functions,
 ``serving.export.export_model``) and hands typed artifacts on
-(:mod:`vreloc_tf.data.artifacts`); a stage's folder layout is its own business::
+(:mod:`vreloc_tf.data.artifacts`); a stage's folder layout is its own business. ``featuregen`` and
+``train_model`` are also `vreloc quality`'s feature and training jobs (vreloc/quality.py)::
 
     WORKDIR/
       featuregen/  stage.json, raw/ (synthetic ActivityNet-format input), data/ (TFRecords + manifest;
@@ -69,6 +70,7 @@ STAGE_FILE = "stage.json"
 VIDEO_ANNOTATIONS = "annotations.json"  # a video folder: DIR/annotations.json + DIR/videos/*
 VIDEO_DIR = "videos"
 SYNTH = "synth"
+BENCHMARK_GEOMETRY = "benchmark"  # synthetic data at the benchmark's split geometry (FeatureSource.splits)
 
 
 class StageFailed(RuntimeError):
@@ -92,23 +94,44 @@ def _tree_fingerprint(path: str) -> str:
 
 @dataclass(frozen=True)
 class FeatureSource:
-    """Where FeatureGen takes its data from: ``synth``, an ActivityNet-format folder, or a video folder."""
+    """Where FeatureGen takes its data from: ``synth``, an ActivityNet-format folder, or a video folder.
+
+    Synthetic data takes its seed and feature dim from the config unless ``seed``/``dim`` say otherwise
+    (`vreloc quality` draws its data on a seed of its own), and its split geometry from ``geometry``:
+    one of synth's own, or ``benchmark`` (:data:`BENCHMARK_GEOMETRY`), the benchmark's real geometry
+    read from ``splits`` (a folder with length.json and the split files).
+    """
 
     data: str = SYNTH
     family: str = "demo"  # feature family of synthetic data (pipeline.families)
-    geometry: str = "default"  # split geometry of synthetic data (pipeline.synth.GEOMETRIES)
+    geometry: str = "default"  # split geometry of synthetic data (pipeline.synth.GEOMETRIES, or BENCHMARK_GEOMETRY)
     runner: Optional[str] = None  # Beam runner (default DirectRunner)
     backbone: Optional[BackboneOptions] = None  # how a video folder's frames become features (extract-video)
+    seed: Optional[int] = None  # data seed of synthetic data (None: the config's seed)
+    dim: Optional[int] = None  # feature dim of synthetic data (None: the config's, else the contract's)
+    splits: Optional[str] = None  # the benchmark geometry's folder (length.json + train/val/test.json)
 
     def __post_init__(self):
-        if self.data != SYNTH and (self.family != "demo" or self.geometry != "default"):
+        synthetic = (self.family != "demo" or self.geometry != "default" or self.seed is not None
+                     or self.dim is not None or self.splits is not None)
+        if self.data != SYNTH and synthetic:
             raise InputError(f"--family/--geometry describe generated data (--data {SYNTH}); --data {self.data} "
                              f"brings its own features and splits")
+        if (self.geometry == BENCHMARK_GEOMETRY) != (self.splits is not None):
+            raise InputError("the benchmark geometry needs --benchmark-splits DIR "
+                             "(length.json + train/val/test.json; `vreloc benchmark fetch`)"
+                             if self.splits is None else
+                             f"{self.splits}: split files are the {BENCHMARK_GEOMETRY} geometry's; "
+                             f"got geometry {self.geometry!r}")
 
     def fingerprint(self) -> dict:
         synth_geometry = {"geometry": self.geometry} if self.data == SYNTH and self.geometry != "default" else {}
+        # each only when given, so work folders made before it stay valid
+        synth_own = {**({"seed": self.seed} if self.seed is not None else {}),
+                     **({"dim": self.dim} if self.dim is not None else {}),
+                     **({"splits": _tree_fingerprint(self.splits)} if self.splits is not None else {})}
         return {"data": self.data, "family": self.family if self.data == SYNTH else None,
-                **synth_geometry,  # only when not the default, so work folders made before it stay valid
+                **synth_geometry, **synth_own,
                 "source": None if self.data == SYNTH else _tree_fingerprint(self.data),
                 **({"c3d": None, "random_c3d": False} if self.backbone is None else {"backbone": {
                     **dataclasses.asdict(self.backbone),
@@ -123,14 +146,24 @@ def _check_reconciled(job: str, counts: dict) -> None:
         raise StageFailed(f"{job}: read != written + dead-lettered for {sorted(bad)}: {bad}")
 
 
-def featuregen(folder: str, cfg: Config, source: FeatureSource) -> Dataset:
-    """The data folder ``folder/data`` from synthetic data, an ActivityNet-format folder or raw videos."""
+def featuregen(folder: str, cfg: Optional[Config], source: FeatureSource, data_name: str = "data") -> Dataset:
+    """The data folder ``folder/<data_name>`` from synthetic data (made in ``folder/raw``), an
+    ActivityNet-format folder or raw videos; its counts must reconcile (:class:`StageFailed`).
+
+    ``cfg`` gives what ``source`` leaves out: the seed and feature dim of synthetic data, the PCA
+    size of video features (None when ``source`` names them all, as `vreloc quality`'s does).
+    """
     runner = {"runner": source.runner} if source.runner else {}
-    data_dir = os.path.join(folder, "data")
+    data_dir = os.path.join(folder, data_name)
     if source.data == SYNTH:
         src = os.path.join(folder, "raw")
-        synth.generate(src, seed=cfg.seed, dim=cfg.data.feature_dim or FEATURE_DIM, family=source.family,
-                       geometry=source.geometry)
+        seed = cfg.seed if source.seed is None else source.seed
+        dim = source.dim or cfg.data.feature_dim or FEATURE_DIM
+        if source.splits is not None:  # the benchmark's geometry
+            synth.generate(src, seed=seed, dim=dim, lengths=os.path.join(source.splits, "length.json"),
+                           splits_dir=source.splits, family=source.family)
+        else:
+            synth.generate(src, seed=seed, dim=dim, family=source.family, geometry=source.geometry)
     else:
         src = os.path.abspath(source.data)
     hdf5 = os.path.join(src, synth.HDF5_NAME)
@@ -175,17 +208,21 @@ def parse_models(text: str) -> tuple:
     return names
 
 
-def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -> Dict[str, Run]:
-    """One run per model of ``models`` (default: full and weak) on ``dataset``, in ``folder/<model>``."""
-    # heavy: TensorFlow, only in a trainer stage that runs (cached stages load nothing)
+def train_model(cfg: Config, dataset: Dataset, run_dir: str, **options) -> Run:
+    """Train (or resume) ``cfg`` on ``dataset`` in the run folder ``run_dir``; its :class:`Run`.
+
+    The one training job of the trainer stage and of `vreloc quality`; ``options`` go to
+    :func:`vreloc_tf.training.run.train` (``verbose``, ``overwrite``, ...)."""
+    # heavy: TensorFlow, only where a run trains (cached stages and `vreloc quality --finished-only` load nothing)
     from vreloc_tf.training.run import train
 
-    runs = {}
-    for model in models:
-        path = os.path.join(folder, model)
-        train(model_config(cfg, model), dataset.path, path)
-        runs[model] = Run.open(path)
-    return runs
+    train(cfg, dataset.path, run_dir, **options)
+    return Run.open(run_dir)
+
+
+def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -> Dict[str, Run]:
+    """One run per model of ``models`` (default: full and weak) on ``dataset``, in ``folder/<model>``."""
+    return {model: train_model(model_config(cfg, model), dataset, os.path.join(folder, model)) for model in models}
 
 
 def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) -> dict:

@@ -21,6 +21,10 @@ each time, and keeps every run folder so that a second call resumes instead of r
   for the difference between ours and each rival on the same test pairs.
 * **Provenance per row**: the machine, the commit and the config digest each run was trained with.
 
+The study makes its data and trains its runs with the pipeline's own jobs (vreloc/orchestrator.py:
+``featuregen`` with a :class:`FeatureSource` of the study's draw, family and geometry, and
+``train_model``); what is its own is the draws, the fixed test pair lists, tuning, scoring and the page.
+
 Layout under ``--out``: ``draw-<seed>/data/<family>/``, ``draw-<seed>/runs/<family>/<method>/
 lr-<rate>/seed-<s>/``, ``draw-<seed>/results/<family>/*.json``, ``tuning/<family>/<method>.json``.
 """
@@ -36,7 +40,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import synth
+from vreloc.orchestrator import BASELINES, BENCHMARK_GEOMETRY, FeatureSource, featuregen, train_model
+from vreloc_tf.data.artifacts import Dataset
+from vreloc_tf.data.schema import MANIFEST_NAME
 from vreloc_tf.evaluation.baselines import run_baseline
 from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.config import CGBM_METHOD, load_config
@@ -49,14 +55,15 @@ from vreloc_tf.data.pairs import load_pairs, make_pair_file, save_pairs
 
 log = logging.getLogger("vreloc.quality")
 
-BENCHMARK = "benchmark"  # as a geometry: the benchmark's split files; as a family (older studies): demo on them
+BENCHMARK = BENCHMARK_GEOMETRY  # as a geometry: the benchmark's split files; as a family (older studies): demo on them
 FAMILIES = ("demo", "substates", "periodic", "shots", "distractor")
 TUNING_DATA_SEED = 0  # every design choice of docs/QUALITY_HISTORY.md was made on this draw
 REPORTING_DATA_SEED = 20261207  # chosen once on 2026-12-07, before any run on it; nobody tunes on it
-TRAINING_FREE = ("random", "prior", "frame-level", "window-match", "query-free")
+TRAINING_FREE = BASELINES  # the pipeline's evaluator scores the same training-free rows
 LEARNING_RATES = (0.001, 0.003)  # the tuning grid, the same for every tuned method: the native rates of
 # every method (Feng et al.'s and the paper's 0.001, configs/tiny.yaml's 0.003)
 BOOTSTRAP_SAMPLES = 2000
+RECORDS = "tfrecords"  # a family's data folder: raw/ (synth's output) and tfrecords/ (the ingested data)
 SWAPPED = "+swapped"  # suffix of a control row: the method's runs scored with swapped queries
 
 
@@ -160,34 +167,27 @@ class Study:
     def pairs_file(self, draw: int, family: str) -> str:
         return os.path.join(self.data_dir(draw, family), "pairs_test.json")
 
-    def prepare_data(self, draw: int, family: str) -> str:
-        """synth -> ingest of ``family`` on data seed ``draw``, and its test pair list (reused when present)."""
-        # heavy: Apache Beam, only when data is made (--finished-only needs none)
-        from pipeline import ingest_activitynet
+    def feature_source(self, draw: int, family: str) -> FeatureSource:
+        """``family``'s synthetic data on data seed ``draw`` at the study's geometry and dim."""
+        benchmark = BENCHMARK in (family, self.geometry)
+        return FeatureSource(family="demo" if family == BENCHMARK else family,
+                             geometry=BENCHMARK if benchmark else self.geometry, seed=draw, dim=self.dim,
+                             splits=(self.benchmark_splits or None) if benchmark else None)
 
+    def prepare_data(self, draw: int, family: str) -> str:
+        """The pipeline's feature stage (synth -> ingest) of ``family`` on data seed ``draw`` in
+        ``data_dir/{raw,tfrecords}``, and its test pair list (each reused when present)."""
         data = self.data_dir(draw, family)
-        records = os.path.join(data, "tfrecords")
-        if not os.path.exists(os.path.join(records, "manifest.json")):
-            raw = os.path.join(data, "raw")
-            if BENCHMARK in (family, self.geometry):
-                if not self.benchmark_splits:
-                    raise InputError("the benchmark geometry needs --benchmark-splits DIR "
-                                     "(length.json + train/val/test.json; `vreloc benchmark fetch`)")
-                synth.generate(raw, seed=draw, dim=self.dim, lengths=os.path.join(self.benchmark_splits, "length.json"),
-                               splits_dir=self.benchmark_splits, family="demo" if family == BENCHMARK else family)
-            else:
-                synth.generate(raw, seed=draw, dim=self.dim, family=family, geometry=self.geometry)
-            counts = ingest_activitynet.run(os.path.join(raw, synth.HDF5_NAME), raw, records)
-            bad = [s for s, c in counts.items() if not c.reconciles()]
-            if bad:
-                raise RuntimeError(f"ingest of {family} (draw {draw}): counts do not reconcile for {bad}")
+        records = os.path.join(data, RECORDS)
+        if not os.path.exists(os.path.join(records, MANIFEST_NAME)):
+            featuregen(data, None, self.feature_source(draw, family), data_name=RECORDS)
         if not os.path.exists(self.pairs_file(draw, family)):
             save_pairs(make_pair_file(records, "test", draw), self.pairs_file(draw, family))
         return records
 
     def pair_classes(self, draw: int, family: str) -> np.ndarray:
         """The class of every test pair's reference, in pair-list order (the bootstrap's clusters)."""
-        records = os.path.join(self.data_dir(draw, family), "tfrecords")
+        records = os.path.join(self.data_dir(draw, family), RECORDS)
         index = load_index(records, "test")
         pairs = load_pairs(self.pairs_file(draw, family), "test")
         return index.label[index.position_of([p["reference"] for p in pairs])].astype(np.int64)
@@ -205,8 +205,6 @@ class Study:
                             *self.overrides, *extra])
 
     def train_run(self, draw: int, family: str, method: Method, rate: float, seed: int, data: str) -> str:
-        from vreloc_tf.training.run import train  # heavy: TensorFlow, only when a run trains (--finished-only needs none)
-
         run = self.run_dir(draw, family, method, rate, seed)
         if not os.path.exists(os.path.join(run, "run.json")):
             if self.finished_only:
@@ -214,7 +212,7 @@ class Study:
             cfg = self.base_config(method, seed, rate)
             where = provenance()  # before training: the code the run starts with
             t0 = time.time()
-            train(cfg, data, run, verbose=0, overwrite=True)
+            train_model(cfg, Dataset.open(data), run, verbose=0, overwrite=True)
             self.timings[f"draw-{draw}/{family}/{method.name}/lr-{rate:g}/{seed}"] = time.time() - t0
             write_json_atomic(os.path.join(run, "provenance.json"), where)
         return run
