@@ -396,7 +396,7 @@ def _data_pca(dataset) -> Optional[str]:
     recorded ``--pca`` as given, relative to the folder it ran in), that one."""
     spec = dataset.feature_spec
     resolved = spec.pca_file if spec else dataset.pca_file
-    raw = (dataset.manifest.get("features") or {}).get("pca_file") if spec else dataset.manifest.get("pca_file")
+    raw = (dataset.manifest.features or {}).get("pca_file") if spec else dataset.manifest.pca_file
     if resolved and "://" not in resolved and not os.path.exists(resolved) and raw and "://" not in raw \
             and os.path.isfile(raw):
         return os.path.abspath(raw)

@@ -82,3 +82,48 @@ def test_a_run_is_scored_only_on_data_of_its_feature_dim(tmp_path):
     with pytest.raises(InputError, match="d6 holds 6-d features but the run in .* was trained on 8-d"):
         run.dataset(str(tmp_path / "d6"))
     assert dataclasses.replace(manifest, feature_dim=6).feature_dim == 6
+
+
+# -- the data folder's manifest.json (vreloc_tf.data.manifest) --------------------------------------
+
+def _job_manifest() -> dict:
+    """A manifest as the Beam jobs wrote it before DataManifest (pipeline/staged_sink.py, by hand)."""
+    source = {"job": "ingest-activitynet", "features": "/x/f.hdf5", "features_sha256": "ab" * 32}
+    return {"feature_dim": 8, "frames_per_feature": 16, "fps": None, "split_files": {"train": "/x/train.json"},
+            "features": None, "source": source, "created": "2026-01-02T03:04:05+00:00", "code_version": "0.9.0",
+            "splits": {"train": {"read": 3, "written": 3, "dead_lettered": 0, "shards": ["train-00000-of-00001.tfrecord"],
+                                 "source": source}},
+            "unassigned": {"unlabelled": {"read": 1, "written": 0, "dead_lettered": 1}}}
+
+
+def test_data_manifest_write_read_round_trip_and_the_bytes_of_a_job_are_unchanged(tmp_path):
+    from vreloc_tf.data.manifest import DataManifest
+
+    doc = _job_manifest()
+    old_bytes = json.dumps(doc, indent=2, sort_keys=True).encode("utf-8")  # what staged_sink wrote
+    (tmp_path / "manifest.json").write_bytes(old_bytes)
+    manifest = DataManifest.read(str(tmp_path))
+    assert manifest.to_json() == doc and manifest.encode() == old_bytes  # an old folder: the same file
+    assert (manifest.feature_dim, manifest.frames_per_feature, manifest.split("train")["written"]) == (8, 16, 3)
+    manifest.write(str(tmp_path / "again"))
+    assert DataManifest.read(str(tmp_path / "again")) == manifest
+    assert (tmp_path / "again" / "manifest.json").read_bytes() == old_bytes
+    fresh = DataManifest.of_job({"feature_dim": 4, "pca_file": "pca.npz"}, {"job": "extract-video"}, {})
+    assert fresh.code_version and fresh.created and fresh.fields == {"pca_file": "pca.npz"}
+    assert DataManifest.from_json(json.loads(fresh.encode()), "x") == fresh
+
+
+def test_data_manifest_of_older_or_hand_written_folders_opens_and_a_wrong_folder_names_the_path(tmp_path):
+    from vreloc_tf.data.manifest import DataManifest
+
+    F.write_manifest(str(tmp_path / "old"), 6, {"train": 3})  # no source, created, splits
+    old = DataManifest.read(str(tmp_path / "old"))
+    assert (old.feature_dim, old.splits, old.source) == (6, None, None)
+    assert old.to_json() == json.loads((tmp_path / "old" / "manifest.json").read_text())
+    with pytest.raises(InputError, match=f"{tmp_path / 'nope'}.*manifest.json"):
+        DataManifest.read(str(tmp_path / "nope"))
+    (tmp_path / "manifest.json").write_text("[1]")
+    with pytest.raises(InputError, match=f"{tmp_path / 'manifest.json'}: not a data manifest"):
+        DataManifest.read(str(tmp_path))
+    with pytest.raises(InputError, match="not a data manifest"):
+        Dataset.open(str(tmp_path))

@@ -280,7 +280,7 @@ class PipelineRun:
     def stages(self) -> List[Stage]:
         def featuregen_body(folder):
             dataset = featuregen(folder, self.cfg, self.source)
-            return {"data_dir": dataset.path, "splits": dataset.manifest.get("splits"),
+            return {"data_dir": dataset.path, "splits": dataset.manifest.splits,
                     "feature_dim": dataset.feature_dim}
 
         def trainer_body(folder):

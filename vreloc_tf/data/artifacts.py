@@ -31,6 +31,7 @@ from vreloc_tf.data import schema
 from vreloc_tf.config import Config, load_config, save_config
 from vreloc_tf.errors import InputError
 from vreloc_tf.data.feature_spec import FeatureSpec
+from vreloc_tf.data.manifest import DataManifest
 from vreloc_tf.files import read_json, write_json_atomic
 from vreloc_tf.data.fingerprint import content_fingerprint
 
@@ -50,7 +51,7 @@ class Dataset:
 
     path: str
     feature_dim: int
-    manifest: Dict[str, Any] = dataclasses.field(compare=False, repr=False)
+    manifest: DataManifest = dataclasses.field(compare=False, repr=False)  # its manifest.json, typed
 
     @classmethod
     def open(cls, path: str) -> "Dataset":
@@ -61,8 +62,8 @@ class Dataset:
         if not os.path.exists(manifest_path):
             raise InputError(f"{path}: not a data folder (no {schema.MANIFEST_NAME}); write one with "
                              f"`vreloc ingest-activitynet` or `vreloc extract-video`")
-        manifest = schema.read_manifest(path)
-        dim = manifest.get("feature_dim") if isinstance(manifest, dict) else None
+        manifest = DataManifest.read(path)
+        dim = manifest.feature_dim
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InputError(f"{manifest_path}: no valid 'feature_dim' (got {dim!r}); rewrite the folder "
                              f"with its Beam job")
@@ -70,7 +71,7 @@ class Dataset:
 
     @property
     def frames_per_feature(self) -> int:
-        return int(self.manifest.get("frames_per_feature") or contract.FRAMES_PER_FEATURE)
+        return self.manifest.frames_per_feature
 
     @property
     def pca_file(self) -> Optional[str]:
@@ -78,7 +79,7 @@ class Dataset:
 
         A relative path in the manifest is relative to the data folder, so the folder can move.
         """
-        path = self.manifest.get("pca_file")
+        path = self.manifest.pca_file
         if path and "://" not in path and not os.path.isabs(path):
             return os.path.normpath(os.path.join(self.path, path))
         return path
@@ -87,23 +88,23 @@ class Dataset:
     def feature_spec(self) -> Optional[FeatureSpec]:
         """What made the features (backbone, weights, frame rate, PCA); None for folders written before
         specs were recorded. Its PCA path is resolved against the data folder."""
-        spec = FeatureSpec.of_manifest(self.manifest, os.path.join(self.path, schema.MANIFEST_NAME))
+        spec = FeatureSpec.of_manifest(self.manifest.fields, os.path.join(self.path, schema.MANIFEST_NAME))
         return spec.with_pca_path(spec.resolved_pca(self.path)) if spec else None
 
     @property
     def splits(self) -> Sequence[str]:
-        return tuple(self.manifest.get("splits") or ())
+        return tuple(self.manifest.splits or ())
 
     def source(self, split: str) -> Any:
         """Where ``split`` came from: the split's own ``source`` (newer manifests), else the folder's.
 
         A folder whose manifest names no source at all is identified by its own path.
         """
-        entry = (self.manifest.get("splits") or {}).get(split) or {}
+        entry = self.manifest.split(split)
         if isinstance(entry, dict) and entry.get("source") is not None:
             return entry["source"]
-        if self.manifest.get("source") is not None:
-            return self.manifest["source"]
+        if self.manifest.source is not None:
+            return self.manifest.source
         return {"data_dir": self.path}
 
     def training_source(self) -> Dict[str, Any]:
