@@ -80,7 +80,7 @@ def test_a_run_is_scored_only_on_data_of_its_feature_dim(tmp_path):
     run = Run.create(str(tmp_path / "run"), load_config("tiny"), manifest)
     assert run.dataset().path == str(tmp_path / "d8")
     with pytest.raises(InputError, match="d6 holds 6-d features but the run in .* was trained on 8-d"):
-        run.dataset(str(tmp_path / "d6"))
+        run.dataset(Dataset.open(str(tmp_path / "d6")))
     assert dataclasses.replace(manifest, feature_dim=6).feature_dim == 6
 
 

@@ -180,12 +180,7 @@ def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -
     # heavy: TensorFlow, only in a trainer stage that runs (cached stages load nothing)
     from vreloc_tf.training.run import train
 
-    runs = {}
-    for model in models:
-        path = os.path.join(folder, model)
-        train(model_config(cfg, model), dataset.path, path)
-        runs[model] = Run.open(path)
-    return runs
+    return {model: train(model_config(cfg, model), dataset, os.path.join(folder, model)) for model in models}
 
 
 def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) -> dict:
@@ -196,9 +191,9 @@ def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) ->
     results: Dict[str, Dict[str, dict]] = {}
     for split in SPLITS:
         pairs = os.path.join(folder, f"pairs_{split}.json")
-        rows = {f"model:{mode}": evaluate_run(run.path, dataset.path, split, pairs, seed=seed)
+        rows = {f"model:{mode}": evaluate_run(run, dataset, split, pairs, seed=seed)
                 for mode, run in runs.items()}
-        rows.update({f"baseline:{method}": run_baseline(method, dataset.path, split, pairs, seed)
+        rows.update({f"baseline:{method}": run_baseline(method, dataset, split, pairs, seed)
                      for method in BASELINES})
         results[split] = rows
         save_results(rows, os.path.join(folder, f"results_{split}.json"))
@@ -214,7 +209,7 @@ def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) ->
     figures = {}
     for mode, run in runs.items():  # what each model attends to on the first test pair (paper Figure 4)
         out = os.path.join(folder, f"figure4_{mode}_test_pair0.png")
-        visualize_pair(run.path, dataset.path, "test", 0, out, os.path.join(folder, "pairs_test.json"), seed)
+        visualize_pair(run, dataset, "test", 0, out, os.path.join(folder, "pairs_test.json"), seed)
         figures[mode] = out
     return {"results": results, "blessing": blessing, "figures": figures}
 

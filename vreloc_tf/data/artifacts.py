@@ -264,9 +264,10 @@ class Run:
 
         return keras.saving.load_model(self.checkpoint_file(checkpoint), compile=compile)
 
-    def dataset(self, data_dir: Optional[str] = None) -> Dataset:
-        """The data to score this run on (default: its own), checked to have the run's feature dim."""
-        dataset = Dataset.open(data_dir or self.manifest.data_dir)
+    def dataset(self, dataset: Optional[Dataset] = None) -> Dataset:
+        """The data to score this run on, checked to have the run's feature dim and feature spec:
+        ``dataset`` (opened by the caller), or, if None, the run's own data (run.json's ``data_dir``)."""
+        dataset = dataset if dataset is not None else Dataset.open(self.manifest.data_dir)
         if dataset.feature_dim != self.manifest.feature_dim:
             raise InputError(f"{dataset.path} holds {dataset.feature_dim}-d features but the run in {self.path} "
                              f"was trained on {self.manifest.feature_dim}-d features ({self.manifest.data_dir})")
