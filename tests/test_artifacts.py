@@ -127,3 +127,59 @@ def test_data_manifest_of_older_or_hand_written_folders_opens_and_a_wrong_folder
         DataManifest.read(str(tmp_path))
     with pytest.raises(InputError, match="not a data manifest"):
         Dataset.open(str(tmp_path))
+
+
+# -- an export version's assets.extra/vreloc.json (ExportInfo) and Export.open --------------------------
+
+OLD_EXPORT_INFO = {  # what serving/export.py wrote before ExportInfo, in its key order
+    "model_name": "vreloc", "version": 7, "signature_name": "serving_default", "feature_dim": 8,
+    "frames_per_feature": 16, "fps": None, "supervision": "full", "decode": "full", "decode_max_length": 64,
+    "jit_compile": True, "max_window": 300, "config_digest": "abc", "run_dir": "/runs/a", "best_step": 4,
+    "code_version": "0.9.0", "exported_at": "2026-01-02T03:04:05Z", "pca": "pca.npz",
+    "features": {"backbone": "c3d", "feature_dim": 8, "pca_file": "pca.npz"}}
+
+
+def _fake_export(base, folder, info=None):
+    extra = os.path.join(base, folder, "assets.extra")
+    os.makedirs(extra)
+    open(os.path.join(base, folder, "saved_model.pb"), "wb").close()
+    if info is not None:
+        with open(os.path.join(extra, "vreloc.json"), "w") as fh:
+            json.dump(info, fh, indent=2, default=str)  # vreloc_tf.files.write_json_atomic's format
+    return os.path.join(base, folder)
+
+
+def test_export_info_round_trips_and_writes_the_bytes_export_model_wrote(tmp_path):
+    from vreloc_tf.data.artifacts import ExportInfo
+
+    version = _fake_export(str(tmp_path / "vreloc"), "007", OLD_EXPORT_INFO)
+    before = open(os.path.join(version, "assets.extra", "vreloc.json"), "rb").read()
+    info = ExportInfo.read(version)
+    assert info.to_json() == OLD_EXPORT_INFO and list(info.to_json()) == list(OLD_EXPORT_INFO)
+    info.write(version)
+    assert open(os.path.join(version, "assets.extra", "vreloc.json"), "rb").read() == before
+    assert ExportInfo.read(version) == info
+    plain = ExportInfo(model_name="m", version=1, feature_dim=4)  # no PCA, no spec: the keys are left out
+    assert "pca" not in plain.to_json() and "features" not in plain.to_json()
+    assert ExportInfo.from_json(dict(plain.to_json(), newer_key=1), "x").extra == {"newer_key": 1}
+
+
+def test_export_open_finds_the_version_and_what_locate_needs(tmp_path):
+    from vreloc_tf.data.artifacts import Export, find_version_dir
+
+    base = str(tmp_path / "vreloc")
+    _fake_export(base, "1")  # an old export: no vreloc.json at all
+    version = _fake_export(base, "007", OLD_EXPORT_INFO)
+    os.makedirs(os.path.join(base, ".tmp-9-abc"))  # half-written: never a version
+    export = Export.open(base)
+    assert (export.base_path, export.model_name, export.version, export.path) == (base, "vreloc", 7, version)
+    assert export.pca_file == os.path.join(version, "assets.extra", "pca.npz")
+    assert export.feature_spec.pca_file == os.path.join(version, "assets.extra", "pca.npz")
+    assert export.info.max_window == 300 and export == Export.open(version)
+    old = Export.open(os.path.join(base, "1"))
+    assert (old.version, old.info, old.pca_file, old.feature_spec) == (1, None, None, None)
+    assert Export(**export.to_json()) == export and find_version_dir(str(tmp_path)) is None
+    with pytest.raises(InputError, match=f"{tmp_path}: no exported versions .expected {tmp_path}/<version>/saved"):
+        Export.open(str(tmp_path))
+    with pytest.raises(InputError, match=f"{tmp_path / 'nope'}: no such export folder"):
+        Export.open(str(tmp_path / "nope"))

@@ -223,7 +223,7 @@ def pusher(folder: str, runs: Dict[str, Run], blessing: dict, model_name: str) -
             log.warning("Pusher: the %s model is not blessed (val average %.1f <= frame-level %.1f); not pushed",
                         mode, verdict["val_average"], verdict["frame_level_val_average"])
             continue
-        pushed[mode] = export_model(run.path, os.path.join(folder, "serving", f"{model_name}_{mode}"))
+        pushed[mode] = export_model(run, os.path.join(folder, "serving", f"{model_name}_{mode}"))
     return pushed
 
 
@@ -284,7 +284,7 @@ class PipelineRun:
 
         def pusher_body(folder):
             pushed = pusher(folder, self.runs(), self.stage_outputs("evaluator")["blessing"], self.model_name)
-            return {"pushed": {mode: dataclasses.asdict(export) for mode, export in pushed.items()}}
+            return {"pushed": {mode: export.to_json() for mode, export in pushed.items()}}
 
         return [
             Stage("featuregen", lambda: {"seed": self.cfg.seed, "feature_dim": self.cfg.data.feature_dim,
@@ -340,7 +340,7 @@ class PipelineRun:
         if not pushed:
             print("[serve] no blessed model was pushed; nothing to serve")
             return
-        export = Export(**pushed["full" if "full" in pushed else next(iter(pushed))])
+        export = Export.open(pushed["full" if "full" in pushed else next(iter(pushed))]["path"])
         with _served(export) as address:
             query, reference = _demo_pair(self.dataset())
             print(f"[serve] model {export.model_name} at {address}; querying with the stock gRPC client")

@@ -18,7 +18,8 @@ Layouts::
                 checkpoints/         periodic checkpoints (step-NNNNNN.keras)
                 backup/              BackupAndRestore state, so a killed run resumes
                 logs/                TensorBoard event files
-    BASE/NAME/<version>/             a TF Serving SavedModel (serving/export.py)
+    BASE/NAME/<version>/             a TF Serving SavedModel (serving/export.py; names and versions:
+                                     vreloc_tf/data/versions.py), assets.extra/vreloc.json = ExportInfo
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from vreloc_tf.data.feature_spec import FeatureSpec
 from vreloc_tf.data.manifest import DataManifest
 from vreloc_tf.files import read_json, write_json_atomic
 from vreloc_tf.data.fingerprint import content_fingerprint
+from vreloc_tf.data import versions
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.json"
@@ -276,11 +278,125 @@ class Run:
         return dataset
 
 
+@dataclasses.dataclass
+class ExportInfo:
+    """``assets.extra/vreloc.json`` of an export version: what a client, ``locate`` and the server need
+    to know of the model without loading it (serving/export.py writes it, :meth:`Export.open` reads it).
+
+    Written in this key order (the file's bytes are those of the dict before this class existed);
+    ``pca`` and ``features`` only when the run had them; keys of newer versions are kept in ``extra``
+    and written back, keys older exports lack read as None.
+    """
+
+    model_name: Optional[str] = None
+    version: Optional[int] = None
+    signature_name: Optional[str] = None
+    feature_dim: Optional[int] = None
+    frames_per_feature: Optional[int] = None
+    fps: Optional[float] = None  # None: per video; pass --fps to vreloc query
+    supervision: Optional[str] = None
+    decode: Optional[str] = None
+    decode_max_length: Optional[int] = None
+    jit_compile: Optional[bool] = None
+    max_window: Optional[int] = None  # the reference window `vreloc locate` uses with this model
+    config_digest: Optional[str] = None
+    run_dir: Optional[str] = None
+    best_step: Optional[int] = None
+    code_version: Optional[str] = None
+    exported_at: Optional[str] = None
+    pca: Optional[str] = None  # the PCA's file name in assets.extra/ (raw-video runs only)
+    features: Optional[dict] = None  # FeatureSpec.to_json(), its PCA path relative to assets.extra/
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    OPTIONAL = ("pca", "features")  # left out of the file when None, as export_model always did
+
+    def to_json(self) -> Dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for key in self.OPTIONAL:
+            if doc[key] is None:
+                del doc[key]
+        return {**doc, **self.extra}
+
+    def write(self, version_dir: str) -> str:
+        """Write ``version_dir/assets.extra/vreloc.json`` (atomically)."""
+        return write_json_atomic(os.path.join(version_dir, versions.ASSETS_EXTRA_DIR, versions.METADATA_FILE),
+                                 self.to_json())
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> "ExportInfo":
+        if not isinstance(doc, dict):
+            raise InputError(f"{where}: not export metadata (expected a JSON object); export the run again")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in doc.items() if k in known},
+                   extra={k: v for k, v in doc.items() if k not in known})
+
+    @classmethod
+    def read(cls, version_dir: str) -> Optional["ExportInfo"]:
+        """The version's metadata, or None for an export without ``vreloc.json`` (e.g. made by other tools)."""
+        path = os.path.join(version_dir, versions.ASSETS_EXTRA_DIR, versions.METADATA_FILE)
+        if not os.path.exists(path):
+            return None
+        return cls.from_json(read_json(path, "export metadata"), path)
+
+
+def find_version_dir(path: str) -> Optional[str]:
+    """The version folder an export path names: the path itself if it holds a SavedModel, else the
+    highest complete version of BASE/NAME (by its folder name: version 7 may live in 007/), else None."""
+    if os.path.isfile(os.path.join(path, versions.SAVED_MODEL_FILE)):
+        return path
+    return versions.latest_version_dir(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Export:
-    """One exported SavedModel version, as TF Serving sees it."""
+    """One exported SavedModel version, as TF Serving sees it (``BASE/NAME/<version>/``).
+
+    ``info``: its ``vreloc.json`` (None: an export without one). Returned by
+    ``serving.export.export_model``; :meth:`open` reads one from disk (a version folder, or
+    BASE/NAME for its highest complete version), so ``locate`` and ``features --like`` no longer
+    work out the layout themselves.
+    """
 
     base_path: str  # BASE/NAME
     model_name: str  # NAME, the served model name
     version: int
-    path: str  # BASE/NAME/<version>
+    path: str  # BASE/NAME/<version> (the folder's own name: 007 for version 7)
+    info: Optional[ExportInfo] = dataclasses.field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def open(cls, path: str) -> "Export":
+        """The export at ``path``: a version folder, or BASE/NAME (its highest complete version)."""
+        if not os.path.isdir(path):
+            raise InputError(f"{path}: no such export folder; export a run with `vreloc export`")
+        version_dir = find_version_dir(path)
+        if version_dir is None:
+            raise InputError(f"{path}: no exported versions (expected {path}/<version>/{versions.SAVED_MODEL_FILE})")
+        base = os.path.dirname(os.path.normpath(version_dir))
+        version = versions.parse_version(os.path.basename(os.path.normpath(version_dir)))
+        info = ExportInfo.read(version_dir)
+        if version is None:  # a SavedModel folder not named as a version: its metadata says which it is
+            version = int(info.version) if info is not None and info.version is not None else 0
+        return cls(base, os.path.basename(base), version, version_dir, info)
+
+    def to_json(self) -> Dict[str, Any]:
+        """Where the export is (what a pipeline stage records; :meth:`open` of ``path`` reads it back)."""
+        return {"base_path": self.base_path, "model_name": self.model_name, "version": self.version,
+                "path": self.path}
+
+    @property
+    def assets_extra(self) -> str:
+        return os.path.join(self.path, versions.ASSETS_EXTRA_DIR)
+
+    @property
+    def pca_file(self) -> Optional[str]:
+        """The training data's PCA that travels in ``assets.extra/`` (None: the run had none, or an
+        older export did not copy it)."""
+        return os.path.join(self.assets_extra, self.info.pca) if self.info is not None and self.info.pca else None
+
+    @property
+    def feature_spec(self) -> Optional[FeatureSpec]:
+        """What made the training features (its PCA path resolved against assets.extra/); None if not recorded."""
+        if self.info is None or not self.info.features:
+            return None
+        spec = FeatureSpec.from_json(self.info.features, f"{self.path}: vreloc.json 'features'")
+        return spec.with_pca_path(spec.resolved_pca(self.assets_extra))
