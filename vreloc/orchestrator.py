@@ -249,6 +249,7 @@ class PipelineRun:
         self.model_name = model_name
         self.serve_check = serve_check
         self.statuses: Dict[str, str] = {}
+        self._made: Dict[str, object] = {}  # artifacts the stages of this process returned, handed on as they are
 
     def stage_dir(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -265,22 +266,28 @@ class PipelineRun:
         doc = self.stage_record(name)
         return None if not doc else _hash([doc.get("outputs"), doc.get("finished")])
 
-    # The artifacts earlier stages recorded (reopened, so a skipped stage hands on the same thing).
+    # The artifacts of earlier stages: as a stage of this process returned them, else (a skipped stage)
+    # opened once from what its stage.json recorded -- the orchestrator's door for cached work.
     def dataset(self) -> Dataset:
-        return Dataset.open(self.stage_outputs("featuregen")["data_dir"])
+        if "dataset" not in self._made:
+            self._made["dataset"] = Dataset.open(self.stage_outputs("featuregen")["data_dir"])
+        return self._made["dataset"]
 
     def runs(self) -> Dict[str, Run]:
-        return {mode: Run.open(out["run_dir"]) for mode, out in self.stage_outputs("trainer").items()}
+        if "runs" not in self._made:
+            self._made["runs"] = {mode: Run.open(out["run_dir"]) for mode, out in self.stage_outputs("trainer").items()}
+        return self._made["runs"]
 
     def stages(self) -> List[Stage]:
         def featuregen_body(folder):
-            dataset = featuregen(folder, self.cfg, self.source)
+            dataset = self._made["dataset"] = featuregen(folder, self.cfg, self.source)
+            self._made.pop("runs", None)
             return {"data_dir": dataset.path, "splits": dataset.manifest.splits,
                     "feature_dim": dataset.feature_dim}
 
         def trainer_body(folder):
-            return {mode: {"run_dir": run.path, **dataclasses.asdict(run.manifest)}
-                    for mode, run in trainer(folder, self.cfg, self.dataset(), self.models).items()}
+            runs = self._made["runs"] = trainer(folder, self.cfg, self.dataset(), self.models)
+            return {mode: {"run_dir": run.path, **dataclasses.asdict(run.manifest)} for mode, run in runs.items()}
 
         def pusher_body(folder):
             pushed = pusher(folder, self.runs(), self.stage_outputs("evaluator")["blessing"], self.model_name)
