@@ -61,7 +61,7 @@ from vreloc_tf.errors import InputError
 from vreloc_tf.files import file_sha256
 from vreloc_tf.data.schema import SchemaError, decode_record
 from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, Embedder, EmbeddingSpec, encoder_of
-from vreloc_tf.search.library import LibraryIndex, VideoEmbedding, check_pca_file
+from vreloc_tf.search.library import MANIFEST, Index, LibraryIndex, VideoEmbedding, check_pca_file
 from vreloc_tf.search.relocalize import Relocalizer
 
 LOG = logging.getLogger(__name__)
@@ -250,18 +250,19 @@ class MergeVideoFn(beam.DoFn):
 class EmbedPieceFn(beam.DoFn):
     """Piece -> VideoEmbedding: its windows at every scale and their vectors.
 
-    ``run_dir`` (kind ``encoder`` only): the model is loaded once per worker in ``setup``.
+    ``run`` (kind ``encoder`` only; the opened :class:`Run`, pickled with the DoFn): its model is
+    loaded once per worker in ``setup``.
     """
 
-    def __init__(self, feature_dim: int, spec: EmbeddingSpec, run_dir: Optional[str] = None):
-        self.feature_dim, self.spec, self.run_dir = int(feature_dim), spec, run_dir
+    def __init__(self, feature_dim: int, spec: EmbeddingSpec, run: Optional[Run] = None):
+        self.feature_dim, self.spec, self.run = int(feature_dim), spec, run
         self._embedder = None
         self._seen = 0
 
     def setup(self):
         encoder = None
         if self.spec.kind == "encoder":
-            encoder = encoder_of(Run.open(self.run_dir).load_model())
+            encoder = encoder_of(self.run.load_model())
         self._embedder = Embedder(self.spec, self.feature_dim, encoder)
 
     def process(self, piece: Piece):
@@ -307,14 +308,14 @@ class MergeVideos(beam.PTransform):
 class EmbedVideos(beam.PTransform):
     """(split, shard path) -> (VideoEmbedding per piece, dead letters): read, merge per video, embed."""
 
-    def __init__(self, feature_dim: int, spec: EmbeddingSpec, run_dir: Optional[str] = None):
+    def __init__(self, feature_dim: int, spec: EmbeddingSpec, run: Optional[Run] = None):
         super().__init__()
-        self.feature_dim, self.spec, self.run_dir = feature_dim, spec, run_dir
+        self.feature_dim, self.spec, self.run = feature_dim, spec, run
 
     def expand(self, shards):
         records, bad_reads = shards | "ReadRecords" >> ReadRecords(self.feature_dim)
         pieces, bad_merges = records | "MergeVideos" >> MergeVideos()
-        embedded = pieces | "EmbedPieces" >> beam.ParDo(EmbedPieceFn(self.feature_dim, self.spec, self.run_dir))
+        embedded = pieces | "EmbedPieces" >> beam.ParDo(EmbedPieceFn(self.feature_dim, self.spec, self.run))
         return embedded, (bad_reads, bad_merges) | "AllDeadLetters" >> beam.Flatten()
 
 
@@ -333,11 +334,11 @@ class WriteEmbedded(beam.PTransform):
 
 
 def build(pipeline, staging_dir: str, shards: Dict[str, List[str]], feature_dim: int, spec: EmbeddingSpec,
-          run_dir: Optional[str]):
+          run: Optional[Run]):
     """The job graph; returns the writers' token PCollections."""
     pairs = sorted((split, path) for split, paths in shards.items() for path in paths)
     videos, dead = (pipeline | "Shards" >> beam.Create(pairs)
-                    | "EmbedVideos" >> EmbedVideos(feature_dim, spec, run_dir))
+                    | "EmbedVideos" >> EmbedVideos(feature_dim, spec, run))
     return [videos | "WriteEmbedded" >> WriteEmbedded(staging_dir),
             dead | "WriteDeadLetters" >> staged_sink.WriteDeadLetters(staging_dir)]
 
@@ -396,28 +397,39 @@ def _data_pca(dataset) -> Optional[str]:
     recorded ``--pca`` as given, relative to the folder it ran in), that one."""
     spec = dataset.feature_spec
     resolved = spec.pca_file if spec else dataset.pca_file
-    raw = (dataset.manifest.get("features") or {}).get("pca_file") if spec else dataset.manifest.get("pca_file")
+    raw = (dataset.manifest.features or {}).get("pca_file") if spec else dataset.manifest.pca_file
     if resolved and "://" not in resolved and not os.path.exists(resolved) and raw and "://" not in raw \
             and os.path.isfile(raw):
         return os.path.abspath(raw)
     return resolved
 
 
-def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Optional[Sequence[str]] = None,
-        add: bool = False, kind: str = DEFAULT_KIND, scales: Sequence[int] = DEFAULT_SCALES, index_type: str = "auto",
-        runner: str = options.DEFAULT_RUNNER, beam_args: Sequence[str] = (), overwrite: bool = False) -> dict:
-    """Build a new index in ``index_dir`` (``add=False``) or append to the one there (``add=True``)
-    from the TFRecords of ``data_dir``; returns the summary (counts per split, seconds, records/s).
+@dataclasses.dataclass(frozen=True)
+class IndexBuild:
+    """What ``index build|add`` made: the :class:`Index` (for the next stage to open as it is) and the
+    summary :func:`report` prints (counts per split, seconds, records/s)."""
 
-    ``model``: the run whose model re-localizes (build only; None: the frame-level method, ``raw``
-    embeddings only). ``add`` takes the embedding and model from the index.
+    index: Index
+    summary: dict
+
+
+def run(target, dataset: Dataset, model: Optional[Run] = None, splits: Optional[Sequence[str]] = None,
+        kind: str = DEFAULT_KIND, scales: Sequence[int] = DEFAULT_SCALES, index_type: str = "auto",
+        runner: str = options.DEFAULT_RUNNER, beam_args: Sequence[str] = (), overwrite: bool = False) -> IndexBuild:
+    """Build a new index in the folder ``target`` (a path) or append to ``target`` (an opened
+    :class:`Index`: ``index add``) from the TFRecords of ``dataset``; returns the :class:`IndexBuild`.
+
+    ``model``: the opened run whose model re-localizes (build only; None: the frame-level method,
+    ``raw`` embeddings only). An append takes the embedding and model from the index.
     """
     t0 = time.time()
-    dataset = Dataset.open(data_dir)
+    add = isinstance(target, Index)
+    index_dir = target.path if add else target
+    data_dir = dataset.path
     data_spec = dataset.feature_spec
     shards = shards_of(data_dir, splits)
     if add:
-        index = LibraryIndex.open(index_dir)
+        index = LibraryIndex.load(target)
         if index.feature_dim != dataset.feature_dim:
             raise InputError(f"--data {data_dir} holds {dataset.feature_dim}-d features but the index {index_dir} "
                              f"holds {index.feature_dim}-d features")
@@ -425,27 +437,27 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
             index.feature_spec.check_same(data_spec, f"the index {index_dir}", f"--data {data_dir}",
                                           "index it into an index of its own")
         spec = index.embedding
-        run_dir = index.model_run if spec.kind == "encoder" else None
+        trained = Run.open(index.model_run) if spec.kind == "encoder" else None  # the run the index records
         pca_source = None
     else:
         spec = EmbeddingSpec(kind, tuple(int(s) for s in scales))
-        if spec.kind == "encoder" and not model:
+        if spec.kind == "encoder" and model is None:
             raise InputError("--embedding encoder needs --model RUN (the window vectors come from its reference "
                              "encoder); without a model use --embedding raw")
-        if os.path.exists(os.path.join(index_dir, "manifest.json")) and not overwrite:
+        if os.path.exists(os.path.join(index_dir, MANIFEST)) and not overwrite:
             raise InputError(f"--out {index_dir}: already holds an index; add videos with `vreloc index add`, "
                              f"or rebuild with --overwrite")
-        run_dir = os.path.abspath(model) if model else None
-        index, trained = None, Run.open(model) if model else None  # the index is made once the counts reconcile
-        if model:
+        index, trained = None, model  # the index is made once the counts reconcile
+        if model is not None:
             if trained.manifest.feature_dim != dataset.feature_dim:
-                raise InputError(f"--model {model} takes {trained.manifest.feature_dim}-d features but --data "
+                raise InputError(f"--model {model.path} takes {trained.manifest.feature_dim}-d features but --data "
                                  f"{data_dir} holds {dataset.feature_dim}-d features")
             if trained.feature_spec is not None:
-                trained.feature_spec.check_same(data_spec, f"--model {model}", f"--data {data_dir}",
+                trained.feature_spec.check_same(data_spec, f"--model {model.path}", f"--data {data_dir}",
                                                 "index data made like the run's training features")
         pca_source = _data_pca(dataset)
         check_pca_file(pca_source, data_spec)  # before the job, not after it
+    run_dir = os.path.abspath(trained.path) if trained is not None else None
     read_counts = count_inputs(shards)
     LOG.info("%s: %d records of %s from %s, %s embeddings at scales %s, re-localized by %s, runner %s", JOB,
              sum(read_counts.values()), "/".join(shards), data_dir, spec.kind, list(spec.scales),
@@ -472,6 +484,7 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
         pieces.sort(key=lambda v: (v.video_id, v.window_start, v.split, v.entry_index))
         target = index if index is not None else _create_index(index_dir, dataset, spec, trained, run_dir, index_type,
                                                                 overwrite, pca_source)
+        built.append(target)
         fresh, refused = against_index(target, pieces)
         new_videos = len({p.video_id for p in fresh} - target.live_video_ids(among={p.video_id for p in fresh}))
         for i in range(0, len(fresh), PART_PIECES):
@@ -493,10 +506,13 @@ def run(index_dir: str, data_dir: str, model: Optional[str] = None, splits: Opti
                 "seconds": round(time.time() - t0, 2), "job_seconds": round(t_job, 2),
                 "records_per_second": round(total / max(t_job, 1e-9), 1)}
 
-    return staged_sink.run_job(
+    built: List[LibraryIndex] = []
+    summary = staged_sink.run_job(
         JOB, options.pipeline_options(runner, beam_args), index_dir,
-        lambda pipeline, staging_dir: build(pipeline, staging_dir, shards, dataset.feature_dim, spec, run_dir),
+        lambda pipeline, staging_dir: build(pipeline, staging_dir, shards, dataset.feature_dim, spec,
+                                            trained if spec.kind == "encoder" else None),
         append_staged)
+    return IndexBuild(Index(built[0].path, built[0].manifest, built[0].format_on_disk), summary)
 
 
 def _create_index(index_dir: str, dataset, spec: EmbeddingSpec, trained: Optional[Run], run_dir: Optional[str],
@@ -506,8 +522,8 @@ def _create_index(index_dir: str, dataset, spec: EmbeddingSpec, trained: Optiona
     encoder_dim, model_info = None, None
     if trained is not None:
         if spec.kind == "encoder":
-            encoder_dim = int(Relocalizer.from_run(run_dir).encoder().units)
-        model_info = {"run": run_dir, "model_sha256": file_sha256(os.path.join(run_dir, "model.keras")),
+            encoder_dim = int(Relocalizer.from_run(trained).encoder().units)
+        model_info = {"run": run_dir, "model_sha256": file_sha256(trained.model_file),
                       "feature_dim": int(trained.manifest.feature_dim), "decode": trained.manifest.decode}
     return LibraryIndex.create(index_dir, dataset.feature_dim, spec, encoder_dim or dataset.feature_dim,
                                model_info, index_type, overwrite=overwrite, features=dataset.feature_spec,

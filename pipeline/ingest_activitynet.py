@@ -146,7 +146,7 @@ def check_same_draw(out: str, features: str, sha256: str, splits) -> None:
     previous = staged_sink.read_existing_manifest(out)
     if not previous:
         return
-    kept = sorted(set(previous.get("splits") or {}) - set(splits))
+    kept = sorted(set(previous.splits or {}) - set(splits))
     other = {}  # recorded fingerprint -> the kept splits that carry it
     for split in kept:
         source = staged_sink.split_source(previous, split) or {}

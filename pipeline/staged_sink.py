@@ -44,7 +44,6 @@ published (a failed run still leaves them untouched).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -61,10 +60,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from vreloc_tf import __version__
 from vreloc_tf.data import tfrecord
 from vreloc_tf.errors import InputError
-from vreloc_tf.data.schema import MANIFEST_NAME, encode_record, read_manifest
+from vreloc_tf.data.manifest import DataManifest
+from vreloc_tf.data.schema import MANIFEST_NAME, encode_record
 
 LOG = logging.getLogger(__name__)
 
@@ -269,10 +268,10 @@ def count_staged(staging_dir: str, read_counts: Dict[str, int]) -> Dict[str, Spl
 # --------------------------------------------------------------------------- the manifest
 
 
-def read_existing_manifest(data_dir: str) -> Optional[dict]:
+def read_existing_manifest(data_dir: str) -> Optional[DataManifest]:
     """The manifest of ``data_dir`` if it has one, else None.
 
-    ``vreloc_tf.data.schema.read_manifest`` is the one reader; it reads plain paths.
+    :meth:`vreloc_tf.data.manifest.DataManifest.read` is the one reader; it reads plain paths.
     A remote folder's (gs://...) manifest is first copied to a local temporary
     folder through Beam's FileSystems, so the parsing still happens there only.
     """
@@ -280,16 +279,16 @@ def read_existing_manifest(data_dir: str) -> Optional[dict]:
     if not FileSystems.exists(path):
         return None
     if FileSystems.get_scheme(data_dir) is None:
-        return read_manifest(data_dir)
+        return DataManifest.read(data_dir)
     with tempfile.TemporaryDirectory(prefix="vreloc-manifest-") as local:
         with FileSystems.open(path) as src, open(os.path.join(local, MANIFEST_NAME), "wb") as dst:
             shutil.copyfileobj(src, dst)
-        return read_manifest(local)
+        return DataManifest.read(local)
 
 
-def split_source(manifest: dict, split: str) -> Optional[dict]:
+def split_source(manifest: DataManifest, split: str) -> Optional[dict]:
     """Where a split of an existing manifest came from (older manifests: the folder-wide ``source``)."""
-    return manifest.get("splits", {}).get(split, {}).get("source", manifest.get("source"))
+    return (manifest.splits or {}).get(split, {}).get("source", manifest.source)
 
 
 def check_no_mixing(data_dir: str, feature_dim: int, source: dict, splits: Iterable[str],
@@ -298,10 +297,10 @@ def check_no_mixing(data_dir: str, feature_dim: int, source: dict, splits: Itera
     previous = read_existing_manifest(data_dir)
     if overwrite or not previous:
         return
-    kept = sorted(set(previous.get("splits", {})) - set(splits))
+    kept = sorted(set(previous.splits or {}) - set(splits))
     if not kept:
         return  # every split of the folder is rewritten: nothing old stays beside the new
-    old_dim = int(previous.get("feature_dim", feature_dim))
+    old_dim = int(feature_dim if previous.feature_dim is None else previous.feature_dim)
     if old_dim != int(feature_dim):
         raise DatasetMixError(
             f"{data_dir}: already holds splits {kept} with feature_dim {old_dim}; writing feature_dim "
@@ -320,22 +319,19 @@ def _source_text(source: dict) -> str:
 
 
 def write_manifest(data_dir: str, fields: dict, source: dict, counts: Dict[str, SplitCounts],
-                   shards: Dict[str, List[str]], previous: Optional[dict]) -> dict:
-    """Write ``manifest.json``: this run's splits, each with its source, plus ``previous``'s other splits."""
-    splits = dict((previous or {}).get("splits", {}))
+                   shards: Dict[str, List[str]], previous: Optional[DataManifest]) -> DataManifest:
+    """Write ``manifest.json``: this run's splits, each with its source, plus ``previous``'s other splits.
+
+    The file is :meth:`DataManifest.encode`'s bytes (the one writer), written here through Beam's
+    FileSystems so a gs:// folder gets it too.
+    """
+    splits = dict(previous.splits or {}) if previous is not None else {}
     for split, old in list(splits.items()):
         splits[split] = {"source": split_source(previous, split), **old}  # older manifests name no source per split
     splits.update({s: {**dataclasses.asdict(c), "shards": shards.get(s, []), "source": source}
                    for s, c in counts.items()})
-    manifest = {
-        **fields,
-        "source": source,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": __version__,
-        "splits": splits,
-    }
-    _write_atomically(FileSystems.join(data_dir, MANIFEST_NAME),
-                      json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+    manifest = DataManifest.of_job(fields, source, splits)
+    _write_atomically(FileSystems.join(data_dir, MANIFEST_NAME), manifest.encode())
     return manifest
 
 
@@ -544,7 +540,8 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
         previous = None if overwrite else read_existing_manifest(data_dir)
         if overwrite:
             remove_dataset(data_dir)
-        elif previous and int(previous.get("feature_dim", -1)) != int(manifest_fields["feature_dim"]):
+        elif previous and int(-1 if previous.feature_dim is None else previous.feature_dim) \
+                != int(manifest_fields["feature_dim"]):
             previous = None  # every old split is rewritten (check_no_mixing): keep none of their entries
         record_splits = {s: c for s, c in counts.items() if s not in shardless}
         shards = publish(staging_dir, data_dir, record_splits)
@@ -554,6 +551,7 @@ def run_and_publish(job: str, options, data_dir: str, read_counts: Dict[str, int
             data_dir, {**manifest_fields, **extra, **({"unassigned": unassigned} if unassigned else {})},
             source, record_splits, shards, previous)
         LOG.info("%s: counted, published and wrote the manifest at %.1f s", job, time.time() - t0)
-        return JobSummary(job, data_dir, int(manifest_fields["feature_dim"]), counts, manifest, time.time() - t0)
+        return JobSummary(job, data_dir, int(manifest_fields["feature_dim"]), counts, manifest.to_json(),
+                          time.time() - t0)
 
     return run_job(job, options, data_dir, build, publish_staged)

@@ -36,11 +36,10 @@ from typing import Optional
 import numpy as np
 
 from serving import signature as sig
-from serving.versions import INT64_MAX, existing_versions, next_version
-from vreloc_tf.data.artifacts import Export, Run
+from vreloc_tf.data.versions import INT64_MAX, existing_versions, next_version
+from vreloc_tf.data.artifacts import Export, ExportInfo, Run
 from vreloc_tf.contract import DECODE_RULES, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
-from vreloc_tf.files import write_json_atomic
 
 # (B, Lq, Lr): a typical pair (a 16-feature query in a full window), and a small batch of the longest queries
 WARMUP_SHAPES = ((1, MAX_GROUNDTRUTH // 2, MAX_WINDOW), (4, MAX_GROUNDTRUTH, MAX_WINDOW))
@@ -126,19 +125,19 @@ def write_warmup_file(path: str, requests) -> None:
             writer.write(entry.SerializeToString())
 
 
-def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: Optional[str] = None,
+def export_model(run: Run, out: str, version: Optional[int] = None, decode: Optional[str] = None,
                  max_length: Optional[int] = CONFIG_LIMIT, model=None, jit_compile: bool = True) -> Export:
-    """Export run ``run_dir`` as version ``version`` (default: next free) of model folder ``out`` (BASE/NAME).
+    """Export ``run`` (opened by the caller) as version ``version`` (default: next free) of model folder
+    ``out`` (BASE/NAME); returns the :class:`Export`, its :class:`ExportInfo` included.
 
     ``decode``: 'full' | 'weak' | 'feng' (default: the run's own rule); ``max_length``:
     the rule's segment-length limit (default CONFIG_LIMIT = the config's limit for that
     rule; None = unlimited). ``model``: an already loaded Keras model of this run (else
-    loaded from ``run_dir``). ``jit_compile``: see :func:`serving_module`.
+    loaded from the run). ``jit_compile``: see :func:`serving_module`.
     Raises FileExistsError if the version exists.
     """
     import tensorflow as tf
 
-    run = Run.open(run_dir)
     cfg, manifest = run.config, run.manifest
     if model is None:
         model = run.load_model()
@@ -150,7 +149,7 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
     feature_dim = int(manifest.feature_dim)
     model_dim = model.input[sig.QUERY].shape[-1] if isinstance(model.input, dict) else None
     if model_dim is not None and int(model_dim) != feature_dim:
-        raise InputError(f"{run_dir}: run.json says feature_dim {feature_dim} but the model takes {model_dim}")
+        raise InputError(f"{run.path}: run.json says feature_dim {feature_dim} but the model takes {model_dim}")
 
     out = os.path.normpath(out)
     model_name = os.path.basename(out)
@@ -172,35 +171,25 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
         extra = os.path.join(tmp, sig.ASSETS_EXTRA_DIR)
         os.makedirs(extra, exist_ok=True)
         write_warmup_file(os.path.join(extra, sig.WARMUP_FILE), warmup_requests(model_name, feature_dim))
-        info = {
-            "model_name": model_name,
-            "version": version,
-            "signature_name": sig.SIGNATURE_NAME,
-            "feature_dim": feature_dim,
-            "frames_per_feature": manifest.frames_per_feature,
-            "fps": manifest.extra.get("fps"),  # None: per video; pass --fps to vreloc query
-            "supervision": cfg.supervision,
-            "decode": decode,
-            "decode_max_length": max_length,
-            "jit_compile": jit_compile,
-            "max_window": cfg.data.max_window,  # the reference window `vreloc locate` uses with this model
-            "config_digest": cfg.digest(),
-            "run_dir": os.path.abspath(run_dir),
-            "best_step": manifest.best_step,
-            "code_version": manifest.code_version,
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        info = ExportInfo(
+            model_name=model_name, version=version, signature_name=sig.SIGNATURE_NAME, feature_dim=feature_dim,
+            frames_per_feature=manifest.frames_per_feature,
+            fps=manifest.extra.get("fps"),  # None: per video; pass --fps to vreloc query
+            supervision=cfg.supervision, decode=decode, decode_max_length=max_length, jit_compile=jit_compile,
+            max_window=cfg.data.max_window,  # the reference window `vreloc locate` uses with this model
+            config_digest=cfg.digest(), run_dir=os.path.abspath(run.path), best_step=manifest.best_step,
+            code_version=manifest.code_version, exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         asset = None
         if manifest.pca_file:
             # The PCA of the training features travels with the model, so `vreloc locate` can
             # turn a new video's backbone features into the model's input space.
             asset = pca_asset_name(manifest.pca_file)
             shutil.copyfile(manifest.pca_file, os.path.join(extra, asset))
-            info["pca"] = asset
+            info.pca = asset
         spec = run.feature_spec
         if spec is not None:  # what made the training features; the PCA path relative to assets.extra/
-            info["features"] = spec.with_pca_path(asset if spec.pca_file else None).to_json()
-        write_json_atomic(os.path.join(extra, sig.METADATA_FILE), info)
+            info.features = spec.with_pca_path(asset if spec.pca_file else None).to_json()
+        info.write(tmp)
         try:
             os.rename(tmp, final)  # atomic; fails if another exporter took this version meanwhile
         except OSError as exc:
@@ -209,4 +198,4 @@ def export_model(run_dir: str, out: str, version: Optional[int] = None, decode: 
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    return Export(base_path=out, model_name=model_name, version=version, path=final)
+    return Export(base_path=out, model_name=model_name, version=version, path=final, info=info)

@@ -2,7 +2,7 @@
 
 Behaviour follows TF Serving where the two overlap: versions are folders of the
 base path named by a base-10 integer that fits int64 (``007`` is version 7;
-serving/versions.py); the base path is polled and a new version is loaded
+vreloc_tf/data/versions.py); the base path is polled and a new version is loaded
 (and warmed up from ``assets.extra``) *before* it takes traffic; a retired
 version is released only when its in-flight requests have finished; if no
 version the policy wants has loaded, the old ones keep serving (availability
@@ -36,7 +36,7 @@ from serving.batching import BatchingOptions
 from serving.model_servable import LoadedVersion
 from serving.status import ServingError
 from serving.validation import RequestLimits
-from serving.versions import read_base
+from vreloc_tf.data.versions import read_base
 from vreloc_tf.errors import InputError
 
 log = logging.getLogger("serving.model_manager")

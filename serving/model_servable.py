@@ -30,8 +30,8 @@ from serving.batching import BatchingOptions, Executor, allowed_batch_sizes
 from serving.status import ServingError
 from serving.tensor_codec import check_declared, decode_inputs
 from serving.validation import InvalidRequest, RequestLimits, check_shapes, validate_inputs
+from vreloc_tf.data.artifacts import ExportInfo
 from vreloc_tf.errors import InputError
-from vreloc_tf.files import read_json
 from vreloc_tf.data.tfrecord import iter_records
 
 log = logging.getLogger("serving.model_servable")
@@ -66,8 +66,8 @@ class LoadedVersion:
         self.xla = any(f.attr["_XlaMustCompile"].b for f in meta_graph.graph_def.library.function)
         query_spec = self.signatures[sig.SIGNATURE_NAME].structured_input_signature[1][sig.QUERY]
         self.feature_dim = int(query_spec.shape[-1])
-        metadata_path = os.path.join(path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
-        self.metadata = read_json(metadata_path, "export metadata file") if os.path.exists(metadata_path) else {}
+        info = ExportInfo.read(path)  # assets.extra/vreloc.json, if the export has one
+        self.metadata = info.to_json() if info is not None else {}
         self.batching = batching
         self.executor = Executor(lambda arrays: self._call(sig.SIGNATURE_NAME, arrays), self.batching,
                                  pad_to_buckets=self.xla, name=f"{model_name}-v{version}")

@@ -37,8 +37,10 @@ from serving.status import ServingError
 from serving.tensor_codec import check_value_count, declared_shape, decode_inputs, dtype_name_of
 from serving.validation import InvalidRequest, RequestLimits
 from vreloc_tf.contract import QUERY
+from vreloc_tf.data.artifacts import Run
 from vreloc_tf.errors import InputError
 from vreloc_tf.finite import first_non_finite
+from vreloc_tf.search.library import Index
 from vreloc_tf.search.search import open_search, search
 
 log = logging.getLogger("serving.search_servable")
@@ -200,8 +202,9 @@ class SearchModel:
 
 def open_search_model(index_dir: str, run_dir: Optional[str] = None, model_name: str = MODEL_NAME,
                       limits: RequestLimits = RequestLimits()) -> SearchModel:
-    """The index (checked on open) and its re-localizer, warmed up, as a servable model."""
-    index, relocalizer, embedder = open_search(index_dir, run_dir)
+    """The index (checked on open) and its re-localizer, warmed up, as a servable model; ``index_dir`` and
+    ``run_dir`` come from `vreloc serve --index/--search-model` and are opened here, once."""
+    index, relocalizer, embedder = open_search(Index.open(index_dir), Run.open(run_dir) if run_dir else None)
     servable = SearchServable(index, relocalizer, embedder, model_name, limits)
     servable.warm_up()
     log.info("model %s: serving library search of %s (%d videos, %d-d features)", model_name, index_dir,

@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 
 from vreloc_tf.contract import (END, MAX_WINDOW, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH,
                                 SCORE, START)
+from vreloc_tf.data.versions import (ASSETS_EXTRA_DIR, METADATA_FILE, SAVED_MODEL_FILE, TEMP_PREFIX,  # noqa: F401
+                                     VARIABLES_DIR, WARMUP_FILE)
 
 # -- SignatureDef ---------------------------------------------------------------
 SIGNATURE_NAME = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
@@ -67,14 +69,8 @@ def output_spec(name: str) -> TensorSpec:
     return {s.name: s for s in OUTPUTS}[name]
 
 
-# -- export layout ------------------------------------------------------------
-# BASE/NAME/<version>/saved_model.pb + variables/ + assets.extra/...
-SAVED_MODEL_FILE = "saved_model.pb"
-VARIABLES_DIR = "variables"
-ASSETS_EXTRA_DIR = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving replays these at load (assets.extra/)
-METADATA_FILE = "vreloc.json"  # feature_dim, frames_per_feature, decode rule (assets.extra/)
-TEMP_PREFIX = ".tmp-"  # half-written versions: hidden, non-integer, ignored by servers
+# -- export layout: BASE/NAME/<version>/{saved_model.pb, variables/, assets.extra/}, defined once in
+# vreloc_tf/data/versions.py (the library opens exports too) and named here as part of the contract
 
 # -- deployment ----------------------------------------------------------------
 DEFAULT_MODEL_NAME = "vreloc"

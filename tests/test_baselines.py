@@ -9,6 +9,7 @@ from helpers import records as F
 from vreloc_tf.evaluation import baselines
 from vreloc_tf.evaluation import metrics
 from vreloc_tf.data import schema
+from vreloc_tf.data.artifacts import Dataset
 from vreloc.cli import main as cli_main
 from vreloc_tf.data.entry_index import load_index
 
@@ -68,7 +69,7 @@ def test_cli_scores_every_baseline_on_one_pair_list(data_dir, tmp_path, capsys):
                          "--pairs", pairs, "--json", out]) == 0
         with open(out) as fh:
             results.append(json.load(fh))
-        assert results[-1] == baselines.run_baseline(method, data_dir, "test", pairs, verbose=False)
+        assert results[-1] == baselines.run_baseline(method, Dataset.open(data_dir), "test", pairs, verbose=False)
     printed = capsys.readouterr()
     assert "mean start" in printed.err
     assert all(r["pairs"] == results[0]["pairs"] and r["split"] == "test" for r in results)
@@ -92,7 +93,7 @@ def test_cli_scores_every_baseline_on_one_pair_list(data_dir, tmp_path, capsys):
 
 def test_unknown_method_is_named(data_dir):
     with pytest.raises(ValueError, match="unknown baseline 'median'"):
-        baselines.run_baseline("median", data_dir)
+        baselines.run_baseline("median", Dataset.open(data_dir))
 
 
 def _write_geometry_split(splits_dir, data_dir, split):
@@ -115,7 +116,7 @@ def test_prior_reproduces_the_papers_statistical_prior_row(shared_splits_dir, tm
     ms, me = baselines.train_prior(d)
     assert abs(ms - 0.3265) < 5e-4 and abs(me - 0.6509) < 5e-4
     for seed in (0, 1):
-        result = baselines.run_baseline("prior", d, "test", seed=seed)
+        result = baselines.run_baseline("prior", Dataset.open(d), "test", seed=seed)
         assert result["pairs"] == 978
         assert abs(result["map_at_1"]["0.5"] - 25.4) <= 1.0, result
         assert abs(result["average"] - 10.7) <= 1.0, result
@@ -208,8 +209,8 @@ def test_query_free_never_reads_the_query(data_dir, tmp_path):
     other_file = str(tmp_path / "pairs_permuted.json")
     with open(other_file, "w") as fh:
         json.dump(doc, fh)
-    assert baselines.run_baseline("query-free", data_dir, "test", other_file, verbose=False) == \
-        baselines.run_baseline("query-free", data_dir, "test", pairs_file, verbose=False)
+    assert baselines.run_baseline("query-free", Dataset.open(data_dir), "test", other_file, verbose=False) == \
+        baselines.run_baseline("query-free", Dataset.open(data_dir), "test", pairs_file, verbose=False)
 
 
 def test_cli_query_free_on_the_tiny_data(tiny_data_dir, tmp_path, capsys):
@@ -438,9 +439,9 @@ def test_window_match_never_reads_padding():
 
 def test_window_match_end_to_end_beats_random(data_dir, tmp_path, capsys):
     pairs_file = str(tmp_path / "pairs.json")
-    wm = baselines.run_baseline("window-match", data_dir, "test", pairs_file)
+    wm = baselines.run_baseline("window-match", Dataset.open(data_dir), "test", pairs_file)
     assert "window matcher: 3 of 6 within-reference directions from train" in capsys.readouterr().err
-    rnd = baselines.run_baseline("random", data_dir, "test", pairs_file, verbose=False)
+    rnd = baselines.run_baseline("random", Dataset.open(data_dir), "test", pairs_file, verbose=False)
     assert wm["method"] == "Window matcher" and wm["pairs"] == rnd["pairs"] > 0 and wm["subspace_dim"] == 3
     assert wm["average"] > rnd["average"] + 10.0, (wm, rnd)
     # the same result re-scored by hand from the records: the query is its entry's ground truth, the

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline import ingest_activitynet as ingest, staged_sink, synth
 from pipeline.backbones import BackboneOptions
-from vreloc_tf.data.schema import read_manifest, read_records
+from vreloc_tf.data.manifest import DataManifest
+from vreloc_tf.data.schema import read_records
 
 from helpers.synth_data import make_synth_with_bad
 
@@ -59,7 +60,7 @@ def test_dask_runner_output_equals_direct_runner(cluster, source, tmp_path):
     leftovers = [p for p in glob.glob(os.path.join(dask_dir, "**"), recursive=True) + glob.glob(os.path.join(dask_dir, ".*"))
                  if "beam-temp" in p or ".staging" in p or p.endswith(".inprogress")]
     assert leftovers == []
-    m = read_manifest(dask_dir)
+    m = DataManifest.read(dask_dir).to_json()
     assert {s: (v["read"], v["written"], v["dead_lettered"]) for s, v in m["splits"].items()} == {
         s: (c.read, c.written, c.dead_lettered) for s, c in direct.items()}
     assert "ingest-activitynet: train: read" in summary.report()

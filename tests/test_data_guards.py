@@ -21,6 +21,7 @@ from vreloc import cli
 from vreloc_tf.data import entry_index
 from vreloc_tf.data import schema
 from vreloc_tf.data import tfrecord
+from vreloc_tf.data.manifest import DataManifest
 from vreloc_tf.errors import DataError, InputError
 from vreloc_tf.files import file_sha256
 
@@ -99,7 +100,7 @@ def test_reingesting_one_split_of_the_same_file_is_allowed(ingested):
     features, out, train_only = ingested
     summary = ingest.run(features, train_only, out, "DirectRunner", DIRECT)
     assert set(summary.counts) == {"train"}
-    splits = schema.read_manifest(out)["splits"]
+    splits = DataManifest.read(out).splits
     assert {splits[s]["source"]["features_sha256"] for s in ("train", "val", "test")} == {file_sha256(features)}
 
 

@@ -9,7 +9,7 @@ from helpers import records as F
 from vreloc.cli import main as cli_main
 from vreloc_tf.evaluation import metrics
 from vreloc_tf.data import schema
-from vreloc_tf.data.artifacts import Run
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.model.decoding import decode_full_np, decode_weak_np
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.scoring import evaluate_run
@@ -52,7 +52,8 @@ def _by_hand(run_dir, data_dir, pairs_file, mode):
 @pytest.mark.parametrize("mode", ["full", "weak"])
 def test_evaluate_equals_a_pair_by_pair_computation(run_dir, data_dir, tmp_path, mode):
     pairs = str(tmp_path / "pairs.json")
-    result = evaluate_run(run_dir, data_dir, "test", pairs, decode=None if mode == "full" else mode)
+    result = evaluate_run(Run.open(run_dir), Dataset.open(data_dir), "test", pairs,
+                          decode=None if mode == "full" else mode)
     _, want = _by_hand(run_dir, data_dir, pairs, mode)
     for k in metrics.THRESHOLD_KEYS:
         assert result["map_at_1"][k] == pytest.approx(want[k], abs=1e-9)
@@ -97,11 +98,11 @@ def test_cli_prints_the_paper_row_and_writes_json(run_dir, data_dir, tmp_path, c
 def test_evaluate_names_a_feature_dim_mismatch_and_missing_arguments(run_dir, tmp_path, capsys):
     other = F.make_data_dir(str(tmp_path / "d6"), dim=6, train_classes=2, per_class=3)
     with pytest.raises(InputError, match="6-d features but the run .* 8-d"):
-        evaluate_run(run_dir, other, "test")
+        evaluate_run(Run.open(run_dir), Dataset.open(other), "test")
     assert cli_main(["evaluate", "--split", "test"]) == 2
     assert "--model" in capsys.readouterr().err
     with pytest.raises(InputError, match="not a finished training run folder .no run.json"):
-        evaluate_run(str(tmp_path), other, "test")
+        Run.open(str(tmp_path))  # the door: `vreloc evaluate` opens --model before it scores
 
 
 def test_a_corrupt_pair_file_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
@@ -115,7 +116,7 @@ def test_a_corrupt_pair_file_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
 def test_a_pair_list_of_a_relabelled_split_is_refused(run_dir, data_dir, tmp_path):
     """The same entries with other video ids (a relabelled split): the recorded video ids catch it."""
     pairs = str(tmp_path / "pairs.json")
-    evaluate_run(run_dir, data_dir, "test", pairs)  # writes the pair list
+    evaluate_run(Run.open(run_dir), Dataset.open(data_dir), "test", pairs)  # writes the pair list
     relabelled = str(tmp_path / "relabelled")
     for split in ("train", "val", "test"):
         records = schema.read_records(data_dir, split)
@@ -124,11 +125,11 @@ def test_a_pair_list_of_a_relabelled_split_is_refused(run_dir, data_dir, tmp_pat
         F.write_split(relabelled, split, records)
     F.write_manifest(relabelled, F.TINY_DIM, {})
     with pytest.raises(InputError, match="pair 0 recorded query entry .* as video .* it is video 'x"):
-        evaluate_run(run_dir, relabelled, "test", pairs)
+        evaluate_run(Run.open(run_dir), Dataset.open(relabelled), "test", pairs)
 
 
 def test_the_run_folder_defaults_evaluation_to_its_own_data(run_dir, data_dir):
-    result = evaluate_run(run_dir, split="val")
+    result = evaluate_run(Run.open(run_dir), split="val")
     assert result["split"] == "val" and result["pairs"] > 0
     assert os.path.exists(os.path.join(run_dir, "config.yaml"))
 
@@ -172,7 +173,8 @@ def test_the_swapped_query_control_scores_the_same_references_with_other_queries
     for k in metrics.THRESHOLD_KEYS:
         assert swap["map_at_1"][k] == pytest.approx(want[k], abs=1e-9)
     # another seed is recorded; an unknown control is refused
-    other = evaluate_run(run_dir, data_dir, "test", pairs, control="swapped-query", control_seed=7)
+    other = evaluate_run(Run.open(run_dir), Dataset.open(data_dir), "test", pairs, control="swapped-query",
+                         control_seed=7)
     assert other["control_seed"] == 7
     with pytest.raises(InputError, match="unknown control"):
-        evaluate_run(run_dir, data_dir, "test", pairs, control="shuffled")
+        evaluate_run(Run.open(run_dir), Dataset.open(data_dir), "test", pairs, control="shuffled")

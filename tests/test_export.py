@@ -10,7 +10,7 @@ from helpers import runs as H
 from serving import export as export_mod
 from serving import signature as sig
 from serving.export import export_model
-from serving.versions import next_version
+from vreloc_tf.data.versions import next_version
 from vreloc.cli import main as cli_main
 from vreloc_tf.data.artifacts import Export, Run
 from vreloc_tf.model.decoding import decode_full_np, decode_weak_np
@@ -22,7 +22,7 @@ def exported(tmp_path_factory):
     """(run_dir, BASE/NAME, version path) of a fresh export of the seed-0 run."""
     run_dir = H.make_run(0)
     base = str(tmp_path_factory.mktemp("export") / H.MODEL_NAME)
-    result = export_model(run_dir, base)
+    result = export_model(Run.open(run_dir), base)
     assert result == Export(base_path=os.path.normpath(base), model_name=H.MODEL_NAME, version=1,
                             path=os.path.join(os.path.normpath(base), "1"))
     return run_dir, base, result.path
@@ -132,10 +132,10 @@ def test_versions_are_next_free_explicit_and_never_overwritten(tmp_path, monkeyp
     os.makedirs(os.path.join(base, ".tmp-9-deadbeef"))  # a crashed export: hidden, not a version
     os.makedirs(os.path.join(base, "notes"))
     assert next_version(base) == 1
-    assert export_model(run_dir, base, version=3).version == 3
+    assert export_model(Run.open(run_dir), base, version=3).version == 3
     assert next_version(base) == 4
     with pytest.raises(FileExistsError, match="version 3 of m was already exported"):
-        export_model(run_dir, base, version=3)
+        export_model(Run.open(run_dir), base, version=3)
 
     # A failure half-way leaves neither a version nor a temp folder behind.
     def broken(*_args, **_kwargs):
@@ -143,7 +143,7 @@ def test_versions_are_next_free_explicit_and_never_overwritten(tmp_path, monkeyp
 
     monkeypatch.setattr(export_mod, "write_warmup_file", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        export_model(run_dir, base)
+        export_model(Run.open(run_dir), base)
     assert sorted(os.listdir(base)) == sorted(["3", ".tmp-9-deadbeef", "notes"])
 
 
@@ -161,7 +161,7 @@ def test_no_xla_flag_exports_a_plain_model_call(tmp_path):
 
 def test_decode_flag_exports_the_other_rule(tmp_path):
     run_dir = H.make_run(0)
-    result = export_model(run_dir, str(tmp_path / "m"), decode="weak", jit_compile=False)  # the rule, not XLA
+    result = export_model(Run.open(run_dir), str(tmp_path / "m"), decode="weak", jit_compile=False)  # the rule, not XLA
     info = json.load(open(os.path.join(result.path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)))
     assert info["decode"] == "weak" and info["decode_max_length"] is None
     arrays = H.random_batch(np.random.default_rng(2), lq=(4, 7), lr=(33, 60))
@@ -195,5 +195,5 @@ def test_feature_dim_of_the_manifest_must_match_the_model(tmp_path):
     manifest.feature_dim = H.FEATURE_DIM + 1
     manifest.write(run_dir)
     with pytest.raises(InputError, match=f"feature_dim {H.FEATURE_DIM + 1} but the model takes {H.FEATURE_DIM}"):
-        export_model(run_dir, str(tmp_path / "m"))
+        export_model(Run.open(run_dir), str(tmp_path / "m"))
     assert not os.path.exists(tmp_path / "m" / "1")

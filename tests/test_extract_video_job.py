@@ -19,7 +19,8 @@ from helpers.videos import colour_video
 from pipeline import extract_video as ev, staged_sink
 from pipeline.backbones import BackboneOptions
 from pipeline.pca import PCA
-from vreloc_tf.data.schema import read_manifest, read_records
+from vreloc_tf.data.manifest import DataManifest
+from vreloc_tf.data.schema import read_records
 
 DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 RANDOM = BackboneOptions(random_seed=0)  # C3D with seeded random weights
@@ -201,7 +202,7 @@ def test_counts_reconcile_and_every_bad_input_is_dead_lettered_with_its_reason(j
     assert dead["short.mkv"] == ["video has 10 frames, fewer than one 16-frame clip"]
     assert dead["broken.mp4"][0].startswith("unreadable video file")
     assert dead["v_aaa.mkv"] == ["segment [5.0, 6.0] s lies outside the video's 3 whole 16-frame clips"]
-    m = read_manifest(out)
+    m = DataManifest.read(out).to_json()
     assert "unassigned" not in m and set(m["splits"]) == {"train", "val", "library"}
     # relative to the data folder, so the folder can move; Dataset resolves it (read by vreloc train)
     assert m["pca_file"] == "pca.npz" and os.path.exists(os.path.join(out, "pca.npz"))
@@ -238,7 +239,7 @@ def test_pca_fitted_in_the_job_equals_numpy_and_records_are_its_projection(job_o
     library = {r.video_id: r for r in read_records(out, "library")}  # whole videos, no label, no ground truth
     assert {v: (r.window, r.groundtruth, r.label, r.entry_index) for v, r in library.items()} == {
         "stray": ((0, 2), (-1, -1), -1, 0), "ttt": ((0, 2), (-1, -1), -1, 1)}
-    m = read_manifest(out)
+    m = DataManifest.read(out).to_json()
     assert m["feature_dim"] == 500 and m["frames_per_feature"] == 16 and m["fps"] is None  # 25 and 20 fps
     assert m["videos"]["bbb"]["fps"] == pytest.approx(20.0) and m["videos"]["aaa"]["n_features"] == 3
     assert m["labels"] == {"Jump": 11, "Run": 12} and "RANDOM" in m["source"]["weights"]
@@ -260,9 +261,9 @@ def test_saved_pca_is_reused_for_new_videos(job_output, video_folder, tmp_path):
     assert len(again) == 1 and again[0].window == first[0].window
     np.testing.assert_array_equal(again[0].features, first[0].features)
     assert not os.path.exists(os.path.join(out2, "pca.npz"))
-    m2 = read_manifest(out2)
+    m2 = DataManifest.read(out2).to_json()
     assert m2["source"]["pca"] == os.path.join(out, "pca.npz") and m2["fps"] == 25.0
-    assert m2["features"]["pca_sha256"] == read_manifest(out)["features"]["pca_sha256"]  # the same features
+    assert m2["features"]["pca_sha256"] == DataManifest.read(out).features["pca_sha256"]  # the same features
 
 
 def test_a_rerun_with_other_videos_into_the_folder_is_refused(job_output, video_folder):

@@ -20,7 +20,8 @@ from pipeline import ingest_activitynet as ingest, options, staged_sink, synth
 from vreloc_tf import __version__
 from vreloc_tf.data import tfrecord
 from vreloc_tf.files import file_sha256
-from vreloc_tf.data.schema import decode_record, read_manifest, read_records
+from vreloc_tf.data.manifest import DataManifest
+from vreloc_tf.data.schema import decode_record, read_records
 
 DIRECT = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -219,7 +220,7 @@ def test_ingest_end_to_end_reconciles_and_reports_every_bad_entry(synth_with_bad
     for s, i, reason in expected_dead:
         assert reason in dead[(s, i)]["reason"], dead[(s, i)]
         assert dead[(s, i)]["entry"]["location"]  # the entry itself is kept
-    m = read_manifest(out)
+    m = DataManifest.read(out).to_json()
     assert m["feature_dim"] == 8 and m["frames_per_feature"] == 16 and m["code_version"] == __version__
     assert m["source"]["features"].endswith(synth.HDF5_NAME) and m["created"]
     assert all(m["splits"][s]["source"] == m["source"] for s in ("train", "val", "test"))
@@ -246,7 +247,7 @@ def test_rerun_replaces_shards_never_mixes(synth_with_bad, tmp_path):
         totals = {f.rsplit("-of-", 1)[1] for f in files}
         assert len(totals) == 1 and int(totals.pop().split(".")[0]) == len(files)
         assert sorted((r.entry_index, r.features.tobytes()) for r in read_records(out, s)) == first[s]
-        assert read_manifest(out)["splits"][s]["shards"] == [os.path.basename(f) for f in files]
+        assert DataManifest.read(out).splits[s]["shards"] == [os.path.basename(f) for f in files]
 
 
 def test_failed_reconciliation_leaves_previous_outputs(synth_with_bad, tmp_path, monkeypatch):
@@ -295,7 +296,7 @@ def test_a_rerun_from_another_source_is_refused_unless_overwrite(synth_with_bad,
     assert _snapshot(out) == before  # refused before any work: nothing written, nothing removed
 
     summary = run_ingest(src_b, out, overwrite=True)
-    m = read_manifest(out)
+    m = DataManifest.read(out).to_json()
     assert set(m["splits"]) == set(summary.counts) == {"train"}
     assert m["splits"]["train"]["source"] == m["source"] == {
         "job": "ingest-activitynet", "features": os.path.join(src_b, synth.HDF5_NAME),
@@ -315,7 +316,7 @@ def test_a_rerun_of_one_split_from_the_same_source_keeps_the_others(synth_with_b
     shutil.copy(os.path.join(src, "train.json"), train_only / "train.json")
     summary = ingest.run(os.path.join(src, synth.HDF5_NAME), str(train_only), out, "DirectRunner", DIRECT)
     assert set(summary.counts) == {"train"}
-    m = read_manifest(out)
+    m = DataManifest.read(out).to_json()
     assert set(m["splits"]) == {"train", "val", "test"}
     assert {s: m["splits"][s]["source"] for s in m["splits"]} == {s: m["source"] for s in ("train", "val", "test")}
     assert sorted((r.entry_index, r.features.tobytes()) for r in read_records(out, "val")) == val_before
@@ -395,6 +396,6 @@ def test_full_size_benchmark_ingest(shared_splits_dir, tmp_path):
     counts = ingest.run(os.path.join(src, synth.HDF5_NAME), shared_splits_dir, out, "DirectRunner", []).counts
     seconds = time.time() - t0
     print(f"full-size ingest: 9400 records in {seconds:.1f} s ({9400 / seconds:.1f} records/s)")
-    assert read_manifest(out)["feature_dim"] == 500
+    assert DataManifest.read(out).feature_dim == 500
     check_every_entry(shared_splits_dir, os.path.join(src, synth.HDF5_NAME), out, counts)
     shutil.rmtree(out)

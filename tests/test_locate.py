@@ -107,7 +107,7 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
     from pipeline.pca import PCA
     from serving.export import export_model
     from helpers.runs import FEATURE_DIM, make_run
-    from vreloc_tf.data.artifacts import RunManifest
+    from vreloc_tf.data.artifacts import Run, RunManifest
 
     folder, q, r, _ = spliced
     # A run whose training features were fc7 reduced by a PCA to the model's dim (a random orthonormal
@@ -124,7 +124,7 @@ def test_model_paths_agree_and_pca_travels_with_the_export(spliced, tmp_path, ca
     manifest.pca_file = str(tmp_path / "pca.npz")
     manifest.write(run)
     base = str(tmp_path / "serving" / "vreloc")
-    export_model(run, base, jit_compile=False)  # what travels with the export, not XLA
+    export_model(Run.open(run), base, jit_compile=False)  # what travels with the export, not XLA
     assert (tmp_path / "serving" / "vreloc" / "1" / "assets.extra" / "pca.npz").exists()
 
     from_run = locate(q, r, model=run, backbone=RANDOM)
@@ -147,7 +147,7 @@ def test_the_window_is_the_model_configs_max_window(tmp_path):
     from helpers.runs import make_run
     from serving.export import export_model
     from vreloc.locate import frame_level_matcher, keras_run_matcher, saved_model_matcher
-    from vreloc_tf.data.artifacts import CONFIG_FILE, Run
+    from vreloc_tf.data.artifacts import CONFIG_FILE, Export, Run
     from vreloc_tf.config import save_config
     from vreloc_tf.contract import MAX_WINDOW
 
@@ -156,7 +156,8 @@ def test_the_window_is_the_model_configs_max_window(tmp_path):
     cfg = Run.open(run).config
     cfg.data.max_window = 16
     save_config(cfg, str(tmp_path / "run" / CONFIG_FILE))
-    assert keras_run_matcher(run).window == 16
-    base = export_model(run, str(tmp_path / "serving" / "vreloc")).base_path
-    assert saved_model_matcher(base).window == 16
+    assert keras_run_matcher(Run.open(run)).window == 16
+    export = export_model(Run.open(run), str(tmp_path / "serving" / "vreloc"))
+    assert saved_model_matcher(export).window == 16 == export.info.max_window
+    assert saved_model_matcher(Export.open(export.base_path)).window == 16  # as `locate --model BASE` opens it
     assert frame_level_matcher().window == MAX_WINDOW

@@ -196,9 +196,9 @@ def test_a_folder_of_videos_goes_through_extract_video(tmp_path, capsys):
     assert cli.main(args) == 2  # raw videos need backbone weights: a clear one-line error, not a guess
     assert "--weights" in capsys.readouterr().err
     assert cli.main(args + ["--random-weights"]) == 0
-    from vreloc_tf.data.schema import read_manifest
+    from vreloc_tf.data.manifest import DataManifest
 
-    manifest = read_manifest(os.path.join(workdir, "featuregen", "data"))
+    manifest = DataManifest.read(os.path.join(workdir, "featuregen", "data")).to_json()
     pca_file = os.path.join(workdir, "featuregen", "data", manifest["pca_file"])  # relative to the data folder
     assert manifest["feature_dim"] == 6 and os.path.exists(pca_file) and manifest["features"]["backbone"] == "c3d"
     assert {s: c["written"] for s, c in manifest["splits"].items()} == {"train": 4, "val": 2, "test": 2}

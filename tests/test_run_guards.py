@@ -100,12 +100,13 @@ def test_a_file_is_blamed_for_its_own_values_and_an_override_may_correct_it(tmp_
 
 
 def test_train_validates_a_config_built_in_code_before_writing(tiny_data_dir, tmp_path):
+    from vreloc_tf.data.artifacts import Dataset
     from vreloc_tf.training.run import train
 
     cfg = load_config("tiny", [f"data.feature_dim={DIM}"])
     cfg.train.batch_size = 0
     with pytest.raises(InputError, match="the config: key 'train.batch_size' must be >= 1, got 0"):
-        train(cfg, tiny_data_dir, str(tmp_path / "run"))
+        train(cfg, Dataset.open(tiny_data_dir), str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -132,6 +133,7 @@ def _interrupted_run(data_dir: str, out: str, cfg) -> None:
     """`train` killed at step 3 of 4 (after the backup of step 2), as test_training's resume test does."""
     import keras
 
+    from vreloc_tf.data.artifacts import Dataset
     from vreloc_tf.training.run import train
 
     class Kill(keras.callbacks.Callback):
@@ -140,7 +142,7 @@ def _interrupted_run(data_dir: str, out: str, cfg) -> None:
                 raise KeyboardInterrupt("killed at step 3")
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, data_dir, out, callbacks=[Kill()], verbose=0)
+        train(cfg, Dataset.open(data_dir), out, callbacks=[Kill()], verbose=0)
 
 
 def test_an_interrupted_run_resumes_only_on_the_data_it_started_on(tiny_data_dir, tmp_path, capsys):

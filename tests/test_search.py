@@ -290,6 +290,7 @@ def test_frame_level_relocalizer_is_the_baseline_with_its_mean_similarity():
 
 
 def test_frame_level_search_finds_a_planted_clip_without_a_model(tmp_path):
+    from vreloc_tf.search.library import Index
     from vreloc_tf.search.search import open_search, search
 
     rng = np.random.default_rng(13)
@@ -302,7 +303,7 @@ def test_frame_level_search_finds_a_planted_clip_without_a_model(tmp_path):
             feats[30:42] = clip
         pieces.append(_piece(f"v{i}", feats, 100, entry=i))
     LibraryIndex.create(str(tmp_path / "ix"), DIM, SPEC, DIM, None).append(pieces)
-    index, reloc, embedder = open_search(str(tmp_path / "ix"))  # no model anywhere
+    index, reloc, embedder = open_search(Index.open(str(tmp_path / "ix")))  # no model anywhere
     assert index.relocalizer == "frame-level" and type(reloc).__name__ == "FrameLevelRelocalizer"
     query = proto + rng.normal(size=(10, DIM)).astype(np.float32)  # another instance, another length
     hits = search(index, reloc, embedder, query, top_k=3)
@@ -311,7 +312,7 @@ def test_frame_level_search_finds_a_planted_clip_without_a_model(tmp_path):
     assert hits[0].score > 0.7 > 0.5 > hits[1].score and len({h.video_id for h in hits}) == 3
     with pytest.raises(IndexError_, match="records no model"):
         LibraryIndex.create(str(tmp_path / "ix2"), DIM, SPEC, DIM, {"run": None}, relocalizer="model")
-        open_search(str(tmp_path / "ix2"))
+        open_search(Index.open(str(tmp_path / "ix2")))
 
 
 def _as_v1(path, pca_file=None):
@@ -359,6 +360,35 @@ def test_an_index_built_before_items_were_videos_still_opens_and_searches(tmp_pa
     assert written["pca"]["file"] == str(tmp_path / "extracted" / "pca.npz")
     again = LibraryIndex.open(str(tmp_path / "ix"))
     assert again.live_video_ids() == {"one"} and again.format_on_disk == "vreloc-search-index/2"
+
+
+def test_the_index_manifest_has_one_reader_and_writer_and_opens_without_faiss(tmp_path):
+    """Index.open reads INDEX/manifest.json alone (checked, /1 upgraded in memory); write_manifest round trips
+    it; LibraryIndex.load adds FAISS and the parts; a data folder or an empty folder is refused by path."""
+    import json
+
+    from helpers.records import write_manifest
+    from vreloc_tf.search.library import Index, is_index_folder
+
+    rng = np.random.default_rng(3)
+    _index(tmp_path / "ix", [_piece("a", rng.normal(size=(30, DIM)).astype(np.float32), 0)])
+    before = (tmp_path / "ix" / "manifest.json").read_bytes()
+    index = Index.open(str(tmp_path / "ix"))
+    assert (index.path, index.feature_dim, index.format_on_disk) == (str(tmp_path / "ix"), DIM, "vreloc-search-index/2")
+    assert index.manifest == json.loads(before) and is_index_folder(index.path)
+    index.write_manifest()
+    assert (tmp_path / "ix" / "manifest.json").read_bytes() == before  # the writer is the one that wrote it
+    loaded = LibraryIndex.load(index)
+    assert loaded.live_videos == 1 and loaded.manifest is index.manifest
+    _as_v1(tmp_path / "ix")  # an index of the old format still opens
+    old = Index.open(str(tmp_path / "ix"))
+    assert old.format_on_disk == "vreloc-search-index/1" and old.manifest["pieces"] == 1
+    write_manifest(str(tmp_path / "data"), DIM, {"test": 1})  # a data folder's manifest.json
+    assert not is_index_folder(str(tmp_path / "data")) and not is_index_folder(str(tmp_path))
+    with pytest.raises(IndexError_, match=f"{tmp_path / 'data' / 'manifest.json'}: not a vreloc-search-index/2"):
+        Index.open(str(tmp_path / "data"))
+    with pytest.raises(IndexError_, match=f"--index {tmp_path}: not a library index .no manifest.json"):
+        Index.open(str(tmp_path))
 
 
 def _spec(pca_file=None, pca_sha256=None, **kw):

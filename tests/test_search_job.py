@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from helpers.records import TINY_DIM, make_records, write_manifest, write_split
 from pipeline import build_index
 from vreloc_tf.data import schema
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.errors import DataError
 from vreloc_tf.search.embedding import EmbeddingSpec, window_spans
 
@@ -74,7 +75,7 @@ def test_counts_that_do_not_reconcile_leave_no_index_and_no_staging(search_data,
     with pytest.raises(staged_sink.ReconciliationError,
                        match=r"index-build: counts do not reconcile \(read != added \+ merged \+ dead_lettered\): "
                              r"test: read 13, added 12, merged 0, dead_lettered 0; the index in .* is unchanged"):
-        build_index.run(ix, data, splits=["test"], scales=(8, 16), beam_args=DIRECT)
+        build_index.run(ix, Dataset.open(data), splits=["test"], scales=(8, 16), beam_args=DIRECT)
     assert os.listdir(ix) == []
 
 
@@ -102,6 +103,7 @@ def _cli(*argv):
 
 def test_build_add_remove_search_and_evaluate(search_data, tiny_run, tmp_path, capsys):
     from vreloc_tf.search.library import LibraryIndex
+    from vreloc_tf.search.library import Index
     from vreloc_tf.search.search import open_search, search
 
     data, more, test, extra = search_data
@@ -129,7 +131,7 @@ def test_build_add_remove_search_and_evaluate(search_data, tiny_run, tmp_path, c
     assert index.live_videos == 14 and len(index.manifest["parts"]) == 2
 
     # search: a query cut from a library entry finds that entry's segment first
-    index, reloc, embedder = open_search(ix)
+    index, reloc, embedder = open_search(Index.open(ix))
     target = test[0]
     g0, g1 = target.groundtruth
     hits = search(index, reloc, embedder, target.features[g0:g1], top_k=3)
@@ -137,7 +139,7 @@ def test_build_add_remove_search_and_evaluate(search_data, tiny_run, tmp_path, c
 
     # remove: the pieces of a video id leave the index, search no longer returns them
     assert _cli("index", "remove", "--index", ix, "--video-id", target.video_id) == 0
-    index, reloc, embedder = open_search(ix)
+    index, reloc, embedder = open_search(Index.open(ix))
     assert target.video_id not in {h.video_id for h in search(index, reloc, embedder, target.features[g0:g1], 14, rerank=14)}
 
     # the command: .npy query -> JSON list, best first
@@ -271,6 +273,7 @@ def test_index_without_a_model_one_item_per_video_and_search_from_anywhere(video
     """`index build` (no --model) merges a video's records, counts reconcile, search (frame-level) returns a
     two-instance video once; `index info`/`remove` count videos and pieces; the PCA copy serves any cwd."""
     from vreloc_tf.search.library import LibraryIndex
+    from vreloc_tf.search.library import Index
     from vreloc_tf.search.search import open_search, search
 
     import shutil
@@ -294,7 +297,7 @@ def test_index_without_a_model_one_item_per_video_and_search_from_anywhere(video
     assert index.feature_spec.weights_sha256 == spec["weights_sha256"]
 
     # frame-level search, no model: the planted action is found in `twice`, which is returned once
-    index, reloc, embedder = open_search(ix)
+    index, reloc, embedder = open_search(Index.open(ix))
     query = proto + np.random.default_rng(22).normal(size=(9, TINY_DIM)).astype(np.float32)
     hits = search(index, reloc, embedder, query, top_k=9, rerank=9)
     assert hits[0].video_id == "twice" and 50 <= hits[0].start_index < hits[0].end_index <= 62

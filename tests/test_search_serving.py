@@ -20,11 +20,12 @@ from helpers.tls import self_signed
 def _index(path, run, n=6, seed=0):
     from vreloc_tf.search.embedding import Embedder, EmbeddingSpec
     from vreloc_tf.search.library import LibraryIndex, VideoEmbedding
+    from vreloc_tf.data.artifacts import Run
     from vreloc_tf.search.relocalize import Relocalizer
 
     rng = np.random.default_rng(seed)
     spec = EmbeddingSpec("raw", (8, 16))
-    reloc = Relocalizer.from_run(run)
+    reloc = Relocalizer.from_run(Run.open(run))
     index = LibraryIndex.create(path, TINY_DIM, spec, TINY_DIM, reloc.info)
     embedder = Embedder(spec, TINY_DIM)
     videos = []

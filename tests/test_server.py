@@ -29,6 +29,7 @@ from serving.export import export_model
 from serving.server import start_server
 from serving.tensor_codec import decode_inputs, fill_tensor_proto
 from serving.validation import InvalidRequest, RequestLimits, validate_inputs
+from vreloc_tf.data.artifacts import Run
 
 LIMITS = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
 
@@ -323,7 +324,7 @@ def test_hot_reload_under_load_fails_no_request(tmp_path):
             t.start()
         while len(results) < 16:
             time.sleep(0.05)
-        export_model(H.make_run(1), base)  # version 2, other weights, exported while clients run
+        export_model(Run.open(H.make_run(1)), base)  # version 2, other weights, exported while clients run
         deadline = time.monotonic() + 180  # warm-up at every batch size: over 60 s with three suites on 2 cores
         while model.versions != [2] and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -97,6 +97,7 @@ from vreloc_tf.training.strategy import split_cpu
 split_cpu(2)
 import keras, numpy as np
 from vreloc_tf.config import load_config
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.training.run import train
 
 class Probe(keras.callbacks.Callback):
@@ -116,7 +117,7 @@ class Probe(keras.callbacks.Callback):
 cfg = load_config("tiny", ["data.feature_dim=null", "train.steps=12", "train.validate_every=4", "train.checkpoint_every=6",
                            "train.batch_size=8", "train.learning_rate=0.01", "train.validation_pairs=8"])
 probe = Probe()
-m = train(cfg, sys.argv[1], sys.argv[2], devices=2, callbacks=[probe], verbose=2)
+m = train(cfg, Dataset.open(sys.argv[1]), sys.argv[2], devices=2, callbacks=[probe], verbose=2).manifest
 
 print(json.dumps({"losses": probe.losses, "spread": probe.spread, "replicas_in_values": probe.n,
                   "devices": sorted(probe.devices), "replicas": m.extra["replicas"], "steps": m.steps}))
@@ -152,6 +153,7 @@ from vreloc_tf.training.strategy import split_cpu
 split_cpu(2)
 import keras, numpy as np
 from vreloc_tf.config import load_config
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.training.run import train
 # weak "ours": the student's running average is updated in the replica context; it must stay mirrored
 weak = load_config("tiny", ["supervision=weak", "data.feature_dim=null", "train.steps=4", "train.validate_every=4",
@@ -171,7 +173,7 @@ class AverageProbe(keras.callbacks.Callback):
 
 average_probe = AverageProbe()
 out = sys.argv[2] + "-weak"
-train(weak, sys.argv[1], out, devices=2, callbacks=[average_probe], verbose=0)
+train(weak, Dataset.open(sys.argv[1]), out, devices=2, callbacks=[average_probe], verbose=0)
 saved = keras.saving.load_model(out + "/checkpoints/step-000004.keras").trainable_variables
 print(json.dumps({"average_spread": average_probe.spread, "average_moved": average_probe.moved,
                   "student_spread": average_probe.student_spread,
@@ -193,9 +195,10 @@ import json, sys, shutil
 import keras, numpy as np, tensorflow as tf
 tf.config.experimental.enable_op_determinism()
 from vreloc_tf.config import load_config
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.training.run import train
 
-data, a, b = sys.argv[1:4]
+data, a, b = Dataset.open(sys.argv[1]), *sys.argv[2:4]
 # weak "ours" holds the most state: the teacher in tf.data and the student's running average
 cfg = load_config("tiny", ["supervision=weak", "data.feature_dim=8", "train.steps=6", "train.validate_every=2",
                            "train.checkpoint_every=6", "train.batch_size=8", "train.lr_decay_steps=4",
@@ -206,14 +209,14 @@ class Kill(keras.callbacks.Callback):
         if int(self.model.optimizer.iterations.numpy()) == 3:
             raise KeyboardInterrupt("killed at step 3")
 
-ma = train(cfg, data, a, verbose=0)
+ma = train(cfg, data, a, verbose=0).manifest
 try:
     train(cfg, data, b, callbacks=[Kill()], verbose=0)
     raise SystemExit("the kill did not happen")
 except KeyboardInterrupt:
     pass
-mb = train(cfg, data, b, verbose=0)
-again = train(cfg, data, b, verbose=0)  # a finished run is left as it is
+mb = train(cfg, data, b, verbose=0).manifest
+again = train(cfg, data, b, verbose=0).manifest  # a finished run is left as it is
 wa = keras.saving.load_model(a + "/checkpoints/step-000006.keras").get_weights()
 wb = keras.saving.load_model(b + "/checkpoints/step-000006.keras").get_weights()
 ba = keras.saving.load_model(a + "/model.keras").get_weights()
@@ -248,10 +251,11 @@ def test_resuming_with_another_config_is_refused(data_dir, tmp_path):
 
 
 def test_the_data_decides_the_feature_dim_and_the_config_checks_it(data_dir, tmp_path):
+    from vreloc_tf.data.artifacts import Dataset
     from vreloc_tf.training.run import train
 
     with pytest.raises(InputError) as err:  # configs/tiny.yaml expects 32-d features
-        train(load_config("tiny"), data_dir, str(tmp_path / "run"))
+        train(load_config("tiny"), Dataset.open(data_dir), str(tmp_path / "run"))
     assert f"data.feature_dim is 32 but {data_dir} holds {DIM}-d features" in str(err.value)
     assert f"--set data.feature_dim={DIM}" in str(err.value)
     assert not os.path.exists(tmp_path / "run")  # refused before anything was written
@@ -374,11 +378,13 @@ def _end_weights_probe():
 @pytest.fixture(scope="module")
 def weak_run(data_dir, tmp_path_factory):
     """A weak run folder trained for 4 steps (do not modify), and the weights at its end."""
+    from vreloc_tf.data.artifacts import Dataset
     from vreloc_tf.training.run import train
 
     run, probe = str(tmp_path_factory.mktemp("weak") / "a"), _end_weights_probe()
-    manifest = train(load_config("tiny", WEAK_TINY), data_dir, run, callbacks=[probe], verbose=0)
-    return run, manifest, probe
+    trained = train(load_config("tiny", WEAK_TINY), Dataset.open(data_dir), run, callbacks=[probe], verbose=0)
+    assert trained.path == run and trained.config.digest() == load_config("tiny", WEAK_TINY).digest()
+    return run, trained.manifest, probe
 
 
 @pytest.mark.slow  # one more training (~20 s on 2 cores): `make test` keeps the resume test's bit-for-bit check
@@ -387,11 +393,11 @@ def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
     import keras
     import numpy as np
 
-    from vreloc_tf.data.artifacts import Run
+    from vreloc_tf.data.artifacts import Dataset, Run
     from vreloc_tf.training.run import train
 
     run, _, _ = weak_run
-    train(load_config("tiny", WEAK_TINY), data_dir, str(tmp_path / "b"), verbose=0)
+    train(load_config("tiny", WEAK_TINY), Dataset.open(data_dir), str(tmp_path / "b"), verbose=0)
     weights = [keras.saving.load_model(Run.open(r).model_file).get_weights() for r in (run, str(tmp_path / "b"))]
     for x, y in zip(*weights):
         np.testing.assert_array_equal(x, y)
@@ -400,18 +406,20 @@ def test_weak_training_is_deterministic(weak_run, data_dir, tmp_path):
 def test_weak_runs_are_selected_without_labels(weak_run, data_dir, capsys):
     """A weak run records its label-free selection; evaluation reports it and can take the last step instead."""
     from vreloc.commands.evaluate import print_results
+    from vreloc_tf.data.artifacts import Dataset, Run
     from vreloc_tf.evaluation.scoring import evaluate_run
 
     run, manifest, _ = weak_run
+    run, data = Run.open(run), Dataset.open(data_dir)
     assert manifest.selection == "label_free" and manifest.decode == "full"
     history = manifest.extra["validation_history"]
     assert [h["step"] for h in history] == [2, 4] and all("objective" in h for h in history)
     best = min(history, key=lambda h: h["objective"])["step"]
     assert manifest.best_step == best
-    result = evaluate_run(run, data_dir, "test")
+    result = evaluate_run(run, data, "test")
     assert result["selection"] == "label_free" and result["selected_step"] == best
     assert result["method"] == "ours weak" and result["decode"] == "full"
-    last = evaluate_run(run, data_dir, "test", checkpoint="last")
+    last = evaluate_run(run, data, "test", checkpoint="last")
     assert last["selection"] == "checkpoint last" and last["selected_step"] == 4
     # and says that the weights are the running average (loss.self_target_as_model), checkpoints too
     assert result["model_weights"] == last["model_weights"] == "student_average"

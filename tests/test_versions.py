@@ -20,7 +20,7 @@ import pytest
 
 from helpers import runs as H
 from serving import signature as sig
-from serving import versions
+from vreloc_tf.data import versions
 from serving.client import predict
 from serving.server import start_server
 
@@ -100,22 +100,24 @@ def test_folder_names_map_to_versions_and_duplicates_are_ignored(tmp_path):
 
 def test_locate_finds_version_7_in_folder_007(tmp_path):
     """`vreloc locate --model BASE` opens the newest version's folder by its name, not str(version)."""
-    from vreloc.features import export_version_dir
+    from vreloc_tf.data.artifacts import Export
 
     base = str(tmp_path)
     _fake_version(base, "1")
     _fake_version(base, "007")
-    assert export_version_dir(base) == os.path.join(base, "007")
+    export = Export.open(base)
+    assert (export.path, export.version, export.info) == (os.path.join(base, "007"), 7, None)
 
 
 def test_export_refuses_a_version_a_zero_padded_folder_holds(tmp_path):
     """--version 7 beside a folder 007 would make two folders name version 7 (then neither is served)."""
     from serving.export import export_model
+    from vreloc_tf.data.artifacts import Run
 
     base = str(tmp_path / H.MODEL_NAME)
     _fake_version(base, "007")
     with pytest.raises(FileExistsError, match="version 7 of vreloc was already exported"):
-        export_model(H.make_run(0), base, version=7, jit_compile=False)
+        export_model(Run.open(H.make_run(0)), base, version=7, jit_compile=False)
     assert sorted(os.listdir(base)) == ["007"]
 
 

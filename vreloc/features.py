@@ -19,13 +19,11 @@ import numpy as np
 
 from pipeline import backbones
 from pipeline.backbones import BackboneOptions, Extracted
-from serving import signature as sig
-from serving.versions import latest_version_dir
-from vreloc_tf.data.artifacts import Dataset, Run
+from vreloc_tf.data.artifacts import Dataset, Export, Run, find_version_dir
 from vreloc_tf.errors import InputError
 from vreloc_tf.data.feature_spec import FeatureSpec
-from vreloc_tf.files import read_json
-from vreloc_tf.search.library import LibraryIndex
+from vreloc_tf.data.schema import MANIFEST_NAME
+from vreloc_tf.search.library import LibraryIndex, is_index_folder
 
 log = logging.getLogger("vreloc.features")
 
@@ -51,41 +49,17 @@ def spec_of(path: str) -> Tuple[Optional[FeatureSpec], str]:
     """(spec, what it is) of a data folder, run folder, export (BASE/NAME or a version) or library index."""
     if not os.path.isdir(path):
         raise InputError(f"--like {path}: no such folder (give a data folder, a run folder, an export or an index)")
-    manifest = os.path.join(path, "manifest.json")
-    if os.path.isfile(manifest):
-        content = read_json(manifest, "manifest")
-        if isinstance(content, dict) and str(content.get("format", "")).startswith("vreloc-search-index"):
-            return LibraryIndex.open(path).feature_spec, f"the index {path}"
-
+    if is_index_folder(path):
+        return LibraryIndex.open(path).feature_spec, f"the index {path}"
+    if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
         return Dataset.open(path).feature_spec, f"the data folder {path}"
     if os.path.isfile(os.path.join(path, "run.json")):
         return Run.open(path).feature_spec, f"the run {path}"
-    version_dir = export_version_dir(path)
+    version_dir = find_version_dir(path)
     if version_dir:
-        return export_spec(version_dir), f"the export {version_dir}"
+        return Export.open(version_dir).feature_spec, f"the export {version_dir}"
     raise InputError(f"--like {path}: not a data folder (manifest.json), run folder (run.json), export "
                      f"(<version>/saved_model.pb) or library index")
-
-
-def export_version_dir(path: str) -> Optional[str]:
-    """The version folder of an export path: the path itself, or the highest version of BASE/NAME."""
-    if os.path.isfile(os.path.join(path, sig.SAVED_MODEL_FILE)):
-        return path
-    return latest_version_dir(path)  # its folder name, not str(version): version 7 may live in 007/
-
-
-def export_metadata(version_dir: str) -> dict:
-    info_path = os.path.join(version_dir, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)
-    return read_json(info_path, "export metadata") if os.path.exists(info_path) else {}
-
-
-def export_spec(version_dir: str) -> Optional[FeatureSpec]:
-    """The spec an export records (its PCA path resolved against assets.extra/)."""
-    info = export_metadata(version_dir)
-    if not info.get("features"):
-        return None
-    spec = FeatureSpec.from_json(info["features"], f"{version_dir}: vreloc.json 'features'")
-    return spec.with_pca_path(spec.resolved_pca(os.path.join(version_dir, sig.ASSETS_EXTRA_DIR)))
 
 
 @dataclasses.dataclass(frozen=True)

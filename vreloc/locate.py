@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -35,9 +35,9 @@ from pipeline.backbones import BackboneOptions
 from pipeline.video import VideoError
 from serving import signature as sig
 from vreloc import features  # features.extract, looked up when called (tests cache it)
-from vreloc.features import export_metadata, export_spec, export_version_dir, recipe_like
+from vreloc.features import recipe_like
 from vreloc_tf import progress
-from vreloc_tf.data.artifacts import MANIFEST_FILE, Run, RunManifest
+from vreloc_tf.data.artifacts import MANIFEST_FILE, Export, Run, RunManifest
 from vreloc_tf.evaluation.baselines import frame_level_match
 from vreloc_tf.contract import MAX_WINDOW, reference_windows as windows
 from vreloc_tf.errors import InputError
@@ -86,11 +86,10 @@ def frame_level_matcher() -> Matcher:
     return Matcher(match, None, None, "frame-level baseline", MAX_WINDOW)
 
 
-def keras_run_matcher(run_dir: str) -> Matcher:
+def keras_run_matcher(run: Run) -> Matcher:
     # heavy: TensorFlow (keras.ops), only for a model (the frame-level method needs none)
     from vreloc_tf.model.decoding import decoder
 
-    run = Run.open(run_dir)
     model, cfg = run.load_model(), run.config
     decode, limit = decoder(cfg.decode_rule, numpy=True), cfg.decode_max_length
 
@@ -103,22 +102,22 @@ def keras_run_matcher(run_dir: str) -> Matcher:
         return int(start[0]), int(end[0]), float(score[0]), probs[0]
 
     return Matcher(match, int(run.manifest.feature_dim), run.manifest.pca_file,
-                   f"model ({cfg.supervision} supervision, {run_dir})", cfg.data.max_window, run.feature_spec)
+                   f"model ({cfg.supervision} supervision, {run.path})", cfg.data.max_window, run.feature_spec)
 
 
-def saved_model_matcher(base: str) -> Matcher:
+def saved_model_matcher(export: Export) -> Matcher:
+    """The export's serving signature; its PCA from assets.extra/, else (older exports) from the run it
+    records, if that run is still there."""
     import tensorflow as tf
 
-    path = export_version_dir(base)  # complete SavedModels only, as a server sees them
-    if path is None:
-        raise LocateError(f"--model {base}: no exported versions (expected {base}/<version>/saved_model.pb)")
-    info = export_metadata(path)
-    pca = os.path.join(path, sig.ASSETS_EXTRA_DIR, info["pca"]) if info.get("pca") else None
+    path, info = export.path, export.info
+    pca = export.pca_file
     if pca is None:
-        run_dir = info.get("run_dir") or ""
+        run_dir = (info.run_dir if info is not None else None) or ""
         pca = RunManifest.read(run_dir).pca_file if os.path.exists(os.path.join(run_dir, MANIFEST_FILE)) else None
     fn = tf.saved_model.load(path).signatures[sig.SIGNATURE_NAME]
-    dim = int(info.get("feature_dim") or fn.structured_input_signature[1][sig.QUERY].shape[-1])
+    dim = int((info.feature_dim if info is not None else None)
+              or fn.structured_input_signature[1][sig.QUERY].shape[-1])
 
     def match(query, reference):
         out = fn(**{sig.QUERY: tf.constant(query[None], tf.float32),
@@ -129,7 +128,20 @@ def saved_model_matcher(base: str) -> Matcher:
                 out[sig.PROBABILITIES].numpy()[0])
 
     return Matcher(match, dim, pca, f"exported model {os.path.dirname(path)} version {os.path.basename(path)}",
-                   int(info.get("max_window") or MAX_WINDOW), export_spec(path))
+                   int((info.max_window if info is not None else None) or MAX_WINDOW), export.feature_spec)
+
+
+def open_model(path: str) -> Union[Run, Export]:
+    """``--model PATH``, opened once at the door: a run folder (run.json) or an export (a version
+    folder, or BASE/NAME: its highest complete version, as a server sees it)."""
+    if os.path.exists(os.path.join(path, MANIFEST_FILE)):
+        return Run.open(path)
+    if not os.path.isdir(path):
+        raise LocateError(f"--model {path}: neither a run folder (run.json) nor an export folder")
+    try:
+        return Export.open(path)
+    except InputError as exc:
+        raise LocateError(f"--model {exc}") from None
 
 
 # -- the search ----------------------------------------------------------------
@@ -156,10 +168,12 @@ def search(match: Callable, query: np.ndarray, reference: np.ndarray, window: in
     return best[0], best[1], best[2], (curves / counts[:, None]).astype(np.float32)
 
 
-def locate(query_path: str, reference_path: str, model: Optional[str] = None, method: Optional[str] = None,
+def locate(query_path: str, reference_path: str, model: Union[Run, Export, str, None] = None,
+           method: Optional[str] = None,
            backbone: Optional[BackboneOptions] = None, pca_file: Optional[str] = None, window: Optional[int] = None,
            plot: Optional[str] = None) -> Located:
-    """Locate the query video in the reference video with a model (run or export folder) or a method.
+    """Locate the query video in the reference video with a model (a run or an export, or the path of
+    one: opened here with :func:`open_model`) or a method.
 
     ``backbone``: the command line's backbone options (None: the model's own, from its
     recorded feature spec; required for the frame-level method). ``window`` (features)
@@ -173,16 +187,13 @@ def locate(query_path: str, reference_path: str, model: Optional[str] = None, me
         if not os.path.isfile(path):
             raise LocateError(f"{path}: no such file")
     if model is not None:
-        if os.path.exists(os.path.join(model, MANIFEST_FILE)):
-            matcher = keras_run_matcher(model)
-        elif os.path.isdir(model):
-            matcher = saved_model_matcher(model)
-        else:
-            raise LocateError(f"--model {model}: neither a run folder (run.json) nor an export folder")
+        where = model if isinstance(model, str) else model.path if isinstance(model, Run) else model.base_path
+        model = open_model(model) if isinstance(model, str) else model
+        matcher = keras_run_matcher(model) if isinstance(model, Run) else saved_model_matcher(model)
         spec = matcher.spec
         if spec is not None and spec.pca_file is None and matcher.pca_file:
             spec = spec.with_pca_path(matcher.pca_file)
-        recipe = recipe_like(spec, f"the model {model}", backbone, pca_file or matcher.pca_file)
+        recipe = recipe_like(spec, f"the model {where}", backbone, pca_file or matcher.pca_file)
     else:
         if method != "frame-level":
             raise LocateError(f"--method {method!r}: only 'frame-level' is a training-free method")

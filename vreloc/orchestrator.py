@@ -216,8 +216,7 @@ def train_model(cfg: Config, dataset: Dataset, run_dir: str, **options) -> Run:
     # heavy: TensorFlow, only where a run trains (cached stages and `vreloc quality --finished-only` load nothing)
     from vreloc_tf.training.run import train
 
-    train(cfg, dataset.path, run_dir, **options)
-    return Run.open(run_dir)
+    return train(cfg, dataset, run_dir, **options)
 
 
 def trainer(folder: str, cfg: Config, dataset: Dataset, models=DEFAULT_MODELS) -> Dict[str, Run]:
@@ -233,9 +232,9 @@ def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) ->
     results: Dict[str, Dict[str, dict]] = {}
     for split in SPLITS:
         pairs = os.path.join(folder, f"pairs_{split}.json")
-        rows = {f"model:{mode}": evaluate_run(run.path, dataset.path, split, pairs, seed=seed)
+        rows = {f"model:{mode}": evaluate_run(run, dataset, split, pairs, seed=seed)
                 for mode, run in runs.items()}
-        rows.update({f"baseline:{method}": run_baseline(method, dataset.path, split, pairs, seed)
+        rows.update({f"baseline:{method}": run_baseline(method, dataset, split, pairs, seed)
                      for method in BASELINES})
         results[split] = rows
         save_results(rows, os.path.join(folder, f"results_{split}.json"))
@@ -251,7 +250,7 @@ def evaluator(folder: str, seed: int, dataset: Dataset, runs: Dict[str, Run]) ->
     figures = {}
     for mode, run in runs.items():  # what each model attends to on the first test pair (paper Figure 4)
         out = os.path.join(folder, f"figure4_{mode}_test_pair0.png")
-        visualize_pair(run.path, dataset.path, "test", 0, out, os.path.join(folder, "pairs_test.json"), seed)
+        visualize_pair(run, dataset, "test", 0, out, os.path.join(folder, "pairs_test.json"), seed)
         figures[mode] = out
     return {"results": results, "blessing": blessing, "figures": figures}
 
@@ -265,7 +264,7 @@ def pusher(folder: str, runs: Dict[str, Run], blessing: dict, model_name: str) -
             log.warning("Pusher: the %s model is not blessed (val average %.1f <= frame-level %.1f); not pushed",
                         mode, verdict["val_average"], verdict["frame_level_val_average"])
             continue
-        pushed[mode] = export_model(run.path, os.path.join(folder, "serving", f"{model_name}_{mode}"))
+        pushed[mode] = export_model(run, os.path.join(folder, "serving", f"{model_name}_{mode}"))
     return pushed
 
 
@@ -291,6 +290,7 @@ class PipelineRun:
         self.model_name = model_name
         self.serve_check = serve_check
         self.statuses: Dict[str, str] = {}
+        self._made: Dict[str, object] = {}  # artifacts the stages of this process returned, handed on as they are
 
     def stage_dir(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -307,26 +307,32 @@ class PipelineRun:
         doc = self.stage_record(name)
         return None if not doc else _hash([doc.get("outputs"), doc.get("finished")])
 
-    # The artifacts earlier stages recorded (reopened, so a skipped stage hands on the same thing).
+    # The artifacts of earlier stages: as a stage of this process returned them, else (a skipped stage)
+    # opened once from what its stage.json recorded -- the orchestrator's door for cached work.
     def dataset(self) -> Dataset:
-        return Dataset.open(self.stage_outputs("featuregen")["data_dir"])
+        if "dataset" not in self._made:
+            self._made["dataset"] = Dataset.open(self.stage_outputs("featuregen")["data_dir"])
+        return self._made["dataset"]
 
     def runs(self) -> Dict[str, Run]:
-        return {mode: Run.open(out["run_dir"]) for mode, out in self.stage_outputs("trainer").items()}
+        if "runs" not in self._made:
+            self._made["runs"] = {mode: Run.open(out["run_dir"]) for mode, out in self.stage_outputs("trainer").items()}
+        return self._made["runs"]
 
     def stages(self) -> List[Stage]:
         def featuregen_body(folder):
-            dataset = featuregen(folder, self.cfg, self.source)
-            return {"data_dir": dataset.path, "splits": dataset.manifest.get("splits"),
+            dataset = self._made["dataset"] = featuregen(folder, self.cfg, self.source)
+            self._made.pop("runs", None)
+            return {"data_dir": dataset.path, "splits": dataset.manifest.splits,
                     "feature_dim": dataset.feature_dim}
 
         def trainer_body(folder):
-            return {mode: {"run_dir": run.path, **dataclasses.asdict(run.manifest)}
-                    for mode, run in trainer(folder, self.cfg, self.dataset(), self.models).items()}
+            runs = self._made["runs"] = trainer(folder, self.cfg, self.dataset(), self.models)
+            return {mode: {"run_dir": run.path, **dataclasses.asdict(run.manifest)} for mode, run in runs.items()}
 
         def pusher_body(folder):
             pushed = pusher(folder, self.runs(), self.stage_outputs("evaluator")["blessing"], self.model_name)
-            return {"pushed": {mode: dataclasses.asdict(export) for mode, export in pushed.items()}}
+            return {"pushed": {mode: export.to_json() for mode, export in pushed.items()}}
 
         return [
             Stage("featuregen", lambda: {"seed": self.cfg.seed, "feature_dim": self.cfg.data.feature_dim,
@@ -382,7 +388,7 @@ class PipelineRun:
         if not pushed:
             print("[serve] no blessed model was pushed; nothing to serve")
             return
-        export = Export(**pushed["full" if "full" in pushed else next(iter(pushed))])
+        export = Export.open(pushed["full" if "full" in pushed else next(iter(pushed))]["path"])
         with _served(export) as address:
             query, reference = _demo_pair(self.dataset())
             print(f"[serve] model {export.model_name} at {address}; querying with the stock gRPC client")

@@ -41,11 +41,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vreloc.orchestrator import BASELINES, BENCHMARK_GEOMETRY, FeatureSource, featuregen, train_model
-from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.data.schema import MANIFEST_NAME
 from vreloc_tf.evaluation.baselines import run_baseline
 from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.config import CGBM_METHOD, load_config
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.scoring import evaluate_run
@@ -258,7 +258,7 @@ class Study:
             return read_json(path, "result")
         data = self.prepare_data(draw, family)
         run = self.train_run(draw, family, method, rate, seed, data)
-        result = evaluate_run(run, data, "test", self.pairs_file(draw, family), decode=method.decode,
+        result = evaluate_run(Run.open(run), Dataset.open(data), "test", self.pairs_file(draw, family), decode=method.decode,
                               method=name, seed=draw, checkpoint=method.checkpoint,
                               control="swapped-query" if swapped else None)
         info = read_json(os.path.join(run, "run.json"), "run")
@@ -280,7 +280,7 @@ class Study:
                 if self.finished_only:
                     continue
                 data = self.prepare_data(draw, family)
-                result = run_baseline(name, data, "test", self.pairs_file(draw, family), draw, verbose=False)
+                result = run_baseline(name, Dataset.open(data), "test", self.pairs_file(draw, family), draw, verbose=False)
                 write_json_atomic(path, dict(result, provenance=provenance()))
             out[name] = read_json(path, "result")
         return out

@@ -64,9 +64,10 @@ def _make_run(seed: int, supervision: str, overrides: tuple = ()) -> str:
 @functools.lru_cache(maxsize=None)
 def _cached_export(seed: int, supervision: str, overrides: tuple = (), xla: bool = True) -> str:
     from serving.export import export_model
+    from vreloc_tf.data.artifacts import Run
 
     name = f"export-{supervision}-{seed}{_tag(overrides)}{'' if xla else '-noxla'}/{MODEL_NAME}"
-    return export_model(make_run(seed, supervision, overrides), _folder(name), jit_compile=xla).base_path
+    return export_model(Run.open(make_run(seed, supervision, overrides)), _folder(name), jit_compile=xla).base_path
 
 
 def export_copy(dest_root: str, seed: int = 0, supervision: str = "full", version: int = 1,

@@ -20,7 +20,7 @@ from vreloc.bench.driver import PARTS
 from vreloc.bench.model import count_parameters, inference_latency_ms, matmul_gflops, random_batch, training_flops
 from vreloc.bench.search import QUICK_SIZES, SIZES, search_at_sizes
 from vreloc.bench.serving import run_benchmark
-from vreloc_tf.data.artifacts import Run, RunManifest
+from vreloc_tf.data.artifacts import Dataset, Run, RunManifest
 from vreloc_tf.config import CGBM_METHOD, apply_overrides, load_config
 from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, PAPER_SHAPES as SHAPES
 from vreloc_tf.model.decoding import decode_full, decode_full_np
@@ -207,8 +207,8 @@ def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
             w.write(encode_record(Record(f"gen{i}", "test", i, i % 200, (0, n), (0, 1),
                                          rng.standard_normal((n, dim), dtype=np.float32))))
     write_json_atomic(os.path.join(data, MANIFEST_NAME), {"feature_dim": dim, "frames_per_feature": FRAMES_PER_FEATURE})
-    Run.create(run_dir, cfg, RunManifest(data, dim, cfg.supervision), model)
-    summary = build_index.run(os.path.join(root, "built"), data, run_dir, ["test"])
+    run = Run.create(run_dir, cfg, RunManifest(data, dim, cfg.supervision), model)
+    summary = build_index.run(os.path.join(root, "built"), Dataset.open(data), run, ["test"]).summary
     return {"records": records, "seconds": summary["seconds"], "job_seconds": summary["job_seconds"],
             "records_per_s": summary["records_per_second"]}
 

@@ -53,7 +53,7 @@ def make_export(workdir: str, config: str = "tiny", feature_dim: Optional[int] =
     feature_dim = feature_dim or cfg.data.feature_dim
     manifest = RunManifest(data_dir="(benchmark: random weights)", feature_dim=feature_dim, supervision=cfg.supervision)
     run = Run.create(os.path.join(workdir, "run"), cfg, manifest, model=build_model(cfg, feature_dim))
-    return export_model(run.path, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME), jit_compile=jit_compile).path
+    return export_model(run, os.path.join(workdir, "export", sig.DEFAULT_MODEL_NAME), jit_compile=jit_compile).path
 
 
 def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, seed: int = 0):

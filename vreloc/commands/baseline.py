@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from vreloc.commands.evaluate import print_results
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.evaluation.baselines import METHODS, run_baseline
 
 
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     methods = METHODS if args.method == "all" else (args.method,)
-    results = [run_baseline(m, args.data, args.split, args.pairs, args.seed) for m in methods]
+    dataset = Dataset.open(args.data)
+    results = [run_baseline(m, dataset, args.split, args.pairs, args.seed) for m in methods]
     print_results(results if args.method == "all" else results[0], args.json)
     return 0

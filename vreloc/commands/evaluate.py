@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from vreloc_tf.contract import DECODE_RULES
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.scoring import evaluate_run, format_table, load_results, save_results
 
@@ -59,7 +60,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise InputError("vreloc evaluate needs --model RUN_DIR (or --table JSON...)")
-    result = evaluate_run(args.model, args.data, args.split, args.pairs, args.decode, args.name, args.seed,
+    run = Run.open(args.model)
+    dataset = Dataset.open(args.data) if args.data else None  # None: the run's own data
+    result = evaluate_run(run, dataset, args.split, args.pairs, args.decode, args.name, args.seed,
                           args.batch_size, checkpoint=args.checkpoint, control=args.control,
                           control_seed=args.control_seed)
     print_results(result, args.json)

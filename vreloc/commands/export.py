@@ -5,6 +5,7 @@ import argparse
 
 from serving.export import CONFIG_LIMIT, export_model
 from vreloc_tf.contract import DECODE_RULES
+from vreloc_tf.data.artifacts import Run
 from vreloc_tf.errors import InputError
 
 
@@ -34,7 +35,7 @@ def parse_max_length(text: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    export = export_model(args.model, args.out, args.version, args.decode, parse_max_length(args.max_length),
+    export = export_model(Run.open(args.model), args.out, args.version, args.decode, parse_max_length(args.max_length),
                           jit_compile=args.xla)
     print(f"exported {export.model_name} version {export.version} to {export.path}")
     return 0

@@ -17,11 +17,11 @@ import json
 
 from pipeline.backbones import BACKBONES
 from pipeline.options import add_beam_arguments, enable_progress_logging
-from vreloc_tf.data.artifacts import Dataset
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.errors import InputError
 from vreloc_tf.data.feature_spec import FeatureMismatchError
 from vreloc_tf.search.embedding import DEFAULT_KIND, DEFAULT_SCALES, KINDS
-from vreloc_tf.search.library import INDEX_TYPES, LibraryIndex, describe
+from vreloc_tf.search.library import INDEX_TYPES, Index, LibraryIndex, describe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,11 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--index", required=True)
 
 
-def check_backbone(data_dir: str, backbone) -> None:
+def check_backbone(dataset: Dataset, backbone) -> None:
     """``--backbone``: refuse a data folder whose features another backbone made."""
     if backbone is None:
         return
-    spec = Dataset.open(data_dir).feature_spec
+    data_dir, spec = dataset.path, dataset.feature_spec
     if spec is None:
         raise FeatureMismatchError(f"--backbone {backbone}: --data {data_dir} does not record which backbone made its "
                                    f"features (written before feature specs); drop --backbone or extract it again")
@@ -73,19 +73,21 @@ def main(args: argparse.Namespace) -> int:
         from pipeline import build_index  # heavy: Apache Beam, for build/add only (info, remove and --help need none)
 
         enable_progress_logging()
+        dataset = Dataset.open(args.data)  # the artifacts, opened once here and handed to the job
         if args.action == "build":
-            check_backbone(args.data, args.backbone)
+            check_backbone(dataset, args.backbone)
             try:
                 scales = [int(s) for s in args.scales.split(",") if s.strip()]
             except ValueError:
                 raise InputError(f"--scales {args.scales!r}: expected comma-separated window lengths") from None
-            summary = build_index.run(args.out, args.data, args.model, args.split, add=False, kind=args.embedding,
-                                      scales=scales, index_type=args.index_type, runner=args.runner,
-                                      beam_args=args.beam_args, overwrite=args.overwrite)
+            model = Run.open(args.model) if args.model else None
+            built = build_index.run(args.out, dataset, model, args.split, kind=args.embedding, scales=scales,
+                                    index_type=args.index_type, runner=args.runner, beam_args=args.beam_args,
+                                    overwrite=args.overwrite)
         else:
-            summary = build_index.run(args.index, args.data, None, args.split, add=True, runner=args.runner,
-                                      beam_args=args.beam_args)
-        print(build_index.report(summary))
+            built = build_index.run(Index.open(args.index), dataset, None, args.split, runner=args.runner,
+                                    beam_args=args.beam_args)
+        print(build_index.report(built.summary))
         return 0
     index = LibraryIndex.open(args.index)
     if args.action == "remove":

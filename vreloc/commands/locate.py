@@ -13,8 +13,8 @@ import os
 
 from vreloc import backbone_args
 from vreloc.backbone_args import add_backbone_arguments
-from vreloc.features import default_options, spec_of
-from vreloc.locate import locate
+from vreloc.features import default_options
+from vreloc.locate import locate, open_model
 from vreloc_tf.files import write_json_atomic
 
 
@@ -38,14 +38,13 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
+    model = open_model(args.model) if args.model else None  # the run or export, opened once
     backbone = None
     if backbone_args.given(args):
-        default = None
-        if args.model:
-            default = default_options(spec_of(args.model)[0])
+        default = default_options(model.feature_spec) if model is not None else None
         backbone = backbone_args.options_from_args(args, default)
     t0 = time.time()
-    res = locate(args.query, args.reference, model=args.model, method=args.method, backbone=backbone,
+    res = locate(args.query, args.reference, model=model, method=args.method, backbone=backbone,
                  pca_file=args.pca, window=args.window, plot=args.plot)
     print(f"{os.path.basename(args.query)} found in {os.path.basename(args.reference)} at "
           f"{res.start_seconds:.2f} s - {res.end_seconds:.2f} s (features [{res.start_index}, {res.end_index}) of "

@@ -17,8 +17,10 @@ from vreloc import backbone_args
 from vreloc import library_search  # library_search.query_features, looked up when called (tests replace it)
 from vreloc.backbone_args import add_backbone_arguments
 from vreloc.features import default_options
+from vreloc_tf.data.artifacts import Run
 from vreloc_tf.errors import InputError
 from vreloc_tf.files import write_json_atomic
+from vreloc_tf.search.library import Index
 from vreloc_tf.search.search import (DEFAULT_CANDIDATES, DEFAULT_RERANK, DEFAULT_TOP_K, SPAN_FACTOR, open_search,
                                      search)
 
@@ -46,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     for name in ("top_k", "candidates", "rerank"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
-    index, relocalizer, embedder = open_search(args.index, args.model)
+    index, relocalizer, embedder = open_search(Index.open(args.index), Run.open(args.model) if args.model else None)
     backbone = backbone_args.options_from_args(args, default_options(index.feature_spec)) \
         if backbone_args.given(args) else None
     query = library_search.query_features(args.query, index, backbone, args.pca)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from vreloc_tf.config import load_config
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.errors import InputError
 from vreloc_tf.training.strategy import split_cpu
 
@@ -34,10 +35,11 @@ def main(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config(args.config, overrides)  # InputError naming the key, value and legal range
+    dataset = Dataset.open(args.data)  # bad data fails here, before TensorFlow starts
     if args.devices is not None and args.devices > 1:
         import tensorflow as tf
 
         if not tf.config.list_physical_devices("GPU"):
             split_cpu(args.devices)
-    train(cfg, args.data, args.out, devices=args.devices, overwrite=args.overwrite)
+    train(cfg, dataset, args.out, devices=args.devices, overwrite=args.overwrite)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from vreloc_tf.data.artifacts import Dataset, Run
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder")
@@ -18,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from vreloc_tf.evaluation.visualize import visualize_pair  # heavy: TensorFlow, loaded when the figure is drawn, not for --help
 
-    res = visualize_pair(args.model, args.data, args.split, args.pair, args.out, args.pairs, args.seed)
+    run = Run.open(args.model)
+    dataset = Dataset.open(args.data) if args.data else None  # None: the run's own data
+    res = visualize_pair(run, dataset, args.split, args.pair, args.out, args.pairs, args.seed)
     print(f"wrote {os.path.abspath(res['out'])}: predicted {list(res['predicted'])}, ground truth "
           f"{list(res['groundtruth'])}, IoU {res['iou']:.2f}")
     return 0

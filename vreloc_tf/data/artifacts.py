@@ -18,7 +18,8 @@ Layouts::
                 checkpoints/         periodic checkpoints (step-NNNNNN.keras)
                 backup/              BackupAndRestore state, so a killed run resumes
                 logs/                TensorBoard event files
-    BASE/NAME/<version>/             a TF Serving SavedModel (serving/export.py)
+    BASE/NAME/<version>/             a TF Serving SavedModel (serving/export.py; names and versions:
+                                     vreloc_tf/data/versions.py), assets.extra/vreloc.json = ExportInfo
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ from vreloc_tf.data import schema
 from vreloc_tf.config import Config, load_config, save_config
 from vreloc_tf.errors import InputError
 from vreloc_tf.data.feature_spec import FeatureSpec
+from vreloc_tf.data.manifest import DataManifest
 from vreloc_tf.files import read_json, write_json_atomic
 from vreloc_tf.data.fingerprint import content_fingerprint
+from vreloc_tf.data import versions
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.json"
@@ -50,7 +53,7 @@ class Dataset:
 
     path: str
     feature_dim: int
-    manifest: Dict[str, Any] = dataclasses.field(compare=False, repr=False)
+    manifest: DataManifest = dataclasses.field(compare=False, repr=False)  # its manifest.json, typed
 
     @classmethod
     def open(cls, path: str) -> "Dataset":
@@ -61,8 +64,8 @@ class Dataset:
         if not os.path.exists(manifest_path):
             raise InputError(f"{path}: not a data folder (no {schema.MANIFEST_NAME}); write one with "
                              f"`vreloc ingest-activitynet` or `vreloc extract-video`")
-        manifest = schema.read_manifest(path)
-        dim = manifest.get("feature_dim") if isinstance(manifest, dict) else None
+        manifest = DataManifest.read(path)
+        dim = manifest.feature_dim
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InputError(f"{manifest_path}: no valid 'feature_dim' (got {dim!r}); rewrite the folder "
                              f"with its Beam job")
@@ -70,7 +73,7 @@ class Dataset:
 
     @property
     def frames_per_feature(self) -> int:
-        return int(self.manifest.get("frames_per_feature") or contract.FRAMES_PER_FEATURE)
+        return self.manifest.frames_per_feature
 
     @property
     def pca_file(self) -> Optional[str]:
@@ -78,7 +81,7 @@ class Dataset:
 
         A relative path in the manifest is relative to the data folder, so the folder can move.
         """
-        path = self.manifest.get("pca_file")
+        path = self.manifest.pca_file
         if path and "://" not in path and not os.path.isabs(path):
             return os.path.normpath(os.path.join(self.path, path))
         return path
@@ -87,23 +90,23 @@ class Dataset:
     def feature_spec(self) -> Optional[FeatureSpec]:
         """What made the features (backbone, weights, frame rate, PCA); None for folders written before
         specs were recorded. Its PCA path is resolved against the data folder."""
-        spec = FeatureSpec.of_manifest(self.manifest, os.path.join(self.path, schema.MANIFEST_NAME))
+        spec = FeatureSpec.of_manifest(self.manifest.fields, os.path.join(self.path, schema.MANIFEST_NAME))
         return spec.with_pca_path(spec.resolved_pca(self.path)) if spec else None
 
     @property
     def splits(self) -> Sequence[str]:
-        return tuple(self.manifest.get("splits") or ())
+        return tuple(self.manifest.splits or ())
 
     def source(self, split: str) -> Any:
         """Where ``split`` came from: the split's own ``source`` (newer manifests), else the folder's.
 
         A folder whose manifest names no source at all is identified by its own path.
         """
-        entry = (self.manifest.get("splits") or {}).get(split) or {}
+        entry = self.manifest.split(split)
         if isinstance(entry, dict) and entry.get("source") is not None:
             return entry["source"]
-        if self.manifest.get("source") is not None:
-            return self.manifest["source"]
+        if self.manifest.source is not None:
+            return self.manifest.source
         return {"data_dir": self.path}
 
     def training_source(self) -> Dict[str, Any]:
@@ -263,9 +266,10 @@ class Run:
 
         return keras.saving.load_model(self.checkpoint_file(checkpoint), compile=compile)
 
-    def dataset(self, data_dir: Optional[str] = None) -> Dataset:
-        """The data to score this run on (default: its own), checked to have the run's feature dim."""
-        dataset = Dataset.open(data_dir or self.manifest.data_dir)
+    def dataset(self, dataset: Optional[Dataset] = None) -> Dataset:
+        """The data to score this run on, checked to have the run's feature dim and feature spec:
+        ``dataset`` (opened by the caller), or, if None, the run's own data (run.json's ``data_dir``)."""
+        dataset = dataset if dataset is not None else Dataset.open(self.manifest.data_dir)
         if dataset.feature_dim != self.manifest.feature_dim:
             raise InputError(f"{dataset.path} holds {dataset.feature_dim}-d features but the run in {self.path} "
                              f"was trained on {self.manifest.feature_dim}-d features ({self.manifest.data_dir})")
@@ -274,11 +278,125 @@ class Run:
         return dataset
 
 
+@dataclasses.dataclass
+class ExportInfo:
+    """``assets.extra/vreloc.json`` of an export version: what a client, ``locate`` and the server need
+    to know of the model without loading it (serving/export.py writes it, :meth:`Export.open` reads it).
+
+    Written in this key order (the file's bytes are those of the dict before this class existed);
+    ``pca`` and ``features`` only when the run had them; keys of newer versions are kept in ``extra``
+    and written back, keys older exports lack read as None.
+    """
+
+    model_name: Optional[str] = None
+    version: Optional[int] = None
+    signature_name: Optional[str] = None
+    feature_dim: Optional[int] = None
+    frames_per_feature: Optional[int] = None
+    fps: Optional[float] = None  # None: per video; pass --fps to vreloc query
+    supervision: Optional[str] = None
+    decode: Optional[str] = None
+    decode_max_length: Optional[int] = None
+    jit_compile: Optional[bool] = None
+    max_window: Optional[int] = None  # the reference window `vreloc locate` uses with this model
+    config_digest: Optional[str] = None
+    run_dir: Optional[str] = None
+    best_step: Optional[int] = None
+    code_version: Optional[str] = None
+    exported_at: Optional[str] = None
+    pca: Optional[str] = None  # the PCA's file name in assets.extra/ (raw-video runs only)
+    features: Optional[dict] = None  # FeatureSpec.to_json(), its PCA path relative to assets.extra/
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    OPTIONAL = ("pca", "features")  # left out of the file when None, as export_model always did
+
+    def to_json(self) -> Dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for key in self.OPTIONAL:
+            if doc[key] is None:
+                del doc[key]
+        return {**doc, **self.extra}
+
+    def write(self, version_dir: str) -> str:
+        """Write ``version_dir/assets.extra/vreloc.json`` (atomically)."""
+        return write_json_atomic(os.path.join(version_dir, versions.ASSETS_EXTRA_DIR, versions.METADATA_FILE),
+                                 self.to_json())
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> "ExportInfo":
+        if not isinstance(doc, dict):
+            raise InputError(f"{where}: not export metadata (expected a JSON object); export the run again")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in doc.items() if k in known},
+                   extra={k: v for k, v in doc.items() if k not in known})
+
+    @classmethod
+    def read(cls, version_dir: str) -> Optional["ExportInfo"]:
+        """The version's metadata, or None for an export without ``vreloc.json`` (e.g. made by other tools)."""
+        path = os.path.join(version_dir, versions.ASSETS_EXTRA_DIR, versions.METADATA_FILE)
+        if not os.path.exists(path):
+            return None
+        return cls.from_json(read_json(path, "export metadata"), path)
+
+
+def find_version_dir(path: str) -> Optional[str]:
+    """The version folder an export path names: the path itself if it holds a SavedModel, else the
+    highest complete version of BASE/NAME (by its folder name: version 7 may live in 007/), else None."""
+    if os.path.isfile(os.path.join(path, versions.SAVED_MODEL_FILE)):
+        return path
+    return versions.latest_version_dir(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Export:
-    """One exported SavedModel version, as TF Serving sees it."""
+    """One exported SavedModel version, as TF Serving sees it (``BASE/NAME/<version>/``).
+
+    ``info``: its ``vreloc.json`` (None: an export without one). Returned by
+    ``serving.export.export_model``; :meth:`open` reads one from disk (a version folder, or
+    BASE/NAME for its highest complete version), so ``locate`` and ``features --like`` no longer
+    work out the layout themselves.
+    """
 
     base_path: str  # BASE/NAME
     model_name: str  # NAME, the served model name
     version: int
-    path: str  # BASE/NAME/<version>
+    path: str  # BASE/NAME/<version> (the folder's own name: 007 for version 7)
+    info: Optional[ExportInfo] = dataclasses.field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def open(cls, path: str) -> "Export":
+        """The export at ``path``: a version folder, or BASE/NAME (its highest complete version)."""
+        if not os.path.isdir(path):
+            raise InputError(f"{path}: no such export folder; export a run with `vreloc export`")
+        version_dir = find_version_dir(path)
+        if version_dir is None:
+            raise InputError(f"{path}: no exported versions (expected {path}/<version>/{versions.SAVED_MODEL_FILE})")
+        base = os.path.dirname(os.path.normpath(version_dir))
+        version = versions.parse_version(os.path.basename(os.path.normpath(version_dir)))
+        info = ExportInfo.read(version_dir)
+        if version is None:  # a SavedModel folder not named as a version: its metadata says which it is
+            version = int(info.version) if info is not None and info.version is not None else 0
+        return cls(base, os.path.basename(base), version, version_dir, info)
+
+    def to_json(self) -> Dict[str, Any]:
+        """Where the export is (what a pipeline stage records; :meth:`open` of ``path`` reads it back)."""
+        return {"base_path": self.base_path, "model_name": self.model_name, "version": self.version,
+                "path": self.path}
+
+    @property
+    def assets_extra(self) -> str:
+        return os.path.join(self.path, versions.ASSETS_EXTRA_DIR)
+
+    @property
+    def pca_file(self) -> Optional[str]:
+        """The training data's PCA that travels in ``assets.extra/`` (None: the run had none, or an
+        older export did not copy it)."""
+        return os.path.join(self.assets_extra, self.info.pca) if self.info is not None and self.info.pca else None
+
+    @property
+    def feature_spec(self) -> Optional[FeatureSpec]:
+        """What made the training features (its PCA path resolved against assets.extra/); None if not recorded."""
+        if self.info is None or not self.info.features:
+            return None
+        spec = FeatureSpec.from_json(self.info.features, f"{self.path}: vreloc.json 'features'")
+        return spec.with_pca_path(spec.resolved_pca(self.assets_extra))

@@ -39,7 +39,6 @@ import numpy as np
 
 from vreloc_tf import contract
 from vreloc_tf.errors import InputError
-from vreloc_tf.files import read_json
 from vreloc_tf.data.tfrecord import iter_records
 
 UNKNOWN = -1  # the value of an unknown label, ground truth, or fps
@@ -209,11 +208,3 @@ def shard_files(data_dir: str, split: str) -> List[str]:
 def read_records(data_dir: str, split: str) -> List[Record]:
     """All records of a split, in shard order (small data, tests and tools only), checksums checked."""
     return [decode_record(data) for path in shard_files(data_dir, split) for _, data in iter_records(path)]
-
-
-def read_manifest(data_dir: str) -> dict:
-    """The data folder's ``manifest.json`` (InputError naming the file if it is missing or corrupt).
-
-    Stages open a data folder as :class:`vreloc_tf.data.artifacts.Dataset`; this is the raw dict.
-    """
-    return read_json(os.path.join(data_dir, MANIFEST_NAME), "data manifest")

@@ -387,12 +387,13 @@ def window_match_segments(index, plan: np.ndarray, feature_dim: int,
     return np.concatenate(start), np.concatenate(end)
 
 
-def run_baseline(method: str, data_dir: str, split: str = "test", pairs_file: Optional[str] = None,
+def run_baseline(method: str, dataset: Dataset, split: str = "test", pairs_file: Optional[str] = None,
                  seed: int = 0, train_split: str = "train", verbose: bool = True) -> dict:
-    """Score one baseline on the fixed pair list; returns the result dict (percent)."""
+    """Score one baseline on the fixed pair list of ``dataset`` (opened by the caller); returns the
+    result dict (percent)."""
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
-    dataset = Dataset.open(data_dir)
+    data_dir = dataset.path
     index, pairs = resolve_pairs(data_dir, split, pairs_file, seed)
     plan = evaluation_plan(index, pairs)
     lengths = plan[:, 5] - plan[:, 4]

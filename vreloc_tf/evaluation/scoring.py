@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from vreloc_tf.evaluation import metrics
-from vreloc_tf.data.artifacts import Run
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.contract import INPUT_NAMES, PROBABILITIES, REFERENCE_LENGTH
 from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
@@ -98,20 +98,20 @@ def score_plan(plan: np.ndarray, start: np.ndarray, end: np.ndarray, method: str
 
 CONTROLS = ("swapped-query",)  # `vreloc evaluate --control`
 
-def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "test",
+def evaluate_run(run: Run, dataset: Optional[Dataset] = None, split: str = "test",
                  pairs_file: Optional[str] = None, decode: Optional[str] = None,
                  method: Optional[str] = None, seed: int = 0, batch_size: int = 64,
                  checkpoint: Optional[str] = None, control: Optional[str] = None,
                  control_seed: Optional[int] = None) -> dict:
-    """Score the selected model of a run folder (or ``checkpoint``: a step or "last") on a fixed
+    """Score the selected model of a run (or ``checkpoint``: a step or "last") on a fixed
     pair list; returns the result dict.
 
-    ``data_dir`` defaults to the run's own data; it must hold the run's feature dim.
+    ``dataset`` (opened by the caller) defaults to the run's own data; it must hold the run's
+    feature dim and feature spec (:meth:`Run.dataset`).
     ``control="swapped-query"`` scores the pairs with swapped queries (seed ``control_seed``,
     default ``seed + pairs.SWAP_SEED_OFFSET``); the method name then ends in "(swapped query)".
     """
-    run = Run.open(run_dir)
-    dataset = run.dataset(data_dir)
+    dataset = run.dataset(dataset)
     model = run.load_model(checkpoint=checkpoint)
     cfg = run.config
     own_rule = cfg.decode_rule
@@ -138,7 +138,7 @@ def evaluate_run(run_dir: str, data_dir: Optional[str] = None, split: str = "tes
         selection, step = f"checkpoint {checkpoint}", int(os.path.basename(run.checkpoint_file(checkpoint))[5:-6])
     # what the saved weights are: the student's, or (weak "ours", loss.self_target_as_model) its running average
     weights = run.manifest.extra.get("model_weights", "student")  # runs from before it was recorded saved the student
-    return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run_dir),
+    return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run.path),
                       selection=selection, selected_step=step, model_weights=weights, **control_fields)
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from vreloc_tf.data.artifacts import Run
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.contract import ATTENTION, PROBABILITIES, REFERENCE_LENGTH
 from vreloc_tf.model.decoding import decoder
 from vreloc_tf.errors import InputError
@@ -21,12 +21,13 @@ from vreloc_tf.evaluation.metrics import temporal_iou
 from vreloc_tf.model.functional import attention_groups, attention_label
 
 
-def visualize_pair(run_dir: str, data_dir: Optional[str], split: str, pair: int, out: str,
+def visualize_pair(run: Run, dataset: Optional[Dataset], split: str, pair: int, out: str,
                    pairs_file: Optional[str] = None, seed: int = 0) -> dict:
-    """Draw pair ``pair`` of ``split`` through the run's model; returns what was drawn."""
-    run = Run.open(run_dir)
+    """Draw pair ``pair`` of ``split`` through the run's model; returns what was drawn.
+
+    ``dataset`` None: the run's own data (:meth:`Run.dataset` checks either)."""
     cfg = run.config
-    dataset = run.dataset(data_dir)
+    dataset = run.dataset(dataset)
     index, pairs = resolve_pairs(dataset.path, split, pairs_file, seed)
     if not 0 <= pair < len(pairs):
         raise InputError(f"--pair {pair}: the {split} pair list has {len(pairs)} pairs (0..{len(pairs) - 1})")

@@ -312,13 +312,97 @@ def _upgrade_v1(manifest: dict) -> dict:
     return m
 
 
-class LibraryIndex:
-    """An open library index (see the module docstring); :meth:`create` or :meth:`open` one."""
+def is_index_folder(path: str) -> bool:
+    """Whether ``path`` holds a library index's manifest (a data folder's manifest.json has another format)."""
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        return False
+    content = read_json(manifest_path, "manifest")
+    return isinstance(content, dict) and str(content.get("format", "")).startswith("vreloc-search-index")
+
+
+class Index:
+    """A library index folder as an artifact: its path and its manifest, checked and (``/1``) upgraded
+    in memory, without FAISS or the parts (:meth:`LibraryIndex.load` opens those).
+
+    Why: this module owns ``INDEX/manifest.json``; :meth:`open` is its one reader and
+    :meth:`write_manifest` its one writer, so the index job (pipeline/build_index.py), search, the
+    server and the commands hand each other an ``Index`` instead of a folder name to open again.
+    """
+
+    def __init__(self, path: str, manifest: dict, format_on_disk: str = FORMAT):
+        self.path, self.manifest = path, manifest
+        self.format_on_disk = format_on_disk  # what the manifest file says (a /1 index until its next write)
+
+    @classmethod
+    def open(cls, path: str) -> "Index":
+        """The index in ``path`` (its manifest only); :class:`IndexError_` naming the folder or file otherwise."""
+        manifest_path = os.path.join(path, MANIFEST)
+        if not os.path.isdir(path):
+            raise IndexError_(f"--index {path}: no such folder; build one with `vreloc index build`")
+        if not os.path.exists(manifest_path):
+            raise IndexError_(f"--index {path}: not a library index (no {MANIFEST}); build one with "
+                              f"`vreloc index build`")
+        manifest = read_json(manifest_path, "index manifest")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        if found not in (FORMAT, FORMAT_V1):
+            raise IndexError_(f"{manifest_path}: not a {FORMAT} manifest (format {found!r}); rebuild the index")
+        if found == FORMAT_V1:
+            manifest = _upgrade_v1(manifest)
+        return cls(os.path.abspath(path), manifest, found)
+
+    def write_manifest(self) -> str:
+        """Write ``INDEX/manifest.json`` (atomically, as the ``/2`` format): the last step of every write."""
+        path = write_json_atomic(os.path.join(self.path, MANIFEST), self.manifest)
+        self.format_on_disk = FORMAT
+        return path
+
+    # ------------------------------------------------------------------ what it holds (the manifest's word)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["feature_dim"])
+
+    @property
+    def embedding(self) -> EmbeddingSpec:
+        return EmbeddingSpec.from_json(self.manifest["embedding"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embedding"]["dim"])
+
+    @property
+    def relocalizer(self) -> str:
+        """What the index was built to re-localize with: "model" (its run) or "frame-level" (no model)."""
+        return str(self.manifest.get("relocalizer") or "model")
+
+    @property
+    def model_run(self) -> Optional[str]:
+        """The run folder the index was built with, if any."""
+        return (self.manifest.get("model") or {}).get("run")
+
+    @property
+    def feature_spec(self) -> Optional[FeatureSpec]:
+        """What made the indexed features (the data's spec), its PCA path resolved against the index
+        folder; None for indexes of data that recorded no spec (and ``/1`` indexes)."""
+        spec = FeatureSpec.of_manifest(self.manifest, os.path.join(self.path, MANIFEST))
+        return spec.with_pca_path(spec.resolved_pca(self.path)) if spec else None
+
+    @property
+    def pca_file(self) -> Optional[str]:
+        """The PCA of the indexed features (the index's own copy where it holds one), or None."""
+        path = (self.manifest.get("pca") or {}).get("file")
+        return os.path.normpath(os.path.join(self.path, path)) if _is_local_relative(path) else path
+
+
+class LibraryIndex(Index):
+    """An open library index (see the module docstring): :meth:`create` one, or :meth:`load` an
+    :class:`Index` (:meth:`open` a folder: both)."""
 
     def __init__(self, path: str, manifest: dict, faiss_index, parts: List[dict], removed: np.ndarray):
-        self.path, self.manifest, self.faiss, self.parts = path, manifest, faiss_index, parts
+        super().__init__(path, manifest)
+        self.faiss, self.parts = faiss_index, parts
         self.removed = removed
-        self.format_on_disk = FORMAT  # what the manifest file says (a /1 index until its next write)
         self._first_windows = np.array([p["first_window"] for p in parts], np.int64)
         self._first_pieces = np.array([p["first_piece"] for p in parts], np.int64)
         if manifest.get("live_videos") is None:  # a /1 index: count the distinct live video ids once
@@ -372,26 +456,21 @@ class LibraryIndex:
         }
         index = cls(os.path.abspath(path), manifest, None, [], np.zeros(0, np.int64))
         _save_npy(os.path.join(path, REMOVED_FILE), index.removed)
-        write_json_atomic(manifest_path, manifest)
+        index.write_manifest()
         return index
 
     @classmethod
     def open(cls, path: str) -> "LibraryIndex":
-        """Open and check an index folder; :class:`IndexError_` naming the file at fault otherwise."""
+        """Open and check an index folder (:meth:`Index.open`, then :meth:`load`)."""
+        return cls.load(Index.open(path))
+
+    @classmethod
+    def load(cls, index: Index) -> "LibraryIndex":
+        """FAISS and the parts of an opened :class:`Index`, every file checked against its manifest;
+        :class:`IndexError_` naming the file at fault otherwise."""
         import faiss
 
-        manifest_path = os.path.join(path, MANIFEST)
-        if not os.path.isdir(path):
-            raise IndexError_(f"--index {path}: no such folder; build one with `vreloc index build`")
-        if not os.path.exists(manifest_path):
-            raise IndexError_(f"--index {path}: not a library index (no {MANIFEST}); build one with "
-                              f"`vreloc index build`")
-        manifest = read_json(manifest_path, "index manifest")
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        if found not in (FORMAT, FORMAT_V1):
-            raise IndexError_(f"{manifest_path}: not a {FORMAT} manifest (format {found!r}); rebuild the index")
-        if found == FORMAT_V1:
-            manifest = _upgrade_v1(manifest)
+        path, manifest = index.path, index.manifest
         info = manifest["index"]
         faiss_index = None
         faiss_path = os.path.join(path, info["file"])
@@ -428,9 +507,9 @@ class LibraryIndex:
         if row is not None:
             raise CorruptIndexError(f"{removed_path}: row {row}: piece number {int(removed[row])} outside the index's "
                                     f"pieces 0..{int(manifest['pieces']) - 1}; rebuild the index")
-        index = cls(os.path.abspath(path), manifest, faiss_index, parts, removed.astype(np.int64))
-        index.format_on_disk = found
-        return index
+        loaded = cls(path, manifest, faiss_index, parts, removed.astype(np.int64))
+        loaded.format_on_disk = index.format_on_disk
+        return loaded
 
     @staticmethod
     def _open_part(path: str, part: dict, feature_dim: int) -> dict:
@@ -451,41 +530,6 @@ class LibraryIndex:
         return {**part, "table": arrays["videos"], "window_table": arrays["windows"], "features": arrays["features"]}
 
     # ------------------------------------------------------------------ what it holds
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.manifest["feature_dim"])
-
-    @property
-    def embedding(self) -> EmbeddingSpec:
-        return EmbeddingSpec.from_json(self.manifest["embedding"])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.manifest["embedding"]["dim"])
-
-    @property
-    def relocalizer(self) -> str:
-        """What the index was built to re-localize with: "model" (its run) or "frame-level" (no model)."""
-        return str(self.manifest.get("relocalizer") or "model")
-
-    @property
-    def model_run(self) -> Optional[str]:
-        """The run folder the index was built with, if any."""
-        return (self.manifest.get("model") or {}).get("run")
-
-    @property
-    def feature_spec(self) -> Optional[FeatureSpec]:
-        """What made the indexed features (the data's spec), its PCA path resolved against the index
-        folder; None for indexes of data that recorded no spec (and ``/1`` indexes)."""
-        spec = FeatureSpec.of_manifest(self.manifest, os.path.join(self.path, MANIFEST))
-        return spec.with_pca_path(spec.resolved_pca(self.path)) if spec else None
-
-    @property
-    def pca_file(self) -> Optional[str]:
-        """The PCA of the indexed features (the index's own copy where it holds one), or None."""
-        path = (self.manifest.get("pca") or {}).get("file")
-        return os.path.normpath(os.path.join(self.path, path)) if _is_local_relative(path) else path
 
     @property
     def live_videos(self) -> int:
@@ -726,8 +770,7 @@ class LibraryIndex:
             faiss.write_index(self.faiss, tmp)
         info.update(bytes=os.path.getsize(faiss_path), sha256=file_sha256(faiss_path), ntotal=int(self.faiss.ntotal))
         _save_npy(os.path.join(self.path, REMOVED_FILE), self.removed)
-        write_json_atomic(os.path.join(self.path, MANIFEST), self.manifest)
-        self.format_on_disk = FORMAT
+        self.write_manifest()
 
 
 def describe(index: LibraryIndex) -> Dict[str, object]:

@@ -53,10 +53,10 @@ class Relocalizer:
                                           reduce_retracing=True)
 
     @classmethod
-    def from_run(cls, run_dir: str, batch_size: int = 64) -> "Relocalizer":
-        run = Run.open(run_dir)
+    def from_run(cls, run: Run, batch_size: int = 64) -> "Relocalizer":
+        """The selected model of ``run`` (opened by the caller) and its decoding rule."""
         model, cfg = run.load_model(), run.config
-        info = {"method": "model", "run": os.path.abspath(run_dir),
+        info = {"method": "model", "run": os.path.abspath(run.path),
                 "model_sha256": file_sha256(run.checkpoint_file()), "feature_dim": int(run.manifest.feature_dim),
                 "decode": cfg.decode_rule, "pca_file": run.manifest.pca_file, "features": run.manifest.features}
         return cls(model, cfg.decode_rule, cfg.decode_max_length, cfg.data.max_window,

@@ -24,9 +24,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from vreloc_tf.contract import reference_windows
+from vreloc_tf.data.artifacts import Run
 from vreloc_tf.data.feature_spec import FeatureSpec
 from vreloc_tf.search.embedding import Embedder
-from vreloc_tf.search.library import IndexError_, LibraryIndex
+from vreloc_tf.search.library import Index, IndexError_, LibraryIndex
 from vreloc_tf.search.relocalize import FrameLevelRelocalizer, Relocalizer
 
 DEFAULT_TOP_K = 5
@@ -140,18 +141,19 @@ def exhaustive(index: LibraryIndex, relocalizer, query: np.ndarray, top_k: int =
     return _best_per_video(_hits(index, owners, offsets, start, end, score), top_k)
 
 
-def open_search(index_dir: str, model: Optional[str] = None, batch_size: int = 64):
-    """(index, relocalizer, embedder) ready to search: the index checked on open, and its re-localizer:
-    the model of ``model`` if given, else the one the index was built for (its run's model, or the
-    frame-level method for an index built without a model), checked against the index."""
-    index = LibraryIndex.open(index_dir)
+def open_search(opened: Index, model: Optional[Run] = None, batch_size: int = 64):
+    """(index, relocalizer, embedder) ready to search: the :class:`Index` (opened by the caller) loaded
+    with every file checked, and its re-localizer: the run ``model`` if given, else the one the index
+    was built for (the run it records, or the frame-level method for an index built without a model),
+    checked against the index."""
+    index = LibraryIndex.load(opened)
+    index_dir = opened.path
     if model is None and index.relocalizer == "frame-level":
         relocalizer = FrameLevelRelocalizer(index.feature_dim)
     else:
-        run_dir = model or index.model_run
-        if not run_dir:
+        if model is None and not index.model_run:
             raise IndexError_(f"the index {index_dir} records no model; pass --model RUN")
-        relocalizer = Relocalizer.from_run(run_dir, batch_size)
+        relocalizer = Relocalizer.from_run(model if model is not None else Run.open(index.model_run), batch_size)
     check_ready(index, relocalizer)
     encoder = relocalizer.encoder() if index.embedding.kind == "encoder" else None
     embedder = Embedder(index.embedding, index.feature_dim, encoder)

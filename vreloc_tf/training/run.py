@@ -1,6 +1,7 @@
 """Training a run: `model.fit` under a tf.distribute strategy (full or weak supervision).
 
-:func:`train` writes the run folder of :mod:`vreloc_tf.data.artifacts` (config.yaml, run.json,
+:func:`train` takes an opened :class:`~vreloc_tf.data.artifacts.Dataset`, returns the
+:class:`~vreloc_tf.data.artifacts.Run` it made, and writes the run folder of :mod:`vreloc_tf.data.artifacts` (config.yaml, run.json,
 model.keras = the checkpoint the selection rule prefers, checkpoints/, backup/, logs/). Calling it again
 on the same folder resumes from the last finished epoch (BackupAndRestore); a finished run
 is left as it is. The data decides the feature dim (:class:`~vreloc_tf.data.artifacts.Dataset`);
@@ -32,7 +33,7 @@ import time
 from typing import Optional
 
 from vreloc_tf.data.artifacts import (BACKUP_DIR, CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, MANIFEST_FILE, DataRecord, Dataset,
-                                 RunManifest)
+                                     Run, RunManifest)
 from vreloc_tf.config import Config, load_config, save_config, validate
 from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
@@ -113,12 +114,17 @@ def prepare_run_folder(cfg: Config, out_dir: str, dataset: Dataset, overwrite: b
         save_config(cfg, path)
 
 
-def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = None,
+def train(cfg: Config, dataset: Dataset, out_dir: str, devices: Optional[int] = None,
           callbacks: Optional[list] = None, strategy=None, verbose: Optional[int] = None,
-          overwrite: bool = False) -> RunManifest:
-    """Train (or resume) a run on the data folder ``data_dir``; returns its RunManifest (also run.json)."""
+          overwrite: bool = False) -> Run:
+    """Train (or resume) a run on ``dataset`` in the folder ``out_dir``; returns the :class:`Run`
+    (config, and the RunManifest also written as run.json), for the next stage to take as it is.
+
+    ``dataset`` comes opened (:meth:`Dataset.open`, at the command line or the orchestrator), so bad
+    data has already failed before TensorFlow starts.
+    """
     validate(cfg, "the config")  # a Config built in code too: before anything is written
-    dataset = Dataset.open(data_dir)  # bad data fails here, before TensorFlow starts
+    data_dir = dataset.path
     feature_dim = dataset.check_feature_dim(cfg.data.feature_dim)
     started = time.perf_counter()
     fingerprint = dataset.content_fingerprint()
@@ -201,4 +207,4 @@ def train(cfg: Config, data_dir: str, out_dir: str, devices: Optional[int] = Non
     best = "n/a" if manifest.best_val_average is None else f"{manifest.best_val_average:.1f}"
     print(f"trained {manifest.steps} steps in {seconds:.1f} s; model.keras = step {manifest.best_step} "
           f"(selection {manifest.selection}; val average there {best})")
-    return manifest
+    return Run(out_dir, cfg, manifest)

@@ -1,7 +1,10 @@
-"""The version folders of a served model (``BASE/NAME/<version>/``): one home for listing them.
+"""The export folder's layout (``BASE/NAME/<version>/``): its file names and its version folders.
 
-Why one module: the exporter picks the next free version, the server loads the complete
-ones and ``locate`` picks the newest; all three must agree on what a version folder is.
+Why one module, here in the library: the exporter (serving/export.py) picks the next free version
+and writes the files, the server loads the complete versions, and
+:meth:`vreloc_tf.data.artifacts.Export.open` (what ``locate``, ``features --like`` and the pipeline
+use) picks the newest; all of them must agree on what a version folder is and what is in it.
+serving/signature.py re-exports the file names as part of the serving contract.
 
 A version folder is named by a base-10 integer that fits int64, read as TF Serving reads
 it: ASCII digits only (no sign, no spaces), leading zeros allowed -- ``007`` is version 7.
@@ -23,8 +26,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from serving import signature as sig
 from vreloc_tf.errors import InputError
+
+# BASE/NAME/<version>/saved_model.pb + variables/ + assets.extra/...
+SAVED_MODEL_FILE = "saved_model.pb"
+VARIABLES_DIR = "variables"
+ASSETS_EXTRA_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving replays these at load (assets.extra/)
+METADATA_FILE = "vreloc.json"  # ExportInfo (vreloc_tf.data.artifacts): feature_dim, decode rule, spec (assets.extra/)
+TEMP_PREFIX = ".tmp-"  # half-written versions: hidden, non-integer, ignored by servers
 
 INT64_MAX = 2**63 - 1
 
@@ -89,7 +99,7 @@ def read_base(base_path: str, complete_only: bool = True) -> Listing:
                 f"all name version {version}; none is served until only one is left")
             continue
         folder = folders[0]
-        if not complete_only or os.path.isfile(os.path.join(base_path, folder, sig.SAVED_MODEL_FILE)):
+        if not complete_only or os.path.isfile(os.path.join(base_path, folder, SAVED_MODEL_FILE)):
             listing.folders[version] = folder
     return listing
 
