@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from serving import signature as sig
-from vreloc_tf.data.versions import INT64_MAX, existing_versions, next_version
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, INT64_MAX, TEMP_PREFIX, WARMUP_FILE, existing_versions, next_version
 from vreloc_tf.data.artifacts import Export, ExportInfo, Run
 from vreloc_tf.contract import DECODE_RULES, MAX_GROUNDTRUTH, MAX_WINDOW
 from vreloc_tf.errors import InputError
@@ -164,13 +164,13 @@ def export_model(run: Run, out: str, version: Optional[int] = None, decode: Opti
         raise FileExistsError(f"{final}: version {version} of {model_name} was already exported "
                               f"(versions: {taken}); pick another --version or omit it")
 
-    tmp = os.path.join(out, f"{sig.TEMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+    tmp = os.path.join(out, f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     try:
         module = serving_module(model, feature_dim, decode, max_length, jit_compile)
         tf.saved_model.save(module, tmp, signatures={sig.SIGNATURE_NAME: module.serve})
-        extra = os.path.join(tmp, sig.ASSETS_EXTRA_DIR)
+        extra = os.path.join(tmp, ASSETS_EXTRA_DIR)
         os.makedirs(extra, exist_ok=True)
-        write_warmup_file(os.path.join(extra, sig.WARMUP_FILE), warmup_requests(model_name, feature_dim))
+        write_warmup_file(os.path.join(extra, WARMUP_FILE), warmup_requests(model_name, feature_dim))
         info = ExportInfo(
             model_name=model_name, version=version, signature_name=sig.SIGNATURE_NAME, feature_dim=feature_dim,
             frames_per_feature=manifest.frames_per_feature,

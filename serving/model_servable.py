@@ -33,6 +33,7 @@ from serving.validation import InvalidRequest, RequestLimits, check_shapes, vali
 from vreloc_tf.data.artifacts import ExportInfo
 from vreloc_tf.errors import InputError
 from vreloc_tf.data.tfrecord import iter_records
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, SAVED_MODEL_FILE, WARMUP_FILE
 
 log = logging.getLogger("serving.model_servable")
 _NO_LIMITS = RequestLimits(2**31 - 1, 2**31 - 1, 2**31 - 1)
@@ -58,7 +59,7 @@ class LoadedVersion:
             raise InputError(f"{path}: no '{sig.SIGNATURE_NAME}' signature (found {sorted(self.signatures)})")
         # The SignatureDefs as written (method name included), for GetModelMetadata.
         saved_model = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, sig.SAVED_MODEL_FILE), "rb") as fh:
+        with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as fh:
             saved_model.ParseFromString(fh.read())
         meta_graph = saved_model.meta_graphs[0]
         self.signature_defs = {key: value for key, value in meta_graph.signature_def.items() if not key.startswith("__")}
@@ -129,7 +130,7 @@ class LoadedVersion:
         import numpy as np
         from tensorflow_serving.apis import prediction_log_pb2
 
-        path = os.path.join(self.path, sig.ASSETS_EXTRA_DIR, sig.WARMUP_FILE)
+        path = os.path.join(self.path, ASSETS_EXTRA_DIR, WARMUP_FILE)
         if not os.path.exists(path):
             return 0
         count = 0

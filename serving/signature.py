@@ -15,8 +15,6 @@ from typing import Optional, Tuple
 
 from vreloc_tf.contract import (END, MAX_WINDOW, PROBABILITIES, QUERY, QUERY_LENGTH, REFERENCE, REFERENCE_LENGTH,
                                 SCORE, START)
-from vreloc_tf.data.versions import (ASSETS_EXTRA_DIR, METADATA_FILE, SAVED_MODEL_FILE, TEMP_PREFIX,  # noqa: F401
-                                     VARIABLES_DIR, WARMUP_FILE)
 
 # -- SignatureDef ---------------------------------------------------------------
 SIGNATURE_NAME = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY

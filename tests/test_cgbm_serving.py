@@ -16,6 +16,7 @@ from serving.server import start_server
 from vreloc import cli
 from vreloc_tf.config import CGBM_METHOD
 from vreloc_tf.model.decoding import decode_feng_np
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, METADATA_FILE
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def served_cgbm(tmp_path_factory):
 
 def test_cgbm_export_answers_over_grpc_with_fengs_decoding(served_cgbm):
     base, channel = served_cgbm
-    with open(os.path.join(base, "1", sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)) as fh:
+    with open(os.path.join(base, "1", ASSETS_EXTRA_DIR, METADATA_FILE)) as fh:
         info = json.load(fh)
     assert info["decode"] == "feng" and info["decode_max_length"] == 64  # the run's own rule travels with it
     arrays = H.random_batch(np.random.default_rng(3), lq=(5, 3), lr=(40, 23))

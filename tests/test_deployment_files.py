@@ -18,6 +18,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from helpers import runs as H
 from serving import signature as sig
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, METADATA_FILE, SAVED_MODEL_FILE, VARIABLES_DIR, WARMUP_FILE
 
 SERVING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving")
 NAME = sig.DEFAULT_MODEL_NAME
@@ -126,11 +127,11 @@ def test_export_layout_is_what_the_files_mount(tmp_path, models_config):
     base = H.export_copy(str(tmp_path), seed=0, version=1)
     assert os.path.basename(base) == models_config.model_config_list.config[0].name
     version = os.path.join(base, "1")
-    assert os.path.isfile(os.path.join(version, sig.SAVED_MODEL_FILE))
-    assert os.path.isdir(os.path.join(version, sig.VARIABLES_DIR))
+    assert os.path.isfile(os.path.join(version, SAVED_MODEL_FILE))
+    assert os.path.isdir(os.path.join(version, VARIABLES_DIR))
     # TF Serving reads its warm-up file from exactly this path.
     assert os.path.isfile(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
-    assert sig.ASSETS_EXTRA_DIR == "assets.extra" and sig.WARMUP_FILE == "tf_serving_warmup_requests"
+    assert ASSETS_EXTRA_DIR == "assets.extra" and WARMUP_FILE == "tf_serving_warmup_requests"
 
 
 PLAIN_LOAD = """
@@ -161,7 +162,7 @@ def test_the_export_runs_with_plain_tensorflow(tmp_path):
     want = H.saved_model_outputs(os.path.join(base, "1"), arrays)
     assert result["outputs"]["start"] == want["start"].tolist() and result["outputs"]["end"] == want["end"].tolist()
     np.testing.assert_allclose(np.array(result["outputs"]["probabilities"]), want["probabilities"], atol=1e-6)
-    info = json.load(open(os.path.join(base, "1", sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)))
+    info = json.load(open(os.path.join(base, "1", ASSETS_EXTRA_DIR, METADATA_FILE)))
     assert info["jit_compile"] is True
 
 

@@ -15,6 +15,7 @@ from vreloc.cli import main as cli_main
 from vreloc_tf.data.artifacts import Export, Run
 from vreloc_tf.model.decoding import decode_full_np, decode_weak_np
 from vreloc_tf.errors import InputError
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, METADATA_FILE, SAVED_MODEL_FILE, VARIABLES_DIR, WARMUP_FILE
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def _meta_graph(version_path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(version_path, sig.SAVED_MODEL_FILE), "rb") as fh:
+    with open(os.path.join(version_path, SAVED_MODEL_FILE), "rb") as fh:
         saved.ParseFromString(fh.read())
     assert len(saved.meta_graphs) == 1
     return saved.meta_graphs[0]
@@ -42,11 +43,11 @@ def test_layout_is_tf_servings(exported):
     _, base, path = exported
     assert path == os.path.join(base, "1")
     assert sorted(os.listdir(base)) == ["1"], "no temp folder may be left beside the version"
-    assert os.path.isfile(os.path.join(path, sig.SAVED_MODEL_FILE))
-    assert os.path.isfile(os.path.join(path, sig.VARIABLES_DIR, "variables.index"))
-    extra = os.path.join(path, sig.ASSETS_EXTRA_DIR)
-    assert sorted(os.listdir(extra)) == sorted([sig.WARMUP_FILE, sig.METADATA_FILE])
-    info = json.load(open(os.path.join(extra, sig.METADATA_FILE)))
+    assert os.path.isfile(os.path.join(path, SAVED_MODEL_FILE))
+    assert os.path.isfile(os.path.join(path, VARIABLES_DIR, "variables.index"))
+    extra = os.path.join(path, ASSETS_EXTRA_DIR)
+    assert sorted(os.listdir(extra)) == sorted([WARMUP_FILE, METADATA_FILE])
+    info = json.load(open(os.path.join(extra, METADATA_FILE)))
     assert info["feature_dim"] == H.FEATURE_DIM
     assert info["frames_per_feature"] == 16
     assert info["decode"] == "full" and info["decode_max_length"] == 64  # tiny config: full rule, limit 64
@@ -110,7 +111,7 @@ def test_warmup_file_holds_predict_logs_the_signature_accepts(exported):
     from tensorflow_serving.apis import prediction_log_pb2
 
     _, _, path = exported
-    records = list(tf.data.TFRecordDataset(os.path.join(path, sig.ASSETS_EXTRA_DIR, sig.WARMUP_FILE)))
+    records = list(tf.data.TFRecordDataset(os.path.join(path, ASSETS_EXTRA_DIR, WARMUP_FILE)))
     assert len(records) == len(export_mod.WARMUP_SHAPES)
     for record, (batch, lq, lr) in zip(records, export_mod.WARMUP_SHAPES):
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
@@ -162,7 +163,7 @@ def test_no_xla_flag_exports_a_plain_model_call(tmp_path):
 def test_decode_flag_exports_the_other_rule(tmp_path):
     run_dir = H.make_run(0)
     result = export_model(Run.open(run_dir), str(tmp_path / "m"), decode="weak", jit_compile=False)  # the rule, not XLA
-    info = json.load(open(os.path.join(result.path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE)))
+    info = json.load(open(os.path.join(result.path, ASSETS_EXTRA_DIR, METADATA_FILE)))
     assert info["decode"] == "weak" and info["decode_max_length"] is None
     arrays = H.random_batch(np.random.default_rng(2), lq=(4, 7), lr=(33, 60))
     got = H.saved_model_outputs(result.path, arrays)

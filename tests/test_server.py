@@ -30,6 +30,7 @@ from serving.server import start_server
 from serving.tensor_codec import decode_inputs, fill_tensor_proto
 from serving.validation import InvalidRequest, RequestLimits, validate_inputs
 from vreloc_tf.data.artifacts import Run
+from vreloc_tf.data.versions import SAVED_MODEL_FILE
 
 LIMITS = RequestLimits(max_query_length=20, max_reference_length=400, max_batch_size=4)
 
@@ -258,7 +259,7 @@ def test_versions_labels_and_a_broken_version(tmp_path):
     base = H.export_copy(str(tmp_path), seed=0, version=1)
     H.export_copy(str(tmp_path), seed=1, version=2)
     os.makedirs(os.path.join(base, "3"))
-    with open(os.path.join(base, "3", sig.SAVED_MODEL_FILE), "wb") as fh:
+    with open(os.path.join(base, "3", SAVED_MODEL_FILE), "wb") as fh:
         fh.write(b"not a SavedModel")
     query, reference = _pair()
     want = {v: _expected(os.path.join(base, str(v)), query, reference) for v in (1, 2)}
@@ -360,7 +361,7 @@ def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path):
     try:
         tmp = os.path.join(base, ".tmp-2-x")
         os.makedirs(tmp)
-        with open(os.path.join(tmp, sig.SAVED_MODEL_FILE), "wb") as fh:
+        with open(os.path.join(tmp, SAVED_MODEL_FILE), "wb") as fh:
             fh.write(b"garbage")
         os.rename(tmp, os.path.join(base, "2"))
         model = handle.models[H.MODEL_NAME]
@@ -397,14 +398,14 @@ def test_a_version_copied_non_atomically_is_served_once_the_copy_ends(tmp_path):
     try:
         target = os.path.join(base, "2")
         os.makedirs(target)
-        shutil.copy(os.path.join(source, sig.SAVED_MODEL_FILE), target)  # the graph first ...
+        shutil.copy(os.path.join(source, SAVED_MODEL_FILE), target)  # the graph first ...
         deadline = time.monotonic() + 60
         while not any(v == 2 for v, _, _ in model.status()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (2, "END") in [(v, s) for v, s, _ in model.status()], "the half-copied version was not tried"
         time.sleep(1.5)  # ... more polls fail on the same half-copied tree (and are not retried) ...
         for name in sorted(os.listdir(source)):  # ... the rest seconds later
-            if name != sig.SAVED_MODEL_FILE:
+            if name != SAVED_MODEL_FILE:
                 copy = shutil.copytree if os.path.isdir(os.path.join(source, name)) else shutil.copy
                 copy(os.path.join(source, name), os.path.join(target, name))
         copied = time.monotonic()

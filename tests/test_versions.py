@@ -21,6 +21,7 @@ import pytest
 from helpers import runs as H
 from serving import signature as sig
 from vreloc_tf.data import versions
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, SAVED_MODEL_FILE
 from serving.client import predict
 from serving.server import start_server
 
@@ -68,7 +69,7 @@ def _wait(condition, seconds=60.0):
 
 def _fake_version(base, name):
     os.makedirs(os.path.join(base, name))
-    open(os.path.join(base, name, sig.SAVED_MODEL_FILE), "wb").close()
+    open(os.path.join(base, name, SAVED_MODEL_FILE), "wb").close()
 
 
 # -- names (rows 3 and 4) ---------------------------------------------------------------------
@@ -178,17 +179,17 @@ def _copy_slowly(source, target, pause, done):
     copy2 keeps the source's old mtimes, as `cp -a` does, so only ctimes say the files are new.
     """
     os.makedirs(target)
-    shutil.copy2(os.path.join(source, sig.SAVED_MODEL_FILE), target)
+    shutil.copy2(os.path.join(source, SAVED_MODEL_FILE), target)
     time.sleep(pause)
     for name in sorted(os.listdir(source)):
-        if name not in (sig.SAVED_MODEL_FILE, sig.ASSETS_EXTRA_DIR):
+        if name not in (SAVED_MODEL_FILE, ASSETS_EXTRA_DIR):
             copy = shutil.copytree if os.path.isdir(os.path.join(source, name)) else shutil.copy2
             copy(os.path.join(source, name), os.path.join(target, name))
             time.sleep(pause)
-    os.makedirs(os.path.join(target, sig.ASSETS_EXTRA_DIR))  # an empty folder first, its files later
+    os.makedirs(os.path.join(target, ASSETS_EXTRA_DIR))  # an empty folder first, its files later
     time.sleep(pause)
-    for name in sorted(os.listdir(os.path.join(source, sig.ASSETS_EXTRA_DIR))):
-        shutil.copy2(os.path.join(source, sig.ASSETS_EXTRA_DIR, name), os.path.join(target, sig.ASSETS_EXTRA_DIR))
+    for name in sorted(os.listdir(os.path.join(source, ASSETS_EXTRA_DIR))):
+        shutil.copy2(os.path.join(source, ASSETS_EXTRA_DIR, name), os.path.join(target, ASSETS_EXTRA_DIR))
         time.sleep(pause)
     done.append(time.monotonic())
 
@@ -229,7 +230,7 @@ def test_the_first_scan_waits_for_a_version_still_being_copied(tmp_path):
     done = []
     copier = threading.Thread(target=_copy_slowly, args=(source, os.path.join(base, "1"), 0.2, done))
     copier.start()
-    _wait(lambda: os.path.exists(os.path.join(base, "1", sig.SAVED_MODEL_FILE)), 10)
+    _wait(lambda: os.path.exists(os.path.join(base, "1", SAVED_MODEL_FILE)), 10)
     model = ServedModel(H.MODEL_NAME, base, settle_seconds=1.0)
     with _Records() as log:
         model.scan()

@@ -37,6 +37,7 @@ from vreloc_tf.contract import MAX_WINDOW
 from vreloc_tf.files import read_json
 from vreloc_tf.model.functional import build_model
 from vreloc_tf.errors import add_debug_option, run_entry_point
+from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, METADATA_FILE
 
 QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
 
@@ -64,7 +65,7 @@ def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, s
 
 def compiled_model(version_path: str):
     """The XLA-compiled predict function of the Keras model behind an export (what ``vreloc bench`` times)."""
-    info = read_json(os.path.join(version_path, sig.ASSETS_EXTRA_DIR, sig.METADATA_FILE), "export metadata file")
+    info = read_json(os.path.join(version_path, ASSETS_EXTRA_DIR, METADATA_FILE), "export metadata file")
     return make_predict_function(Run.open(info["run_dir"]).load_model(), jit_compile=True)
 
 
