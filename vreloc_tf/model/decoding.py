@@ -58,11 +58,12 @@ def _check_probabilities(probabilities, where: str) -> None:
 # keras.ops versions
 # ---------------------------------------------------------------------------
 
-def decode_full(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
-    """Eq. 20 decoding in keras.ops; see the module docstring."""
-    max_length = _check_max_length(max_length, "decode_full")
+def _log_terms(probabilities, reference_length, max_length, name):
+    """What both keras.ops decoders start from: the checked inputs in float64, Lr, the segment-length
+    limit W, log p1, p2 and p3 per step, and the prefix sums c[b, i] = sum_{j < i} log p3[b, j], i = 0..Lr."""
+    max_length = _check_max_length(max_length, name)
     probabilities = ops.convert_to_tensor(probabilities)
-    _check_probabilities(probabilities, "decode_full")
+    _check_probabilities(probabilities, name)
     p = ops.cast(probabilities, "float64")
     lengths = ops.cast(reference_length, "int32")
     steps = ops.shape(p)[1]
@@ -73,11 +74,16 @@ def decode_full(probabilities, reference_length, max_length: Optional[int] = FUL
         width = min(max_length, int(static_steps))
     else:
         width = max_length
-
     logp = ops.log(ops.maximum(p, _LOG_FLOOR))
     log_start, log_end, log_action = logp[:, :, 0], logp[:, :, 1], logp[:, :, 2]
-    # c[b, i] = sum_{j < i} log p3[b, j], i = 0..Lr.
     cum = ops.concatenate([ops.zeros_like(log_action[:, :1]), ops.cumsum(log_action, axis=1)], axis=1)
+    return p, lengths, steps, width, log_start, log_end, log_action, cum
+
+
+def decode_full(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
+    """Eq. 20 decoding in keras.ops; see the module docstring."""
+    p, lengths, steps, width, log_start, log_end, log_action, cum = _log_terms(
+        probabilities, reference_length, max_length, "decode_full")
 
     start_idx = ops.arange(steps, dtype="int32")[:, None]  # [Lr, 1]
     offset = ops.arange(width, dtype="int32")[None, :]  # [1, W]
@@ -165,23 +171,8 @@ def decode_feng(probabilities, reference_length, max_length: Optional[int] = FUL
     Scores every (s, offset) pair on an [W, Lr] grid, offset-major, so that the first maximum
     of the flattened grid is the shortest segment and then the earliest start, as in the loop.
     """
-    max_length = _check_max_length(max_length, "decode_feng")
-    probabilities = ops.convert_to_tensor(probabilities)
-    _check_probabilities(probabilities, "decode_feng")
-    p = ops.cast(probabilities, "float64")
-    lengths = ops.cast(reference_length, "int32")
-    steps = ops.shape(p)[1]
-    static_steps = p.shape[1]
-    if max_length is None:
-        width = steps
-    elif static_steps is not None:
-        width = min(max_length, int(static_steps))
-    else:
-        width = max_length
-
-    logp = ops.log(ops.maximum(p, _LOG_FLOOR))
-    log_start, log_end, log_action = logp[:, :, 0], logp[:, :, 1], logp[:, :, 2]
-    cum = ops.concatenate([ops.zeros_like(log_action[:, :1]), ops.cumsum(log_action, axis=1)], axis=1)
+    p, lengths, steps, width, log_start, log_end, log_action, cum = _log_terms(
+        probabilities, reference_length, max_length, "decode_feng")
 
     offset = ops.arange(width, dtype="int32")[:, None]  # [W, 1]
     start_idx = ops.arange(steps, dtype="int32")[None, :]  # [1, Lr]
