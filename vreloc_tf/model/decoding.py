@@ -220,14 +220,21 @@ def _np_inputs(probabilities, reference_length, where):
     return p, lengths
 
 
-def decode_full_np(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
-    """NumPy twin of :func:`decode_full`."""
-    max_length = _check_max_length(max_length, "decode_full_np")
-    p, lengths = _np_inputs(probabilities, reference_length, "decode_full_np")
+def _np_log_terms(probabilities, reference_length, max_length, name):
+    """What both NumPy twins start from (as :func:`_log_terms`): checked inputs, B, Lr, W, log p, prefix sums."""
+    max_length = _check_max_length(max_length, name)
+    p, lengths = _np_inputs(probabilities, reference_length, name)
     batch, steps = p.shape[:2]
     width = steps if max_length is None else min(max_length, steps)
     logp = np.log(np.maximum(p, _LOG_FLOOR))
     cum = np.concatenate([np.zeros((batch, 1)), np.cumsum(logp[:, :, 2], axis=1)], axis=1)
+    return p, lengths, batch, steps, width, logp, cum
+
+
+def decode_full_np(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
+    """NumPy twin of :func:`decode_full`."""
+    p, lengths, batch, steps, width, logp, cum = _np_log_terms(probabilities, reference_length, max_length,
+                                                               "decode_full_np")
     s = np.arange(steps)[:, None]
     e = s + np.arange(width)[None, :]
     ec = np.minimum(e, steps - 1)
@@ -269,12 +276,8 @@ def decode_weak_np(probabilities, reference_length, max_length: Optional[int] = 
 
 def decode_feng_np(probabilities, reference_length, max_length: Optional[int] = FULL_DECODE_MAX_LENGTH):
     """NumPy twin of :func:`decode_feng`."""
-    max_length = _check_max_length(max_length, "decode_feng_np")
-    p, lengths = _np_inputs(probabilities, reference_length, "decode_feng_np")
-    batch, steps = p.shape[:2]
-    width = steps if max_length is None else min(max_length, steps)
-    logp = np.log(np.maximum(p, _LOG_FLOOR))
-    cum = np.concatenate([np.zeros((batch, 1)), np.cumsum(logp[:, :, 2], axis=1)], axis=1)
+    p, lengths, batch, steps, width, logp, cum = _np_log_terms(probabilities, reference_length, max_length,
+                                                               "decode_feng_np")
     offset = np.arange(width)[:, None]
     s = np.arange(steps)[None, :]
     e = s + offset
