@@ -25,9 +25,9 @@ from vreloc_tf.config import CGBM_METHOD, apply_overrides, load_config
 from vreloc_tf.contract import FEATURE_DIM, FRAMES_PER_FEATURE, PAPER_SHAPES as SHAPES
 from vreloc_tf.model.decoding import decode_full, decode_full_np
 from vreloc_tf.errors import add_debug_option, run_entry_point
-from vreloc_tf.files import write_json_atomic
 from vreloc_tf.model.functional import build_model
-from vreloc_tf.data.schema import MANIFEST_NAME, Record, encode_record
+from vreloc_tf.data.manifest import DataManifest
+from vreloc_tf.data.schema import Record, encode_record
 from vreloc_tf.search.relocalize import Relocalizer
 from vreloc_tf.training.strategy import make_strategy, split_cpu
 from vreloc_tf.training.fit import RelocTrainer, make_optimizer
@@ -206,7 +206,7 @@ def _index_build_rate(root: str, cfg, model, dim: int, records: int) -> dict:
             n = int(rng.integers(100, 301))
             w.write(encode_record(Record(f"gen{i}", "test", i, i % 200, (0, n), (0, 1),
                                          rng.standard_normal((n, dim), dtype=np.float32))))
-    write_json_atomic(os.path.join(data, MANIFEST_NAME), {"feature_dim": dim, "frames_per_feature": FRAMES_PER_FEATURE})
+    DataManifest(dim, fields={"frames_per_feature": FRAMES_PER_FEATURE}).write(data)
     run = Run.create(run_dir, cfg, RunManifest(data, dim, cfg.supervision), model)
     summary = build_index.run(os.path.join(root, "built"), Dataset.open(data), run, ["test"]).summary
     return {"records": records, "seconds": summary["seconds"], "job_seconds": summary["job_seconds"],

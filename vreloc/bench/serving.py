@@ -31,12 +31,11 @@ from serving.client import make_request, open_channel, predict
 from serving.export import export_model
 from serving.server import set_tensorflow_threads, start_server
 from vreloc.bench.model import make_predict_function
-from vreloc_tf.data.artifacts import Run, RunManifest
+from vreloc_tf.data.artifacts import Export, Run, RunManifest
 from vreloc_tf.config import load_config
 from vreloc_tf.contract import MAX_WINDOW
-from vreloc_tf.files import read_json
 from vreloc_tf.model.functional import build_model
-from vreloc_tf.errors import add_debug_option, run_entry_point
+from vreloc_tf.errors import InputError, add_debug_option, run_entry_point
 from vreloc_tf.data.versions import ASSETS_EXTRA_DIR, METADATA_FILE
 
 QUERY_STEPS = 16  # a typical query (the paper's are at most 32 features)
@@ -65,8 +64,10 @@ def random_pair(feature_dim: int, lq: int = QUERY_STEPS, lr: int = MAX_WINDOW, s
 
 def compiled_model(version_path: str):
     """The XLA-compiled predict function of the Keras model behind an export (what ``vreloc bench`` times)."""
-    info = read_json(os.path.join(version_path, ASSETS_EXTRA_DIR, METADATA_FILE), "export metadata file")
-    return make_predict_function(Run.open(info["run_dir"]).load_model(), jit_compile=True)
+    info = Export.open(version_path).info
+    if info is None or not info.run_dir:
+        raise InputError(f"{version_path}: the export records no run folder ({ASSETS_EXTRA_DIR}/{METADATA_FILE})")
+    return make_predict_function(Run.open(info.run_dir).load_model(), jit_compile=True)
 
 
 def bench_latency(version_path: str, target: str, query, reference, requests: int = 100, warmup: int = 5,

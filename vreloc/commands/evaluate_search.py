@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from vreloc_tf.data.artifacts import Run
+from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.files import write_json_atomic
 from vreloc_tf.search.evaluate import evaluate_search
 from vreloc_tf.search.library import Index
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     import json
 
     index, relocalizer, embedder = open_search(Index.open(args.index), Run.open(args.model) if args.model else None)
-    result = evaluate_search(index, relocalizer, embedder, args.data, args.split, args.candidates, args.rerank,
+    result = evaluate_search(index, relocalizer, embedder, Dataset.open(args.data), args.split, args.candidates, args.rerank,
                              args.max_queries, args.exhaustive_queries, span_factor=args.span_factor)
     print(json.dumps(result, indent=2))
     if args.json:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vreloc_tf.data.artifacts import Dataset
 from vreloc_tf.data.entry_index import RecordReader, load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.metrics import temporal_iou
@@ -29,10 +30,10 @@ LOG = logging.getLogger(__name__)
 IOU_THRESHOLD = 0.5
 
 
-def load_queries(data_dir: str, split: str):
+def load_queries(dataset: Dataset, split: str):
     """(queries [(video_id, label, features)], truth {video_id: [(label, start, end), ...]}), the truth's
     segments in the source video's feature steps."""
-    entries = load_index(data_dir, split)
+    entries = load_index(dataset.path, split)
     queries, truth = [], {}
     with RecordReader(entries) as reader:
         for row in range(len(entries)):
@@ -44,7 +45,7 @@ def load_queries(data_dir: str, split: str):
             truth.setdefault(rec.video_id, []).append((int(rec.label), w0 + g0, w0 + g1))
             queries.append((rec.video_id, rec.label, rec.features[g0:g1]))
     if not queries:
-        raise InputError(f"split '{split}' of {data_dir} has no entries with a ground truth: nothing to query")
+        raise InputError(f"split '{split}' of {dataset.path} has no entries with a ground truth: nothing to query")
     return queries, truth
 
 
@@ -68,7 +69,7 @@ def _ms(values) -> Tuple[float, float]:
     return round(float(np.percentile(a, 50)), 3), round(float(np.percentile(a, 99)), 3)
 
 
-def evaluate_search(index: LibraryIndex, relocalizer, embedder: Embedder, data_dir: str,
+def evaluate_search(index: LibraryIndex, relocalizer, embedder: Embedder, dataset: Dataset,
                     split: str = "test", candidates: int = DEFAULT_CANDIDATES, rerank: int = DEFAULT_RERANK,
                     max_queries: Optional[int] = None, exhaustive_queries: Optional[int] = None,
                     progress: Optional[Callable[[str], None]] = None, span_factor: float = SPAN_FACTOR) -> dict:
@@ -79,7 +80,7 @@ def evaluate_search(index: LibraryIndex, relocalizer, embedder: Embedder, data_d
     reported too (``recall_at_1_on_exhaustive_queries``) so the two compare on the same queries.
     """
     say = progress or LOG.info
-    queries, truth = load_queries(data_dir, split)
+    queries, truth = load_queries(dataset, split)
     if index.live_videos == 0:
         raise InputError(f"the index {index.path} holds no videos; build it from split '{split}' first")
     picked = _subset(len(queries), max_queries)
