@@ -286,3 +286,10 @@ def test_commands_without_the_benchmark_files_name_the_fetch_command(nothing_fou
         assert "\n" not in err and err.startswith(f"vreloc {argv[0]}: error: {flag}: not given, and "), err
         assert "run `vreloc benchmark fetch`" in err, err
     assert synth_calls == [] and not os.path.exists(out)
+
+
+def test_the_shared_copy_is_looked_for_beside_the_checkout():
+    """../shared/data/activitynet_reloc is found relative to the repository root, wherever the module lives in the
+    package (a move into vreloc_tf/data/ once made it look inside the checkout, and the tests needing it skipped)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert bf.shared_dir() == os.path.normpath(os.path.join(repo, "..", "shared", "data", "activitynet_reloc"))

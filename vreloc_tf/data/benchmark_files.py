@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import vreloc_tf
 from vreloc_tf import progress
 from vreloc_tf.errors import InputError
 
@@ -75,7 +76,7 @@ FILES: Tuple[BenchmarkFile, ...] = (
                   "74955255c36d0741d11e7c07522151e3b25a452b9341e8cf4dea159118329e35", 1066, required=False),
 )
 REQUIRED: Tuple[BenchmarkFile, ...] = tuple(f for f in FILES if f.required)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(vreloc_tf.__file__)))  # the checkout, from the package
 
 
 # --------------------------------------------------------------------------- where
