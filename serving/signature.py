@@ -1,4 +1,4 @@
-"""The serving contract, defined once: signature names, dtypes, shapes, file names, ports, limits.
+"""The serving contract, defined once: signature names, dtypes, shapes, ports, limits.
 
 Why a module of constants: the exporter writes these names, the server checks
 requests against them, the client fills them, and the deployment-file test
@@ -67,8 +67,8 @@ def output_spec(name: str) -> TensorSpec:
     return {s.name: s for s in OUTPUTS}[name]
 
 
-# -- export layout: BASE/NAME/<version>/{saved_model.pb, variables/, assets.extra/}, defined once in
-# vreloc_tf/data/versions.py (the library opens exports too) and named here as part of the contract
+# -- export layout: BASE/NAME/<version>/{saved_model.pb, variables/, assets.extra/} and its file names are
+# defined once in vreloc_tf/data/versions.py (the library opens exports too); import them from there
 
 # -- deployment ----------------------------------------------------------------
 DEFAULT_MODEL_NAME = "vreloc"

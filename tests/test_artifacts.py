@@ -62,6 +62,12 @@ def test_run_open_checks_the_folder_and_round_trips(tmp_path):
     run = Run.create(str(tmp_path / "run"), cfg, manifest)
     again = Run.open(run.path)
     assert again.config.digest() == cfg.digest() and again.manifest == manifest
+    here = os.getcwd()
+    try:  # a relative path opens as an absolute one: Beam workers with another working directory load it too
+        os.chdir(tmp_path)
+        assert Run.open("run").path == str(tmp_path / "run") == run.path
+    finally:
+        os.chdir(here)
     with pytest.raises(InputError, match="no model.keras; has the run finished"):
         again.load_model()
     doc = json.loads((tmp_path / "run" / MANIFEST_FILE).read_text())

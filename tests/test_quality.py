@@ -156,6 +156,8 @@ def test_unknown_methods_and_bad_grids_are_refused_before_anything_runs(tmp_path
     assert "--methods: unknown method 'ful'" in capsys.readouterr().err
     assert cli.main(["quality", "--out", out, "--families", "demo", "--learning-rates", "0,0.1"]) == 2
     assert "--learning-rates" in capsys.readouterr().err
+    assert cli.main(["quality", "--out", out, "--families", "demo", "--dim", "0"]) == 2
+    assert "--dim: give a positive feature dim, got 0" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 

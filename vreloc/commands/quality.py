@@ -76,6 +76,8 @@ def main(args: argparse.Namespace) -> int:
     check_methods(args.methods)  # before anything is looked for or made
     if not args.learning_rates or any(r <= 0 for r in args.learning_rates):
         raise InputError(f"--learning-rates: give positive rates, got {args.learning_rates}")
+    if args.dim < 1:
+        raise InputError(f"--dim: give a positive feature dim, got {args.dim}")
     splits = args.benchmark_splits
     if splits is None and BENCHMARK in (args.geometry, *args.families):  # resolved now: `vreloc benchmark fetch` may have run since
         splits = benchmark_files.find_splits()

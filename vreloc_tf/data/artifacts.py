@@ -215,7 +215,8 @@ class Run:
         config_path = os.path.join(path, CONFIG_FILE)
         if not os.path.exists(config_path):
             raise InputError(f"{path}: no {CONFIG_FILE}; the run folder is incomplete, train it again")
-        return cls(path, load_config(config_path), manifest)
+        # absolute, like Dataset and Index: a Beam worker with another working directory loads it too
+        return cls(os.path.abspath(path), load_config(config_path), manifest)
 
     @classmethod
     def create(cls, path: str, config: Config, manifest: RunManifest, model=None) -> "Run":
@@ -225,7 +226,7 @@ class Run:
         if model is not None:
             model.save(os.path.join(path, MODEL_FILE))
         manifest.write(path)
-        return cls(path, config, manifest)
+        return cls(os.path.abspath(path), config, manifest)
 
     @property
     def feature_spec(self) -> Optional[FeatureSpec]:

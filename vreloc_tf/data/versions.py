@@ -4,7 +4,7 @@ Why one module, here in the library: the exporter (serving/export.py) picks the 
 and writes the files, the server loads the complete versions, and
 :meth:`vreloc_tf.data.artifacts.Export.open` (what ``locate``, ``features --like`` and the pipeline
 use) picks the newest; all of them must agree on what a version folder is and what is in it.
-serving/signature.py re-exports the file names as part of the serving contract.
+The file names are imported from here everywhere (serving/ included); nothing re-exports them.
 
 A version folder is named by a base-10 integer that fits int64, read as TF Serving reads
 it: ASCII digits only (no sign, no spaces), leading zeros allowed -- ``007`` is version 7.
