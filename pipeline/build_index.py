@@ -457,7 +457,7 @@ def run(target, dataset: Dataset, model: Optional[Run] = None, splits: Optional[
                                                 "index data made like the run's training features")
         pca_source = _data_pca(dataset)
         check_pca_file(pca_source, data_spec)  # before the job, not after it
-    run_dir = os.path.abspath(trained.path) if trained is not None else None
+    run_dir = trained.path if trained is not None else None
     read_counts = count_inputs(shards)
     LOG.info("%s: %d records of %s from %s, %s embeddings at scales %s, re-localized by %s, runner %s", JOB,
              sum(read_counts.values()), "/".join(shards), data_dir, spec.kind, list(spec.scales),

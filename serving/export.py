@@ -177,7 +177,7 @@ def export_model(run: Run, out: str, version: Optional[int] = None, decode: Opti
             fps=manifest.extra.get("fps"),  # None: per video; pass --fps to vreloc query
             supervision=cfg.supervision, decode=decode, decode_max_length=max_length, jit_compile=jit_compile,
             max_window=cfg.data.max_window,  # the reference window `vreloc locate` uses with this model
-            config_digest=cfg.digest(), run_dir=os.path.abspath(run.path), best_step=manifest.best_step,
+            config_digest=cfg.digest(), run_dir=run.path, best_step=manifest.best_step,
             code_version=manifest.code_version, exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         asset = None
         if manifest.pca_file:

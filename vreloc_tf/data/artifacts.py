@@ -209,14 +209,18 @@ class Run:
     config: Config
     manifest: RunManifest
 
+    def __post_init__(self):
+        # absolute however it was made (opened, created, trained): a Beam worker or a served export's
+        # metadata elsewhere reads the same folder
+        object.__setattr__(self, "path", os.path.abspath(self.path))
+
     @classmethod
     def open(cls, path: str) -> "Run":
         manifest = RunManifest.read(path)
         config_path = os.path.join(path, CONFIG_FILE)
         if not os.path.exists(config_path):
             raise InputError(f"{path}: no {CONFIG_FILE}; the run folder is incomplete, train it again")
-        # absolute, like Dataset and Index: a Beam worker with another working directory loads it too
-        return cls(os.path.abspath(path), load_config(config_path), manifest)
+        return cls(path, load_config(config_path), manifest)
 
     @classmethod
     def create(cls, path: str, config: Config, manifest: RunManifest, model=None) -> "Run":
@@ -226,7 +230,7 @@ class Run:
         if model is not None:
             model.save(os.path.join(path, MODEL_FILE))
         manifest.write(path)
-        return cls(os.path.abspath(path), config, manifest)
+        return cls(path, config, manifest)
 
     @property
     def feature_spec(self) -> Optional[FeatureSpec]:

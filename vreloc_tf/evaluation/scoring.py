@@ -138,7 +138,7 @@ def evaluate_run(run: Run, dataset: Optional[Dataset] = None, split: str = "test
         selection, step = f"checkpoint {checkpoint}", int(os.path.basename(run.checkpoint_file(checkpoint))[5:-6])
     # what the saved weights are: the student's, or (weak "ours", loss.self_target_as_model) its running average
     weights = run.manifest.extra.get("model_weights", "student")  # runs from before it was recorded saved the student
-    return score_plan(plan, start, end, name, split, decode=mode, run_dir=os.path.abspath(run.path),
+    return score_plan(plan, start, end, name, split, decode=mode, run_dir=run.path,
                       selection=selection, selected_step=step, model_weights=weights, **control_fields)
 
 

@@ -17,7 +17,6 @@ span's segment and score, as ``vreloc evaluate`` does (vreloc_tf.evaluation.scor
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -56,7 +55,7 @@ class Relocalizer:
     def from_run(cls, run: Run, batch_size: int = 64) -> "Relocalizer":
         """The selected model of ``run`` (opened by the caller) and its decoding rule."""
         model, cfg = run.load_model(), run.config
-        info = {"method": "model", "run": os.path.abspath(run.path),
+        info = {"method": "model", "run": run.path,
                 "model_sha256": file_sha256(run.checkpoint_file()), "feature_dim": int(run.manifest.feature_dim),
                 "decode": cfg.decode_rule, "pca_file": run.manifest.pca_file, "features": run.manifest.features}
         return cls(model, cfg.decode_rule, cfg.decode_max_length, cfg.data.max_window,
