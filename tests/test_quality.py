@@ -109,6 +109,8 @@ def _page_without_times(path):
 def test_one_command_writes_the_whole_page_and_a_second_call_reproduces_it(tmp_path, capsys):
     out, page = str(tmp_path / "study"), str(tmp_path / "QUALITY.md")
     assert cli.main(STUDY + ["--out", out, "--report", page]) == 0
+    # each run shows Keras's progress (here, not a terminal: a line per validation, with its val average)
+    assert capsys.readouterr().out.count("val_average") >= 2 * 2
     with open(page) as fh:
         first = fh.read()
     # every part of the page comes from the study: rows, controls, tuning, provenance

@@ -212,7 +212,8 @@ class Study:
             cfg = self.base_config(method, seed, rate)
             where = provenance()  # before training: the code the run starts with
             t0 = time.time()
-            train_model(cfg, Dataset.open(data), run, verbose=0, overwrite=True)
+            # Keras's progress (a bar at a terminal, a line per validation in a log): a run takes minutes
+            train_model(cfg, Dataset.open(data), run, overwrite=True)
             self.timings[f"draw-{draw}/{family}/{method.name}/lr-{rate:g}/{seed}"] = time.time() - t0
             write_json_atomic(os.path.join(run, "provenance.json"), where)
         return run
