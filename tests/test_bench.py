@@ -13,7 +13,8 @@ PROMISED = ["matmul_gflops", "train.pairs_per_s", "train.fraction_of_matmul", "i
             "cgbm.parameters", "backbones.c3d.seconds_per_video_minute", "backbones.clip.seconds_per_video_minute",
             "backbones.c3d.fraction_of_matmul", "backbones.clip.fraction_of_matmul", "backbones.clip_over_c3d",
             "backbones.c3d.gflops_per_s", "backbones.clip.gflops_per_s",
-            "backbones.decode.c3d_seconds_per_video_minute", "backbones.decode.clip_seconds_per_video_minute"]
+            "backbones.decode.c3d_seconds_per_video_minute", "backbones.decode.clip_seconds_per_video_minute",
+            "records.read_ms_p50", "records.tensorflow_read_ms_p50", "records.tensorflow_over_ours"]
 
 
 def _get(doc, dotted):
@@ -94,3 +95,16 @@ def test_backbones_part_reports_compute_per_video_minute_against_the_same_proces
                   "clip / c3d, compute per minute", "matmul in the same process", "PyAV decode, per video minute",
                   "NOT backbone compute", "decode + compute, per minute"):
         assert label in text, label
+
+
+def test_records_part_reads_back_every_record_with_both_readers():
+    """The figures' keys and arithmetic on a small file; no speed threshold (timings belong to `vreloc bench`)."""
+    from vreloc.bench.records import measure_record_reads
+
+    r = measure_record_reads(records=50, dim=8, steps=10, rounds=1)
+    assert r["same_bytes"] is True and r["records"] == 50 and r["record_kb"] == 8 * 10 * 4 / 1e3
+    assert r["read_ms_p50"] > 0 and r["tensorflow_read_ms_p50"] > 0 and r["scan_mb_per_s"] > 0
+    assert abs(r["tensorflow_over_ours"] - r["tensorflow_read_ms_p50"] / r["read_ms_p50"]) < 1e-12
+    assert r["file_mb"] == 50 * (8 * 10 * 4 + 16) / 1e6
+    text = driver.format_report(driver.summarize({"records": r}, "tiny", True))
+    assert "TFRecord read by offset" in text and "in-order scan" in text

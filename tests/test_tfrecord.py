@@ -141,3 +141,31 @@ def test_an_empty_file_has_no_records(tmp_path):
     open(path, "wb").close()
     assert tfrecord.count_records(path) == staged_sink.count_tfrecords(path) == 0
     assert list(tfrecord.iter_records(path)) == [] == _stream(path)
+
+
+def test_both_crc32c_implementations_agree_with_tensorflow(tmp_path, monkeypatch):
+    """google-crc32c (the dependency) and crcmod (the fallback) give the checksums TensorFlow's writer wrote."""
+    import crcmod.predefined
+
+    rng = np.random.default_rng(1)
+    payloads = [b"", rng.bytes(1), rng.bytes(5000)]
+    path = str(tmp_path / "x.tfrecord")
+    _write_with_tensorflow(path, payloads)
+    tfrecord.crc32c(b"")
+    assert tfrecord._crc32c.__module__.startswith("google_crc32c")  # the fast one is what runs
+    for implementation in (tfrecord._crc32c, crcmod.predefined.mkPredefinedCrcFun("crc-32c")):
+        monkeypatch.setattr(tfrecord, "_crc32c", implementation)
+        assert list(tfrecord.iter_records(path)) == list(zip(_offsets(payloads), payloads))
+
+
+def test_one_reader_serves_many_threads(shard):
+    """Reads by offset share no file position (os.pread): threads sharing a reader each get their record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, payloads, offsets = shard
+    reader = tfrecord.FramedReader(path)
+    jobs = [i % len(offsets) for i in range(400)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: reader.read(offsets[i])[0], jobs))
+    assert got == [payloads[i] for i in jobs]
+    reader.close()

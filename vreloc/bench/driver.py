@@ -25,6 +25,9 @@ backbones      per video backbone (c3d, clip; random weights, real input shapes)
 cgbm_train     Feng et al.'s CGBM (the config + vreloc_tf.config.CGBM_METHOD: model.cgbm's
                sizes, Feng's loss): training pairs/s as train1, beside ours
 cgbm_inference CGBM single-pair p50/p99 as inference (Lq 16, Lr 300)
+records        random TFRecord reads by offset (training's pair reads; vreloc.bench.records): ms per
+               read, ours and TensorFlow's random reader, interleaved; in-order scan MB/s. Full: 150
+               records of D = 500 x 300 steps (90 MB); --quick: 3,000 of 32 x 80 (31 MB)
 search         library search (vreloc.bench.search) at 1k/10k/100k generated videos of
                100-300 steps, 32-d, tiny-config model: p50/p99, memory, latency growth
                exponent; index build records/s on the DirectRunner (1,000 records);
@@ -45,8 +48,8 @@ from typing import Dict, List, Optional
 
 from vreloc_tf.contract import PAPER_SHAPES as SHAPES
 
-PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "backbones", "cgbm_train",
-         "cgbm_inference", "search")
+PARTS = ("matmul", "train1", "train2", "inference", "decode", "grpc", "ingest", "records", "backbones",
+         "cgbm_train", "cgbm_inference", "search")
 DEFAULT_PARTS = PARTS[:-1]  # search builds a 100k-video library: only with --only search
 
 
@@ -126,6 +129,8 @@ def summarize(raw: Dict[str, dict], config: str, quick: bool) -> dict:
         "decode_graph_ms_lr1000": get("decode", "decode_graph_ms_lr1000"),
         "ingest": {"records_per_s": get("ingest", "records_per_s"), "records": get("ingest", "records"),
                    "seconds": get("ingest", "seconds")},
+        "records": {k: get("records", k) for k in ("record_kb", "file_mb", "read_ms_p50", "tensorflow_read_ms_p50",
+                                                     "tensorflow_over_ours", "scan_mb_per_s")},
         "backbones": _backbones_summary(raw.get("backbones")),
         "c3d": {"clips_per_s": (get("backbones", "c3d") or {}).get("features_per_s")},  # = backbones.c3d.features_per_s
         "cgbm": {"parameters": get("cgbm_train", "parameters"),
@@ -176,6 +181,10 @@ def format_report(r: dict) -> str:
         f"{f(r['decode_graph_ms_lr1000'], '{:.2f}')} ms in graph",
         f"  ingest-activitynet              {f(r['ingest']['records_per_s'])} records/s "
         f"({r['ingest']['records']} records in {f(r['ingest']['seconds'])} s)",
+        f"  TFRecord read by offset         {f(r['records']['read_ms_p50'], '{:.3f}')} ms  (TensorFlow's random "
+        f"reader {f(r['records']['tensorflow_read_ms_p50'], '{:.3f}')} ms = "
+        f"{f(r['records']['tensorflow_over_ours'])} x; {f(r['records']['record_kb'], '{:.0f}')} KB records of a "
+        f"{f(r['records']['file_mb'], '{:.0f}')} MB file; in-order scan {f(r['records']['scan_mb_per_s'], '{:.0f}')} MB/s)",
         *_backbone_lines(r),
         f"  CGBM (Feng et al.), training    {f(r['cgbm']['train']['pairs_per_s'])} pairs/s  (1 device; ours "
         f"{f(t['pairs_per_s'])})",

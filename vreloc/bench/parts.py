@@ -154,6 +154,14 @@ def part_ingest(cfg, quick: bool, config: str) -> dict:
         return out
 
 
+def part_records(cfg, quick: bool, config: str) -> dict:
+    from vreloc.bench.records import measure_record_reads
+
+    if quick:
+        return measure_record_reads(records=3000, dim=32, steps=80, rounds=2)
+    return measure_record_reads(records=150, dim=FEATURE_DIM, steps=SHAPES["reference_steps"])
+
+
 def _cgbm(cfg):
     """The config's CGBM twin: Feng et al.'s model, loss and decoding at the config's model.cgbm sizes."""
 
