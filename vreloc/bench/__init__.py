@@ -8,6 +8,8 @@
 * :mod:`vreloc.bench.serving`    the compiled model, the exported signature and gRPC, interleaved; requests/s
                                  with concurrent clients (``python -m vreloc.bench.serving``)
 * :mod:`vreloc.bench.ingest`     ingest-activitynet records/s (``python -m vreloc.bench.ingest``)
+* :mod:`vreloc.bench.records`    random TFRecord reads by offset, ours against TensorFlow's random reader
+                                 (``vreloc bench --only records``)
 * :mod:`vreloc.bench.backbones`  each video backbone's compute per minute of video against the same
                                  process's matmul rate (``python -m vreloc.bench.backbones``)
 * :mod:`vreloc.bench.c3d`        C3D clips/s alone (``python -m vreloc.bench.c3d``)
