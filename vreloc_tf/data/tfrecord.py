@@ -149,7 +149,7 @@ class FramedReader:
 
     Why not TensorFlow's ``tf_record_random_reader``: it refills a 16 MiB buffer on every read that is
     not inside the last one, so a training batch's random pair reads each copied up to 16 MiB (1.8 ms
-    for a 10 KB record of a 70 MB shard, against 0.08 ms here; ``vreloc bench records``)."""
+    for a 10 KB record of a 70 MB shard, against 0.08 ms here; ``vreloc bench --only records``)."""
 
     def __init__(self, path: str):
         self.path = path
