@@ -9,7 +9,7 @@ import pytest
 
 from vreloc import cli
 from vreloc.orchestrator import FeatureSource
-from vreloc.quality import (METHODS, SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score)
+from vreloc.quality import (METHODS, SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score, verdict)
 from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.metrics import THRESHOLD_KEYS, THRESHOLDS
@@ -71,6 +71,20 @@ def test_targets_use_seed_means_and_a_collapsed_model_cannot_pass_the_control():
     assert checks["weak-ours >= 0.85 x full"]["value"] == pytest.approx(0.8)
     rows["weak-ours"] = row(30.0)  # below query-free: its swapped 0 is no collapse
     assert not targets(rows, diffs)["weak-ours swapped <= 0.3 x true"]["met"]
+
+
+def test_a_margin_whose_paired_interval_reaches_the_line_is_met_but_not_established():
+    row = lambda v: {"mean": {"average": v}}  # noqa: E731
+    rows = {"full": row(67.2), "cgbm": row(64.4), "query-free": row(50.0)}
+    diffs = {"full - cgbm": {"lo": -0.3, "hi": 5.9, "above_zero": False},
+             "full - query-free": {"lo": 9.5, "hi": 25.0, "above_zero": True}}
+    checks = targets(rows, diffs)
+    assert [verdict(checks[k]) for k in ("full >= cgbm (tuned)", "full >= query-free + 10")] == \
+        ["met, CI not above 0", "met, CI not above 10"]
+    diffs["full - cgbm"]["lo"], diffs["full - query-free"]["lo"] = 0.4, 10.5
+    assert {verdict(c) for c in targets(rows, diffs).values()} == {"met"}
+    rows["full"] = row(59.0)  # below query-free + 10 and below CGBM: missed, whatever the interval
+    assert {verdict(c) for c in targets(rows, diffs).values()} == {"MISSED"}
 
 
 def _run_json(path, selection, history, best_step):

@@ -399,12 +399,12 @@ def targets(rows: Dict[str, dict], differences: Dict[str, dict]) -> Dict[str, di
             d = differences[f"{ours} - query-free"]
             checks[f"{ours} >= query-free + 10"] = {"value": avg[ours] - avg["query-free"],
                                                     "met": avg[ours] >= avg["query-free"] + 10,
-                                                    "interval": [d["lo"], d["hi"]]}
+                                                    "interval": [d["lo"], d["hi"]], "threshold": 10.0}
         rival = RIVALS[ours]
         if rival in avg:
             d = differences[f"{ours} - {rival}"]
             checks[f"{ours} >= {rival} (tuned)"] = {"value": avg[ours] - avg[rival], "met": avg[ours] >= avg[rival],
-                                                    "interval": [d["lo"], d["hi"]], "above_zero": d["above_zero"]}
+                                                    "interval": [d["lo"], d["hi"]], "threshold": 0.0}
         if ours + SWAPPED in avg:
             ratio = avg[ours + SWAPPED] / max(avg[ours], 1e-9)
             # a model that found nothing cannot collapse: the control needs a true score above query-free
@@ -414,7 +414,19 @@ def targets(rows: Dict[str, dict], differences: Dict[str, dict]) -> Dict[str, di
         if full in avg and weak in avg:
             ratio = avg[weak] / max(avg[full], 1e-9)
             checks[f"{weak} >= 0.85 x {full}"] = {"value": ratio, "met": ratio >= 0.85}
+    for c in checks.values():  # met on the means, and is the paired interval past the line too?
+        if "interval" in c:
+            c["established"] = c["interval"][0] > c["threshold"]
     return checks
+
+
+def verdict(check: dict) -> str:
+    """'met', 'MISSED', or 'met, CI not above X' where the mean passes but its paired interval reaches the line."""
+    if not check["met"]:
+        return "MISSED"
+    if check.get("established") is False:
+        return f"met, CI not above {check['threshold']:g}"
+    return "met"
 
 
 ROW_ORDER = ("full", "full" + SWAPPED, "weak-ours", "weak-ours" + SWAPPED, "weak-paper", "cgbm",
@@ -447,7 +459,7 @@ def format_family(family: str, summary: dict, markdown: bool = False) -> str:
         lr = "" if rate is None else f"{rate:g}" + ("" if r.get("tuned") else " (untuned)")
         lines.append([row_name(name)] + cells + [f"[{lo:.1f}, {hi:.1f}]", str(r["seeds"]), lr])
     checks = [f"{k}: {v['value']:.2f}" + (f" [{v['interval'][0]:.1f}, {v['interval'][1]:.1f}]" if "interval" in v else "")
-              + f" -> {'met' if v['met'] else 'MISSED'}" for k, v in summary["checks"].items()]
+              + f" -> {verdict(v)}" for k, v in summary["checks"].items()]
     pairs = rows[order[0]]["pairs"]
     if markdown:
         text = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"

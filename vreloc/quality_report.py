@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
-from vreloc.quality import BENCHMARK, METHODS, SWAPPED, TUNING_DATA_SEED, Study, format_family, row_name
+from vreloc.quality import BENCHMARK, METHODS, SWAPPED, TUNING_DATA_SEED, Study, format_family, row_name, verdict
 
 RULES = """The rules this page follows (the project brief): a number from a generator designed around the
 model is a smoke test, not evidence; quality claims hold across data families, on a data draw
@@ -65,7 +65,7 @@ def _checks(summary: dict) -> str:
     lines = []
     for key, c in summary.get("checks", {}).items():
         extra = f", paired CI [{c['interval'][0]:.1f}, {c['interval'][1]:.1f}]" if "interval" in c else ""
-        lines.append(f"* {key}: {c['value']:.2f}{extra} → **{'met' if c['met'] else 'MISSED'}**")
+        lines.append(f"* {key}: {c['value']:.2f}{extra} → **{verdict(c)}**")
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -80,7 +80,7 @@ def _glance(summary: Dict[str, dict]) -> str:
         cells = []
         for fam in summary.values():
             c = fam.get("checks", {}).get(key)
-            cells.append("–" if c is None else f"{c['value']:.2f} {'met' if c['met'] else '**MISSED**'}")
+            cells.append("–" if c is None else f"{c['value']:.2f} " + (verdict(c) if c["met"] else "**MISSED**"))
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -152,6 +152,8 @@ def render(study: Study, summary: Dict[str, dict], command: str) -> str:
         _methods_text(study) + "\n",
         _unfinished(study),
         "## Targets at a glance (issue #26)\n",
+        "Each cell is the target's value on the seed means. *met, CI not above X*: the means pass, but "
+        "the paired 95 % interval of the difference reaches the line X, so the margin is not established.\n",
         _glance(summary),
         f"## Results (reporting draw, data seed {study.reporting_seed})\n",
     ]
