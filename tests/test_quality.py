@@ -206,3 +206,9 @@ def test_the_study_draws_its_data_with_the_pipelines_feature_stage(tmp_path):
     with pytest.raises(InputError, match="the benchmark geometry needs --benchmark-splits DIR"):
         Study(str(tmp_path), ["shots"], [0], ["full"]).prepare_data(0, "shots")
     assert os.listdir(tmp_path) == []  # refused before anything was made
+
+
+def test_the_page_lists_the_tunings_its_rows_use_not_every_one_the_folder_holds(tmp_path):
+    study = Study(str(tmp_path), ["demo"], [0], ["cgbm", "weak-ours-no-self-target", "full", "paper-size-full"])
+    assert study.tuned_names() == [n for n in METHODS if n in {"full", "weak-ours", "cgbm", "paper-size-full"}]
+    assert Study(str(tmp_path), ["demo"], [0], ["full"]).tuned_names() == ["full"]

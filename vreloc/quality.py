@@ -245,6 +245,15 @@ class Study:
                                  "chosen": best["learning_rate"], "criterion": best["criterion"]})
         return float(best["learning_rate"]), True
 
+    def tuned_names(self) -> List[str]:
+        """The methods whose tuning this study's rows use (an ablation's is its base's), in METHODS order:
+        the page lists those, not every tuning the --out folder happens to hold."""
+        used = set()
+        for name in self.methods:
+            base = METHODS[name].trains_as or name
+            used.add(TIED_RATE.get(base, base))
+        return [n for n in METHODS if n in used]
+
     # -- scoring -----------------------------------------------------------------------
     def result_path(self, draw: int, family: str, name: str, rate: Optional[float] = None,
                     seed: Optional[int] = None) -> str:
@@ -321,7 +330,7 @@ class Study:
             classes = self.pair_classes(draw, family)
             summary[family] = summarize_family(rows, classes, self.bootstrap_samples)
             summary[family]["tuning"] = {n: read_json(self.tuning_path(family, n), "tuning")
-                                         for n in METHODS if os.path.exists(self.tuning_path(family, n))}
+                                         for n in self.tuned_names() if os.path.exists(self.tuning_path(family, n))}
             write_json_atomic(os.path.join(self.draw_dir(draw), "results", family, "summary.json"), summary[family])
             progress(format_family(family, summary[family]))
         return summary
