@@ -17,6 +17,7 @@ import numpy as np
 from pipeline import synth
 from vreloc.bench.backbones import measure_backbones
 from vreloc.bench.driver import PARTS
+from vreloc.bench.records import measure_record_reads
 from vreloc.bench.model import count_parameters, inference_latency_ms, matmul_gflops, random_batch, training_flops
 from vreloc.bench.search import QUICK_SIZES, SIZES, search_at_sizes
 from vreloc.bench.serving import run_benchmark
@@ -155,8 +156,6 @@ def part_ingest(cfg, quick: bool, config: str) -> dict:
 
 
 def part_records(cfg, quick: bool, config: str) -> dict:
-    from vreloc.bench.records import measure_record_reads
-
     if quick:
         return measure_record_reads(records=3000, dim=32, steps=80, rounds=2)
     return measure_record_reads(records=150, dim=FEATURE_DIM, steps=SHAPES["reference_steps"])

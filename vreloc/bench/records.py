@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
+from vreloc_tf.contract import FEATURE_DIM
 from vreloc_tf.data import tfrecord
 
 
-def measure_record_reads(records: int = 200, dim: int = 500, steps: int = 300, rounds: int = 3, seed: int = 0) -> dict:
+def measure_record_reads(records: int = 200, dim: int = FEATURE_DIM, steps: int = 300, rounds: int = 3, seed: int = 0) -> dict:
     """ms per random read (p50 over reads, best of ``rounds``) for ours and TensorFlow's reader; MB/s of an
     in-order scan; the checked bytes of both readers compared."""
     # heavy: TensorFlow's reader, the yardstick
