@@ -144,8 +144,8 @@ def count_stream(fh: BinaryIO, path: str, size: Optional[int] = None) -> int:
 
 
 class FramedReader:
-    """Checked reads of one TFRecord file: by offset (:meth:`read`: exactly the record's bytes, with
-    ``os.pread``, so threads may share one reader) or in file order (iteration, buffered).
+    """Checked reads of one TFRecord file by offset (:meth:`read`: exactly the record's bytes, with
+    ``os.pread``, so threads may share one reader); in file order: :func:`iter_records`.
 
     Why not TensorFlow's ``tf_record_random_reader``: it refills a 16 MiB buffer on every read that is
     not inside the last one, so a training batch's random pair reads each copied up to 16 MiB (1.8 ms
@@ -168,19 +168,15 @@ class FramedReader:
         data = _check_data(body[:length], body[length:], length, self.path, offset)
         return data, offset + HEADER_BYTES + length + FOOTER_BYTES
 
-    def __iter__(self) -> Iterator[Tuple[int, bytes]]:
-        """``(offset, data)`` of every record, in file order."""
-        with open(self.path, "rb") as fh:
-            yield from iter_stream(fh, self.path, self.size)
-
     def close(self) -> None:
         self._file.close()
 
 
 def iter_records(path: str) -> Iterator[Tuple[int, bytes]]:
     """Yield ``(offset, data)`` for every record of one TFRecord file, every checksum checked
-    (:class:`CorruptRecordError` naming the file and offset otherwise)."""
-    yield from FramedReader(path)
+    (:class:`CorruptRecordError` naming the file and offset otherwise); one buffered open, no reader by offset."""
+    with open(path, "rb") as fh:
+        yield from iter_stream(fh, path, os.fstat(fh.fileno()).st_size)
 
 
 def read_at(path: str, offset: int) -> bytes:
@@ -191,4 +187,4 @@ def read_at(path: str, offset: int) -> bytes:
 
 def count_records(path: str) -> int:
     """Records in one TFRecord file, both checksums of every record checked (the data is read)."""
-    return sum(1 for _ in FramedReader(path))
+    return sum(1 for _ in iter_records(path))
