@@ -43,7 +43,8 @@ def test_full_plans_follow_the_protocol_and_the_crop_rule(data_dir):
     rng = np.random.default_rng(0)
     plans = [p for _ in range(20) for p in planner.one_pass(rng)]
     cropped = 0
-    for q, r, qs, qe, rs, re, gs, ge in plans:
+    for q, r, qs, qe, rs, re, gs, ge, negative in plans:
+        assert negative == 0  # data.negative_pair_rate defaults to 0
         assert index.label[q] == index.label[r] and index.video_id[q] != index.video_id[r]
         assert (qs, qe) == tuple(index.groundtruth[q])
         assert index.length[r] >= qe - qs
@@ -67,7 +68,7 @@ def test_batches_equal_a_numpy_reference(data_dir):
     for got, plans in zip(batches, expected):
         assert got["query_length"].dtype == np.int32 and got["reference_length"].dtype == np.int32
         assert got["groundtruth"].dtype == np.int32 and got["query"].dtype == np.float32
-        for i, (q, r, qs, qe, rs, re, gs, ge) in enumerate(plans):
+        for i, (q, r, qs, qe, rs, re, gs, ge, _) in enumerate(plans):
             qf = records[int(index.entry_index[q])].features[qs:qe]
             rf = records[int(index.entry_index[r])].features[rs:re]
             assert got["query_length"][i] == len(qf) and got["reference_length"][i] == len(rf)
@@ -130,12 +131,58 @@ def test_weak_plans_take_queries_and_references_from_their_own_parts(data_dir):
     planner = PairPlanner(index, "weak")
     plans = list(planner.one_pass(np.random.default_rng(0)))
     assert plans
-    for q, r, qs, qe, rs, re, gs, ge in plans:
+    for q, r, qs, qe, rs, re, gs, ge, negative in plans:
+        assert negative == 0
         assert index.role[q] == QUERY_PART and index.role[r] == REFERENCE_PART
         assert index.label[q] == index.label[r] and index.length[r] >= qe - qs
         assert (rs, re) == (0, index.length[r]) and (gs, ge) == (-1, -1)  # whole reference, no label
     videos = {v: weak_role(v, 0.5) for v in index.video_id}
     assert {QUERY_PART, REFERENCE_PART} == set(videos.values())
+
+
+@pytest.mark.parametrize("supervision", ["full", "weak"])
+def test_negative_pairs_show_another_class_and_no_action(data_dir, supervision):
+    cfg = _cfg(f"supervision={supervision}")
+    index = load_training_index(cfg, data_dir)
+    planner = PairPlanner(index, supervision, 0.9, negative_rate=0.4)
+    plans = [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
+    negatives = [p for p in plans if p[8]]
+    assert 0.3 < len(negatives) / len(plans) < 0.5
+    for q, r, qs, qe, rs, re, gs, ge, _ in negatives:
+        assert index.label[q] != index.label[r] and index.video_id[q] != index.video_id[r]
+        assert (qs, qe) == tuple(index.groundtruth[q]) and index.length[r] >= qe - qs
+        assert (rs, re) == (0, index.length[r]) and (gs, ge) == (-1, -1)  # whole reference, no action
+        if supervision == "weak":
+            assert index.role[q] == QUERY_PART and index.role[r] == REFERENCE_PART
+    positives = [p for p in plans if not p[8]]
+    assert all(index.label[p[0]] == index.label[p[1]] for p in positives)
+    # rate 0 draws no extra random number: the plans of a planner without negatives, pair for pair
+    plain = PairPlanner(index, supervision, 0.9)
+    off = PairPlanner(index, supervision, 0.9, negative_rate=0.0)
+    assert list(plain.one_pass(np.random.default_rng(3))) == list(off.one_pass(np.random.default_rng(3)))
+    with pytest.raises(ValueError, match="negative_pair_rate"):
+        PairPlanner(index, supervision, 0.9, negative_rate=1.0)
+
+
+@pytest.mark.parametrize("supervision", ["full", "weak"])
+def test_negative_batches_carry_the_empty_target(data_dir, supervision):
+    cfg = _cfg(f"supervision={supervision}", "data.negative_pair_rate=0.5")
+    batches = _batches(cfg, data_dir)
+    index = load_training_index(cfg, data_dir)
+    planner = PairPlanner(index, supervision, cfg.data.crop_probability, 0.5)
+    expected = [b for e in range(2) for b in planner.epoch_batches(cfg.seed, e, 4, 3)]
+    key = "groundtruth" if supervision == "full" else "pseudo_groundtruth"
+    seen = 0
+    for got, plans in zip(batches, expected):
+        for i, plan in enumerate(plans):
+            target = got[key][i]
+            if plan[8]:
+                seen += 1
+                np.testing.assert_array_equal(target, [-1, -1])
+                assert got["reference_length"][i] == index.length[plan[1]]
+            else:
+                assert 0 <= target[0] < target[1] <= got["reference_length"][i]
+    assert seen > 0
 
 
 def test_weak_role_is_a_stable_fraction_of_videos():

@@ -6,8 +6,8 @@ from keras import ops
 
 from helpers import reference_numpy as ref
 from vreloc_tf.config import load_config
-from vreloc_tf.model.losses import (coattention_loss, cosine_similarity, self_target_weight, total_loss, truncated_mean,
-                              truncation_fraction, uses_self_target, weighted_cross_entropy)
+from vreloc_tf.model.losses import (coattention_loss, cosine_similarity, has_action, self_target_weight, total_loss,
+                                   truncated_mean, truncation_fraction, uses_self_target, weighted_cross_entropy)
 
 
 def random_probabilities(rng, batch, steps):
@@ -43,6 +43,47 @@ def test_weighted_cross_entropy_matches_numpy():
         expected = ref.weighted_cross_entropy(p[b, :n].astype(np.float64), batch["groundtruth"][b], 10.0)
         np.testing.assert_allclose(got[b], expected, rtol=1e-5)
     assert np.all(np.isfinite(got))
+
+
+def test_an_empty_segment_is_no_action_every_step_background():
+    """Negative pairs (vreloc_tf.data.input_pipeline): [-1, -1) or any end <= start labels every valid step
+    background, no boundary weight: -mean log p4 over the valid steps; padding changes nothing."""
+    rng = np.random.default_rng(30)
+    batch, p = make_batch(rng)
+    empty = np.array([[-1, -1], [0, 0], [5, 5], [-1, -1]], "int32")
+    got = np.asarray(weighted_cross_entropy(p, empty, batch["reference_length"], 10.0))
+    for b, n in enumerate(batch["reference_length"]):
+        np.testing.assert_allclose(got[b], -np.mean(np.log(np.clip(p[b, :n, 3].astype(np.float64), 1e-7, 1))),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(got[b], ref.weighted_cross_entropy(p[b, :n].astype(np.float64), empty[b], 10.0),
+                                   rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(has_action(np.concatenate([empty, batch["groundtruth"]]))),
+                                  [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_negative_pairs_get_no_coattention_and_keep_no_action_in_the_self_target():
+    rng = np.random.default_rng(31)
+    batch, p = make_batch(rng)
+    negative = np.array([False, True, False, True])
+    batch["groundtruth"] = np.where(negative[:, None], -1, batch["groundtruth"]).astype("int32")
+    both = load_config("tiny", ["loss.full_losses=weighted_ce+coattention", "loss.coattention_weight=0.5"])
+    args = (batch["query"], batch["query_length"], batch["reference"], batch["reference_length"], p, 0.3)
+    c = np.asarray(coattention_loss(*args, use_masks=False))
+    ce = np.asarray(weighted_cross_entropy(p, batch["groundtruth"], batch["reference_length"], 10.0))
+    np.testing.assert_allclose(float(total_loss(both, batch, p, 0)), np.mean(ce + 0.5 * c * ~negative), rtol=1e-6)
+    # weak ours: a negative's teacher target is empty; the self target of the average is ignored there
+    weak = load_config("tiny", ["supervision=weak", "loss.self_target_weight=0.6", "loss.self_target_start=0",
+                                "loss.self_target_ramp_steps=0"])
+    del batch["groundtruth"]
+    batch["pseudo_groundtruth"] = np.array([[1, 4], [-1, -1], [2, 5], [-1, -1]], "int32")
+    batch["self_target"] = np.array([[2, 9], [0, 1], [0, 9], [6, 8]], "int32")
+    expected = []
+    for b, n in enumerate(batch["reference_length"]):
+        pb = p[b, :n].astype(np.float64)
+        target = batch["pseudo_groundtruth"][b] if negative[b] else batch["self_target"][b]
+        expected.append(0.4 * ref.weighted_cross_entropy(pb, batch["pseudo_groundtruth"][b], 10.0)
+                        + 0.6 * ref.weighted_cross_entropy(pb, target, 10.0))
+    np.testing.assert_allclose(float(total_loss(weak, batch, p, 10)), np.mean(expected), rtol=1e-5)
 
 
 @pytest.mark.parametrize("use_masks", [False, True])

@@ -73,6 +73,9 @@ class DataConfig:
     max_window: int = contract.MAX_WINDOW
     crop_probability: float = 0.9  # reference cropped around its ground truth (Feng et al.'s code)
     weak_query_fraction: float = 0.5  # share of train source videos that give weak queries (Dataset section)
+    # ours, not the paper (0 = off, the paper): share of training pairs whose reference shows another class
+    # and whose target is no action (vreloc_tf.data.input_pipeline, "negative pairs")
+    negative_pair_rate: float = 0.0
 
 
 @dataclass
@@ -360,7 +363,7 @@ NON_EMPTY = "a non-empty list"
 RANGES = {
     "Config": {"seed": Range(0, 2 ** 32 - 1)},  # NumPy's seed range (keras.utils.set_random_seed)
     "DataConfig": {"feature_dim": AT_LEAST_1, "max_window": AT_LEAST_1, "crop_probability": FRACTION,
-                   "weak_query_fraction": OPEN_FRACTION},  # both parts of the train split must be non-empty
+                   "weak_query_fraction": OPEN_FRACTION, "negative_pair_rate": DROPOUT},  # both parts of the train split must be non-empty
     "HeadGroup": {"heads": AT_LEAST_1, "kernel_size": AT_LEAST_1, "dilation": AT_LEAST_1, "filters": AT_LEAST_1},
     "CGBMConfig": {"memory_dim": AT_LEAST_1, "attention_dim": AT_LEAST_1, "bilinear_factors": AT_LEAST_1,
                    "dropout": DROPOUT, "matching_dropout": DROPOUT},

@@ -68,8 +68,11 @@ def self_attention(x, qkv_kernel, heads, key_dim):
 
 
 def weighted_cross_entropy(p, groundtruth, boundary_weight, eps=1e-7):
-    """Eq. 19 for one example p [L, 4] (valid steps only), labels as in Feng et al."""
+    """Eq. 19 for one example p [L, 4] (valid steps only), labels as in Feng et al.; an empty
+    segment (end <= start, a negative pair) labels every step background."""
     start, end = int(groundtruth[0]), int(groundtruth[1])
+    if end <= start:
+        return float(-np.mean(np.log(np.clip(p[:, 3], eps, 1.0))))
     total = 0.0
     for i in range(p.shape[0]):
         y = np.array([i == start, i == end - 1, start <= i < end, not (start <= i < end)], np.float64)

@@ -30,6 +30,17 @@ batches an uninterrupted run would):
   whole** (no crop: cropping around the ground truth would use it). The ground truth of
   reference-part entries is dropped while the index is read, the record parser here
   never parses the ``groundtruth`` field, and weak batches carry no ``groundtruth``.
+* **negative pairs** (ours, ``cfg.data.negative_pair_rate``, 0 = off): each planned pair is,
+  with this probability, made a *negative*: its reference is replaced by a uniformly random
+  reference-side entry of ANOTHER class (different source video, window at least as long as
+  the query; found by rejection, so memory stays O(index)), kept whole, and its target is
+  "no action": the empty segment ``[-1, -1)``, every step background
+  (:func:`vreloc_tf.model.losses.step_labels`). Why: a model trained on matching pairs only
+  learns "find the action", which scores on a reference with one action even when the query
+  shows another (the swapped-query control); a negative teaches it that a reference holds the
+  query's action only if the query says so. The class of a reference is a video-level label,
+  which the weak setting has (it pairs by class), so weak plans may use negatives too. With
+  rate 0 no random number is drawn for it: plans are exactly those of before.
 
 Batching: pairs go to buckets of width ``BUCKET_SPAN`` (30 steps, Feng's
 ``bucket_span``) by reference length; a bucket that reaches the batch size is emitted
@@ -62,8 +73,11 @@ log = logging.getLogger(__name__)
 
 BUCKET_SPAN = 30
 
-# one planned pair: rows in the index, slices [start, end) inside each window, label
-PairPlan = Tuple[int, int, int, int, int, int, int, int]
+# one planned pair: rows in the index (query, reference), slices [start, end) inside each window,
+# the target [start, end) in the reference slice ((-1, -1) where unknown or empty), negative (0/1)
+PairPlan = Tuple[int, int, int, int, int, int, int, int, int]
+NO_ACTION = (-1, -1)  # the target of a negative pair: an empty segment, every step background
+NEGATIVE_TRIES = 64  # rejection draws for a negative's reference before the pair stays positive
 
 
 def load_training_index(cfg: Config, data_dir: str, split: str = "train") -> EntryIndex:
@@ -77,12 +91,16 @@ def load_training_index(cfg: Config, data_dir: str, split: str = "train") -> Ent
 class PairPlanner:
     """Draws training pairs from an index (NumPy, seeded); see the module docstring."""
 
-    def __init__(self, index: EntryIndex, supervision: str, crop_probability: float = 0.9):
+    def __init__(self, index: EntryIndex, supervision: str, crop_probability: float = 0.9,
+                 negative_rate: float = 0.0):
         if supervision not in ("full", "weak"):
             raise ValueError(f"supervision must be 'full' or 'weak', got {supervision!r}")
+        if not 0.0 <= float(negative_rate) < 1.0:
+            raise ValueError(f"negative_rate (data.negative_pair_rate) must be in [0, 1), got {negative_rate!r}")
         self.index = index
         self.supervision = supervision
         self.crop_probability = float(crop_probability)
+        self.negative_rate = float(negative_rate)
         has_gt = index.has_groundtruth
         if supervision == "weak":
             if index.role is None:
@@ -100,6 +118,7 @@ class PairPlanner:
         for row in np.nonzero(references)[0]:
             by_label[int(index.label[row])].append(row)
         self.refs_by_label = {k: np.array(v, dtype=np.int64) for k, v in by_label.items()}
+        self.reference_rows = np.nonzero(references)[0]
         self.candidates = {}
         for q in self.query_rows:
             cands = self.refs_by_label.get(int(index.label[q]), np.zeros(0, np.int64))
@@ -113,12 +132,29 @@ class PairPlanner:
         log.info("%s pairs: %d of %d queries have a valid reference", supervision, self.usable.size,
                  self.query_rows.size)
 
+    def negative_reference(self, q: int, rng: np.random.Generator) -> Optional[int]:
+        """A reference for query row ``q`` of another class (different video, window >= the query),
+        by rejection among the reference-side rows; None if ``NEGATIVE_TRIES`` draws find none."""
+        index = self.index
+        for r in rng.choice(self.reference_rows, size=NEGATIVE_TRIES):
+            if (index.label[r] != index.label[q] and index.video_id[r] != index.video_id[q]
+                    and index.length[r] >= self.query_len[q]):
+                return int(r)
+        return None
+
     def one_pass(self, rng: np.random.Generator) -> Iterator[PairPlan]:
-        """Every usable query once, in random order, each with a random valid reference."""
+        """Every usable query once, in random order, each with a random valid reference
+        (or, with probability ``negative_rate``, a reference of another class and no action)."""
         gt = self.index.groundtruth
         for q in rng.permutation(self.usable):
             cands = self.candidates[int(q)]
             r = int(cands[rng.integers(cands.size)])
+            if self.negative_rate and rng.random() < self.negative_rate:
+                other = self.negative_reference(int(q), rng)
+                if other is not None:
+                    yield (int(q), other, int(gt[q, 0]), int(gt[q, 1]), 0, int(self.index.length[other]),
+                           *NO_ACTION, 1)
+                    continue
             length = int(self.index.length[r])
             if self.supervision == "full":
                 g0, g1 = int(gt[r, 0]), int(gt[r, 1])
@@ -126,9 +162,9 @@ class PairPlanner:
                 if rng.random() < self.crop_probability:
                     a = int(rng.integers(0, g0 + 1))
                     b = int(rng.integers(0, length - g1 + 1))
-                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), a, length - b, g0 - a, g1 - a)
+                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), a, length - b, g0 - a, g1 - a, 0)
             else:
-                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), 0, length, -1, -1)
+                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), 0, length, *NO_ACTION, 0)
 
     def epoch_batches(self, seed: int, epoch: int, batch_size: int, steps: int) -> Iterator[List[PairPlan]]:
         """``steps`` batches of ``batch_size`` pairs for ``epoch``, bucketed by reference length."""
@@ -179,17 +215,19 @@ def teacher_options(cfg: Config) -> Optional[dict]:
 
 def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch_size: int,
                    drop_remainder: bool, teacher: Optional[dict] = None):
-    """Generator of (query bytes, reference bytes, slices[6]) -> parsed, padded batches.
+    """Generator of (query bytes, reference bytes, slices[7]) -> parsed, padded batches.
 
+    slices: query [start, end), reference [start, end), target [start, end), negative (0/1).
     ``teacher`` (weak "ours"): every pair also gets ``pseudo_groundtruth``, the label-free
-    teacher's segment, computed from the query's whole source window and the reference.
+    teacher's segment, computed from the query's whole source window and the reference --
+    except a negative pair, whose target is no action (``NO_ACTION``) whatever the teacher says.
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_generator(
         generator_fn,
         output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
-                          tf.TensorSpec([6], tf.int32)))
+                          tf.TensorSpec([7], tf.int32)))
 
     def parse(q_bytes, r_bytes, s):
         if teacher is None:
@@ -203,7 +241,8 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
         if with_groundtruth:
             out[GROUNDTRUTH] = s[4:6]
         if teacher is not None:
-            out[PSEUDO_GROUNDTRUTH] = teacher_segment_tf(query_window, s[0], s[1], reference, **teacher)
+            pseudo = teacher_segment_tf(query_window, s[0], s[1], reference, **teacher)
+            out[PSEUDO_GROUNDTRUTH] = tf.where(s[6] > 0, tf.constant(NO_ACTION, pseudo.dtype), pseudo)
         return out
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -217,7 +256,7 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
 def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per_epoch: int,
                      start_epoch: int, epochs: int, batch_size: Optional[int] = None):
     """Batches for epochs ``start_epoch .. epochs-1`` (exactly ``steps_per_epoch`` each)."""
-    planner = PairPlanner(index, cfg.supervision, cfg.data.crop_probability)
+    planner = PairPlanner(index, cfg.supervision, cfg.data.crop_probability, cfg.data.negative_pair_rate)
     batch_size = int(batch_size or cfg.train.batch_size)
     full = cfg.supervision == "full"
 
@@ -225,8 +264,8 @@ def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per
         with RecordReader(index) as reader:
             for epoch in range(start_epoch, epochs):
                 for batch in planner.epoch_batches(cfg.seed, epoch, batch_size, steps_per_epoch):
-                    for q, r, qs, qe, rs, re, gs, ge in batch:
-                        yield reader.read(q), reader.read(r), np.array([qs, qe, rs, re, gs, ge], np.int32)
+                    for q, r, *slices in batch:
+                        yield reader.read(q), reader.read(r), np.array(slices, np.int32)
 
     return _pairs_dataset(generate, feature_dim, full, batch_size, drop_remainder=True,
                           teacher=teacher_options(cfg))
@@ -254,7 +293,7 @@ def evaluation_dataset(index: EntryIndex, plan: np.ndarray, feature_dim: int, ba
     def generate():
         with RecordReader(index) as reader:
             for q, r, qs, qe, rs, re, _, _ in plan:
-                yield reader.read(int(q)), reader.read(int(r)), np.array([qs, qe, rs, re, -1, -1], np.int32)
+                yield reader.read(int(q)), reader.read(int(r)), np.array([qs, qe, rs, re, *NO_ACTION, 0], np.int32)
 
     return _pairs_dataset(generate, feature_dim, False, batch_size, drop_remainder=False, teacher=teacher)
 

@@ -39,14 +39,17 @@ def step_labels(groundtruth, steps):
     """Per-step targets y [B, Lr, 4] and boundary flags, following Feng et al. (2018).
 
     start at gt[0], end at gt[1] - 1, action on [gt[0], gt[1]), background elsewhere; a step
-    with several labels shares probability mass equally (each row sums to 1).
+    with several labels shares probability mass equally (each row sums to 1). An EMPTY segment
+    (gt[1] <= gt[0], e.g. ``[-1, -1)``: a negative pair, vreloc_tf.data.input_pipeline) means no
+    action: every step is background and none is a boundary.
     Returns (y, is_boundary [B, Lr] bool).
     """
     gt = ops.cast(groundtruth, "int32")
     positions = ops.arange(steps, dtype="int32")[None, :]
     first, stop = gt[:, 0:1], gt[:, 1:2]
-    is_start = ops.equal(positions, first)
-    is_end = ops.equal(positions, stop - 1)
+    has_action = ops.greater(stop, first)
+    is_start = ops.logical_and(has_action, ops.equal(positions, first))
+    is_end = ops.logical_and(has_action, ops.equal(positions, stop - 1))
     is_action = ops.logical_and(ops.greater_equal(positions, first), ops.less(positions, stop))
     labels = ops.cast(ops.stack([is_start, is_end, is_action, ops.logical_not(is_action)], axis=-1), "float32")
     labels = labels / ops.sum(labels, axis=-1, keepdims=True)  # >= 1 label per step (action or background)
@@ -57,7 +60,8 @@ def weighted_cross_entropy(probabilities, groundtruth, reference_length, boundar
     """Eq. 19 per example [B]: -(1/l_r) sum_i w_i sum_n y_i^n log p_i^n over the valid steps.
 
     ``groundtruth`` [B, 2] int is [start, end) relative to the reference (end exclusive) and must
-    satisfy 0 <= start < end <= reference_length. w_i = ``boundary_weight`` at the start and end
+    satisfy 0 <= start < end <= reference_length, or be empty (end <= start: no action, every
+    step background -- a negative pair). w_i = ``boundary_weight`` at the start and end
     steps, 1 elsewhere; l_r = the example's valid length (padded steps count for nothing).
     """
     probabilities, groundtruth = ops.convert_to_tensor(probabilities), ops.convert_to_tensor(groundtruth)
@@ -85,6 +89,12 @@ def feng_cross_entropy(probabilities, groundtruth, reference_length, boundary_we
     per_example = weighted_cross_entropy(probabilities, groundtruth, reference_length, boundary_weight)
     lengths = ops.cast(ops.maximum(ops.cast(reference_length, "int32"), 1), "float32")
     return per_example * lengths / ops.maximum(ops.mean(ops.cast(reference_length, "float32")), 1.0)
+
+
+def has_action(segments):
+    """[B] float: 1 where a target segment [start, end) is non-empty, 0 for no action (a negative pair)."""
+    segments = ops.cast(segments, "int32")
+    return ops.cast(ops.greater(segments[:, 1], segments[:, 0]), "float32")
 
 
 def cosine_similarity(x, y):
@@ -191,7 +201,12 @@ def per_example_loss(cfg, batch, probabilities, step):
             if SELF_TARGET not in batch:
                 return loss
             weight = self_target_weight(cfg, step)
-            return (1.0 - weight) * loss + weight * cross_entropy(SELF_TARGET, "the self target")
+            # a negative pair (teacher target empty: no action) keeps no action in the blended target
+            negative = ops.logical_not(ops.cast(has_action(batch[PSEUDO_GROUNDTRUTH]), "bool"))[:, None]
+            target = ops.where(negative, ops.cast(batch[PSEUDO_GROUNDTRUTH], "int32"),
+                               ops.cast(batch[SELF_TARGET], "int32"))
+            return (1.0 - weight) * loss + weight * weighted_cross_entropy(
+                probabilities, target, batch[REFERENCE_LENGTH], cfg.loss.boundary_weight)
         raise ValueError(f"total_loss: unknown cfg.loss.weak_variant {cfg.loss.weak_variant!r}")
     if cfg.supervision != "full":
         raise ValueError(f"total_loss: cfg.supervision must be 'full' or 'weak', got {cfg.supervision!r}")
@@ -204,7 +219,8 @@ def per_example_loss(cfg, batch, probabilities, step):
     if cfg.loss.full_losses == "weighted_ce":
         return loss
     if cfg.loss.full_losses == "weighted_ce+coattention":
-        return loss + cfg.loss.coattention_weight * coattention(False)
+        # loss^c pulls the action region towards the query: only where the reference holds it
+        return loss + cfg.loss.coattention_weight * coattention(False) * has_action(batch[GROUNDTRUTH])
     raise ValueError(f"total_loss: unknown cfg.loss.full_losses {cfg.loss.full_losses!r}")
 
 
