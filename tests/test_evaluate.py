@@ -156,9 +156,12 @@ def test_the_swapped_query_control_scores_the_same_references_with_other_queries
     run = Run.open(run_dir)
     index, plist = resolve_pairs(data_dir, "test", pairs)
     plan = evaluation_plan(index, plist)
-    start, end = predict_segments(run.load_model(), index, plan, F.TINY_DIM, "full",
-                                  run.config.decode.full_max_length)
+    start, end, score = predict_segments(run.load_model(), index, plan, F.TINY_DIM, "full",
+                                         run.config.decode.full_max_length)
     before = score_plan(plan, start, end, "ours full", "test")
+    # the decoder's score of each answer travels in pair order (Eq. 20's value: a probability product)
+    np.testing.assert_allclose(plain["segment_scores"], score, atol=1e-6)
+    assert len(plain["segment_scores"]) == plain["pairs"] and 0 < min(score) and max(score) <= 1
     assert plain["map_at_1"] == before["map_at_1"] and plain["average"] == before["average"]
     assert plain["method"] == "ours full" and plain["pairs"] == before["pairs"]
     # with it: named, seeded, every pair swapped, scored on the references' own ground truth

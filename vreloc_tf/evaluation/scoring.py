@@ -65,8 +65,9 @@ def inference_probabilities(model):
 
 
 def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str,
-                     max_length: Optional[int], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
-    """Decoded (start, end) [N] for the pairs of an evaluation plan, in plan order.
+                     max_length: Optional[int], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoded (start, end, score) [N] for the pairs of an evaluation plan, in plan order (score: the
+    rule's own, e.g. Eq. 20's value of the chosen segment -- what `vreloc locate` reports).
 
     Pairs run in batches of similar reference length (less padding); the NumPy
     decoders of :mod:`vreloc_tf.model.decoding` read each example's valid steps only.
@@ -78,14 +79,15 @@ def predict_segments(model, index, plan: np.ndarray, feature_dim: int, mode: str
     ordered, inverse = length_sorted(plan)
 
     probabilities = inference_probabilities(model)
-    starts, ends = [], []
+    starts, ends, scores = [], [], []
     for batch in evaluation_dataset(index, ordered, feature_dim, batch_size):
         probs = probabilities({k: batch[k] for k in INPUT_NAMES}).numpy()
-        s, e, _ = decode(probs, batch[REFERENCE_LENGTH].numpy(), max_length)
+        s, e, score = decode(probs, batch[REFERENCE_LENGTH].numpy(), max_length)
         starts.append(s)
         ends.append(e)
-    start, end = np.concatenate(starts), np.concatenate(ends)
-    return start[inverse], end[inverse]
+        scores.append(score)
+    start, end, score = np.concatenate(starts), np.concatenate(ends), np.concatenate(scores)
+    return start[inverse], end[inverse], score[inverse]
 
 
 def score_plan(plan: np.ndarray, start: np.ndarray, end: np.ndarray, method: str, split: str, **extra) -> dict:
@@ -126,8 +128,8 @@ def evaluate_run(run: Run, dataset: Optional[Dataset] = None, split: str = "test
         pairs = swapped["pairs"]
         control_fields = {"control": control, "control_seed": cseed, "control_swapped": swapped["swapped"]}
     plan = evaluation_plan(index, pairs)
-    start, end = predict_segments(model, index, plan, dataset.feature_dim, mode, cfg.decode.max_length(mode),
-                                  batch_size)
+    start, end, score = predict_segments(model, index, plan, dataset.feature_dim, mode,
+                                         cfg.decode.max_length(mode), batch_size)
     name = method or method_name(cfg) + ("" if mode == own_rule else f" ({mode} decode)")
     if control:
         name += f" ({control.replace('-', ' ')})"
@@ -138,8 +140,12 @@ def evaluate_run(run: Run, dataset: Optional[Dataset] = None, split: str = "test
         selection, step = f"checkpoint {checkpoint}", int(os.path.basename(run.checkpoint_file(checkpoint))[5:-6])
     # what the saved weights are: the student's, or (weak "ours", loss.self_target_as_model) its running average
     weights = run.manifest.extra.get("model_weights", "student")  # runs from before it was recorded saved the student
+    # the decoder's score of every answer, in pair order: how sure the model is (a swapped query
+    # should get lower ones, docs/QUALITY_HISTORY.md "negative pairs")
+    segment_scores = [round(float(v), 6) for v in score]
     return score_plan(plan, start, end, name, split, decode=mode, run_dir=run.path,
-                      selection=selection, selected_step=step, model_weights=weights, **control_fields)
+                      selection=selection, selected_step=step, model_weights=weights,
+                      segment_scores=segment_scores, **control_fields)
 
 
 def method_name(cfg) -> str:

@@ -210,8 +210,8 @@ class ValidationCallback(keras.callbacks.Callback):
         return criterion > self.best_criterion if self.rule == "val_map" else criterion < self.best_criterion
 
     def _score(self, net) -> dict:
-        start, end = predict_segments(net, self.index, self.plan, self.feature_dim, self.mode, self.max_length,
-                                      self.batch_size)
+        start, end, _ = predict_segments(net, self.index, self.plan, self.feature_dim, self.mode, self.max_length,
+                                         self.batch_size)
         return score_plan(self.plan, start, end, "val", "val")
 
     def on_epoch_end(self, epoch, logs=None):
