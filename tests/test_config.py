@@ -48,7 +48,9 @@ def test_recommended_configs_are_the_paper_size_with_our_extensions():
     assert weak.selection_rule == "label_free" and full.selection_rule == "val_map"
     paper.model.similarity_features = True
     assert full.to_dict() == paper.to_dict()
-    weak.supervision = "full"
+    # weak trains with negative pairs (docs/QUALITY_HISTORY.md, "Negative pairs"); full does not
+    assert weak.data.negative_pair_rate == 0.25 and full.data.negative_pair_rate == paper.data.negative_pair_rate == 0
+    weak.supervision, weak.data.negative_pair_rate = "full", 0.0
     assert weak.to_dict() == full.to_dict()
     for name in ("paper_full", "paper_weak"):  # each says at its top that it is the exact reproduction
         with open(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml")) as fh:

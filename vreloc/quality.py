@@ -84,12 +84,17 @@ class Method:
     about: str = ""
 
 
+# ours weak trains with negative pairs at this rate: chosen on the tuning draw's val pairs, 5 families x
+# rates 0 / 0.25 / 0.5, training seeds 0-1 (docs/QUALITY_HISTORY.md, "Negative pairs"); full trains without
+WEAK_NEGATIVES = ("data.negative_pair_rate=0.25",)
+
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("full", "full", controlled=True,
            about="ours full: Eq. 19 + loss^c, similarity features (configs/tiny.yaml)"),
-    Method("weak-ours", "weak", controlled=True,
+    Method("weak-ours", "weak", WEAK_NEGATIVES, controlled=True,
            about="ours weak: Eq. 19 on the label-free teacher's segments blended with those of the student's "
-                 "running average (the saved model), Eq. 20 decoding (configs/tiny.yaml)"),
+                 "running average (the saved model), a quarter of the pairs negative (another class, no "
+                 "action), Eq. 20 decoding (configs/tiny.yaml)"),
     Method("weak-paper", "weak", ("loss.weak_variant=paper",),
            about="the paper's weak objective: co-attention loss with masks, threshold decoding"),
     Method("cgbm", "full", CGBM_METHOD,
@@ -100,14 +105,16 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
                                   "similarity features), untuned, one seed"),
     Method("paper-size-weak", "weak", ("data.feature_dim=null",), config="weak", tuned=False, max_seeds=1,
            controlled=True, about="the recommended configs/weak.yaml (the paper's size and schedule, our "
-                                  "similarity features and weak objective), untuned, one seed"),
+                                  "similarity features, weak objective and negative pairs), untuned, one seed"),
     # ablations: each change of "ours" removed on its own (not tuned: the tuned rate of their base)
     Method("full-no-similarity", "full", ("model.similarity_features=false",), tuned=False,
            about="full without the similarity features (the paper's model)"),
-    Method("weak-ours-no-similarity", "weak", ("model.similarity_features=false",), tuned=False,
+    Method("weak-ours-no-similarity", "weak", (*WEAK_NEGATIVES, "model.similarity_features=false"), tuned=False,
            about="weak ours without the similarity features (the paper's model)"),
-    Method("weak-ours-no-self-target", "weak", ("loss.self_target_weight=0",), tuned=False,
+    Method("weak-ours-no-self-target", "weak", (*WEAK_NEGATIVES, "loss.self_target_weight=0"), tuned=False,
            about="weak ours on the teacher's segments alone, without the student's running average"),
+    Method("weak-ours-no-negatives", "weak", tuned=False,
+           about="weak ours trained on matching pairs only (no negative pairs)"),
     Method("weak-ours-threshold-decode", "weak", decode="weak", trains_as="weak-ours",
            about="weak ours scored with the paper's weak threshold rule instead of Eq. 20"),
     Method("weak-ours-last", "weak", checkpoint="last", trains_as="weak-ours",
@@ -117,7 +124,7 @@ MAIN_METHODS = ("full", "weak-ours", "weak-paper", "cgbm", "paper-size-full", "p
 RIVALS = {"full": "cgbm", "weak-ours": "weak-paper", "paper-size-full": "cgbm", "paper-size-weak": "weak-paper"}
 PAIRS = (("full", "weak-ours"), ("paper-size-full", "paper-size-weak"))  # (full, weak) of one model size
 TIED_RATE = {"full-no-similarity": "full", "weak-ours-no-similarity": "weak-ours",
-             "weak-ours-no-self-target": "weak-ours"}  # ablations train at their base's tuned rate
+             "weak-ours-no-self-target": "weak-ours", "weak-ours-no-negatives": "weak-ours"}  # ablations train at their base's tuned rate
 
 
 def provenance() -> dict:
