@@ -25,6 +25,7 @@ CHOICES = (
     ("the weak teacher's design (soft maximum over the query frames, threshold)", "tuning draw (300 test pairs)"),
     ("the label-free selection criterion (the training objective on val pairs)", "tuning draw (after test numbers were seen)"),
     ("the self target's weight, ramp and start; the running average as the saved model", "tuning draw (labelled val curves)"),
+    ("negative pairs for weak (rate 0.25), none for full", "tuning draw (val pairs; rates 0, 0.25, 0.5; weak also seed 1, three families)"),
     ("each tuned method's learning rate (the grid below)", "tuning draw, val pairs only, by this command"),
     ("the reporting draw's seed", "chosen once, before any run on it"),
 )
