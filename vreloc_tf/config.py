@@ -363,7 +363,8 @@ NON_EMPTY = "a non-empty list"
 RANGES = {
     "Config": {"seed": Range(0, 2 ** 32 - 1)},  # NumPy's seed range (keras.utils.set_random_seed)
     "DataConfig": {"feature_dim": AT_LEAST_1, "max_window": AT_LEAST_1, "crop_probability": FRACTION,
-                   "weak_query_fraction": OPEN_FRACTION, "negative_pair_rate": DROPOUT},  # both parts of the train split must be non-empty
+                   "weak_query_fraction": OPEN_FRACTION,  # both parts of the train split must be non-empty
+                   "negative_pair_rate": DROPOUT},  # rate 1 would leave no matching pair to learn from
     "HeadGroup": {"heads": AT_LEAST_1, "kernel_size": AT_LEAST_1, "dilation": AT_LEAST_1, "filters": AT_LEAST_1},
     "CGBMConfig": {"memory_dim": AT_LEAST_1, "attention_dim": AT_LEAST_1, "bilinear_factors": AT_LEAST_1,
                    "dropout": DROPOUT, "matching_dropout": DROPOUT},
