@@ -12,6 +12,7 @@ from vreloc.orchestrator import FeatureSource
 from vreloc.quality import (METHODS, SWAPPED, Study, pick_trial, summarize, summarize_family, targets, tuning_score, verdict)
 from vreloc_tf.evaluation.bootstrap import cluster_bootstrap, paired_difference
 from vreloc_tf.errors import InputError
+from vreloc_tf.files import read_json, write_json_atomic
 from vreloc_tf.evaluation.metrics import THRESHOLD_KEYS, THRESHOLDS
 
 
@@ -212,3 +213,16 @@ def test_the_page_lists_the_tunings_its_rows_use_not_every_one_the_folder_holds(
     study = Study(str(tmp_path), ["demo"], [0], ["cgbm", "weak-ours-no-self-target", "full", "paper-size-full"])
     assert study.tuned_names() == [n for n in METHODS if n in {"full", "weak-ours", "cgbm", "paper-size-full"}]
     assert Study(str(tmp_path), ["demo"], [0], ["full"]).tuned_names() == ["full"]
+
+
+def test_a_kept_result_says_tuned_when_this_study_picked_its_rate(tmp_path):
+    """A row kept from an untuned study (its config's rate) is the same training the grid picks when
+    it picks that rate: the page must call it tuned, and untuned again for an untuned study."""
+    study = Study(str(tmp_path), ["demo"], [0], ["paper-size-full"], geometry="smoke")
+    kept = _result("paper-size-full", np.linspace(0, 1, 8), learning_rate=0.001, tuned=False, seed=0)
+    path = study.result_path(study.reporting_seed, "demo", "paper-size-full", 0.001, 0)
+    write_json_atomic(path, kept)
+    method = METHODS["paper-size-full"]
+    assert study.score("demo", method, 0.001, True, 0, False) == dict(kept, tuned=True)
+    assert study.score("demo", method, 0.001, False, 0, False) == kept
+    assert read_json(path, "result") == kept  # the kept file itself is not rewritten
