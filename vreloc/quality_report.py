@@ -138,9 +138,10 @@ def render(study: Study, summary: Dict[str, dict], command: str) -> str:
         + ("each at the benchmark's real split geometry (Feng et al.'s split files and video lengths, "
            "`vreloc benchmark fetch`)" if study.geometry == BENCHMARK else f"at `vreloc synth --geometry {study.geometry}`")
         + f". Feature dim {study.dim}.",
-        f"* **Models.** `configs/{study.config}.yaml` for the tuned rows, training seeds "
-        f"{', '.join(str(s) for s in study.seeds)}; the recommended paper-size configs "
-        f"(`configs/full.yaml`, `configs/weak.yaml`) untuned, one seed. Full supervision picks its "
+        f"* **Models.** `configs/{study.config}.yaml`, training seeds "
+        f"{', '.join(str(s) for s in study.seeds)}, except the rows marked *paper size*: the recommended "
+        f"configs (`configs/full.yaml`, `configs/weak.yaml`), one training seed. Each row's learning rate "
+        f"is in its table; *(untuned)* marks a config's own rate. Full supervision picks its "
         f"checkpoint by labelled val mAP@1; every weak row by the label-free rule.",
         f"* **Fair rivals.** Every tuned method gets the same grid: learning rate "
         f"{', '.join(f'{r:g}' for r in study.learning_rates)} on the tuning draw (seed 0), and, inside "
