@@ -57,6 +57,22 @@ def test_family_summary_pairs_ours_with_each_rival_and_control():
     assert checks["full swapped <= 0.3 x true"]["met"]
 
 
+def test_the_swapped_control_carries_the_seed_mean_score_auc_where_every_run_has_scores():
+    rng = np.random.default_rng(4)
+    classes = np.repeat(np.arange(8), 5)
+    scores = {(s, w): rng.normal(1.0 - w, 1.0, 40) for s in (0, 1) for w in (0, 1)}  # (seed, swapped)
+    rows = {"full": [_result("full", rng.uniform(0.6, 1, 40), seed=s, segment_scores=scores[s, 0].tolist())
+                     for s in (0, 1)],
+            "full" + SWAPPED: [_result("sw", rng.uniform(0, 0.2, 40), seed=s, segment_scores=scores[s, 1].tolist())
+                               for s in (1, 0)],  # another order: matched by seed, not position
+            "query-free": [_result("qf", rng.uniform(0, 0.5, 40))]}
+    check = summarize_family(rows, classes, samples=50)["checks"]["full swapped <= 0.3 x true"]
+    expect = np.mean([np.mean(scores[s, 0][:, None] > scores[s, 1][None, :]) for s in (0, 1)])  # no ties
+    assert check["score_auc"] == pytest.approx(expect, abs=1e-12)
+    del rows["full" + SWAPPED][0]["segment_scores"]  # a result from before segment_scores: no AUC, not a guess
+    assert "score_auc" not in summarize_family(rows, classes, samples=50)["checks"]["full swapped <= 0.3 x true"]
+
+
 def test_targets_use_seed_means_and_a_collapsed_model_cannot_pass_the_control():
     row = lambda v: {"mean": {"average": v}}  # noqa: E731
     diff = {"lo": 1.0, "hi": 2.0, "above_zero": True}

@@ -49,6 +49,7 @@ from vreloc_tf.data.artifacts import Dataset, Run
 from vreloc_tf.data.entry_index import load_index
 from vreloc_tf.errors import InputError
 from vreloc_tf.evaluation.scoring import evaluate_run
+from vreloc_tf.evaluation.separation import score_auc
 from vreloc_tf.files import read_json, write_json_atomic
 from vreloc_tf.evaluation.metrics import THRESHOLD_KEYS
 from vreloc_tf.data.pairs import load_pairs, make_pair_file, save_pairs
@@ -404,7 +405,26 @@ def summarize_family(rows: Dict[str, List[dict]], classes: np.ndarray, samples: 
             if other in ious:
                 differences[f"{ours} - {other}"] = paired_difference(ious[ours], ious[other], classes,
                                                                      samples=samples, seed=0)
-    return {"rows": summary, "differences": differences, "checks": targets(summary, differences)}
+    checks = targets(summary, differences)
+    for ours in ("full", "weak-ours", "paper-size-full", "paper-size-weak"):
+        auc = swapped_score_auc(rows.get(ours, []), rows.get(ours + SWAPPED, []))
+        if auc is not None and f"{ours} swapped <= 0.3 x true" in checks:
+            checks[f"{ours} swapped <= 0.3 x true"]["score_auc"] = auc
+    return {"rows": summary, "differences": differences, "checks": checks}
+
+
+def swapped_score_auc(true: List[dict], swapped: List[dict]) -> Optional[float]:
+    """Mean over seeds of the ROC AUC of the decoder's scores, true query against swapped
+    (vreloc_tf.evaluation.separation): whether the model's confidence reads the query even where
+    its answer does not move. None where a run's result predates ``segment_scores``."""
+    by_seed = {r.get("seed"): r for r in swapped}
+    aucs = []
+    for r in true:
+        other = by_seed.get(r.get("seed"))
+        if other is None or "segment_scores" not in r or "segment_scores" not in other:
+            return None
+        aucs.append(score_auc(r["segment_scores"], other["segment_scores"]))
+    return float(np.mean(aucs)) if aucs else None
 
 
 def targets(rows: Dict[str, dict], differences: Dict[str, dict]) -> Dict[str, dict]:

@@ -42,7 +42,10 @@ INTERVALS = """* **Numbers.** mAP@1 on the reporting draw's fixed test pair list
 * **Controls.** *Query-free* ignores the query (the maximum-sum run of the reference's centred
   step norms); *window matcher* is a stronger training-free matcher than Feng et al.'s frame-level
   definition; a *swapped query* row scores the same trained models with each pair's query replaced
-  (fixed seed) by one of another class: a model that reads the query collapses there."""
+  (fixed seed) by one of another class: a model that reads the query collapses there. Where a
+  query-free cue finds the only action, a model may read the query and still answer the same place;
+  the swapped-query targets below also give the ROC AUC of the decoder's score of each answer, true
+  query against swapped (0.5: its confidence ignores the query; 1: every true pair scores higher)."""
 
 
 def _methods_text(study: Study) -> str:
@@ -66,7 +69,9 @@ def _checks(summary: dict) -> str:
     lines = []
     for key, c in summary.get("checks", {}).items():
         extra = f", paired CI [{c['interval'][0]:.1f}, {c['interval'][1]:.1f}]" if "interval" in c else ""
-        lines.append(f"* {key}: {c['value']:.2f}{extra} → **{verdict(c)}**")
+        auc = (f" (the decoder's score, true against swapped query: ROC AUC {c['score_auc']:.2f})"
+               if "score_auc" in c else "")
+        lines.append(f"* {key}: {c['value']:.2f}{extra} → **{verdict(c)}**{auc}")
     return "\n".join(lines) + "\n" if lines else ""
 
 
