@@ -16,15 +16,10 @@ from vreloc_tf.errors import InputError
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, tied values sharing the mean of their ranks (Mann-Whitney's convention)."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.arange(1, len(values) + 1, dtype=np.float64)
-    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
-    for start, n in zip(first, counts):
-        if n > 1:
-            ranks[order[start:start + n]] = start + (n + 1) / 2.0
-    return ranks
+    """Ranks 1..n, tied values sharing the mean of their ranks (Mann-Whitney's convention): a
+    group of c equal values ending at rank e holds ranks e-c+1 .. e, whose mean is e - (c-1)/2."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
 def score_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
