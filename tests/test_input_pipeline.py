@@ -43,7 +43,7 @@ def test_full_plans_follow_the_protocol_and_the_crop_rule(data_dir):
     rng = np.random.default_rng(0)
     plans = [p for _ in range(20) for p in planner.one_pass(rng)]
     cropped = 0
-    for q, r, qs, qe, rs, re, gs, ge, negative in plans:
+    for q, r, qs, qe, rs, re, gs, ge, negative, *_ in plans:
         assert negative == 0  # data.negative_pair_rate defaults to 0
         assert index.label[q] == index.label[r] and index.video_id[q] != index.video_id[r]
         assert (qs, qe) == tuple(index.groundtruth[q])
@@ -68,7 +68,7 @@ def test_batches_equal_a_numpy_reference(data_dir):
     for got, plans in zip(batches, expected):
         assert got["query_length"].dtype == np.int32 and got["reference_length"].dtype == np.int32
         assert got["groundtruth"].dtype == np.int32 and got["query"].dtype == np.float32
-        for i, (q, r, qs, qe, rs, re, gs, ge, _) in enumerate(plans):
+        for i, (q, r, qs, qe, rs, re, gs, ge, *_) in enumerate(plans):
             qf = records[int(index.entry_index[q])].features[qs:qe]
             rf = records[int(index.entry_index[r])].features[rs:re]
             assert got["query_length"][i] == len(qf) and got["reference_length"][i] == len(rf)
@@ -131,7 +131,7 @@ def test_weak_plans_take_queries_and_references_from_their_own_parts(data_dir):
     planner = PairPlanner(index, "weak")
     plans = list(planner.one_pass(np.random.default_rng(0)))
     assert plans
-    for q, r, qs, qe, rs, re, gs, ge, negative in plans:
+    for q, r, qs, qe, rs, re, gs, ge, negative, *_ in plans:
         assert negative == 0
         assert index.role[q] == QUERY_PART and index.role[r] == REFERENCE_PART
         assert index.label[q] == index.label[r] and index.length[r] >= qe - qs
@@ -148,7 +148,7 @@ def test_negative_pairs_show_another_class_and_no_action(data_dir, supervision):
     plans = [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
     negatives = [p for p in plans if p[8]]
     assert 0.3 < len(negatives) / len(plans) < 0.5
-    for q, r, qs, qe, rs, re, gs, ge, _ in negatives:
+    for q, r, qs, qe, rs, re, gs, ge, *_ in negatives:
         assert index.label[q] != index.label[r] and index.video_id[q] != index.video_id[r]
         assert (qs, qe) == tuple(index.groundtruth[q]) and index.length[r] >= qe - qs
         assert (rs, re) == (0, index.length[r]) and (gs, ge) == (-1, -1)  # whole reference, no action

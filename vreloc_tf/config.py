@@ -76,6 +76,9 @@ class DataConfig:
     # ours, not the paper (0 = off, the paper): share of training pairs whose reference shows another class
     # and whose target is no action (vreloc_tf.data.input_pipeline, "negative pairs")
     negative_pair_rate: float = 0.0
+    # ours, not the paper (0 = off, the paper): share of matching training pairs whose reference also holds
+    # another class's action, inserted outside its own (vreloc_tf.data.input_pipeline, "distractor splices")
+    distractor_rate: float = 0.0
 
 
 @dataclass
@@ -364,7 +367,8 @@ RANGES = {
     "Config": {"seed": Range(0, 2 ** 32 - 1)},  # NumPy's seed range (keras.utils.set_random_seed)
     "DataConfig": {"feature_dim": AT_LEAST_1, "max_window": AT_LEAST_1, "crop_probability": FRACTION,
                    "weak_query_fraction": OPEN_FRACTION,  # both parts of the train split must be non-empty
-                   "negative_pair_rate": DROPOUT},  # rate 1 would leave no matching pair to learn from
+                   "negative_pair_rate": DROPOUT,  # rate 1 would leave no matching pair to learn from
+                   "distractor_rate": FRACTION},
     "HeadGroup": {"heads": AT_LEAST_1, "kernel_size": AT_LEAST_1, "dilation": AT_LEAST_1, "filters": AT_LEAST_1},
     "CGBMConfig": {"memory_dim": AT_LEAST_1, "attention_dim": AT_LEAST_1, "bilinear_factors": AT_LEAST_1,
                    "dropout": DROPOUT, "matching_dropout": DROPOUT},

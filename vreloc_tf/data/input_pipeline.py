@@ -41,6 +41,18 @@ batches an uninterrupted run would):
   query's action only if the query says so. The class of a reference is a video-level label,
   which the weak setting has (it pairs by class), so weak plans may use negatives too. With
   rate 0 no random number is drawn for it: plans are exactly those of before.
+* **distractor splices** (ours, ``cfg.data.distractor_rate``, 0 = off): each positive pair
+  gets, with this probability, a *second action* in its reference: the ground-truth segment
+  of a query-side train entry of ANOTHER class (different source video from the query and
+  the reference; found by rejection) is inserted whole into the reference. Full: before a
+  uniformly random step of the (cropped) reference's background -- before its ground truth
+  or after it -- and the target moves with the inserted steps. Weak: at the start or the end
+  of the reference (it has no ground truth to keep out of; an end never splits an action),
+  and the label-free teacher sees the spliced reference. Why: on a reference that holds one
+  action, "find the action" scores without reading the query (the swapped-query control
+  measures it); with two actions, only the query says which one is the answer -- what the
+  ``distractor`` family of ``vreloc synth`` tests. Inserted, not overwritten: no step of the
+  reference is lost. Rate 0 draws no random number: plans are exactly those of before.
 
 Batching: pairs go to buckets of width ``BUCKET_SPAN`` (30 steps, Feng's
 ``bucket_span``) by reference length; a bucket that reaches the batch size is emitted
@@ -74,10 +86,19 @@ log = logging.getLogger(__name__)
 BUCKET_SPAN = 30
 
 # one planned pair: rows in the index (query, reference), slices [start, end) inside each window,
-# the target [start, end) in the reference slice ((-1, -1) where unknown or empty), negative (0/1)
-PairPlan = Tuple[int, int, int, int, int, int, int, int, int]
+# the target [start, end) in the reference slice ((-1, -1) where unknown or empty), negative (0/1),
+# then the distractor splice: its row (-1 = none), its slice [start, end), and the step of the
+# reference slice it is inserted before (the target above already counts the inserted steps)
+PairPlan = Tuple[int, int, int, int, int, int, int, int, int, int, int, int, int]
 NO_ACTION = (-1, -1)  # the target of a negative pair: an empty segment, every step background
+NO_DISTRACTOR = (-1, 0, 0, 0)  # no splice: row -1, an empty slice, inserted before step 0
 NEGATIVE_TRIES = 64  # rejection draws for a negative's reference before the pair stays positive
+DISTRACTOR_TRIES = 64  # rejection draws for a distractor before the pair keeps its one action
+
+
+def reference_length(plan: PairPlan) -> int:
+    """Steps of the planned reference: its slice plus the inserted distractor."""
+    return (plan[5] - plan[4]) + (plan[11] - plan[10])
 
 
 def load_training_index(cfg: Config, data_dir: str, split: str = "train") -> EntryIndex:
@@ -92,15 +113,18 @@ class PairPlanner:
     """Draws training pairs from an index (NumPy, seeded); see the module docstring."""
 
     def __init__(self, index: EntryIndex, supervision: str, crop_probability: float = 0.9,
-                 negative_rate: float = 0.0):
+                 negative_rate: float = 0.0, distractor_rate: float = 0.0):
         if supervision not in ("full", "weak"):
             raise ValueError(f"supervision must be 'full' or 'weak', got {supervision!r}")
         if not 0.0 <= float(negative_rate) < 1.0:
             raise ValueError(f"negative_rate (data.negative_pair_rate) must be in [0, 1), got {negative_rate!r}")
+        if not 0.0 <= float(distractor_rate) <= 1.0:
+            raise ValueError(f"distractor_rate (data.distractor_rate) must be in [0, 1], got {distractor_rate!r}")
         self.index = index
         self.supervision = supervision
         self.crop_probability = float(crop_probability)
         self.negative_rate = float(negative_rate)
+        self.distractor_rate = float(distractor_rate)
         has_gt = index.has_groundtruth
         if supervision == "weak":
             if index.role is None:
@@ -142,9 +166,40 @@ class PairPlanner:
                 return int(r)
         return None
 
+    def distractor(self, q: int, r: int, rng: np.random.Generator) -> Optional[int]:
+        """A train entry with ground truth of another class than query row ``q``, from neither
+        ``q``'s nor ``r``'s video, by rejection among the query rows; None if none is drawn."""
+        index = self.index
+        for d in rng.choice(self.query_rows, size=DISTRACTOR_TRIES):
+            if index.label[d] != index.label[q] and index.video_id[d] not in (index.video_id[q], index.video_id[r]):
+                return int(d)
+        return None
+
+    def splice(self, q: int, r: int, target: Tuple[int, int], length: int,
+               rng: np.random.Generator) -> Tuple[Tuple[int, int], Tuple[int, int, int, int]]:
+        """(target, distractor fields) of a pair whose reference slice has ``length`` steps and
+        ``target`` [start, end) (``NO_ACTION``: unknown, weak): with probability ``distractor_rate``,
+        another class's action inserted before a uniformly random step outside the target
+        (0..start or end..length), or, without a target, at the start or the end."""
+        if not (self.distractor_rate and rng.random() < self.distractor_rate):
+            return target, NO_DISTRACTOR
+        d = self.distractor(q, r, rng)
+        if d is None:
+            return target, NO_DISTRACTOR
+        d0, d1 = (int(x) for x in self.index.groundtruth[d])
+        if target == NO_ACTION:
+            return target, (d, d0, d1, length * int(rng.integers(0, 2)))
+        g0, g1 = target
+        slot = int(rng.integers(0, (g0 + 1) + (length - g1 + 1)))  # insertion points outside the action
+        at = slot if slot <= g0 else g1 + (slot - g0 - 1)
+        if at <= g0:
+            target = (g0 + d1 - d0, g1 + d1 - d0)
+        return target, (d, d0, d1, at)
+
     def one_pass(self, rng: np.random.Generator) -> Iterator[PairPlan]:
         """Every usable query once, in random order, each with a random valid reference
-        (or, with probability ``negative_rate``, a reference of another class and no action)."""
+        (or, with probability ``negative_rate``, a reference of another class and no action;
+        a positive pair, with probability ``distractor_rate``, a second action of another class)."""
         gt = self.index.groundtruth
         for q in rng.permutation(self.usable):
             cands = self.candidates[int(q)]
@@ -153,7 +208,7 @@ class PairPlanner:
                 other = self.negative_reference(int(q), rng)
                 if other is not None:
                     yield (int(q), other, int(gt[q, 0]), int(gt[q, 1]), 0, int(self.index.length[other]),
-                           *NO_ACTION, 1)
+                           *NO_ACTION, 1, *NO_DISTRACTOR)
                     continue
             length = int(self.index.length[r])
             if self.supervision == "full":
@@ -162,9 +217,11 @@ class PairPlanner:
                 if rng.random() < self.crop_probability:
                     a = int(rng.integers(0, g0 + 1))
                     b = int(rng.integers(0, length - g1 + 1))
-                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), a, length - b, g0 - a, g1 - a, 0)
+                target, spliced = self.splice(int(q), r, (g0 - a, g1 - a), length - b - a, rng)
+                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), a, length - b, *target, 0, *spliced)
             else:
-                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), 0, length, *NO_ACTION, 0)
+                target, spliced = self.splice(int(q), r, NO_ACTION, length, rng)
+                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), 0, length, *target, 0, *spliced)
 
     def epoch_batches(self, seed: int, epoch: int, batch_size: int, steps: int) -> Iterator[List[PairPlan]]:
         """``steps`` batches of ``batch_size`` pairs for ``epoch``, bucketed by reference length."""
@@ -173,7 +230,7 @@ class PairPlanner:
         emitted = 0
         while emitted < steps:
             for plan in self.one_pass(rng):
-                key = (plan[5] - plan[4]) // BUCKET_SPAN
+                key = reference_length(plan) // BUCKET_SPAN
                 buckets[key].append(plan)
                 if len(buckets[key]) == batch_size:
                     yield buckets.pop(key)
@@ -215,9 +272,11 @@ def teacher_options(cfg: Config) -> Optional[dict]:
 
 def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch_size: int,
                    drop_remainder: bool, teacher: Optional[dict] = None):
-    """Generator of (query bytes, reference bytes, slices[7]) -> parsed, padded batches.
+    """Generator of (query bytes, reference bytes, distractor bytes, slices[10]) -> parsed, padded batches.
 
-    slices: query [start, end), reference [start, end), target [start, end), negative (0/1).
+    slices: query [start, end), reference [start, end), target [start, end), negative (0/1),
+    distractor [start, end) (empty: no splice, its bytes unread) and the reference step it is
+    inserted before.
     ``teacher`` (weak "ours"): every pair also gets ``pseudo_groundtruth``, the label-free
     teacher's segment, computed from the query's whole source window and the reference --
     except a negative pair, whose target is no action (``NO_ACTION``) whatever the teacher says.
@@ -226,16 +285,19 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
 
     ds = tf.data.Dataset.from_generator(
         generator_fn,
-        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
-                          tf.TensorSpec([7], tf.int32)))
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
+                          tf.TensorSpec([10], tf.int32)))
 
-    def parse(q_bytes, r_bytes, s):
+    def parse(q_bytes, r_bytes, d_bytes, s):
         if teacher is None:
             query = _parse_slice(q_bytes, s[0], s[1], feature_dim)
         else:
             query_window = _parse_slice(q_bytes, 0, None, feature_dim)
             query = query_window[s[0]:s[1]]
         reference = _parse_slice(r_bytes, s[2], s[3], feature_dim)
+        distractor = tf.cond(s[7] < s[8], lambda: _parse_slice(d_bytes, s[7], s[8], feature_dim),
+                             lambda: tf.zeros([0, feature_dim], tf.float32))
+        reference = tf.concat([reference[:s[9]], distractor, reference[s[9]:]], axis=0)
         out = {QUERY: query, QUERY_LENGTH: tf.shape(query)[0], REFERENCE: reference,
                REFERENCE_LENGTH: tf.shape(reference)[0]}
         if with_groundtruth:
@@ -256,7 +318,8 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
 def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per_epoch: int,
                      start_epoch: int, epochs: int, batch_size: Optional[int] = None):
     """Batches for epochs ``start_epoch .. epochs-1`` (exactly ``steps_per_epoch`` each)."""
-    planner = PairPlanner(index, cfg.supervision, cfg.data.crop_probability, cfg.data.negative_pair_rate)
+    planner = PairPlanner(index, cfg.supervision, cfg.data.crop_probability, cfg.data.negative_pair_rate,
+                          cfg.data.distractor_rate)
     batch_size = int(batch_size or cfg.train.batch_size)
     full = cfg.supervision == "full"
 
@@ -265,7 +328,9 @@ def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per
             for epoch in range(start_epoch, epochs):
                 for batch in planner.epoch_batches(cfg.seed, epoch, batch_size, steps_per_epoch):
                     for q, r, *slices in batch:
-                        yield reader.read(q), reader.read(r), np.array(slices, np.int32)
+                        d = slices[7]
+                        yield (reader.read(q), reader.read(r), reader.read(d) if d >= 0 else b"",
+                               np.array(slices[:7] + slices[8:], np.int32))
 
     return _pairs_dataset(generate, feature_dim, full, batch_size, drop_remainder=True,
                           teacher=teacher_options(cfg))
@@ -293,7 +358,8 @@ def evaluation_dataset(index: EntryIndex, plan: np.ndarray, feature_dim: int, ba
     def generate():
         with RecordReader(index) as reader:
             for q, r, qs, qe, rs, re, _, _ in plan:
-                yield reader.read(int(q)), reader.read(int(r)), np.array([qs, qe, rs, re, *NO_ACTION, 0], np.int32)
+                yield (reader.read(int(q)), reader.read(int(r)), b"",
+                       np.array([qs, qe, rs, re, *NO_ACTION, 0, *NO_DISTRACTOR[1:]], np.int32))
 
     return _pairs_dataset(generate, feature_dim, False, batch_size, drop_remainder=False, teacher=teacher)
 
