@@ -9,7 +9,8 @@ from helpers import records as F
 from vreloc_tf.data import schema
 from vreloc_tf.config import load_config
 from vreloc_tf.data.entry_index import QUERY_PART, REFERENCE_PART, load_index, weak_role
-from vreloc_tf.data.input_pipeline import BUCKET_SPAN, PairPlanner, load_training_index, training_dataset
+from vreloc_tf.data.input_pipeline import (BUCKET_SPAN, PairPlanner, load_training_index, reference_length,
+                                           training_dataset)
 
 DIM = 8
 
@@ -211,3 +212,77 @@ def test_planner_rejects_an_index_without_usable_pairs(data_dir):
         PairPlanner(lonely, "full")
     with pytest.raises(ValueError, match="weak roles"):
         PairPlanner(index, "weak")
+
+
+@pytest.mark.parametrize("supervision", ["full", "weak"])
+def test_distractor_splices_insert_another_class_outside_the_action(data_dir, supervision):
+    cfg = _cfg(f"supervision={supervision}")
+    index = load_training_index(cfg, data_dir)
+    planner = PairPlanner(index, supervision, 0.9, distractor_rate=0.5)
+    plans = [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
+    spliced = [p for p in plans if p[9] >= 0]
+    assert 0.4 < len(spliced) / len(plans) < 0.6
+    for q, r, qs, qe, rs, re, gs, ge, negative, d, ds, de, at in plans:
+        assert negative == 0
+        if d < 0:
+            assert (ds, de, at) == (0, 0, 0)
+            continue
+        assert index.label[d] != index.label[q]
+        assert index.video_id[d] not in (index.video_id[q], index.video_id[r])
+        assert (ds, de) == tuple(index.groundtruth[d]) and ds < de  # the distractor's whole action
+        length = re - rs
+        assert reference_length((q, r, qs, qe, rs, re, gs, ge, negative, d, ds, de, at)) == length + de - ds
+        if supervision == "weak":
+            assert at in (0, length) and (gs, ge) == (-1, -1)  # an end: never inside an action
+            assert index.role[d] == QUERY_PART  # weak distractors come from the query side (labelled)
+        else:
+            g0, g1 = index.groundtruth[r] - rs  # the action in the cropped slice, before the splice
+            assert at <= g0 or at >= g1  # inserted outside the action
+            shift = (de - ds) if at <= g0 else 0
+            assert (gs, ge) == (g0 + shift, g1 + shift)
+    ats = {p[12] for p in spliced}
+    assert len(ats) > 2  # full: anywhere in the background, not only at the ends
+    # rate 0 draws no extra random number: the plans of a planner without splices, pair for pair
+    plain = PairPlanner(index, supervision, 0.9)
+    off = PairPlanner(index, supervision, 0.9, distractor_rate=0.0)
+    assert list(plain.one_pass(np.random.default_rng(3))) == list(off.one_pass(np.random.default_rng(3)))
+    with pytest.raises(ValueError, match="distractor_rate"):
+        PairPlanner(index, supervision, 0.9, distractor_rate=1.5)
+
+
+def test_distractor_batches_equal_a_numpy_reference(data_dir):
+    cfg = _cfg("data.distractor_rate=0.7")
+    batches = _batches(cfg, data_dir)
+    index = load_index(data_dir, "train")
+    records = {r.entry_index: r for r in schema.read_records(data_dir, "train")}
+    planner = PairPlanner(index, "full", cfg.data.crop_probability, distractor_rate=0.7)
+    expected = [b for e in range(2) for b in planner.epoch_batches(cfg.seed, e, 4, 3)]
+    seen = 0
+    for got, plans in zip(batches, expected):
+        for i, (q, r, qs, qe, rs, re, gs, ge, _, d, ds, de, at) in enumerate(plans):
+            rf = records[int(index.entry_index[r])].features[rs:re]
+            if d >= 0:
+                seen += 1
+                df = records[int(index.entry_index[d])].features[ds:de]
+                rf = np.concatenate([rf[:at], df, rf[at:]])
+            assert got["reference_length"][i] == len(rf)
+            np.testing.assert_array_equal(got["reference"][i, :len(rf)], rf)
+            assert not got["reference"][i, len(rf):].any()
+            np.testing.assert_array_equal(got["groundtruth"][i], [gs, ge])
+            # the target still points at the reference's own action, wherever the splice went
+            own = records[int(index.entry_index[r])].features
+            g0, g1 = index.groundtruth[r]
+            np.testing.assert_array_equal(got["reference"][i, gs:ge], own[g0:g1])
+        assert len(set(got["reference_length"] // BUCKET_SPAN)) == 1  # buckets count the inserted steps
+    assert seen > 0
+
+
+def test_weak_distractor_batches_keep_the_teacher_inside_the_spliced_reference(data_dir):
+    batches = _batches(_cfg("supervision=weak", "data.distractor_rate=0.7"), data_dir)
+    plain = _batches(_cfg("supervision=weak"), data_dir)
+    assert any(x["reference"].shape != y["reference"].shape or not np.array_equal(x["reference"], y["reference"])
+               for x, y in zip(batches, plain))
+    for b in batches:
+        pseudo, lengths = np.asarray(b["pseudo_groundtruth"]), np.asarray(b["reference_length"])
+        assert np.all(0 <= pseudo[:, 0]) and np.all(pseudo[:, 0] < pseudo[:, 1]) and np.all(pseudo[:, 1] <= lengths)
+        assert "groundtruth" not in b
