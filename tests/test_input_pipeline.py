@@ -222,26 +222,36 @@ def test_distractor_splices_insert_another_class_outside_the_action(data_dir, su
     plans = [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
     spliced = [p for p in plans if p[9] >= 0]
     assert 0.4 < len(spliced) / len(plans) < 0.6
+    hosts = 0
     for q, r, qs, qe, rs, re, gs, ge, negative, d, ds, de, at in plans:
         assert negative == 0
         if d < 0:
             assert (ds, de, at) == (0, 0, 0)
             continue
-        assert index.label[d] != index.label[q]
-        assert index.video_id[d] not in (index.video_id[q], index.video_id[r])
-        assert (ds, de) == tuple(index.groundtruth[d]) and ds < de  # the distractor's whole action
+        assert (ds, de) == tuple(index.groundtruth[d]) and ds < de  # the inserted window's whole action
         length = re - rs
         assert reference_length((q, r, qs, qe, rs, re, gs, ge, negative, d, ds, de, at)) == length + de - ds
         if supervision == "weak":
+            assert index.label[r] == index.label[q] != index.label[d]
+            assert index.video_id[d] not in (index.video_id[q], index.video_id[r])
             assert at in (0, length) and (gs, ge) == (-1, -1)  # an end: never inside an action
             assert index.role[d] == QUERY_PART  # weak distractors come from the query side (labelled)
+            continue
+        # full: host r and the other class inserted, or host the other class and r's action inserted
+        assert (index.label[r] == index.label[q]) != (index.label[d] == index.label[q])
+        assert len({index.video_id[q], index.video_id[r], index.video_id[d]}) == 3
+        h0, h1 = index.groundtruth[r] - rs  # the host's action in its cropped slice, before the splice
+        assert 0 <= rs <= index.groundtruth[r][0] and index.groundtruth[r][1] <= re <= index.length[r]
+        assert at <= h0 or at >= h1  # inserted outside the host's action
+        if index.label[r] == index.label[q]:
+            shift = (de - ds) if at <= h0 else 0
+            assert (gs, ge) == (h0 + shift, h1 + shift)
         else:
-            g0, g1 = index.groundtruth[r] - rs  # the action in the cropped slice, before the splice
-            assert at <= g0 or at >= g1  # inserted outside the action
-            shift = (de - ds) if at <= g0 else 0
-            assert (gs, ge) == (g0 + shift, g1 + shift)
-    ats = {p[12] for p in spliced}
-    assert len(ats) > 2  # full: anywhere in the background, not only at the ends
+            assert (gs, ge) == (at, at + de - ds)  # the inserted clip is the answer
+        hosts += index.label[r] == index.label[q]
+    if supervision == "full":
+        assert 0.35 < hosts / len(spliced) < 0.65  # both roles, about equally often
+        assert len({p[12] for p in spliced}) > 2  # anywhere in the background, not only at the ends
     # rate 0 draws no extra random number: the plans of a planner without splices, pair for pair
     plain = PairPlanner(index, supervision, 0.9)
     off = PairPlanner(index, supervision, 0.9, distractor_rate=0.0)
@@ -269,9 +279,10 @@ def test_distractor_batches_equal_a_numpy_reference(data_dir):
             np.testing.assert_array_equal(got["reference"][i, :len(rf)], rf)
             assert not got["reference"][i, len(rf):].any()
             np.testing.assert_array_equal(got["groundtruth"][i], [gs, ge])
-            # the target still points at the reference's own action, wherever the splice went
-            own = records[int(index.entry_index[r])].features
-            g0, g1 = index.groundtruth[r]
+            # the target points at the action of the query's class, wherever the splice put it
+            answer = r if index.label[r] == index.label[q] else d
+            own = records[int(index.entry_index[answer])].features
+            g0, g1 = index.groundtruth[answer]
             np.testing.assert_array_equal(got["reference"][i, gs:ge], own[g0:g1])
         assert len(set(got["reference_length"] // BUCKET_SPAN)) == 1  # buckets count the inserted steps
     assert seen > 0

@@ -42,17 +42,19 @@ batches an uninterrupted run would):
   which the weak setting has (it pairs by class), so weak plans may use negatives too. With
   rate 0 no random number is drawn for it: plans are exactly those of before.
 * **distractor splices** (ours, ``cfg.data.distractor_rate``, 0 = off): each positive pair
-  gets, with this probability, a *second action* in its reference: the ground-truth segment
-  of a query-side train entry of ANOTHER class (different source video from the query and
-  the reference; found by rejection) is inserted whole into the reference. Full: before a
-  uniformly random step of the (cropped) reference's background -- before its ground truth
-  or after it -- and the target moves with the inserted steps. Weak: at the start or the end
-  of the reference (it has no ground truth to keep out of; an end never splits an action),
-  and the label-free teacher sees the spliced reference. Why: on a reference that holds one
-  action, "find the action" scores without reading the query (the swapped-query control
-  measures it); with two actions, only the query says which one is the answer -- what the
-  ``distractor`` family of ``vreloc synth`` tests. Inserted, not overwritten: no step of the
-  reference is lost. Rate 0 draws no random number: plans are exactly those of before.
+  gets, with this probability, *two actions* in its reference, the query's class and ANOTHER
+  class (a query-side train entry from neither the query's nor the reference's video, found
+  by rejection). Full: one of the two windows, chosen with probability 1/2, is the host
+  (cropped as above) and the other's ground-truth segment is inserted whole before a
+  uniformly random step of the host's background; the target is the query's class's action,
+  wherever it ended up -- so half of the targets are inserted clips and half are not, and
+  "looks inserted" tells nothing without the query. Weak: the other class's action is
+  inserted at the start or the end of the whole reference (it has no ground truth to keep out
+  of; an end never splits an action), and the label-free teacher sees the spliced reference.
+  Why: on a reference that holds one action, "find the action" scores without reading the
+  query (the swapped-query control measures it); with two actions, only the query says which
+  one is the answer -- what the ``distractor`` family of ``vreloc synth`` tests. Inserted, not
+  overwritten: no step is lost. Rate 0 draws no random number: plans are exactly those of before.
 
 Batching: pairs go to buckets of width ``BUCKET_SPAN`` (30 steps, Feng's
 ``bucket_span``) by reference length; a bucket that reaches the batch size is emitted
@@ -85,10 +87,10 @@ log = logging.getLogger(__name__)
 
 BUCKET_SPAN = 30
 
-# one planned pair: rows in the index (query, reference), slices [start, end) inside each window,
-# the target [start, end) in the reference slice ((-1, -1) where unknown or empty), negative (0/1),
-# then the distractor splice: its row (-1 = none), its slice [start, end), and the step of the
-# reference slice it is inserted before (the target above already counts the inserted steps)
+# one planned pair: rows in the index (query, reference = the host window), slices [start, end) inside
+# each window, the target [start, end) in the reference as trained ((-1, -1) where unknown or empty),
+# negative (0/1), then the splice: the inserted row (-1 = none), its slice [start, end), and the step of
+# the host slice it is inserted before (the target above counts the inserted steps)
 PairPlan = Tuple[int, int, int, int, int, int, int, int, int, int, int, int, int]
 NO_ACTION = (-1, -1)  # the target of a negative pair: an empty segment, every step background
 NO_DISTRACTOR = (-1, 0, 0, 0)  # no splice: row -1, an empty slice, inserted before step 0
@@ -175,26 +177,59 @@ class PairPlanner:
                 return int(d)
         return None
 
-    def splice(self, q: int, r: int, target: Tuple[int, int], length: int,
-               rng: np.random.Generator) -> Tuple[Tuple[int, int], Tuple[int, int, int, int]]:
-        """(target, distractor fields) of a pair whose reference slice has ``length`` steps and
-        ``target`` [start, end) (``NO_ACTION``: unknown, weak): with probability ``distractor_rate``,
-        another class's action inserted before a uniformly random step outside the target
-        (0..start or end..length), or, without a target, at the start or the end."""
+    def crop(self, row: int, rng: np.random.Generator) -> Tuple[int, int, int, int]:
+        """(start, end) of ``row``'s window after Feng's crop, and its action (start, end) in the slice."""
+        length = int(self.index.length[row])
+        g0, g1 = (int(x) for x in self.index.groundtruth[row])
+        a = b = 0
+        if rng.random() < self.crop_probability:
+            a = int(rng.integers(0, g0 + 1))
+            b = int(rng.integers(0, length - g1 + 1))
+        return a, length - b, g0 - a, g1 - a
+
+    def spliced(self, rng: np.random.Generator, q: int, r: int) -> Optional[int]:
+        """The distractor row of a pair drawn for splicing (probability ``distractor_rate``), else None."""
         if not (self.distractor_rate and rng.random() < self.distractor_rate):
-            return target, NO_DISTRACTOR
-        d = self.distractor(q, r, rng)
+            return None
+        return self.distractor(q, r, rng)
+
+    def full_pair(self, q: int, r: int, rng: np.random.Generator) -> PairPlan:
+        """A full pair: ``r`` cropped, its action the target; or, spliced, two actions in one reference.
+
+        A splice is symmetric: with probability 1/2 the host window is ``r`` (its own action the target,
+        the other class's action inserted), else the other class's window (its action the distractor,
+        ``r``'s action inserted and the target). Why both: an inserted clip comes from another video,
+        and where it shows (a jump in the features at its ends) would otherwise say "not the answer"
+        without the query; with both roles spliced equally often, only the query tells them apart.
+        """
+        qs, qe = (int(x) for x in self.index.groundtruth[q])
+        d = self.spliced(rng, q, r)
         if d is None:
-            return target, NO_DISTRACTOR
+            return (q, r, qs, qe, *self.crop(r, rng), 0, *NO_DISTRACTOR)
+        host, inserted = (r, d) if rng.integers(0, 2) == 0 else (d, r)
+        a, e, h0, h1 = self.crop(host, rng)
+        i0, i1 = (int(x) for x in self.index.groundtruth[inserted])
+        slot = int(rng.integers(0, (h0 + 1) + (e - a - h1 + 1)))  # insertion points outside the host's action
+        at = slot if slot <= h0 else h1 + (slot - h0 - 1)
+        n = i1 - i0
+        if host == r:
+            target = (h0 + n, h1 + n) if at <= h0 else (h0, h1)
+        else:
+            target = (at, at + n)
+        return (q, host, qs, qe, a, e, *target, 0, inserted, i0, i1, at)
+
+    def weak_pair(self, q: int, r: int, rng: np.random.Generator) -> PairPlan:
+        """A weak pair: ``r`` whole, no target; spliced, another class's action at its start or end
+        (no ground truth to keep out of; an end never splits an action). The label-free teacher,
+        not a label, then says where the query's action is, so a splice's look cannot stand in
+        for the query and one role suffices."""
+        length = int(self.index.length[r])
+        plan = (q, r, int(self.index.groundtruth[q, 0]), int(self.index.groundtruth[q, 1]), 0, length, *NO_ACTION, 0)
+        d = self.spliced(rng, q, r)
+        if d is None:
+            return (*plan, *NO_DISTRACTOR)
         d0, d1 = (int(x) for x in self.index.groundtruth[d])
-        if target == NO_ACTION:
-            return target, (d, d0, d1, length * int(rng.integers(0, 2)))
-        g0, g1 = target
-        slot = int(rng.integers(0, (g0 + 1) + (length - g1 + 1)))  # insertion points outside the action
-        at = slot if slot <= g0 else g1 + (slot - g0 - 1)
-        if at <= g0:
-            target = (g0 + d1 - d0, g1 + d1 - d0)
-        return target, (d, d0, d1, at)
+        return (*plan, d, d0, d1, length * int(rng.integers(0, 2)))
 
     def one_pass(self, rng: np.random.Generator) -> Iterator[PairPlan]:
         """Every usable query once, in random order, each with a random valid reference
@@ -210,18 +245,7 @@ class PairPlanner:
                     yield (int(q), other, int(gt[q, 0]), int(gt[q, 1]), 0, int(self.index.length[other]),
                            *NO_ACTION, 1, *NO_DISTRACTOR)
                     continue
-            length = int(self.index.length[r])
-            if self.supervision == "full":
-                g0, g1 = int(gt[r, 0]), int(gt[r, 1])
-                a = b = 0
-                if rng.random() < self.crop_probability:
-                    a = int(rng.integers(0, g0 + 1))
-                    b = int(rng.integers(0, length - g1 + 1))
-                target, spliced = self.splice(int(q), r, (g0 - a, g1 - a), length - b - a, rng)
-                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), a, length - b, *target, 0, *spliced)
-            else:
-                target, spliced = self.splice(int(q), r, NO_ACTION, length, rng)
-                yield (int(q), r, int(gt[q, 0]), int(gt[q, 1]), 0, length, *target, 0, *spliced)
+            yield (self.full_pair if self.supervision == "full" else self.weak_pair)(int(q), r, rng)
 
     def epoch_batches(self, seed: int, epoch: int, batch_size: int, steps: int) -> Iterator[List[PairPlan]]:
         """``steps`` batches of ``batch_size`` pairs for ``epoch``, bucketed by reference length."""
