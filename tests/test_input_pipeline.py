@@ -141,12 +141,26 @@ def test_weak_plans_take_queries_and_references_from_their_own_parts(data_dir):
     assert {QUERY_PART, REFERENCE_PART} == set(videos.values())
 
 
+def _ten_passes(data_dir, supervision, **rates):
+    """(training index, the plans of ten seeded passes) of a planner with these extra rates."""
+    index = load_training_index(_cfg(f"supervision={supervision}"), data_dir)
+    planner = PairPlanner(index, supervision, 0.9, **rates)
+    return index, [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
+
+
+def _assert_rate_zero_changes_nothing(index, supervision, rate_name):
+    """Rate 0 draws no extra random number: the plans of a planner without the option, pair for pair;
+    and a rate out of range is refused by name."""
+    plain = PairPlanner(index, supervision, 0.9)
+    off = PairPlanner(index, supervision, 0.9, **{rate_name: 0.0})
+    assert list(plain.one_pass(np.random.default_rng(3))) == list(off.one_pass(np.random.default_rng(3)))
+    with pytest.raises(ValueError, match=rate_name):
+        PairPlanner(index, supervision, 0.9, **{rate_name: 1.5})
+
+
 @pytest.mark.parametrize("supervision", ["full", "weak"])
 def test_negative_pairs_show_another_class_and_no_action(data_dir, supervision):
-    cfg = _cfg(f"supervision={supervision}")
-    index = load_training_index(cfg, data_dir)
-    planner = PairPlanner(index, supervision, 0.9, negative_rate=0.4)
-    plans = [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
+    index, plans = _ten_passes(data_dir, supervision, negative_rate=0.4)
     negatives = [p for p in plans if p[8]]
     assert 0.3 < len(negatives) / len(plans) < 0.5
     for q, r, qs, qe, rs, re, gs, ge, *_ in negatives:
@@ -157,12 +171,9 @@ def test_negative_pairs_show_another_class_and_no_action(data_dir, supervision):
             assert index.role[q] == QUERY_PART and index.role[r] == REFERENCE_PART
     positives = [p for p in plans if not p[8]]
     assert all(index.label[p[0]] == index.label[p[1]] for p in positives)
-    # rate 0 draws no extra random number: the plans of a planner without negatives, pair for pair
-    plain = PairPlanner(index, supervision, 0.9)
-    off = PairPlanner(index, supervision, 0.9, negative_rate=0.0)
-    assert list(plain.one_pass(np.random.default_rng(3))) == list(off.one_pass(np.random.default_rng(3)))
+    _assert_rate_zero_changes_nothing(index, supervision, "negative_rate")
     with pytest.raises(ValueError, match="negative_pair_rate"):
-        PairPlanner(index, supervision, 0.9, negative_rate=1.0)
+        PairPlanner(index, supervision, 0.9, negative_rate=1.0)  # no matching pair left
 
 
 @pytest.mark.parametrize("supervision", ["full", "weak"])
@@ -216,10 +227,7 @@ def test_planner_rejects_an_index_without_usable_pairs(data_dir):
 
 @pytest.mark.parametrize("supervision", ["full", "weak"])
 def test_distractor_splices_insert_another_class_outside_the_action(data_dir, supervision):
-    cfg = _cfg(f"supervision={supervision}")
-    index = load_training_index(cfg, data_dir)
-    planner = PairPlanner(index, supervision, 0.9, distractor_rate=0.5)
-    plans = [p for seed in range(10) for p in planner.one_pass(np.random.default_rng(seed))]
+    index, plans = _ten_passes(data_dir, supervision, distractor_rate=0.5)
     spliced = [p for p in plans if p[9] >= 0]
     assert 0.4 < len(spliced) / len(plans) < 0.6
     hosts = 0
@@ -252,12 +260,7 @@ def test_distractor_splices_insert_another_class_outside_the_action(data_dir, su
     if supervision == "full":
         assert 0.35 < hosts / len(spliced) < 0.65  # both roles, about equally often
         assert len({p[12] for p in spliced}) > 2  # anywhere in the background, not only at the ends
-    # rate 0 draws no extra random number: the plans of a planner without splices, pair for pair
-    plain = PairPlanner(index, supervision, 0.9)
-    off = PairPlanner(index, supervision, 0.9, distractor_rate=0.0)
-    assert list(plain.one_pass(np.random.default_rng(3))) == list(off.one_pass(np.random.default_rng(3)))
-    with pytest.raises(ValueError, match="distractor_rate"):
-        PairPlanner(index, supervision, 0.9, distractor_rate=1.5)
+    _assert_rate_zero_changes_nothing(index, supervision, "distractor_rate")
 
 
 def test_distractor_batches_equal_a_numpy_reference(data_dir):
