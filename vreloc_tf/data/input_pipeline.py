@@ -295,12 +295,12 @@ def teacher_options(cfg: Config) -> Optional[dict]:
 
 
 def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch_size: int,
-                   drop_remainder: bool, teacher: Optional[dict] = None):
+                   drop_remainder: bool, teacher: Optional[dict] = None, splices: bool = False):
     """Generator of (query bytes, reference bytes, distractor bytes, slices[10]) -> parsed, padded batches.
 
     slices: query [start, end), reference [start, end), target [start, end), negative (0/1),
     distractor [start, end) (empty: no splice, its bytes unread) and the reference step it is
-    inserted before.
+    inserted before. ``splices`` False (rate 0, evaluation): no splice step in the graph at all.
     ``teacher`` (weak "ours"): every pair also gets ``pseudo_groundtruth``, the label-free
     teacher's segment, computed from the query's whole source window and the reference --
     except a negative pair, whose target is no action (``NO_ACTION``) whatever the teacher says.
@@ -319,9 +319,10 @@ def _pairs_dataset(generator_fn, feature_dim: int, with_groundtruth: bool, batch
             query_window = _parse_slice(q_bytes, 0, None, feature_dim)
             query = query_window[s[0]:s[1]]
         reference = _parse_slice(r_bytes, s[2], s[3], feature_dim)
-        distractor = tf.cond(s[7] < s[8], lambda: _parse_slice(d_bytes, s[7], s[8], feature_dim),
-                             lambda: tf.zeros([0, feature_dim], tf.float32))
-        reference = tf.concat([reference[:s[9]], distractor, reference[s[9]:]], axis=0)
+        if splices:
+            distractor = tf.cond(s[7] < s[8], lambda: _parse_slice(d_bytes, s[7], s[8], feature_dim),
+                                 lambda: tf.zeros([0, feature_dim], tf.float32))
+            reference = tf.concat([reference[:s[9]], distractor, reference[s[9]:]], axis=0)
         out = {QUERY: query, QUERY_LENGTH: tf.shape(query)[0], REFERENCE: reference,
                REFERENCE_LENGTH: tf.shape(reference)[0]}
         if with_groundtruth:
@@ -357,7 +358,7 @@ def training_dataset(cfg: Config, index: EntryIndex, feature_dim: int, steps_per
                                np.array(slices[:7] + slices[8:], np.int32))
 
     return _pairs_dataset(generate, feature_dim, full, batch_size, drop_remainder=True,
-                          teacher=teacher_options(cfg))
+                          teacher=teacher_options(cfg), splices=planner.distractor_rate > 0)
 
 
 def evaluation_plan(index: EntryIndex, pairs: Sequence[dict]) -> np.ndarray:
